@@ -1,0 +1,1 @@
+"""Chain adapters, watchers, mint/burn/withdraw workflows and DvP settlement."""

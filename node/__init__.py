@@ -1,0 +1,1 @@
+"""The signer daemon: transport, sessions, storage and operations around `protocol`."""

@@ -1,0 +1,1 @@
+"""Wire and API messages (.proto) and the Python code generated from them."""

@@ -1,0 +1,1 @@
+"""The wallet-facing signer service, its policy checks and the client SDK."""
