@@ -7,7 +7,7 @@ import secrets
 import pytest
 from coincurve import PrivateKey, PublicKey
 
-from fusion_prime.protocol.curve import Q, Point, random_scalar, scalar_from_bytes
+from fusion_prime.protocol.curve import Point, Q, random_scalar, scalar_from_bytes
 from fusion_prime.protocol.errors import InvalidInput
 
 

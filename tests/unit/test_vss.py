@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from fusion_prime.protocol.curve import Q, Point, random_scalar
+from fusion_prime.protocol.curve import Point, Q, random_scalar
 from fusion_prime.protocol.errors import InvalidInput
 from fusion_prime.protocol.vss import (
     Polynomial,
