@@ -75,11 +75,11 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
     ///         receive hook, too little for a recipient to grief the caller by burning gas.
     uint256 public constant ETH_PUSH_GAS = 50_000;
 
-    /// @notice slot 0: trade id => state.
+    /// @notice slot 2 (slots 0-1 are OpenZeppelin EIP712's string fallbacks): trade id => state.
     mapping(bytes32 tradeId => TradeState) public trades;
-    /// @notice slot 1: native ETH a recipient refused on delivery, withdrawable with {withdrawEth}.
+    /// @notice slot 3: native ETH a recipient refused on delivery, withdrawable with {withdrawEth}.
     mapping(address account => uint256 amount) public ethOwed;
-    /// @notice slot 2: total of {ethOwed}, for the solvency invariant.
+    /// @notice slot 4: total of {ethOwed}, for the solvency invariant.
     uint256 public totalEthOwed;
 
     event TradeOpened(
