@@ -424,7 +424,7 @@ class RegtestNode:
 
     def mempool_descendants(self, txid: bytes) -> list[bytes]:
         with self._lock:
-            return self._descendants({txid}) - {txid} and sorted(self._descendants({txid}) - {txid})
+            return sorted(self._descendants({txid}) - {txid})
 
     def mempool_ancestors(self, txid: bytes) -> set[bytes]:
         with self._lock:
@@ -466,7 +466,8 @@ class RegtestNode:
             entry = self._mempool.get(txid)
             if entry is None:
                 return False
-            return signals_rbf(entry.tx) or any(signals_rbf(self._mempool[a].tx) for a in self._ancestors(entry.parents))
+            ancestors = self._ancestors(entry.parents)
+            return signals_rbf(entry.tx) or any(signals_rbf(self._mempool[a].tx) for a in ancestors)
 
     # ================================================================== mempool: acceptance
     def accept_to_mempool(self, tx: Tx, *, test_only: bool = False, bypass_limits: bool = False) -> MempoolEntry:
@@ -587,7 +588,8 @@ class RegtestNode:
                 anc_hash = self._index.active_hash(anc_height)
                 assert anc_hash is not None
                 coin_time = self.median_time_past(anc_hash)
-                min_time = max(min_time, coin_time + ((seq & SEQUENCE_LOCKTIME_MASK) << SEQUENCE_LOCKTIME_GRANULARITY) - 1)
+                lock_seconds = (seq & SEQUENCE_LOCKTIME_MASK) << SEQUENCE_LOCKTIME_GRANULARITY
+                min_time = max(min_time, coin_time + lock_seconds - 1)
             else:
                 min_height = max(min_height, coin_height + (seq & SEQUENCE_LOCKTIME_MASK) - 1)
         if min_height >= next_height or min_time >= self.median_time_past(tip_hash):

@@ -254,11 +254,6 @@ class BitcoinRPCServer:
 
     @staticmethod
     def _dump(obj: object) -> bytes:
-        def default(o: object) -> object:
-            if isinstance(o, Decimal):
-                return _RawNumber(o)
-            raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
         return (_encode(obj) + "\n").encode()
 
     def call(self, method: str, params: list[Any] | dict[str, Any]) -> Any:
@@ -639,7 +634,8 @@ class BitcoinRPCServer:
         entries = self.node.mempool_entries()
         minfee = btc_amount(self.node.policy.min_relay_fee)
         return {"loaded": True, "size": len(entries), "bytes": sum(e.vsize for e in entries),
-                "usage": sum(len(e.tx.serialize()) * 3 for e in entries), "total_fee": btc_amount(sum(e.fee for e in entries)),
+                "usage": sum(len(e.tx.serialize()) * 3 for e in entries),
+                "total_fee": btc_amount(sum(e.fee for e in entries)),
                 "maxmempool": 300_000_000, "mempoolminfee": minfee, "minrelaytxfee": minfee,
                 "incrementalrelayfee": btc_amount(self.node.policy.incremental_relay_fee),
                 "unbroadcastcount": 0, "fullrbf": self.node.policy.full_rbf}
@@ -671,6 +667,12 @@ class BitcoinRPCServer:
         except DecodeError:
             raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Error: Invalid address") from None
 
+    @staticmethod
+    def _single_script(scripts: list[bytes]) -> bytes:
+        if len(scripts) != 1:
+            raise RPCError(RPC_INVALID_PARAMETER, "Descriptors that expand to several scripts are not supported")
+        return scripts[0]
+
     def generatetoaddress(self, nblocks: object, address: object, maxtries: object = None) -> list[str]:
         n = _int(nblocks)
         script = self._output_script(address)
@@ -690,9 +692,7 @@ class BitcoinRPCServer:
                 scripts = descriptor_scripts(output, self.node.network)
             except DecodeError as exc:
                 raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, f"Error: Invalid address or descriptor ({exc})") from None
-            if len(scripts) != 1:
-                raise RPCError(RPC_INVALID_PARAMETER, "Ranged descriptors are not supported")
-            script = scripts[0]
+            script = self._single_script(scripts)
         _want(transactions, "array")
         assert isinstance(transactions, list)
         do_submit = True if submit is None else submit
@@ -842,11 +842,6 @@ class _Missing:
 
 
 _MISSING = _Missing()
-
-
-class _RawNumber:
-    def __init__(self, d: Decimal) -> None:
-        self.d = d
 
 
 def _encode(obj: object) -> str:
