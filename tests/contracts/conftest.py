@@ -1,0 +1,50 @@
+"""Fixtures for the contract tests; the helpers they use live in fp_contracts.py.
+
+Gas figures recorded with `record_property("gas ...", n)` are printed in a terminal-summary
+section whenever this directory's conftest is loaded by the reporting process (for example
+`pytest tests/contracts`, with or without -n); with -s they are also printed inline.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# tests/ is not a package (see tests/conftest.py): make this directory's helper module importable,
+# under a name no installed distribution uses.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fp_contracts import CHAIN_A, CHAIN_B, Anvil, start_anvil, stop_anvil
+
+
+@pytest.fixture(scope="module")
+def chain_a() -> Iterator[Anvil]:
+    node = start_anvil(CHAIN_A)
+    yield node
+    stop_anvil(node.process)
+
+
+@pytest.fixture(scope="module")
+def chain_b() -> Iterator[Anvil]:
+    node = start_anvil(CHAIN_B)
+    yield node
+    stop_anvil(node.process)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    rows = set()
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if getattr(rep, "when", None) != "call":
+                continue
+            for key, value in getattr(rep, "user_properties", []):
+                if isinstance(key, str) and key.startswith("gas "):
+                    rows.add((key, value))
+    if rows:
+        terminalreporter.section("contract gas")
+        for key, value in sorted(rows):
+            terminalreporter.write_line(f"{key}: {value}")
