@@ -255,7 +255,8 @@ def test_malformed_requests_get_jsonrpc_errors(rpc_server, rpc: BitcoinRPC) -> N
     assert json.loads(body)["error"]["code"] == -32600
     status, body = _post(rpc_server, b'{"id":1,"method":"getblockhash","params":"x"}')
     assert json.loads(body)["error"]["code"] == -32600
-    status, body = _post(rpc_server, b'[{"id":1,"method":"getblockcount"},{"id":2,"method":"getblockhash","params":[9]}]')
+    batch = b'[{"id":1,"method":"getblockcount"},{"id":2,"method":"getblockhash","params":[9]}]'
+    status, body = _post(rpc_server, batch)
     replies = json.loads(body)
     assert status == 200 and replies[0]["result"] == 0 and replies[1]["error"]["code"] == -8
     status, body = _post(rpc_server, b'{"jsonrpc":"2.0","id":7,"method":"getblockcount"}')
