@@ -981,17 +981,19 @@ class RegtestNode:
                     break
                 targets.append(parent.hash)
                 cur = parent
-            pending: list[tuple[int, bytes]] = []
+            pending: list[tuple[int, bytes, bytes]] = []
             self._index.begin()
             for h in targets:
                 hi = self._index.header(h)
                 raw = self._index.pop_invalid_raw(h)
                 if hi is not None and raw is not None:
-                    pending.append((hi.height, raw))
+                    pending.append((hi.height, h, raw))
             self._index.set_invalid(targets, False)
-            self._index._db.executemany("DELETE FROM headers WHERE hash=?", [(h,) for h in targets])
+            # Forget the headers of blocks about to be resubmitted so submit_block does not see
+            # them as duplicates; blocks the kernel itself rejected (no stored bytes) stay known.
+            self._index._db.executemany("DELETE FROM headers WHERE hash=?", [(h,) for _, h, _ in pending])
             self._index.commit()
-            for _height, raw in sorted(pending, key=lambda p: p[0]):
+            for _height, _hash, raw in sorted(pending, key=lambda p: p[0]):
                 self.submit_block(Block.from_bytes(raw))
 
     def _rebuild_kernel(self) -> None:
