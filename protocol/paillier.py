@@ -112,7 +112,7 @@ class PaillierPublicKey:
 class PaillierSecretKey(PaillierPublicKey):
     """The factors p, q of N; decryption and CRT-accelerated arithmetic."""
 
-    __slots__ = ("_mu", "_p", "_p2", "_phi", "_phi_p2", "_phi_q2", "_q", "_q2", "_q2_inv_p2", "_q_inv_p")
+    __slots__ = ("_hp", "_hq", "_p", "_p2", "_phi", "_phi_p2", "_phi_q2", "_q", "_q2", "_q2_inv_p2", "_q_inv_p")
 
     def __init__(self, p: int, q: int) -> None:
         p, q = mpz(p), mpz(q)
@@ -126,7 +126,9 @@ class PaillierSecretKey(PaillierPublicKey):
         self._phi_q2 = q * (q - 1)
         self._q2_inv_p2 = gmpy2.invert(self._q2, self._p2)
         self._q_inv_p = gmpy2.invert(q, p)
-        self._mu = gmpy2.invert(self._phi, self.n)
+        # CRT decryption constants: with g = 1+N, L_p(g^(p-1) mod p²) = (p-1)·q ≡ -q (mod p).
+        self._hp = gmpy2.invert(-q % p, p)
+        self._hq = gmpy2.invert(-p % q, q)
 
     @classmethod
     def generate(cls, bits: int, primes: tuple[int, int] | None = None) -> PaillierSecretKey:
@@ -180,9 +182,11 @@ class PaillierSecretKey(PaillierPublicKey):
     def decrypt(self, c: int) -> int:
         """The signed plaintext in (-N/2, N/2] of a ciphertext in Z*_{N²}."""
         c = self.validate_ciphertext(c)
-        # m = L(c^φ mod N²)·φ^-1 mod N with L(u) = (u-1)/N; c^φ via CRT.
-        u = self.pow_n2(c, self._phi)
-        m = (u - 1) // self.n * self._mu % self.n
+        # Paillier's CRT decryption: m_p = L_p(c^(p-1) mod p²)·h_p mod p, L_p(u) = (u-1)/p.
+        p, q = self._p, self._q
+        mp = (gmpy2.powmod(c, p - 1, self._p2) - 1) // p * self._hp % p
+        mq = (gmpy2.powmod(c, q - 1, self._q2) - 1) // q * self._hq % q
+        m = mq + q * ((mp - mq) * self._q_inv_p % p)
         return int(m - self.n if m > self.half_n else m)
 
     def recover_randomness(self, c: int) -> mpz:
