@@ -13,94 +13,23 @@ import pytest
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_account.signers.local import LocalAccount
 from fp_contracts import (
+    BTC_CHAIN,
     EIP712_DOMAIN,
+    MINT_ORDER_TYPES,
+    RETENTION,
+    ROTATION_DELAY,
     Anvil,
-    deploy,
+    Bridge,
+    domain,
     error_selector,
     fund_and_impersonate,
     revert_selector,
-    sign_typed,
     transact,
 )
 from web3 import Web3
-from web3.contract import Contract
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
-
-ROTATION_DELAY = 3600
-RETENTION = 600
-CAP = 100 * 10**8
-WINDOW = 86_400
-MIN_BURN = 10_000
-# Source chain id of Bitcoin mainnet: keccak256 of its CAIP-2 id (see contracts/README.md).
-BTC_CHAIN = int.from_bytes(Web3.keccak(text="bip122:000000000019d6689c085ae165831e93"), "big")
-
-MINT_ORDER_TYPES = {
-    "MintOrder": [
-        {"name": "asset", "type": "address"},
-        {"name": "sourceChainId", "type": "uint256"},
-        {"name": "sourceTxId", "type": "bytes32"},
-        {"name": "vout", "type": "uint32"},
-        {"name": "recipient", "type": "address"},
-        {"name": "amount", "type": "uint256"},
-        {"name": "nonce", "type": "uint256"},
-        {"name": "deadline", "type": "uint256"},
-    ]
-}
-
-
-def domain(chain: Anvil, gateway: Contract) -> dict[str, Any]:
-    return {"name": "Fusion Prime Gateway", "version": "1", "chainId": chain.chain_id,
-            "verifyingContract": gateway.address}
-
-
-def now(chain: Anvil) -> int:
-    return chain.w3.eth.get_block("latest")["timestamp"]
-
-
-def admin_sign(key: LocalAccount, chain: Anvil, gateway: Contract, primary: str,
-               fields: list[tuple[str, str, Any]]) -> bytes:
-    types = {primary: [{"name": n, "type": t} for n, t, _ in fields]}
-    return sign_typed(key, domain(chain, gateway), types, primary, {n: v for n, _, v in fields})
-
-
-class Bridge:
-    """One deployment: gateway + fpBTC configured, group key held locally."""
-
-    def __init__(self, chain: Anvil, group: LocalAccount, deployer: str | None = None) -> None:
-        w3 = chain.w3
-        self.chain = chain
-        self.group = group
-        self.deployer = deployer or w3.eth.accounts[0]
-        self.relayer = w3.eth.accounts[1]
-        self.guardian = w3.eth.accounts[3]
-        self.gateway = deploy(w3, "Gateway", self.deployer, group.address, self.guardian, ROTATION_DELAY, RETENTION)
-        self.token = deploy(w3, "WrappedAsset", self.deployer, "Fusion Prime BTC", "fpBTC", 8, self.gateway.address)
-        self.admin("ConfigureAsset", [("asset", "address", self.token.address), ("windowCap", "uint256", CAP),
-                                      ("windowLength", "uint256", WINDOW), ("minBurn", "uint256", MIN_BURN)],
-                   lambda n, d, s: self.gateway.functions.configureAsset(
-                       self.token.address, CAP, WINDOW, MIN_BURN, n, d, s))
-
-    def admin(self, primary: str, fields: list[tuple[str, str, Any]], call: Any, key: LocalAccount | None = None):
-        nonce = self.gateway.functions.adminNonce().call()
-        deadline = now(self.chain) + 3600
-        sig = admin_sign(key or self.group, self.chain, self.gateway, primary,
-                         [*fields, ("nonce", "uint256", nonce), ("deadline", "uint256", deadline)])
-        return transact(self.chain.w3, call(nonce, deadline, sig), self.relayer)
-
-    def order(self, txid: bytes, vout: int, amount: int, recipient: str) -> dict[str, Any]:
-        return {"asset": self.token.address, "sourceChainId": BTC_CHAIN, "sourceTxId": txid, "vout": vout,
-                "recipient": recipient, "amount": amount, "nonce": int.from_bytes(txid[:8], "big") + vout,
-                "deadline": now(self.chain) + 3600}
-
-    def sign(self, order: dict[str, Any], key: LocalAccount | None = None) -> bytes:
-        return sign_typed(key or self.group, domain(self.chain, self.gateway), MINT_ORDER_TYPES, "MintOrder", order)
-
-    def mint_call(self, order: dict[str, Any], sig: bytes) -> Any:
-        as_tuple = tuple(order[f["name"]] for f in MINT_ORDER_TYPES["MintOrder"])
-        return self.gateway.functions.mint(as_tuple, sig)
 
 
 def expect_revert(call: Any, sender: str, abi: list[dict[str, Any]], error: str) -> None:
