@@ -61,10 +61,10 @@ def bench_paillier(quick: bool) -> dict[str, Any]:
         c_ours, _ = pub.encrypt(m)
         c_phe = phe_pub.encrypt(m)
         out[str(bits)] = {
-            "ours_encrypt_own_key_crt": timed(lambda k=key: k.encrypt(m), runs),
-            "ours_encrypt_public_key": timed(lambda p=pub: p.encrypt(m), runs),
+            "ours_encrypt_own_key_crt": timed(lambda k=key, m=m: k.encrypt(m), runs),
+            "ours_encrypt_public_key": timed(lambda p=pub, m=m: p.encrypt(m), runs),
             "ours_decrypt_crt": timed(lambda k=key, c=c_ours: k.decrypt(c), runs),
-            "phe_encrypt": timed(lambda p=phe_pub: p.encrypt(m), runs),
+            "phe_encrypt": timed(lambda p=phe_pub, m=m: p.encrypt(m), runs),
             "phe_decrypt": timed(lambda k=phe_priv, c=c_phe: k.decrypt(c), runs),
             "phe_raw_decrypt": timed(lambda k=phe_priv, c=c_phe: k.raw_decrypt(c.ciphertext(be_secure=False)), runs),
         }
