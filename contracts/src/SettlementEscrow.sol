@@ -289,6 +289,10 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
     /// @dev Deliver `amount` of `asset` to `to`; a refused ETH push is credited, not reverted.
     function _payOut(address asset, address to, uint256 amount) private {
         if (asset == address(0)) {
+            // A relayer cannot starve this push on purpose to turn a delivery into a credit: with
+            // less than the full stipend forwarded (EIP-150 forwards at most 63/64 of what is left),
+            // the 1/64 kept back is far below the ~45,000 gas the credit below needs, so the whole
+            // settlement reverts instead (testFuzz_starvedEthPushNeverBecomesACredit).
             (bool ok,) = to.call{value: amount, gas: ETH_PUSH_GAS}("");
             if (!ok) {
                 ethOwed[to] += amount;

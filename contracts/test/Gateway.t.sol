@@ -116,7 +116,9 @@ contract GatewayMintTest is GatewayBase {
         if (field == 0) o.asset = address(eth);
         else if (field == 1) o.sourceChainId += d;
         else if (field == 2) o.sourceTxId = bytes32(uint256(o.sourceTxId) ^ d);
+        // forge-lint: disable-next-line(unsafe-typecast) d <= 1e6 fits
         else if (field == 3) o.vout += uint32(d);
+        // forge-lint: disable-next-line(unsafe-typecast) d <= 1e6 fits
         else if (field == 4) o.recipient = address(uint160(o.recipient) ^ uint160(d));
         else if (field == 5) o.amount += d;
         else if (field == 6) o.nonce += d;
@@ -223,11 +225,13 @@ contract GatewayMintTest is GatewayBase {
     /// Whatever sequence of orders arrives within one window, the total minted never exceeds the
     /// cap, and an order succeeds exactly when it fits.
     function testFuzz_windowCapHolds(uint64[8] memory amounts) public {
+        // forge-lint: disable-next-line(divide-before-multiply) rounding down to the window start is the point
         uint256 start = (block.timestamp / WINDOW) * WINDOW;
         uint256 minted;
         for (uint256 i = 0; i < amounts.length; i++) {
             vm.warp(start + i * 1 hours);
             uint256 amount = bound(amounts[i], 1, CAP / 2);
+            // forge-lint: disable-next-line(unsafe-typecast) i < 8
             Gateway.MintOrder memory o = order(TXID, uint32(i), amount);
             bytes memory sig = signOrder(GROUP_PK, o);
             if (minted + amount <= CAP) {

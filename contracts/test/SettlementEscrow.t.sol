@@ -366,6 +366,32 @@ contract SettlementEscrowTest is EscrowBase {
         assertEq(usdc.balanceOf(address(escrow)), t.amountB, "B's leg still in escrow");
     }
 
+    /// Whatever gas limit a relayer picks, a settlement either reverts or delivers the ETH leg to a
+    /// recipient that accepts it: starving the push to turn a delivery into a credit is impossible.
+    function testFuzz_starvedEthPushNeverBecomesACredit(uint256 gasLimit) public {
+        uint256 ownerPk = 0xD35C;
+        DeskWallet desk = new DeskWallet(vm.addr(ownerPk));
+        desk.setRefuseEth(false); // accepts, but its receive hook needs ~22k gas
+        SettlementEscrow.Trade memory t = defaultTrade();
+        t.assetA = address(0);
+        t.amountA = 1 ether;
+        t.partyB = address(desk);
+        bytes32 d = tradeDigest(escrow, t);
+        escrow.open(t, signPacked(A_PK, d), signPacked(ownerPk, d));
+        fundLeg(t, true);
+        usdc.mint(address(desk), t.amountB);
+        desk.approve(usdc, address(escrow), t.amountB);
+        desk.fund(escrow, t);
+        gasLimit = bound(gasLimit, 30_000, 400_000);
+        try escrow.settle{gas: gasLimit}(t) {
+            assertEq(address(desk).balance, 1 ether, "delivered");
+            assertEq(escrow.ethOwed(address(desk)), 0, "not credited");
+        } catch {
+            assertEq(address(escrow).balance, 1 ether, "reverted: ETH still in escrow");
+            assertEq(usdc.balanceOf(partyA), 0, "reverted: nothing delivered");
+        }
+    }
+
     /// A counterparty that refuses ETH cannot block settlement (no free option): its ETH is
     /// credited and withdrawn later. The wallet also signs through ERC-1271.
     function test_counterpartyRefusingEthCannotBlockSettlement() public {

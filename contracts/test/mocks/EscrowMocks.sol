@@ -86,7 +86,11 @@ contract DeskWallet is IERC1271 {
         escrow.withdrawEth();
     }
 
+    /// @dev Accepting costs real gas (a cold storage write), like a smart-contract wallet's hook.
+    uint256 public received;
+
     receive() external payable {
         if (refuseEth) revert("no ETH please");
+        received += msg.value;
     }
 }
