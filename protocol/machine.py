@@ -457,3 +457,11 @@ class RoundMachine(ABC):
             )
             return
         culprits[complainer] = f"complained about a valid message from party {accused}"
+
+
+def bind_session(session_id: bytes, phase: str, encoder: Encoder) -> bytes:
+    """The sub-session id every hash and proof of a phase uses: the node's session id, the
+    phase, and the phase's parameters (party set, threshold, keys) — so parties that disagree
+    on any parameter can never agree on a proof or a commitment."""
+    data = Encoder().bytes(b"fusion-prime/ssid/v1").bytes(session_id).bytes(phase.encode()).finish()
+    return hashlib.sha256(data + encoder.finish()).digest()

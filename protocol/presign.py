@@ -1,0 +1,299 @@
+"""Presigning, three rounds, message-independent (CGGMP21 Fig. 7, threshold form §1.2.7).
+
+Signers S (|S| ≥ t) first turn their shares into additive ones with Lagrange coefficients:
+w_i = λ_i(S)·x_i, W_j = λ_j(S)·X_j, so Σ_{j∈S} w_j = x.
+
+Round 1  k_i, γ_i ← F_q; K_i = enc_i(k_i; ρ_i), G_i = enc_i(γ_i; ν_i). Broadcast (K_i, G_i);
+         send each j Π^enc for K_i against j's ring-Pedersen parameters.
+Round 2  Γ_i = γ_i·G. For each j, the two MtAs with j's K_j, each with a fresh mask
+         y ← ±2^ℓ' (β = -y is this party's additive share):
+           D_{j,i} = γ_i ⊙ K_j ⊕ enc_j(y),  F_{j,i} = enc_i(y)    with Π^aff-g vs Γ_i
+           D̂_{j,i} = w_i ⊙ K_j ⊕ enc_j(ŷ),  F̂_{j,i} = enc_i(ŷ)    with Π^aff-g vs W_i
+         and Π^log* that G_i encrypts log Γ_i. Broadcast Γ_i, send the rest to j.
+Round 3  Γ = Σ Γ_j, Δ_i = k_i·Γ; α_{i,j} = dec_i(D_{i,j}), α̂_{i,j} = dec_i(D̂_{i,j});
+         δ_i = γ_i·k_i + Σ_j (α_{i,j} + β_{i,j}),  χ_i = w_i·k_i + Σ_j (α̂_{i,j} + β̂_{i,j}).
+         Broadcast (δ_i, Δ_i); send each j Π^log* that K_i encrypts log_Γ Δ_i.
+Output   δ = Σ δ_j, checked by δ·G = Σ Δ_j (= k·γ·G); R = δ^-1·Γ = k^-1·G.
+         Presignature (R, k_i, χ_i) for this signer set, with Σ χ_i = k·x.
+
+The ranges proven by Π^enc and Π^aff-g, together with the level's inequalities, guarantee
+the MtA sums never wrap modulo N (the Alpha-Rays family of attacks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gmpy2 import mpz
+
+from .aux_info import AuxInfo
+from .curve import Point, Q, random_scalar, scalar_from_bytes, scalar_to_bytes
+from .encoding import Decoder, Encoder
+from .errors import InvalidInput
+from .identity import PartyIdentity
+from .keygen import KeyShare
+from .levels import level_by_name
+from .machine import Blame, RoundMachine, bind_session
+from .paillier import PaillierPublicKey, sample_unit
+from .vss import lagrange_coefficient
+from .zk import aff_g, enc, log_star
+from .zk.common import ProofContext, paillier_raw, sample_pm_bits
+
+
+@dataclass(frozen=True, repr=False)
+class Presignature:
+    """One party's part of a presignature; usable for exactly one signature."""
+
+    presign_id: bytes
+    key_id: str
+    epoch: int
+    signers: tuple[int, ...]
+    index: int
+    R: Point
+    k: int
+    chi: int
+
+    def to_bytes(self) -> bytes:
+        enc_ = Encoder().bytes(self.presign_id).bytes(self.key_id.encode()).uint(self.epoch).uints(self.signers)
+        enc_.uint(self.index).bytes(self.R.to_bytes()).bytes(scalar_to_bytes(self.k)).bytes(scalar_to_bytes(self.chi))
+        return enc_.finish()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Presignature:
+        dec = Decoder(data, "presignature")
+        presign_id, key_id, epoch = dec.bytes(32), dec.bytes().decode(), dec.uint(32)
+        signers = tuple(dec.uints(max_bits=32))
+        index, R = dec.uint(32), Point.from_bytes(dec.bytes(33))
+        k, chi = scalar_from_bytes(dec.bytes(32)), scalar_from_bytes(dec.bytes(32), allow_zero=True)
+        dec.finish()
+        return cls(presign_id, key_id, epoch, signers, index, R, k, chi)
+
+    def __repr__(self) -> str:
+        return f"Presignature(id={self.presign_id.hex()[:16]}, key_id={self.key_id}, signers={list(self.signers)})"
+
+
+@dataclass
+class _PeerData:
+    K: int = 0
+    G: int = 0
+    Gamma: Point = field(default_factory=Point.identity)
+    D: int = 0
+    D_hat: int = 0
+    delta: int = 0
+    Delta: Point = field(default_factory=Point.identity)
+
+
+def check_signer_set(key_share: KeyShare, aux_info: AuxInfo, signers: Sequence[int], me: int) -> list[int]:
+    signers = sorted(signers)
+    if len(signers) < key_share.threshold:
+        raise InvalidInput(f"{len(signers)} signers cannot sign for a threshold of {key_share.threshold}")
+    if not set(signers) <= set(key_share.parties) or not set(signers) <= set(aux_info.parties):
+        raise InvalidInput("signers must hold shares of the key and aux info")
+    if key_share.index != me or aux_info.index != me:
+        raise InvalidInput("key share or aux info belongs to another party")
+    if key_share.level != aux_info.level:
+        raise InvalidInput("key share and aux info are for different security levels")
+    return signers
+
+
+class PresignMachine(RoundMachine):
+    phase = "presign"
+    rounds = 3
+
+    def __init__(
+        self,
+        session_id: bytes,
+        me: int,
+        signers: Sequence[int],
+        identity: PartyIdentity,
+        roster: Mapping[int, bytes],
+        *,
+        key_share: KeyShare,
+        aux_info: AuxInfo,
+    ) -> None:
+        signers = check_signer_set(key_share, aux_info, signers, me)
+        super().__init__(session_id, me, signers, identity, roster)
+        self.level = level_by_name(key_share.level)
+        self.key_share = key_share
+        self.ssid = bind_session(
+            session_id,
+            self.phase,
+            Encoder().uints(signers).bytes(key_share.group_key.to_bytes()).bytes(aux_info.aux_id.encode())
+            .uint(key_share.epoch),
+        )
+        self._paillier = aux_info.paillier_secret
+        self._rp = aux_info.ring_pedersen_secret
+        self._N: dict[int, PaillierPublicKey] = {j: aux_info.public[j].paillier for j in signers}
+        self._aux = {j: aux_info.public[j].ring_pedersen for j in signers}
+        self._w = lagrange_coefficient(me, signers) * key_share.secret_share % Q
+        self._W = {j: key_share.public_shares[j] * lagrange_coefficient(j, signers) for j in signers}
+        self._k, self._gamma = random_scalar(), random_scalar()
+        K, self._rho = self._paillier.encrypt(self._k)
+        G, self._nu = self._paillier.encrypt(self._gamma)
+        self._peer: dict[int, _PeerData] = {j: _PeerData() for j in signers}
+        self._peer[me].K, self._peer[me].G = K, G
+        self._beta: dict[int, int] = {}
+        self._beta_hat: dict[int, int] = {}
+        self._Gamma = Point.identity()
+        self._delta = 0
+        self._chi = 0
+        self._R = Point.identity()
+
+    def _ctx(self, prover: int) -> ProofContext:
+        return ProofContext(self.ssid, prover)
+
+    def _round_broadcasts(self, r: int) -> bool:
+        return True
+
+    def _round_private(self, r: int) -> bool:
+        return True
+
+    # round 1 -------------------------------------------------------------------------------
+    def _make_round(self, r: int) -> tuple[bytes | None, dict[int, bytes]]:
+        return {1: self._presign_round1, 2: self._presign_round2, 3: self._presign_round3}[r]()
+
+    def _presign_round1(self) -> tuple[bytes, dict[int, bytes]]:
+        mine = self._peer[self.me]
+        private = {
+            j: enc.prove(self._ctx(self.me), self.level, self._paillier, mine.K, self._aux[j], self._k, self._rho)
+            .to_bytes()
+            for j in self.peers
+        }
+        return Encoder().uint(mine.K).uint(mine.G).finish(), private
+
+    # round 2 -------------------------------------------------------------------------------
+    def _presign_round2(self) -> tuple[bytes, dict[int, bytes]]:
+        lv = self.level
+        Gamma_i = Point.base_mul(self._gamma)
+        self._peer[self.me].Gamma = Gamma_i
+        mine = self._peer[self.me]
+        private = {}
+        for j in self.peers:
+            Nj, Kj = self._N[j], self._peer[j].K
+            y, y_hat = sample_pm_bits(lv.ell_prime), sample_pm_bits(lv.ell_prime)
+            s, s_hat = sample_unit(Nj.n), sample_unit(Nj.n)
+            r, r_hat = sample_unit(self._paillier.n), sample_unit(self._paillier.n)
+            D = Nj.pow_n2(Kj, self._gamma) * paillier_raw(Nj, y, s) % Nj.n2
+            F = paillier_raw(self._paillier, y, r)
+            D_hat = Nj.pow_n2(Kj, self._w) * paillier_raw(Nj, y_hat, s_hat) % Nj.n2
+            F_hat = paillier_raw(self._paillier, y_hat, r_hat)
+            psi = aff_g.prove(self._ctx(self.me), lv, aff_g.AffGStatement(Nj, self._paillier, Kj, D, F, Gamma_i),
+                              self._aux[j], self._gamma, y, s, r)
+            psi_hat = aff_g.prove(self._ctx(self.me), lv,
+                                  aff_g.AffGStatement(Nj, self._paillier, Kj, D_hat, F_hat, self._W[self.me]),
+                                  self._aux[j], self._w, y_hat, s_hat, r_hat)
+            psi_log = log_star.prove(self._ctx(self.me), lv,
+                                     log_star.LogStarStatement(self._paillier, mine.G, Gamma_i, Point.generator()),
+                                     self._aux[j], self._gamma, self._nu)
+            self._beta[j], self._beta_hat[j] = int(-y), int(-y_hat)
+            private[j] = (
+                Encoder().uint(D).uint(F).uint(D_hat).uint(F_hat)
+                .bytes(psi.to_bytes()).bytes(psi_hat.to_bytes()).bytes(psi_log.to_bytes()).finish()
+            )
+        return Encoder().bytes(Gamma_i.to_bytes()).finish(), private
+
+    # round 3 -------------------------------------------------------------------------------
+    def _presign_round3(self) -> tuple[bytes, dict[int, bytes]]:
+        self._Gamma = Point.sum(self._peer[j].Gamma for j in self.parties)
+        if self._Gamma.is_identity:
+            raise Blame(self.parties, "Γ is the identity")
+        Delta_i = self._Gamma * self._k
+        delta, chi = self._gamma * self._k, self._w * self._k
+        for j in self.peers:
+            alpha = self._paillier.decrypt(self._peer[j].D)
+            alpha_hat = self._paillier.decrypt(self._peer[j].D_hat)
+            delta += alpha + self._beta[j]
+            chi += alpha_hat + self._beta_hat[j]
+        self._delta, self._chi = delta % Q, chi % Q
+        self._peer[self.me].delta, self._peer[self.me].Delta = self._delta, Delta_i
+        mine = self._peer[self.me]
+        private = {
+            j: log_star.prove(self._ctx(self.me), self.level,
+                              log_star.LogStarStatement(self._paillier, mine.K, Delta_i, self._Gamma),
+                              self._aux[j], self._k, self._rho).to_bytes()
+            for j in self.peers
+        }
+        return Encoder().bytes(scalar_to_bytes(self._delta)).bytes(Delta_i.to_bytes()).finish(), private
+
+    # validation ----------------------------------------------------------------------------
+    def _take_broadcast(self, r: int, sender: int, payload: bytes) -> None:
+        peer = self._peer[sender]
+        if r == 1:
+            dec = Decoder(payload, "presign round 1")
+            bits = 2 * self._N[sender].bits
+            K, G = mpz(dec.uint(bits)), mpz(dec.uint(bits))
+            dec.finish()
+            Nj = self._N[sender]
+            peer.K, peer.G = Nj.validate_ciphertext(K), Nj.validate_ciphertext(G)
+        elif r == 2:
+            dec = Decoder(payload, "presign round 2")
+            peer.Gamma = Point.from_bytes(dec.bytes(33))
+            dec.finish()
+        else:
+            dec = Decoder(payload, "presign round 3")
+            peer.delta = scalar_from_bytes(dec.bytes(32), allow_zero=True)
+            peer.Delta = Point.from_bytes(dec.bytes(33))
+            dec.finish()
+
+    def _take_private(self, r: int, sender: int, payload: bytes) -> None:
+        self._verify_private(r, sender, self.me, payload, store=True)
+
+    def _check_private(self, r: int, sender: int, receiver: int, payload: bytes) -> None:
+        self._verify_private(r, sender, receiver, payload, store=False)
+
+    def _verify_private(self, r: int, sender: int, receiver: int, payload: bytes, *, store: bool) -> None:
+        """Verify sender's private message to receiver; as the receiver we use our secrets (CRT)."""
+        lv = self.level
+        ctx = self._ctx(sender)
+        own = receiver == self.me
+        N_recv = self._paillier if own else self._N[receiver]
+        aux = self._rp if own else self._aux[receiver]
+        N_send = self._N[sender]
+        if r == 1:
+            proof = enc.EncProof.from_bytes(payload, lv)
+            enc.verify(ctx, lv, N_send, self._peer[sender].K, aux, proof)
+            return
+        if r == 2:
+            dec = Decoder(payload, "presign round 2 private")
+            bits = 2 * max(N_recv.bits, N_send.bits)
+            D, F, D_hat, F_hat = (mpz(dec.uint(bits)) for _ in range(4))
+            psi = aff_g.AffGProof.from_bytes(dec.bytes(), lv)
+            psi_hat = aff_g.AffGProof.from_bytes(dec.bytes(), lv)
+            psi_log = log_star.LogStarProof.from_bytes(dec.bytes(), lv)
+            dec.finish()
+            K_recv = self._peer[receiver].K
+            Gamma_j = self._peer[sender].Gamma
+            aff_g.verify(ctx, lv, aff_g.AffGStatement(N_recv, N_send, K_recv, D, F, Gamma_j), aux, psi)
+            aff_g.verify(ctx, lv, aff_g.AffGStatement(N_recv, N_send, K_recv, D_hat, F_hat, self._W[sender]), aux,
+                         psi_hat)
+            log_star.verify(ctx, lv, log_star.LogStarStatement(N_send, self._peer[sender].G, Gamma_j,
+                                                               Point.generator()), aux, psi_log)
+            if store:
+                self._peer[sender].D, self._peer[sender].D_hat = D, D_hat
+            return
+        proof = log_star.LogStarProof.from_bytes(payload, lv)
+        st = log_star.LogStarStatement(N_send, self._peer[sender].K, self._peer[sender].Delta, self._Gamma)
+        log_star.verify(ctx, lv, st, aux, proof)
+
+    def _end_round(self, r: int) -> None:
+        if r != 3:
+            return
+        delta = sum(self._peer[j].delta for j in self.parties) % Q
+        if delta == 0 or Point.base_mul(delta) != Point.sum(self._peer[j].Delta for j in self.parties):
+            # Every proof verified, yet δ is inconsistent with the Δ_j: someone lied about δ_j or
+            # its MtA shares. Naming them needs the identification round of ``identify``.
+            raise Blame((), "δ-check failed: g^δ != ∏ Δ_j")
+        self._R = self._Gamma * pow(delta, -1, Q)
+
+    def _result(self) -> Presignature:
+        return Presignature(
+            presign_id=self.ssid,
+            key_id=self.key_share.key_id,
+            epoch=self.key_share.epoch,
+            signers=tuple(self.parties),
+            index=self.me,
+            R=self._R,
+            k=self._k,
+            chi=self._chi,
+        )
