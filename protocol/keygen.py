@@ -149,6 +149,11 @@ class KeygenMachine(RoundMachine):
         self._joint_rid = b""
         self._joint_chain = b""
 
+    @property
+    def coefficient_commitments(self) -> dict[int, list[Point]]:
+        """Every party's published VSS commitments (an audit trail; F_j[0] is j's constant term)."""
+        return {p: list(peer.coefficients) for p, peer in self._peers.items() if peer.coefficients}
+
     # round structure -------------------------------------------------------------------------
     def _round_broadcasts(self, r: int) -> bool:
         return True
