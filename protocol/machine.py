@@ -382,17 +382,24 @@ class RoundMachine(ABC):
         return Encoder().list_of_bytes(entries).list_of_bytes(complaints).finish()
 
     def _process_echoes(self, r: int) -> None:
+        """Equivocation first: if some party sent different broadcasts, parties validated
+        different things, so complaints of this round cannot be judged fairly and only the
+        equivocator (proven by its two signatures) is named."""
         st = self._st(r)
         culprits: dict[int, str] = {}
+        complaints: list[tuple[int, int, bytes]] = []
         for k in self.peers:
             try:
-                self._process_echo(r, k, st.echo[k].payload, culprits)
+                complaints.extend(self._read_echo(r, k, st.echo[k].payload, culprits))
             except InvalidInput as exc:
                 culprits[k] = f"malformed echo: {exc}"
+        if not culprits:
+            for complainer, accused, evidence in complaints:
+                self._judge_complaint(r, complainer, accused, evidence, culprits)
         if culprits:
             raise Blame(culprits.keys(), "; ".join(f"party {j}: {why}" for j, why in sorted(culprits.items())))
 
-    def _process_echo(self, r: int, k: int, payload: bytes, culprits: dict[int, str]) -> None:
+    def _read_echo(self, r: int, k: int, payload: bytes, culprits: dict[int, str]) -> list[tuple[int, int, bytes]]:
         st = self._st(r)
         dec = Decoder(payload, "echo")
         entries, complaints = dec.list_of_bytes(), dec.list_of_bytes()
@@ -419,11 +426,13 @@ class RoundMachine(ABC):
                 culprits[k] = "echo does not cover every party's broadcast"
         elif entries:
             culprits[k] = "echo lists broadcasts in a round without broadcasts"
+        out = []
         for raw in complaints:
             c = Decoder(raw, "complaint")
             accused, evidence = c.uint(32), c.bytes()
             c.finish()
-            self._judge_complaint(r, k, accused, evidence, culprits)
+            out.append((k, accused, evidence))
+        return out
 
     def _judge_complaint(
         self, r: int, complainer: int, accused: int, evidence: bytes, culprits: dict[int, str]
