@@ -1,0 +1,371 @@
+"""The node's configuration: one TOML file per node.
+
+Relative paths in the file are resolved against the file's own folder, so a node's folder
+can be moved or mounted elsewhere as a whole. Validation collects *every* problem and
+raises one :class:`ConfigError` that lists them with their TOML path, because an operator
+fixing a config one error per restart is an operator who gives up.
+
+Example::
+
+    node_id = "alice"
+    listen = "127.0.0.1:7001"
+    data_dir = "data"
+    identity_key = "identity.key"
+    tls_cert = "tls.crt"
+    tls_key = "tls.key"
+    security_level = "128"
+    presign_pool_depth = 8
+    round_deadline_seconds = 30.0
+
+    [storage]
+    passphrase_env = "FUSION_PRIME_PASSPHRASE"   # or: key_file = "storage.key"
+
+    [metrics]
+    listen = "127.0.0.1:9101"                     # loopback only
+
+    [[roster]]
+    node_id = "alice"
+    index = 1
+    address = "127.0.0.1:7001"
+    identity_public_key = "02…"                   # 33-byte compressed secp256k1, hex
+    tls_cert = "peers/alice.crt"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ..protocol.errors import InsecureParameters
+from ..protocol.levels import SecurityLevel, level_by_name
+
+NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+DEFAULT_PASSPHRASE_ENV = "FUSION_PRIME_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
+MIN_SCRYPT_LOG2_N = 15
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``problems`` lists each issue with its TOML path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"invalid node configuration {source}:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class PeerEntry:
+    """One roster entry: who a node is, where it listens, and what it proves itself with."""
+
+    node_id: str
+    index: int
+    address: str
+    identity_public_key: bytes
+    tls_cert: Path
+
+    def tls_cert_pem(self) -> bytes:
+        return self.tls_cert.read_bytes()
+
+
+@dataclass(frozen=True)
+class StorageKeySource:
+    """Where the storage encryption key comes from: exactly one of the two."""
+
+    passphrase_env: str | None = None
+    key_file: Path | None = None
+    scrypt_log2_n: int = MIN_SCRYPT_LOG2_N
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: Path
+    node_id: str
+    listen: str
+    data_dir: Path
+    identity_key: Path
+    tls_cert: Path
+    tls_key: Path
+    roster: tuple[PeerEntry, ...]
+    storage: StorageKeySource
+    metrics_listen: str | None = None
+    security_level: str = "128"
+    presign_pool_depth: int = 8
+    round_deadline_seconds: float = 30.0
+    test_mode: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def me(self) -> PeerEntry:
+        return self.peer(self.node_id)
+
+    def peer(self, node_id: str) -> PeerEntry:
+        for entry in self.roster:
+            if entry.node_id == node_id:
+                return entry
+        raise KeyError(node_id)
+
+    @property
+    def peers(self) -> tuple[PeerEntry, ...]:
+        return tuple(e for e in self.roster if e.node_id != self.node_id)
+
+    @property
+    def level(self) -> SecurityLevel:
+        return level_by_name(self.security_level)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "node.sqlite3"
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); raises ValueError with a reason."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("expected host:port")
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not host:
+        raise ValueError("missing host")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port {port_text!r} is not 1-65535")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    """Typed access to a TOML table that records problems instead of raising at the first."""
+
+    def __init__(self, data: dict[str, Any], prefix: str, problems: list[str]) -> None:
+        self.data, self.prefix, self.problems = data, prefix, problems
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def get(self, key: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None) -> Any:
+        if key not in self.data:
+            if required:
+                self.problems.append(f"{self._name(key)}: missing")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            self.problems.append(f"{self._name(key)}: expected a number, got a boolean")
+            return default
+        if not isinstance(value, kind):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            self.problems.append(f"{self._name(key)}: expected {expected}, got {type(value).__name__}")
+            return default
+        return value
+
+    def unknown(self, known: set[str]) -> None:
+        for key in sorted(set(self.data) - known):
+            self.problems.append(f"{self._name(key)}: unknown setting (typo?)")
+
+
+def _path(base: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+_TOP_KEYS = {
+    "node_id", "listen", "data_dir", "identity_key", "tls_cert", "tls_key", "security_level",
+    "presign_pool_depth", "round_deadline_seconds", "test_mode", "storage", "metrics", "roster",
+}
+
+
+def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
+    """Validate a parsed TOML document; ``path`` locates relative paths and names errors."""
+    problems: list[str] = []
+    base = path.resolve().parent
+    top = _Reader(data, "", problems)
+    top.unknown(_TOP_KEYS)
+    node_id = top.get("node_id", str, default="")
+    if node_id and not NODE_ID_RE.match(node_id):
+        problems.append(f"node_id: {node_id!r} must be 1-63 chars of a-z, 0-9 and '-', not starting with '-'")
+    listen = top.get("listen", str, default="")
+    if listen:
+        try:
+            parse_address(listen)
+        except ValueError as exc:
+            problems.append(f"listen: {listen!r}: {exc}")
+    data_dir = _path(base, top.get("data_dir", str, default="data"))
+    identity_key = _path(base, top.get("identity_key", str, default="identity.key"))
+    tls_cert = _path(base, top.get("tls_cert", str, default="tls.crt"))
+    tls_key = _path(base, top.get("tls_key", str, default="tls.key"))
+    test_mode = top.get("test_mode", bool, required=False, default=False)
+    level_name = top.get("security_level", str, required=False, default="128")
+    try:
+        level = level_by_name(level_name)
+        if level.test_only and not test_mode:
+            problems.append(
+                f"security_level: {level_name!r} is a test-only level (small Paillier moduli); "
+                "the node refuses it unless test_mode = true"
+            )
+    except InsecureParameters as exc:
+        problems.append(f"security_level: {exc}")
+    depth = top.get("presign_pool_depth", int, required=False, default=8)
+    if isinstance(depth, int) and not 0 <= depth <= 10_000:
+        problems.append(f"presign_pool_depth: {depth} is not in 0..10000")
+    deadline = top.get("round_deadline_seconds", (int, float), required=False, default=30.0)
+    if isinstance(deadline, (int, float)) and not 0.05 <= deadline <= 3600:
+        problems.append(f"round_deadline_seconds: {deadline} is not in 0.05..3600")
+
+    storage_raw = top.get("storage", dict, required=False, default={"passphrase_env": DEFAULT_PASSPHRASE_ENV})
+    st = _Reader(storage_raw or {}, "storage.", problems)
+    st.unknown({"passphrase_env", "key_file", "scrypt_log2_n"})
+    passphrase_env = st.get("passphrase_env", str, required=False)
+    key_file = _path(base, st.get("key_file", str, required=False))
+    log2_n = st.get("scrypt_log2_n", int, required=False, default=MIN_SCRYPT_LOG2_N)
+    if (passphrase_env is None) == (key_file is None):
+        problems.append("storage: set exactly one of passphrase_env (operator passphrase) or key_file")
+    if isinstance(log2_n, int) and not (MIN_SCRYPT_LOG2_N <= log2_n <= 22 or (test_mode and 4 <= log2_n)):
+        problems.append(
+            f"storage.scrypt_log2_n: {log2_n} is outside {MIN_SCRYPT_LOG2_N}..22 "
+            "(lower values are allowed only with test_mode = true)"
+        )
+
+    metrics_raw = top.get("metrics", dict, required=False, default={})
+    mt = _Reader(metrics_raw or {}, "metrics.", problems)
+    mt.unknown({"listen"})
+    metrics_listen = mt.get("listen", str, required=False)
+    if metrics_listen is not None:
+        try:
+            host, _ = parse_address(metrics_listen)
+            if not is_loopback(host):
+                problems.append(f"metrics.listen: {metrics_listen!r} must be a loopback address")
+        except ValueError as exc:
+            problems.append(f"metrics.listen: {metrics_listen!r}: {exc}")
+
+    roster: list[PeerEntry] = []
+    roster_raw = top.get("roster", list, default=[])
+    for i, entry in enumerate(roster_raw or []):
+        prefix = f"roster[{i}]."
+        if not isinstance(entry, dict):
+            problems.append(f"roster[{i}]: expected a table")
+            continue
+        r = _Reader(entry, prefix, problems)
+        r.unknown({"node_id", "index", "address", "identity_public_key", "tls_cert"})
+        peer_id = r.get("node_id", str, default="")
+        if peer_id and not NODE_ID_RE.match(peer_id):
+            problems.append(f"{prefix}node_id: {peer_id!r} is not a valid node id")
+        index = r.get("index", int, default=0)
+        if isinstance(index, int) and not 1 <= index < 2**31:
+            problems.append(f"{prefix}index: {index} must be a positive party index")
+        address = r.get("address", str, default="")
+        if address:
+            try:
+                parse_address(address)
+            except ValueError as exc:
+                problems.append(f"{prefix}address: {address!r}: {exc}")
+        pub_hex = r.get("identity_public_key", str, default="")
+        pub = b""
+        if pub_hex:
+            try:
+                pub = bytes.fromhex(pub_hex)
+            except ValueError:
+                problems.append(f"{prefix}identity_public_key: not hex")
+            if pub and (len(pub) != 33 or pub[0] not in (2, 3)):
+                problems.append(f"{prefix}identity_public_key: expected a 33-byte compressed secp256k1 key")
+        cert = _path(base, r.get("tls_cert", str, default=None))
+        if cert is not None and not cert.is_file():
+            problems.append(f"{prefix}tls_cert: {cert} does not exist")
+        roster.append(PeerEntry(peer_id, index, address, pub, cert or Path()))
+    for what in ("node_id", "index", "address", "identity_public_key"):
+        seen: dict[Any, int] = {}
+        for i, e in enumerate(roster):
+            value = getattr(e, what)
+            if value in seen:
+                problems.append(f"roster[{i}].{what}: duplicates roster[{seen[value]}]")
+            seen.setdefault(value, i)
+    if node_id and roster and node_id not in {e.node_id for e in roster}:
+        problems.append(f"roster: this node ({node_id!r}) has no roster entry")
+    if not roster:
+        problems.append("roster: at least this node's own entry is required")
+
+    if problems:
+        raise ConfigError(str(path), problems)
+    return NodeConfig(
+        path=path.resolve(),
+        node_id=node_id,
+        listen=listen,
+        data_dir=data_dir,  # type: ignore[arg-type]
+        identity_key=identity_key,  # type: ignore[arg-type]
+        tls_cert=tls_cert,  # type: ignore[arg-type]
+        tls_key=tls_key,  # type: ignore[arg-type]
+        roster=tuple(roster),
+        storage=StorageKeySource(passphrase_env, key_file, log2_n),
+        metrics_listen=metrics_listen,
+        security_level=level_name,
+        presign_pool_depth=depth,
+        round_deadline_seconds=float(deadline),
+        test_mode=test_mode,
+    )
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    return parse_config(data, path)
+
+
+def config_to_toml(cfg: NodeConfig) -> str:
+    """Serialise a config with paths relative to the config file's folder where possible."""
+    base = cfg.path.parent
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.resolve().relative_to(base))
+        except ValueError:
+            return str(p)
+
+    storage: dict[str, Any] = {}
+    if cfg.storage.passphrase_env:
+        storage["passphrase_env"] = cfg.storage.passphrase_env
+    if cfg.storage.key_file:
+        storage["key_file"] = rel(cfg.storage.key_file)
+    if cfg.storage.scrypt_log2_n != MIN_SCRYPT_LOG2_N:
+        storage["scrypt_log2_n"] = cfg.storage.scrypt_log2_n
+    doc: dict[str, Any] = {
+        "node_id": cfg.node_id,
+        "listen": cfg.listen,
+        "data_dir": rel(cfg.data_dir),
+        "identity_key": rel(cfg.identity_key),
+        "tls_cert": rel(cfg.tls_cert),
+        "tls_key": rel(cfg.tls_key),
+        "security_level": cfg.security_level,
+        "presign_pool_depth": cfg.presign_pool_depth,
+        "round_deadline_seconds": cfg.round_deadline_seconds,
+        "test_mode": cfg.test_mode,
+        "storage": storage,
+    }
+    if cfg.metrics_listen:
+        doc["metrics"] = {"listen": cfg.metrics_listen}
+    doc["roster"] = [
+        {
+            "node_id": e.node_id,
+            "index": e.index,
+            "address": e.address,
+            "identity_public_key": e.identity_public_key.hex(),
+            "tls_cert": rel(e.tls_cert),
+        }
+        for e in cfg.roster
+    ]
+    return tomli_w.dumps(doc)

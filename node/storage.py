@@ -1,0 +1,781 @@
+"""Durable, encrypted node state in one SQLite file per node.
+
+What is stored, and how:
+
+* **Secrets** (key shares, aux-info secrets, presignatures) are sealed with AES-256-GCM
+  before they reach SQLite. Each ciphertext's associated data names its table and row, so a
+  ciphertext copied into another row (say, an old presignature over a fresh one) fails to
+  open instead of being used. Public columns (ids, parties, states) stay in clear so the
+  node can schedule work and an operator can inspect status without the key.
+* **The storage key** comes from scrypt (N ≥ 2^15, r = 8, p = 1, 16-byte random salt kept
+  in the ``meta`` table) over the operator's passphrase, or from a 32-byte key file. A
+  *key-check value* (a GCM-sealed constant) is verified before anything is written, so a
+  wrong passphrase is a clear :class:`WrongKey` error and leaves the database untouched.
+* **Presignatures** move ``available → reserved → consumed``; ``consumed`` is final (a
+  trigger forbids leaving it) and the ciphertext is erased in the same transaction. The
+  consume methods take SQLite's write lock (``BEGIN IMMEDIATE``), mark the row consumed,
+  commit with ``synchronous=FULL`` and only then return the plaintext: two callers can never
+  both get one presignature, and a crash after the return cannot bring it back. A crash
+  can lose presignatures (reserved ones return to the pool on restart: nothing was signed
+  with them yet), never reuse one. That is the Anyswap (July 2021) lesson.
+* **The audit log** is append-only (triggers refuse UPDATE and DELETE) and hash-chained,
+  so edits made behind SQLite's back are detectable with :meth:`Storage.verify_audit_chain`.
+* **Schema migrations** are ordered functions; ``schema_version`` records which ran. A
+  database from a newer build is refused rather than misread.
+
+Connections are per thread (SQLite connections must not be shared across threads without
+serialising every call); WAL lets readers proceed while one writer commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from Crypto.Cipher import AES
+from Crypto.Protocol.KDF import scrypt
+
+from .identity import read_secret_file, write_secret_file
+
+PRODUCTION_SCRYPT_LOG2_N = 15
+SCRYPT_R, SCRYPT_P = 8, 1
+SEAL_VERSION = b"\x01"
+KEY_CHECK_PLAINTEXT = b"fusion-prime storage key check v1"
+AAD_PREFIX = b"fusion-prime/storage/v1|"
+BACKUP_MAGIC = b"FPBACKUP1\n"
+PRESIG_STATES = ("available", "reserved", "consumed")
+SESSION_STATES = ("running", "done", "aborted", "timeout", "refused")
+
+
+class StorageError(RuntimeError):
+    """Base of storage errors; messages never contain secrets."""
+
+
+class WrongKey(StorageError):
+    """The passphrase or key file does not open this database or backup."""
+
+
+class NotFound(StorageError):
+    pass
+
+
+class PresignatureUnavailable(StorageError):
+    """No presignature to consume: none left, or this one is already consumed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False)
+class KeyMaterial:
+    """What the operator supplies: a passphrase, or the bytes of a key file."""
+
+    kind: str  # "scrypt" | "keyfile"
+    secret: bytes
+
+    @classmethod
+    def passphrase(cls, passphrase: str | bytes) -> KeyMaterial:
+        raw = passphrase.encode() if isinstance(passphrase, str) else bytes(passphrase)
+        if len(raw) < 8:
+            raise StorageError("the storage passphrase must be at least 8 characters")
+        return cls("scrypt", raw)
+
+    @classmethod
+    def key_file(cls, path: Path) -> KeyMaterial:
+        raw = read_secret_file(path).strip()
+        try:
+            key = bytes.fromhex(raw.decode("ascii")) if len(raw) == 64 else raw
+        except (UnicodeDecodeError, ValueError):
+            key = raw
+        if len(key) != 32:
+            raise StorageError(f"{path}: a storage key file holds 32 bytes (raw or 64 hex digits)")
+        return cls("keyfile", key)
+
+    @staticmethod
+    def create_key_file(path: Path) -> None:
+        write_secret_file(path, secrets.token_bytes(32).hex().encode() + b"\n")
+
+    def derive(self, salt: bytes, log2_n: int) -> bytes:
+        if self.kind == "keyfile":
+            # Already uniformly random; bind it to the database's salt anyway so two databases
+            # sharing a key file still have unrelated keys.
+            return hmac.new(self.secret, b"fusion-prime/storage-key|" + salt, hashlib.sha256).digest()
+        return scrypt(self.secret, salt, 32, N=1 << log2_n, r=SCRYPT_R, p=SCRYPT_P)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"KeyMaterial(kind={self.kind})"
+
+
+def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = secrets.token_bytes(12)
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+    cipher.update(aad)
+    ct, tag = cipher.encrypt_and_digest(plaintext)
+    return SEAL_VERSION + nonce + ct + tag
+
+
+def _unseal(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    if len(blob) < 29 or blob[:1] != SEAL_VERSION:
+        raise ValueError("malformed sealed value")
+    cipher = AES.new(key, AES.MODE_GCM, nonce=blob[1:13])
+    cipher.update(aad)
+    return cipher.decrypt_and_verify(blob[13:-16], blob[-16:])
+
+
+def _aad(table: str, row_id: bytes) -> bytes:
+    return AAD_PREFIX + table.encode() + b"|" + row_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one: ``executescript`` would COMMIT the migration's transaction
+    first, and a migration must apply entirely or not at all."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise StorageError("incomplete SQL statement in a migration")
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    """Core tables."""
+    _execute_script(
+        db,
+        """
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+        CREATE TABLE key_shares (
+            key_id BLOB PRIMARY KEY,
+            parties TEXT NOT NULL,
+            threshold INTEGER NOT NULL CHECK (threshold >= 1),
+            level TEXT NOT NULL,
+            public_key BLOB,
+            created_at REAL NOT NULL,
+            share BLOB NOT NULL
+        );
+        CREATE TABLE aux_info (
+            aux_id BLOB PRIMARY KEY,
+            parties TEXT NOT NULL,
+            level TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            aux BLOB NOT NULL
+        );
+        CREATE TABLE presignatures (
+            presig_id BLOB PRIMARY KEY,
+            key_id BLOB NOT NULL REFERENCES key_shares(key_id),
+            signers TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('available', 'reserved', 'consumed')),
+            created_at REAL NOT NULL,
+            reserved_at REAL,
+            reserved_for BLOB,
+            consumed_at REAL,
+            consumed_for BLOB,
+            data BLOB,
+            CHECK ((state = 'consumed') = (data IS NULL))
+        );
+        CREATE INDEX presignatures_pool ON presignatures (key_id, signers, state, created_at);
+        CREATE TABLE sessions (
+            session_id BLOB PRIMARY KEY,
+            phase TEXT NOT NULL,
+            coordinator TEXT NOT NULL,
+            participants TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('running', 'done', 'aborted', 'timeout', 'refused')),
+            created_at REAL NOT NULL,
+            finished_at REAL,
+            culprits TEXT,
+            reason TEXT
+        );
+        CREATE TABLE audit_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            event TEXT NOT NULL,
+            session_id BLOB,
+            detail TEXT NOT NULL,
+            prev_hash BLOB NOT NULL,
+            hash BLOB NOT NULL
+        );
+        """
+    )
+
+
+def _migration_2(db: sqlite3.Connection) -> None:
+    """Invariants the application must not be able to break by mistake."""
+    _execute_script(
+        db,
+        """
+        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        CREATE TRIGGER presignature_consumed_is_final BEFORE UPDATE ON presignatures
+        WHEN OLD.state = 'consumed'
+        BEGIN SELECT RAISE(ABORT, 'a consumed presignature is final'); END;
+        CREATE TRIGGER presignature_no_delete BEFORE DELETE ON presignatures
+        WHEN OLD.state != 'consumed'
+        BEGIN SELECT RAISE(ABORT, 'only consumed presignatures may be deleted'); END;
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PresignatureCounts:
+    available: int = 0
+    reserved: int = 0
+    consumed: int = 0
+
+
+def _parties_text(parties: Sequence[Any]) -> str:
+    return json.dumps(list(parties), separators=(",", ":"))
+
+
+class Storage:
+    """One node's database. Thread-safe: every thread gets its own connection."""
+
+    def __init__(
+        self,
+        path: Path,
+        key: KeyMaterial,
+        *,
+        node_id: str | None = None,
+        scrypt_log2_n: int = PRODUCTION_SCRYPT_LOG2_N,
+        allow_weak_kdf: bool = False,
+        create: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self._allow_weak = allow_weak_kdf
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._conn_lock = threading.Lock()
+        self._check_kdf(scrypt_log2_n)
+        existed = self.path.exists()
+        if not existed and not create:
+            raise StorageError(f"{self.path}: no database here")
+        if not existed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self._conn()
+        has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if has_meta:
+            self._key = self._unlock(db, key)
+            stored_node = self.meta("node_id")
+            if node_id is not None and stored_node is not None and stored_node.decode() != node_id:
+                self.close()
+                raise StorageError(f"{self.path} belongs to node {stored_node.decode()!r}, not {node_id!r}")
+            self._migrate(db)
+        else:
+            self._key = self._initialise(db, key, node_id, scrypt_log2_n)
+
+    # connections ---------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA busy_timeout = 30000")
+            # FULL: a commit is on disk when it returns. With NORMAL, WAL may lose the last
+            # commits on power loss - including the one that marked a presignature consumed.
+            db.execute("PRAGMA synchronous = FULL")
+            self._local.db = db
+            with self._conn_lock:
+                self._connections.append(db)
+        return db
+
+    def close(self) -> None:
+        with self._conn_lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding SQLite's write lock from the start."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # key handling --------------------------------------------------------------------------
+    def _check_kdf(self, log2_n: int) -> None:
+        if log2_n < PRODUCTION_SCRYPT_LOG2_N and not self._allow_weak:
+            raise StorageError(
+                f"scrypt N = 2^{log2_n} is below the production minimum 2^{PRODUCTION_SCRYPT_LOG2_N}; "
+                "weaker settings exist only for tests"
+            )
+
+    def _initialise(self, db: sqlite3.Connection, key: KeyMaterial, node_id: str | None, log2_n: int) -> bytes:
+        salt = secrets.token_bytes(16)
+        derived = key.derive(salt, log2_n)
+        db.execute("PRAGMA journal_mode = WAL")
+        self._migrate(db)
+        with self._write() as w:
+            rows = {
+                "kdf": key.kind.encode(),
+                "kdf_salt": salt,
+                "scrypt_log2_n": str(log2_n).encode(),
+                "key_check": _seal(derived, KEY_CHECK_PLAINTEXT, _aad("meta", b"key_check")),
+                "created_at": str(time.time()).encode(),
+            }
+            if node_id is not None:
+                rows["node_id"] = node_id.encode()
+            w.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", rows.items())
+        self._key = derived
+        self.append_audit("storage-created", detail={"schema_version": SCHEMA_VERSION, "kdf": key.kind})
+        return derived
+
+    def _unlock(self, db: sqlite3.Connection, key: KeyMaterial) -> bytes:
+        """Derive the key and check it *before* writing anything."""
+        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        kdf = meta.get("kdf", b"").decode()
+        if kdf != key.kind:
+            self.close()
+            expected = "a passphrase" if kdf == "scrypt" else "a key file"
+            raise WrongKey(f"{self.path} is encrypted with {expected}; supply that instead")
+        log2_n = int(meta["scrypt_log2_n"])
+        if kdf == "scrypt":
+            try:
+                self._check_kdf(log2_n)
+            except StorageError:
+                self.close()
+                raise
+        derived = key.derive(meta["kdf_salt"], log2_n)
+        try:
+            _unseal(derived, meta["key_check"], _aad("meta", b"key_check"))
+        except ValueError:
+            self.close()
+            what = "passphrase" if kdf == "scrypt" else "key file"
+            raise WrongKey(f"wrong {what} for {self.path}: the key check failed; nothing was changed") from None
+        return derived
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path} has schema version {current}, newer than this build's {SCHEMA_VERSION}; "
+                "refusing to open it with older code"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self._write() as w:
+                MIGRATIONS[version - 1](w)
+                w.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time()))
+
+    def schema_version(self) -> int:
+        return self._conn().execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+
+    def seal(self, table: str, row_id: bytes, plaintext: bytes) -> bytes:
+        return _seal(self._key, plaintext, _aad(table, row_id))
+
+    def unseal(self, table: str, row_id: bytes, blob: bytes) -> bytes:
+        try:
+            return _unseal(self._key, blob, _aad(table, row_id))
+        except ValueError:
+            raise StorageError(f"{table} row {row_id.hex()[:16]}…: ciphertext does not authenticate") from None
+
+    # meta ----------------------------------------------------------------------------------
+    def meta(self, name: str) -> bytes | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def next_transport_epoch(self) -> int:
+        """A transport epoch larger than any this database has handed out, and not behind the
+        clock: peers reject envelopes from an older epoch as replays, so an epoch must never
+        repeat - not across restarts, and not after a restore from an old backup."""
+        with self._write() as w:
+            row = w.execute("SELECT value FROM meta WHERE name = 'transport_epoch'").fetchone()
+            epoch = max(int(row[0]) + 1 if row else 0, time.time_ns() // 1000)
+            w.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('transport_epoch', ?)", (str(epoch).encode(),))
+        return epoch
+
+    # key shares and aux info ---------------------------------------------------------------
+    def put_key_share(
+        self, key_id: bytes, *, parties: Sequence[str], threshold: int, level: str, share: bytes,
+        public_key: bytes | None = None,
+    ) -> None:
+        with self._write() as w:
+            w.execute(
+                "INSERT INTO key_shares (key_id, parties, threshold, level, public_key, created_at, share) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key_id, _parties_text(parties), threshold, level, public_key, time.time(),
+                 self.seal("key_shares", key_id, share)),
+            )
+            self._audit(w, "key-share-stored", key_id, {"parties": list(parties), "threshold": threshold})
+
+    def get_key_share(self, key_id: bytes) -> bytes:
+        row = self._conn().execute("SELECT share FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no key share {key_id.hex()}")
+        return self.unseal("key_shares", key_id, row[0])
+
+    def key_info(self, key_id: bytes) -> dict[str, Any] | None:
+        row = self._conn().execute(
+            "SELECT parties, threshold, level, public_key, created_at FROM key_shares WHERE key_id = ?", (key_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return {"key_id": key_id, "parties": json.loads(row[0]), "threshold": row[1], "level": row[2],
+                "public_key": row[3], "created_at": row[4]}
+
+    def list_keys(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self._conn().execute("SELECT key_id FROM key_shares ORDER BY created_at")]
+
+    def put_aux_info(self, aux_id: bytes, *, parties: Sequence[str], level: str, aux: bytes) -> None:
+        with self._write() as w:
+            w.execute(
+                "INSERT INTO aux_info (aux_id, parties, level, created_at, aux) VALUES (?, ?, ?, ?, ?)",
+                (aux_id, _parties_text(parties), level, time.time(), self.seal("aux_info", aux_id, aux)),
+            )
+            self._audit(w, "aux-info-stored", aux_id, {"parties": list(parties)})
+
+    def get_aux_info(self, aux_id: bytes) -> bytes:
+        row = self._conn().execute("SELECT aux FROM aux_info WHERE aux_id = ?", (aux_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no aux info {aux_id.hex()}")
+        return self.unseal("aux_info", aux_id, row[0])
+
+    def latest_aux_info(self, parties: Sequence[str]) -> bytes | None:
+        """The newest aux-info id for exactly this committee, if any."""
+        row = self._conn().execute(
+            "SELECT aux_id FROM aux_info WHERE parties = ? ORDER BY created_at DESC LIMIT 1", (_parties_text(parties),)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # presignatures -------------------------------------------------------------------------
+    def put_presignature(self, presig_id: bytes, *, key_id: bytes, signers: Sequence[str], data: bytes) -> None:
+        with self._write() as w:
+            w.execute(
+                "INSERT INTO presignatures (presig_id, key_id, signers, state, created_at, data) "
+                "VALUES (?, ?, ?, 'available', ?, ?)",
+                (presig_id, key_id, _parties_text(sorted(signers)), time.time(),
+                 self.seal("presignatures", presig_id, data)),
+            )
+
+    def reserve_presignature(self, key_id: bytes, signers: Sequence[str], session_id: bytes) -> bytes | None:
+        """Coordinator side: set aside the oldest available presignature for one sign session."""
+        with self._write() as w:
+            row = w.execute(
+                "SELECT presig_id FROM presignatures WHERE key_id = ? AND signers = ? AND state = 'available' "
+                "ORDER BY created_at, presig_id LIMIT 1",
+                (key_id, _parties_text(sorted(signers))),
+            ).fetchone()
+            if row is None:
+                return None
+            w.execute(
+                "UPDATE presignatures SET state = 'reserved', reserved_at = ?, reserved_for = ? WHERE presig_id = ?",
+                (time.time(), session_id, row[0]),
+            )
+            return bytes(row[0])
+
+    def release_presignature(self, presig_id: bytes) -> None:
+        """A reservation whose session never started signing goes back to the pool."""
+        with self._write() as w:
+            w.execute(
+                "UPDATE presignatures SET state = 'available', reserved_at = NULL, reserved_for = NULL "
+                "WHERE presig_id = ? AND state = 'reserved'",
+                (presig_id,),
+            )
+
+    def consume_presignature(self, presig_id: bytes, session_id: bytes) -> bytes:
+        """Mark one presignature consumed - durably, in one transaction - then return it.
+
+        Raises :class:`PresignatureUnavailable` if it is already consumed: the caller must
+        then not sign. Nothing is returned until the commit is on disk."""
+        with self._write() as w:
+            row = w.execute("SELECT state, data FROM presignatures WHERE presig_id = ?", (presig_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no presignature {presig_id.hex()}")
+            if row[0] == "consumed":
+                raise PresignatureUnavailable(f"presignature {presig_id.hex()[:16]}… is already consumed")
+            plaintext = self.unseal("presignatures", presig_id, row[1])
+            self._mark_consumed(w, presig_id, session_id)
+        return plaintext
+
+    def consume_next_presignature(
+        self, key_id: bytes, signers: Sequence[str], session_id: bytes
+    ) -> tuple[bytes, bytes]:
+        """Take the oldest available presignature for (key, signers): (presig_id, data)."""
+        with self._write() as w:
+            row = w.execute(
+                "SELECT presig_id, data FROM presignatures WHERE key_id = ? AND signers = ? AND state = 'available' "
+                "ORDER BY created_at, presig_id LIMIT 1",
+                (key_id, _parties_text(sorted(signers))),
+            ).fetchone()
+            if row is None:
+                raise PresignatureUnavailable("presignature pool is empty for this key and signer set")
+            presig_id = bytes(row[0])
+            plaintext = self.unseal("presignatures", presig_id, row[1])
+            self._mark_consumed(w, presig_id, session_id)
+        return presig_id, plaintext
+
+    def _mark_consumed(self, w: sqlite3.Connection, presig_id: bytes, session_id: bytes) -> None:
+        cur = w.execute(
+            "UPDATE presignatures SET state = 'consumed', consumed_at = ?, consumed_for = ?, data = NULL "
+            "WHERE presig_id = ? AND state != 'consumed'",
+            (time.time(), session_id, presig_id),
+        )
+        if cur.rowcount != 1:
+            raise PresignatureUnavailable(f"presignature {presig_id.hex()[:16]}… is already consumed")
+        self._audit(w, "presignature-consumed", session_id, {"presignature": presig_id.hex()})
+
+    def presignature_state(self, presig_id: bytes) -> str | None:
+        row = self._conn().execute("SELECT state FROM presignatures WHERE presig_id = ?", (presig_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def presignature_counts(
+        self, key_id: bytes | None = None, signers: Sequence[str] | None = None
+    ) -> PresignatureCounts:
+        sql, args = "SELECT state, COUNT(*) FROM presignatures WHERE 1 = 1", []
+        if key_id is not None:
+            sql, args = sql + " AND key_id = ?", [*args, key_id]
+        if signers is not None:
+            sql, args = sql + " AND signers = ?", [*args, _parties_text(sorted(signers))]
+        counts = dict(self._conn().execute(sql + " GROUP BY state", args).fetchall())
+        return PresignatureCounts(**{s: counts.get(s, 0) for s in PRESIG_STATES})
+
+    def recover_after_restart(self) -> int:
+        """Return reservations to the pool (no partial signature was released from a reserved
+        presignature: consumption comes first) and mark interrupted sessions aborted."""
+        with self._write() as w:
+            released = w.execute(
+                "UPDATE presignatures SET state = 'available', reserved_at = NULL, reserved_for = NULL "
+                "WHERE state = 'reserved'"
+            ).rowcount
+            for (session_id,) in w.execute("SELECT session_id FROM sessions WHERE state = 'running'").fetchall():
+                w.execute(
+                    "UPDATE sessions SET state = 'aborted', finished_at = ?, reason = ? WHERE session_id = ?",
+                    (time.time(), "node restarted during the session", session_id),
+                )
+                self._audit(w, "session-interrupted", session_id, {"reason": "node restarted"})
+        return released
+
+    # sessions ------------------------------------------------------------------------------
+    def session_started(self, session_id: bytes, *, phase: str, coordinator: str, participants: Sequence[str]) -> None:
+        with self._write() as w:
+            w.execute(
+                "INSERT INTO sessions (session_id, phase, coordinator, participants, state, created_at) "
+                "VALUES (?, ?, ?, ?, 'running', ?)",
+                (session_id, phase, coordinator, _parties_text(participants), time.time()),
+            )
+            self._audit(w, "session-started", session_id,
+                        {"phase": phase, "coordinator": coordinator, "participants": list(participants)})
+
+    def session_finished(
+        self, session_id: bytes, *, state: str, culprits: Sequence[str] = (), reason: str = ""
+    ) -> None:
+        if state not in SESSION_STATES or state == "running":
+            raise ValueError(f"not a final session state: {state}")
+        with self._write() as w:
+            w.execute(
+                "UPDATE sessions SET state = ?, finished_at = ?, culprits = ?, reason = ? WHERE session_id = ?",
+                (state, time.time(), _parties_text(culprits), reason, session_id),
+            )
+            self._audit(w, f"session-{state}", session_id, {"culprits": list(culprits), "reason": reason})
+
+    def session_refused(self, session_id: bytes, *, phase: str, coordinator: str, reason: str) -> None:
+        with self._write() as w:
+            self._audit(w, "session-refused", session_id, {"phase": phase, "coordinator": coordinator,
+                                                           "reason": reason})
+
+    def session_state(self, session_id: bytes) -> str | None:
+        row = self._conn().execute("SELECT state FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        return None if row is None else row[0]
+
+    # audit log -----------------------------------------------------------------------------
+    def append_audit(self, event: str, session_id: bytes | None = None, detail: dict[str, Any] | None = None) -> None:
+        with self._write() as w:
+            self._audit(w, event, session_id, detail or {})
+
+    @staticmethod
+    def _audit_hash(prev: bytes, at: float, event: str, session_id: bytes | None, detail: str) -> bytes:
+        body = json.dumps([repr(at), event, (session_id or b"").hex(), detail], separators=(",", ":"))
+        return hashlib.sha256(prev + body.encode()).digest()
+
+    def _audit(self, w: sqlite3.Connection, event: str, session_id: bytes | None, detail: dict[str, Any]) -> None:
+        row = w.execute("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = bytes(row[0]) if row else b"\x00" * 32
+        at = time.time()
+        detail_text = json.dumps(detail, sort_keys=True, separators=(",", ":"))
+        w.execute(
+            "INSERT INTO audit_log (at, event, session_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+            (at, event, session_id, detail_text, prev, self._audit_hash(prev, at, event, session_id, detail_text)),
+        )
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT seq, at, event, session_id, detail FROM audit_log ORDER BY seq"
+        ).fetchall()
+        return [{"seq": r[0], "at": r[1], "event": r[2], "session_id": r[3], "detail": json.loads(r[4])} for r in rows]
+
+    def verify_audit_chain(self) -> bool:
+        prev = b"\x00" * 32
+        for at, event, sid, detail, prev_hash, digest in self._conn().execute(
+            "SELECT at, event, session_id, detail, prev_hash, hash FROM audit_log ORDER BY seq"
+        ):
+            if bytes(prev_hash) != prev or bytes(digest) != self._audit_hash(prev, at, event, sid, detail):
+                return False
+            prev = bytes(digest)
+        return True
+
+    # backup and restore --------------------------------------------------------------------
+    def backup(self, dest: Path) -> None:
+        """Write an encrypted copy of the database to ``dest`` (mode 0600).
+
+        Presignatures are *not* restorable: the copy marks every one consumed and erases it,
+        because a backup taken before a presignature was used would otherwise bring it back
+        after a restore (presignature reuse leaks the key). Key shares and aux info, which may
+        be used any number of times, are what a backup is for."""
+        # Snapshot into a private temporary file (rollback-journal mode, so the image is one
+        # self-contained file), scrub it, and read it back.
+        with tempfile.TemporaryDirectory(dir=self.path.parent) as tmpdir:
+            snap_path = Path(tmpdir) / "snapshot.sqlite3"
+            snapshot = sqlite3.connect(snap_path, isolation_level=None)
+            try:
+                self._conn().backup(snapshot)
+                snapshot.execute("PRAGMA journal_mode = DELETE")
+                snapshot.execute(
+                    "UPDATE presignatures SET state = 'consumed', consumed_at = ?, consumed_for = ?, data = NULL "
+                    "WHERE state != 'consumed'",
+                    (time.time(), b"backup"),
+                )
+                snapshot.execute("VACUUM")  # do not carry erased ciphertexts in free pages
+            finally:
+                snapshot.close()
+            image = snap_path.read_bytes()
+        header = json.dumps(
+            {
+                "format": "fusion-prime-backup/1",
+                "node_id": (self.meta("node_id") or b"").decode(),
+                "kdf": self.meta("kdf").decode(),  # type: ignore[union-attr]
+                "kdf_salt": self.meta("kdf_salt").hex(),  # type: ignore[union-attr]
+                "scrypt_log2_n": int(self.meta("scrypt_log2_n")),  # type: ignore[arg-type]
+                "backup_salt": secrets.token_hex(16),
+                "schema_version": self.schema_version(),
+                "created_at": time.time(),
+            },
+            sort_keys=True,
+        ).encode()
+        backup_key = _backup_key(self._key, json.loads(header)["backup_salt"])
+        blob = BACKUP_MAGIC + struct.pack(">I", len(header)) + header + _seal(backup_key, image, header)
+        write_secret_file(Path(dest), blob)
+        self.append_audit("backup-written", detail={"bytes": len(blob)})
+
+    @classmethod
+    def restore(
+        cls, backup: Path, dest: Path, key: KeyMaterial, *, node_id: str | None = None, allow_weak_kdf: bool = False
+    ) -> Storage:
+        """Restore a backup into a fresh database at ``dest`` (which must not exist)."""
+        dest = Path(dest)
+        if dest.exists():
+            raise StorageError(f"{dest} already exists; restore only into a fresh data directory")
+        header, sealed = read_backup_header(backup)
+        if header["kdf"] != key.kind:
+            raise WrongKey(f"{backup} was made with {'a passphrase' if header['kdf'] == 'scrypt' else 'a key file'}")
+        log2_n = int(header["scrypt_log2_n"])
+        if key.kind == "scrypt" and log2_n < PRODUCTION_SCRYPT_LOG2_N and not allow_weak_kdf:
+            raise StorageError(f"{backup}: scrypt N = 2^{log2_n} is below the production minimum")
+        if node_id is not None and header["node_id"] and header["node_id"] != node_id:
+            raise StorageError(f"{backup} belongs to node {header['node_id']!r}, not {node_id!r}")
+        storage_key = key.derive(bytes.fromhex(header["kdf_salt"]), log2_n)
+        header_bytes = json.dumps(header, sort_keys=True).encode()
+        try:
+            image = _unseal(_backup_key(storage_key, header["backup_salt"]), sealed, header_bytes)
+        except ValueError:
+            what = "passphrase" if key.kind == "scrypt" else "key file"
+            raise WrongKey(f"wrong {what} for backup {backup} (or the file is damaged); nothing was restored") from None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".restoring")
+        write_secret_file(tmp, image, overwrite=True)
+        out = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            if out.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+                raise StorageError(f"{backup}: the restored database fails SQLite's integrity check")
+            out.execute("PRAGMA journal_mode = WAL")
+        finally:
+            out.close()
+        os.replace(tmp, dest)
+        restored = cls(dest, key, node_id=node_id, scrypt_log2_n=log2_n, allow_weak_kdf=allow_weak_kdf, create=False)
+        restored.append_audit("restored-from-backup", detail={"created_at": header["created_at"]})
+        return restored
+
+
+def _backup_key(storage_key: bytes, backup_salt_hex: str) -> bytes:
+    return hmac.new(storage_key, b"fusion-prime/backup/v1|" + bytes.fromhex(backup_salt_hex), hashlib.sha256).digest()
+
+
+def read_backup_header(path: Path) -> tuple[dict[str, Any], bytes]:
+    blob = Path(path).read_bytes()
+    if not blob.startswith(BACKUP_MAGIC) or len(blob) < len(BACKUP_MAGIC) + 4:
+        raise StorageError(f"{path} is not a fusion-prime backup")
+    (n,) = struct.unpack(">I", blob[len(BACKUP_MAGIC): len(BACKUP_MAGIC) + 4])
+    start = len(BACKUP_MAGIC) + 4
+    try:
+        header = json.loads(blob[start: start + n])
+    except ValueError:
+        raise StorageError(f"{path}: backup header is damaged") from None
+    if header.get("format") != "fusion-prime-backup/1":
+        raise StorageError(f"{path}: unsupported backup format {header.get('format')!r}")
+    return header, blob[start + n:]
+
+
+def database_summary(path: Path) -> dict[str, Any]:
+    """Counts an operator can see without the storage key (opened read-only)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        def count(sql: str) -> int:
+            return db.execute(sql).fetchone()[0]
+
+        states = dict(db.execute("SELECT state, COUNT(*) FROM presignatures GROUP BY state").fetchall())
+        sessions = dict(db.execute("SELECT state, COUNT(*) FROM sessions GROUP BY state").fetchall())
+        node = db.execute("SELECT value FROM meta WHERE name = 'node_id'").fetchone()
+        return {
+            "node_id": bytes(node[0]).decode() if node else None,
+            "schema_version": count("SELECT MAX(version) FROM schema_version"),
+            "keys": count("SELECT COUNT(*) FROM key_shares"),
+            "aux_info": count("SELECT COUNT(*) FROM aux_info"),
+            "presignatures": {s: states.get(s, 0) for s in PRESIG_STATES},
+            "sessions": sessions,
+            "audit_entries": count("SELECT COUNT(*) FROM audit_log"),
+        }
+    finally:
+        db.close()

@@ -1,0 +1,192 @@
+"""TLS certificates and mutual TLS between roster nodes, pinned to the roster.
+
+Trust model. There is no certificate authority: each node has a self-signed certificate
+(ECDSA P-256, subjectAltName ``DNS:<node id>``, ``CA:FALSE``), and the roster lists every
+node's certificate. A node's TLS trust store is exactly the roster's certificates, so:
+
+* as a **server**, gRPC requires a client certificate (``require_client_auth``) that chains
+  to the trust store; a self-signed certificate chains only to itself, so only roster
+  certificates pass the handshake. Anything else is refused before a single RPC byte.
+* as a **client**, the channel pins the same trust store and overrides the TLS target name
+  with the peer's node id, so the server must present the certificate whose SAN is that
+  node id — a roster node cannot impersonate another roster node's address.
+* on **every call** the server additionally maps the SHA-256 fingerprint of the presented
+  client certificate (``context.auth_context()['x509_pem_cert']``) to a roster node id
+  (:meth:`RosterTrust.peer_node_id`) and the transport requires the envelope's sender to be
+  that node. The handshake check alone would accept any certificate *issued by* a trusted
+  one; pinning fingerprints closes that, and ``CA:FALSE`` makes such issuance invalid anyway.
+
+Why P-256 and not the secp256k1 identity key: TLS libraries (BoringSSL inside grpcio) do not
+support secp256k1 certificates. The identity key still authenticates every envelope.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from .identity import read_secret_file, write_secret_file
+
+CERT_VALIDITY_DAYS = 3650
+
+
+class TLSError(RuntimeError):
+    """A certificate or TLS key is missing, malformed, or does not match the roster."""
+
+
+def generate_certificate(node_id: str) -> tuple[bytes, bytes]:
+    """A fresh self-signed certificate for ``node_id``: (certificate PEM, private key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fusion-prime node")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CERT_VALIDITY_DAYS))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(node_id)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def create_certificate_files(node_id: str, cert_path: Path, key_path: Path) -> bytes:
+    cert_pem, key_pem = generate_certificate(node_id)
+    write_secret_file(key_path, key_pem)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    cert_path.write_bytes(cert_pem)
+    return cert_pem
+
+
+def fingerprint(cert_pem: bytes) -> bytes:
+    """SHA-256 over the certificate's DER encoding (what ``openssl x509 -fingerprint`` shows)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise TLSError(f"not a PEM certificate: {exc}") from None
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+def certificate_node_id(cert_pem: bytes) -> str:
+    """The DNS subjectAltName of a node certificate (its node id)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise TLSError("certificate has no subjectAltName") from None
+    dns = names.get_values_for_type(x509.DNSName)
+    if len(dns) != 1:
+        raise TLSError("node certificate must carry exactly one DNS name (the node id)")
+    return dns[0]
+
+
+@dataclass(frozen=True)
+class RosterTrust:
+    """The pinned trust store: roster certificates and their fingerprints by node id."""
+
+    certs: Mapping[str, bytes]  # node id -> PEM
+
+    @classmethod
+    def from_files(cls, entries: Iterable[tuple[str, Path]]) -> RosterTrust:
+        certs: dict[str, bytes] = {}
+        for node_id, path in entries:
+            pem = path.read_bytes()
+            named = certificate_node_id(pem)
+            if named != node_id:
+                raise TLSError(f"roster certificate {path} names {named!r}, but the roster entry is {node_id!r}")
+            certs[node_id] = pem
+        return cls(certs)
+
+    def __post_init__(self) -> None:
+        by_fp: dict[bytes, str] = {}
+        for node_id, pem in self.certs.items():
+            fp = fingerprint(pem)
+            if fp in by_fp:
+                raise TLSError(f"nodes {by_fp[fp]!r} and {node_id!r} share one certificate")
+            by_fp[fp] = node_id
+        object.__setattr__(self, "_by_fingerprint", by_fp)
+
+    @property
+    def bundle(self) -> bytes:
+        """Concatenated PEMs: the root store handed to gRPC (sorted, so deterministic)."""
+        return b"".join(self.certs[n].strip() + b"\n" for n in sorted(self.certs))
+
+    def node_for_fingerprint(self, fp: bytes) -> str | None:
+        return self._by_fingerprint.get(fp)  # type: ignore[attr-defined]
+
+    def peer_node_id(self, context: grpc.ServicerContext) -> str | None:
+        """Which roster node is on the other end of this call (None: not a pinned certificate)."""
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") or []
+        if len(pems) != 1:
+            return None
+        try:
+            return self.node_for_fingerprint(fingerprint(pems[0]))
+        except TLSError:
+            return None
+
+
+@dataclass(frozen=True)
+class TLSMaterial:
+    """This node's certificate and key plus the roster trust store."""
+
+    node_id: str
+    cert_pem: bytes
+    key_pem: bytes
+    trust: RosterTrust
+
+    @classmethod
+    def load(cls, node_id: str, cert_path: Path, key_path: Path, trust: RosterTrust) -> TLSMaterial:
+        cert_pem = cert_path.read_bytes()
+        key_pem = read_secret_file(key_path)
+        if trust.certs.get(node_id) is None or fingerprint(trust.certs[node_id]) != fingerprint(cert_pem):
+            raise TLSError(f"{cert_path} is not the certificate the roster lists for {node_id!r}")
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+            raise TLSError(f"{key_path} is not the private key of {cert_path}")
+        return cls(node_id, cert_pem, key_pem, trust)
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key_pem, self.cert_pem)], root_certificates=self.trust.bundle, require_client_auth=True
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.trust.bundle, private_key=self.key_pem, certificate_chain=self.cert_pem
+        )
+
+    @staticmethod
+    def channel_options(peer_node_id: str) -> list[tuple[str, object]]:
+        """Verify the server's certificate against the *expected* node id, not the address."""
+        return [("grpc.ssl_target_name_override", peer_node_id), ("grpc.default_authority", peer_node_id)]
