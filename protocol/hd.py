@@ -16,6 +16,7 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .addresses import b58check
 from .curve import Point, Q
 from .errors import InvalidInput
 
@@ -76,17 +77,4 @@ def derive(group_key: Point, chain_code: bytes, path: str | Sequence[int]) -> De
 def xpub(group_key: Point, chain_code: bytes, version: bytes = bytes.fromhex("0488b21e")) -> str:
     """The root extended public key (depth 0), Base58Check — what wallets import."""
     data = version + b"\x00" + b"\x00" * 4 + b"\x00" * 4 + chain_code + group_key.to_bytes()
-    return _b58check(data)
-
-
-_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-
-
-def _b58check(data: bytes) -> str:
-    payload = data + hashlib.sha256(hashlib.sha256(data).digest()).digest()[:4]
-    n = int.from_bytes(payload, "big")
-    out = ""
-    while n:
-        n, rem = divmod(n, 58)
-        out = _ALPHABET[rem] + out
-    return "1" * (len(payload) - len(payload.lstrip(b"\x00"))) + out
+    return b58check(data)
