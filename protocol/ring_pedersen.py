@@ -51,6 +51,40 @@ class RingPedersenParams:
     def pow(self, base: int, exponent: int) -> mpz:
         return gmpy2.powmod(base, exponent, self.n)
 
+    def pow_t_many(self, exponents: list[int]) -> list[mpz]:
+        """t^e mod N̂ for many non-negative e at once, by a fixed-base window table.
+
+        Π^prm's verifier raises the same base t to m ≈ 128 full-size exponents; precomputing
+        t^(d·2^(6j)) once and multiplying one table entry per 6-bit window is about three
+        times faster than m independent exponentiations, and gives identical results.
+        """
+        if len(exponents) < 16:
+            return [gmpy2.powmod(self.t, e, self.n) for e in exponents]
+        if any(e < 0 for e in exponents):
+            raise InvalidInput("fixed-base exponents must be non-negative")
+        width, n = 6, self.n
+        bits = max(int(mpz(e).bit_length()) for e in exponents)
+        table = []
+        current = self.t
+        for _ in range((bits + width - 1) // width):
+            row = [mpz(1), current]
+            for _ in range(2, 1 << width):
+                row.append(row[-1] * current % n)
+            table.append(row)
+            current = row[-1] * current % n
+        mask = (1 << width) - 1
+        out = []
+        for e in exponents:
+            e, acc, i = mpz(e), mpz(1), 0
+            while e:
+                digit = int(e & mask)
+                if digit:
+                    acc = acc * table[i][digit] % n
+                e >>= width
+                i += 1
+            out.append(acc)
+        return out
+
     def validate_element(self, v: int, what: str) -> mpz:
         v = mpz(v)
         if not 0 < v < self.n or gmpy2.gcd(v, self.n) != 1:

@@ -44,3 +44,10 @@ def test_commitment_is_s_to_x_t_to_y_and_crt_agrees() -> None:
 def test_repr_shows_no_trapdoor() -> None:
     text = repr(RP)
     assert str(int(RP.lam)) not in text and format(int(RP.lam), "x") not in text
+
+
+def test_fixed_base_batch_equals_plain_exponentiation() -> None:
+    import secrets
+
+    exponents = [secrets.randbits(1600) for _ in range(20)] + [0, 1, 2**1535]
+    assert RP.public().pow_t_many(exponents) == [gmpy2.powmod(RP.t, e, N) for e in exponents]
