@@ -1,0 +1,84 @@
+"""Structured JSON logs that cannot carry secrets by accident.
+
+Every log line is one JSON object: ``ts``, ``level``, ``logger``, ``event`` and the event's
+fields. Code logs through :func:`log_event`, which applies two rules before anything is
+formatted:
+
+* a field whose *name* suggests secret material (``payload``, ``share``, ``secret``,
+  ``passphrase``, ``key`` other than ``key_id``...) is replaced by ``"[redacted]"``;
+* a ``bytes`` value is never printed raw: identifiers (``*_id`` fields) are shown as hex, any
+  other bytes only as their length. Payloads can contain private protocol messages (shares
+  sent to one party), so "it is only a payload" is exactly how shares end up in log archives.
+
+Exception messages from the protocol and storage layers are written not to contain secrets
+(see ``protocol/errors.py``), so ``reason`` strings are safe to log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+SECRET_MARKERS = ("payload", "share", "secret", "passphrase", "password", "private", "nonce", "presignature_data",
+                  "signature_bytes", "key_pem", "seed", "mnemonic")
+SAFE_NAMES = {"key_id", "presig_id", "presignature_id", "aux_id", "public_key", "identity_public_key"}
+
+
+def _sanitize(name: str, value: Any) -> Any:
+    lowered = name.lower()
+    if lowered not in SAFE_NAMES and (
+        any(marker in lowered for marker in SECRET_MARKERS) or lowered == "key" or lowered.endswith("_key")
+    ):
+        return "[redacted]"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        if lowered.endswith("_id") or lowered in SAFE_NAMES:
+            return raw.hex()
+        return f"<{len(raw)} bytes>"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_sanitize(name, v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _sanitize(str(k), v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
+    """Log ``event`` with sanitized structured ``fields``."""
+    if logger.isEnabledFor(level):
+        clean = {k: _sanitize(k, v) for k, v in fields.items()}
+        logger.log(level, event, extra={"fp_fields": clean})
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        doc.update(getattr(record, "fp_fields", {}))
+        if record.exc_info and record.exc_info[0] is not None:
+            # The type and message only: tracebacks print local variables in some handlers.
+            doc["exception"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return json.dumps(doc, default=str, separators=(",", ":"))
+
+
+def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -> logging.Handler:
+    """Route the ``fusion_prime`` loggers to one JSON handler (idempotent)."""
+    root = logging.getLogger("fusion_prime")
+    for handler in list(root.handlers):
+        if getattr(handler, "_fp_json", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler._fp_json = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    root.propagate = True
+    return handler

@@ -1,0 +1,518 @@
+"""The peer transport: gRPC with mutual TLS, signed envelopes, and a trio front end.
+
+How grpcio and trio meet
+------------------------
+grpcio's asyncio API (``grpc.aio``) needs an asyncio event loop, and trio is not one. We use
+grpcio's *synchronous* API on both sides and cross the boundary with trio's own thread
+bridges, which are the supported, cancellation-aware way in and out of a trio run:
+
+* **Server**: a ``grpc.server`` with its own thread pool. Each handler runs in a gRPC
+  thread and does the stateless, CPU-bound part there - TLS peer lookup, roster and size
+  checks, secp256k1 signature verification - so that work never touches the event loop.
+  It then calls ``trio.from_thread.run_sync(self._admit, ...)``, which runs a short,
+  non-blocking function *on the trio thread*: replay window, duplicate check, session
+  lookup, early-message buffer, and ``send_nowait`` into the session's memory channel.
+  All mutable transport state is therefore owned by the trio thread and needs no locks.
+  The Ack the peer receives tells it what happened to its envelope. When the inbox is
+  full the handler answers ``RESOURCE_EXHAUSTED`` and the sender retries: backpressure
+  rather than unbounded queues.
+* **Client**: the blocking stub call runs in a worker thread via
+  ``trio.to_thread.run_sync(..., abandon_on_cancel=True)`` under a capacity limiter. Each
+  call has its own gRPC timeout, so a thread abandoned by a cancelled round still ends.
+  Sync channels are thread-safe and multiplex calls over one HTTP/2 connection per peer.
+
+Why not ``grpc.aio`` in a dedicated asyncio thread: it works too, but then every message
+crosses two event loops and two sets of cancellation semantics, and the gRPC thread pool
+already gives us parallel signature verification for free. The cost of our choice is one
+thread hop per RPC (tens of microseconds), far below a protocol round's arithmetic.
+
+Envelopes
+---------
+Sign on send, verify on receive. A receiver accepts an envelope only if: the TLS client
+certificate is a pinned roster certificate and belongs to the envelope's sender; the
+receiver is this node; the signature verifies under the sender's roster identity key; the
+(epoch, sequence) pair is new (per-sender sliding window; an older epoch is a replay); and
+the session is running with that phase and lists the sender as a participant. Envelopes for
+a session not yet known are buffered (bounded in total and per sender, with a TTL) until
+the session opens, and dropped when they expire. Each rejection is logged (structured,
+without payload) and counted in ``fp_envelopes_rejected_total{reason}``.
+
+Delivery is retried with exponential backoff and jitter until the caller's deadline (the
+round deadline). The same signed envelope is resent, so a retry whose first attempt did
+arrive is acknowledged as DUPLICATE and not processed twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import random
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import trio
+
+from ..proto.generated import peer_pb2, peer_pb2_grpc
+from ..protocol.identity import PartyIdentity
+from ..protocol.machine import MAX_PAYLOAD
+from .logs import log_event
+from .metrics import NodeMetrics
+from .tls import TLSMaterial
+from .wire import proposal_session_id, sign_envelope, verify_envelope, verify_proposal
+
+log = logging.getLogger("fusion_prime.node.transport")
+
+MAX_MESSAGE_BYTES = MAX_PAYLOAD + (64 << 10)
+RPC_TIMEOUT = 5.0
+INITIAL_BACKOFF, MAX_BACKOFF = 0.05, 1.0
+Ack = peer_pb2.Ack
+
+ProposalHandler = Callable[[peer_pb2.SessionProposal], Awaitable[peer_pb2.ProposalReply]]
+HealthProvider = Callable[[], peer_pb2.HealthReply]
+
+
+class TransportError(RuntimeError):
+    pass
+
+
+class _Transient(Exception):
+    """Raised inside the trio-side admission to make the gRPC handler answer RESOURCE_EXHAUSTED."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    node_id: str
+    index: int
+    address: str
+    identity_public_key: bytes
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A verified envelope, as a session sees it."""
+
+    session_id: bytes
+    phase: str
+    round: int
+    sender: str
+    broadcast: bool
+    payload: bytes = field(repr=False)
+
+
+class ReplayWindow:
+    """Anti-replay state for one sender (in the style of IPsec's sliding window).
+
+    Sequence numbers can arrive out of order (concurrent sessions, retries in parallel
+    threads), so "greater than the last one" would drop honest traffic. Instead we accept any
+    unseen sequence within ``size`` of the highest seen, and refuse older ones. An envelope
+    from an older epoch than the newest seen comes from a previous run of the sender: replay.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.epoch = -1
+        self.highest = 0
+        self.seen: set[int] = set()
+
+    def classify(self, epoch: int, seq: int) -> str:
+        if epoch < self.epoch:
+            return "replay-old-epoch"
+        if epoch > self.epoch:
+            return "new"
+        if seq in self.seen:
+            return "duplicate"
+        if seq + self.size <= self.highest:
+            return "replay-outside-window"
+        return "new"
+
+    def record(self, epoch: int, seq: int) -> None:
+        if epoch > self.epoch:
+            self.epoch, self.highest, self.seen = epoch, 0, set()
+        self.seen.add(seq)
+        self.highest = max(self.highest, seq)
+        if len(self.seen) > 2 * self.size:
+            floor = self.highest - self.size
+            self.seen = {s for s in self.seen if s > floor}
+
+
+@dataclass
+class _Session:
+    phase: str
+    participants: frozenset[str]
+    send: trio.MemorySendChannel[Inbound]
+
+
+@dataclass
+class _Held:
+    inbound: Inbound
+    expires_at: float
+
+
+class _Servicer(peer_pb2_grpc.PeerServicer):
+    """Runs in gRPC's threads; see the module docstring."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.t = transport
+
+    def _peer(self, context: grpc.ServicerContext) -> str:
+        peer = self.t.tls.trust.peer_node_id(context)
+        if peer is None or peer not in self.t.peers:
+            self.t.count_reject("unpinned-certificate", peer=context.peer())
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "client certificate is not in the roster")
+        return peer  # type: ignore[return-value]
+
+    def _to_trio(self, fn: Callable[..., Any], *args: Any) -> Any:
+        token = self.t.trio_token
+        if token is None:
+            raise trio.RunFinishedError
+        return trio.from_thread.run_sync(fn, *args, trio_token=token)
+
+    def Deliver(self, request: peer_pb2.Envelope, context: grpc.ServicerContext) -> peer_pb2.Ack:
+        peer = self._peer(context)
+        problem = self.t.check_envelope(request, peer)
+        if problem is not None:
+            reason, detail = problem
+            self.t.count_reject(reason, peer=peer, detail=detail, session_id=request.session_id, round=request.round)
+            return Ack(status=Ack.REJECTED, reason=detail)
+        inbound = Inbound(request.session_id, request.phase, request.round, request.sender, request.broadcast,
+                          request.payload)
+        try:
+            status, reason = self._to_trio(self.t.admit, inbound, request.epoch, request.sequence)
+        except _Transient as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except trio.RunFinishedError:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "node is shutting down")
+        return Ack(status=status, reason=reason)
+
+    def Propose(self, request: peer_pb2.SessionProposal, context: grpc.ServicerContext) -> peer_pb2.ProposalReply:
+        peer = self._peer(context)
+        me = self.t.node_id
+
+        def refuse(reason: str) -> peer_pb2.ProposalReply:
+            log_event(log, logging.WARNING, "proposal refused", peer=peer, phase=request.phase,
+                      session_id=request.session_id, reason=reason)
+            return peer_pb2.ProposalReply(accepted=False, reason=reason, node_id=me)
+
+        if request.coordinator != peer:
+            return refuse("coordinator does not match the TLS peer")
+        if not verify_proposal(request, self.t.peers[peer].identity_public_key):
+            return refuse("bad coordinator signature on the proposal")
+        if proposal_session_id(request) != request.session_id:
+            return refuse("session id does not bind the proposal's contents")
+        handler = self.t.proposal_handler
+        if handler is None:
+            return refuse("this node is not accepting sessions")
+        try:
+            token = self.t.trio_token
+            if token is None:
+                raise trio.RunFinishedError
+            return trio.from_thread.run(handler, request, trio_token=token)
+        except trio.RunFinishedError:
+            return refuse("node is shutting down")
+
+    def Health(self, request: peer_pb2.HealthRequest, context: grpc.ServicerContext) -> peer_pb2.HealthReply:
+        self._peer(context)
+        provider = self.t.health_provider
+        if provider is None:
+            return peer_pb2.HealthReply(node_id=self.t.node_id, status=peer_pb2.HealthReply.SERVING)
+        try:
+            return self._to_trio(provider)
+        except trio.RunFinishedError:
+            return peer_pb2.HealthReply(node_id=self.t.node_id, status=peer_pb2.HealthReply.DRAINING)
+
+
+class Transport:
+    """gRPC server and clients for one node. Create it, then ``await nursery.start(t.run)``."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        identity: PartyIdentity,
+        peers: Mapping[str, PeerInfo],
+        tls: TLSMaterial,
+        listen: str,
+        epoch: int,
+        metrics: NodeMetrics | None = None,
+        proposal_handler: ProposalHandler | None = None,
+        health_provider: HealthProvider | None = None,
+        buffer_limit: int = 1024,
+        buffer_per_sender: int = 256,
+        buffer_ttl: float = 30.0,
+        session_inbox: int = 1024,
+        rpc_threads: int = 16,
+        replay_window: int = 4096,
+    ) -> None:
+        if node_id not in peers:
+            raise TransportError(f"{node_id!r} is not in its own roster")
+        self.node_id = node_id
+        self.identity = identity
+        self.peers = dict(peers)
+        self.tls = tls
+        self.listen = listen
+        self.epoch = epoch
+        self.metrics = metrics or NodeMetrics(node_id)
+        self.proposal_handler = proposal_handler
+        self.health_provider = health_provider
+        self.buffer_limit, self.buffer_per_sender, self.buffer_ttl = buffer_limit, buffer_per_sender, buffer_ttl
+        self.session_inbox = session_inbox
+        self.trio_token: trio.lowlevel.TrioToken | None = None
+        self.port: int | None = None
+        self._rpc_threads = rpc_threads
+        self._rpc_limiter = trio.CapacityLimiter(rpc_threads)
+        self._window_size = replay_window
+        self._windows: dict[str, ReplayWindow] = {}
+        self._sessions: dict[bytes, _Session] = {}
+        self._held: OrderedDict[int, _Held] = OrderedDict()
+        self._held_ids = itertools.count()
+        self._held_per_sender: dict[str, int] = {}
+        self._closed: set[bytes] = set()
+        self._closed_order: deque[bytes] = deque()
+        self._closed_limit = 4096
+        self._sequences: dict[str, itertools.count[int]] = {p: itertools.count(1) for p in self.peers}
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, peer_pb2_grpc.PeerStub] = {}
+
+    # server ------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``task_status.started(port)`` once listening."""
+        self.trio_token = trio.lowlevel.current_trio_token()
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.so_reuseport", 0)]
+        server = grpc.server(ThreadPoolExecutor(max_workers=self._rpc_threads, thread_name_prefix="fp-grpc"),
+                             options=options)
+        peer_pb2_grpc.add_PeerServicer_to_server(_Servicer(self), server)
+        try:
+            port = server.add_secure_port(self.listen, self.tls.server_credentials())
+        except RuntimeError as exc:
+            raise TransportError(f"cannot listen on {self.listen}: {exc}") from None
+        server.start()
+        self.port = port
+        log_event(log, logging.INFO, "transport listening", node=self.node_id, address=self.listen, port=port)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sweep)
+                task_status.started(port)
+                await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lambda: server.stop(grace=1.0).wait())
+                self.trio_token = None
+                for session in self._sessions.values():
+                    session.send.close()
+                self._sessions.clear()
+                for channel in self._channels.values():
+                    channel.close()
+                self._channels.clear()
+                self._stubs.clear()
+            log_event(log, logging.INFO, "transport stopped", node=self.node_id)
+
+    def count_reject(self, reason: str, *, level: int = logging.WARNING, **fields: Any) -> None:
+        self.metrics.envelopes_rejected.labels(reason=reason).inc()
+        log_event(log, level, "envelope rejected", node=self.node_id, reason=reason, **fields)
+
+    def check_envelope(self, env: peer_pb2.Envelope, peer: str) -> tuple[str, str] | None:
+        """Stateless checks, run in a gRPC thread. (reason code, detail) or None."""
+        if env.sender != peer:
+            return "sender-mismatch", f"envelope claims sender {env.sender!r} but the TLS peer is {peer!r}"
+        if env.receiver != self.node_id:
+            return "wrong-receiver", f"envelope is addressed to {env.receiver!r}"
+        if not 16 <= len(env.session_id) <= 128 or not env.phase or len(env.phase) > 64:
+            return "malformed", "session id or phase out of range"
+        if len(env.payload) > MAX_PAYLOAD:
+            return "malformed", "payload too large"
+        if not verify_envelope(env, self.peers[peer].identity_public_key):
+            return "bad-signature", "envelope signature does not verify under the sender's identity key"
+        return None
+
+    def admit(self, inbound: Inbound, epoch: int, sequence: int) -> tuple[int, str]:
+        """On the trio thread: replay window, then session inbox or early buffer."""
+        window = self._windows.setdefault(inbound.sender, ReplayWindow(self._window_size))
+        verdict = window.classify(epoch, sequence)
+        fields = {"peer": inbound.sender, "session_id": inbound.session_id, "round": inbound.round,
+                  "epoch": epoch, "sequence": sequence}
+        if verdict == "duplicate":
+            self.count_reject("duplicate", level=logging.INFO, **fields)
+            return Ack.DUPLICATE, "already received"
+        if verdict != "new":
+            self.count_reject(verdict, **fields)
+            return Ack.REJECTED, "replayed envelope"
+        session = self._sessions.get(inbound.session_id)
+        if session is None:
+            if inbound.session_id in self._closed:
+                self.count_reject("session-closed", level=logging.INFO, **fields)
+                return Ack.REJECTED, "session already finished"
+            if len(self._held) >= self.buffer_limit or self._held_per_sender.get(inbound.sender, 0) >= (
+                self.buffer_per_sender
+            ):
+                self.count_reject("buffer-full", **fields)
+                raise _Transient("early-message buffer full; retry later")
+            self._held[next(self._held_ids)] = _Held(inbound, trio.current_time() + self.buffer_ttl)
+            self._held_per_sender[inbound.sender] = self._held_per_sender.get(inbound.sender, 0) + 1
+            self.metrics.buffered.set(len(self._held))
+            window.record(epoch, sequence)
+            self.metrics.envelopes_received.labels(peer=inbound.sender, outcome="buffered").inc()
+            log_event(log, logging.DEBUG, "envelope buffered for an unknown session", **fields)
+            return Ack.BUFFERED, "session not known yet"
+        problem = self._session_problem(session, inbound)
+        if problem is not None:
+            self.count_reject(problem[0], detail=problem[1], **fields)
+            return Ack.REJECTED, problem[1]
+        try:
+            session.send.send_nowait(inbound)
+        except trio.WouldBlock:
+            self.count_reject("inbox-full", **fields)
+            raise _Transient("session inbox full; retry later") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.count_reject("session-closed", level=logging.INFO, **fields)
+            return Ack.REJECTED, "session already finished"
+        window.record(epoch, sequence)
+        self.metrics.envelopes_received.labels(peer=inbound.sender, outcome="accepted").inc()
+        return Ack.ACCEPTED, ""
+
+    @staticmethod
+    def _session_problem(session: _Session, inbound: Inbound) -> tuple[str, str] | None:
+        if inbound.phase != session.phase:
+            return "wrong-phase", f"session runs phase {session.phase!r}, envelope says {inbound.phase!r}"
+        if inbound.sender not in session.participants:
+            return "not-a-participant", f"{inbound.sender!r} is not a participant of this session"
+        return None
+
+    def open_session(
+        self, session_id: bytes, phase: str, participants: Iterable[str]
+    ) -> trio.MemoryReceiveChannel[Inbound]:
+        """Register a session and hand over envelopes that arrived before it existed."""
+        if session_id in self._sessions or session_id in self._closed:
+            raise TransportError("session id already used")
+        send, receive = trio.open_memory_channel[Inbound](self.session_inbox)
+        session = _Session(phase, frozenset(participants) - {self.node_id}, send)
+        self._sessions[session_id] = session
+        for key in [k for k, h in self._held.items() if h.inbound.session_id == session_id]:
+            held = self._held.pop(key)
+            self._held_per_sender[held.inbound.sender] -= 1
+            problem = self._session_problem(session, held.inbound)
+            if problem is not None:
+                self.count_reject(problem[0], detail=problem[1], peer=held.inbound.sender, session_id=session_id)
+                continue
+            try:
+                send.send_nowait(held.inbound)
+            except trio.WouldBlock:
+                self.count_reject("inbox-full", peer=held.inbound.sender, session_id=session_id)
+        self.metrics.buffered.set(len(self._held))
+        return receive
+
+    def close_session(self, session_id: bytes) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.send.close()
+        if session_id not in self._closed:
+            self._closed.add(session_id)
+            self._closed_order.append(session_id)
+            while len(self._closed_order) > self._closed_limit:
+                self._closed.discard(self._closed_order.popleft())
+
+    @property
+    def buffered_count(self) -> int:
+        return len(self._held)
+
+    async def _sweep(self) -> None:
+        """Drop early envelopes whose session never appeared."""
+        while True:
+            await trio.sleep(min(1.0, self.buffer_ttl / 4))
+            now = trio.current_time()
+            expired = [k for k, h in self._held.items() if h.expires_at <= now]
+            for key in expired:
+                held = self._held.pop(key)
+                self._held_per_sender[held.inbound.sender] -= 1
+                self.count_reject("expired-unknown-session", peer=held.inbound.sender,
+                                  session_id=held.inbound.session_id, round=held.inbound.round)
+            if expired:
+                self.metrics.buffered.set(len(self._held))
+
+    # client ------------------------------------------------------------------------------
+    def _stub(self, peer: str) -> peer_pb2_grpc.PeerStub:
+        stub = self._stubs.get(peer)
+        if stub is None:
+            options = [*TLSMaterial.channel_options(peer),
+                       ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                       ("grpc.initial_reconnect_backoff_ms", 100),
+                       ("grpc.max_reconnect_backoff_ms", 1000)]
+            channel = grpc.secure_channel(self.peers[peer].address, self.tls.channel_credentials(), options)
+            self._channels[peer] = channel
+            stub = self._stubs[peer] = peer_pb2_grpc.PeerStub(channel)
+        return stub
+
+    async def _call(self, method: Callable[..., Any], request: Any, timeout: float) -> Any:
+        return await trio.to_thread.run_sync(
+            functools.partial(method, request, timeout=timeout), abandon_on_cancel=True, limiter=self._rpc_limiter
+        )
+
+    def make_envelope(
+        self, receiver: str, *, session_id: bytes, phase: str, round: int, broadcast: bool, payload: bytes
+    ) -> peer_pb2.Envelope:
+        env = peer_pb2.Envelope(
+            session_id=session_id, phase=phase, round=round, sender=self.node_id, receiver=receiver,
+            broadcast=broadcast, epoch=self.epoch, sequence=next(self._sequences[receiver]), payload=payload,
+        )
+        return sign_envelope(env, self.identity)
+
+    async def deliver_once(self, env: peer_pb2.Envelope, timeout: float) -> peer_pb2.Ack:
+        """One attempt; raises grpc.RpcError on transport failure."""
+        return await self._call(self._stub(env.receiver).Deliver, env, timeout)
+
+    async def deliver(self, env: peer_pb2.Envelope, *, deadline: float) -> bool:
+        """Send one signed envelope, retrying until ``deadline`` (trio clock). True if the
+        receiver has it (accepted, buffered, or already had it)."""
+        peer = env.receiver
+        backoff = INITIAL_BACKOFF
+        fields = {"peer": peer, "session_id": env.session_id, "round": env.round, "sequence": env.sequence}
+        while True:
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                self.metrics.delivery_failures.labels(peer=peer).inc()
+                log_event(log, logging.WARNING, "delivery gave up at the deadline", **fields)
+                return False
+            try:
+                ack = await self.deliver_once(env, min(remaining, RPC_TIMEOUT))
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                log_event(log, logging.DEBUG, "delivery attempt failed", code=str(code), **fields)
+            else:
+                if ack.status in (Ack.ACCEPTED, Ack.BUFFERED, Ack.DUPLICATE):
+                    self.metrics.envelopes_sent.labels(peer=peer).inc()
+                    return True
+                log_event(log, logging.WARNING, "peer rejected envelope", reason=ack.reason, **fields)
+                return False
+            self.metrics.delivery_retries.labels(peer=peer).inc()
+            await trio.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, deadline - trio.current_time())))  # noqa: S311 - jitter
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def send(
+        self, receiver: str, *, session_id: bytes, phase: str, round: int, broadcast: bool, payload: bytes,
+        deadline: float,
+    ) -> bool:
+        env = self.make_envelope(receiver, session_id=session_id, phase=phase, round=round, broadcast=broadcast,
+                                 payload=payload)
+        return await self.deliver(env, deadline=deadline)
+
+    async def propose(
+        self, peer: str, proposal: peer_pb2.SessionProposal, timeout: float
+    ) -> peer_pb2.ProposalReply:
+        try:
+            return await self._call(self._stub(peer).Propose, proposal, timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            return peer_pb2.ProposalReply(accepted=False, reason=f"unreachable ({code})", node_id=peer)
+
+    async def health(self, peer: str, timeout: float = 2.0) -> peer_pb2.HealthReply | None:
+        try:
+            return await self._call(self._stub(peer).Health, peer_pb2.HealthRequest(), timeout)
+        except grpc.RpcError:
+            return None
