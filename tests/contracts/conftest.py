@@ -1,6 +1,6 @@
 """Fixtures for the contract tests; the helpers they use live in fp_contracts.py.
 
-Gas figures recorded with `record_property("gas ...", n)` are printed in a terminal-summary
+Gas figures recorded with `record_property("gas ...", n)` are printed by tests/conftest.py in a terminal-summary
 section whenever this directory's conftest is loaded by the reporting process (for example
 `pytest tests/contracts`, with or without -n); with -s they are also printed inline.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,18 +32,3 @@ def chain_b() -> Iterator[Anvil]:
     node = start_anvil(CHAIN_B)
     yield node
     stop_anvil(node.process)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    rows = set()
-    for reports in terminalreporter.stats.values():
-        for rep in reports:
-            if getattr(rep, "when", None) != "call":
-                continue
-            for key, value in getattr(rep, "user_properties", []):
-                if isinstance(key, str) and key.startswith("gas "):
-                    rows.add((key, value))
-    if rows:
-        terminalreporter.section("contract gas")
-        for key, value in sorted(rows):
-            terminalreporter.write_line(f"{key}: {value}")
