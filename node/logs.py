@@ -47,7 +47,7 @@ def _sanitize(name: str, value: Any) -> Any:
     return str(value)
 
 
-def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
+def log_event(logger: logging.Logger, level: int, event: str, /, **fields: Any) -> None:
     """Log ``event`` with sanitized structured ``fields``."""
     if logger.isEnabledFor(level):
         clean = {k: _sanitize(k, v) for k, v in fields.items()}

@@ -573,6 +573,15 @@ class Storage:
         counts = dict(self._conn().execute(sql + " GROUP BY state", args).fetchall())
         return PresignatureCounts(**{s: counts.get(s, 0) for s in PRESIG_STATES})
 
+    def presignature_sets(self, key_id: bytes) -> list[tuple[list[str], int]]:
+        """Signer sets that have available presignatures for a key, fullest first."""
+        rows = self._conn().execute(
+            "SELECT signers, COUNT(*) FROM presignatures WHERE key_id = ? AND state = 'available' "
+            "GROUP BY signers ORDER BY COUNT(*) DESC, signers",
+            (key_id,),
+        ).fetchall()
+        return [(json.loads(r[0]), r[1]) for r in rows]
+
     def recover_after_restart(self) -> int:
         """Return reservations to the pool (no partial signature was released from a reserved
         presignature: consumption comes first) and mark interrupted sessions aborted."""

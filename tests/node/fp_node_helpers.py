@@ -57,3 +57,23 @@ class LogCapture:
 def counter_value(metrics: NodeMetrics, name: str, **labels) -> float:
     value = metrics.registry.get_sample_value(name, labels)
     return value or 0.0
+
+
+def make_node(devnode, **kw):
+    from fusion_prime.node.daemon import Node
+    from fusion_prime.node.material import storage_key
+
+    cfg = load_config(devnode.config_path)
+    return Node(cfg, storage_key(cfg, {}), **kw)
+
+
+@asynccontextmanager
+async def running_nodes(*nodes):
+    async with trio.open_nursery() as nursery:
+        for n in nodes:
+            await nursery.start(n.run)
+        try:
+            yield nursery
+        finally:
+            for n in nodes:
+                n.stop()

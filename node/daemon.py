@@ -1,0 +1,231 @@
+"""The node daemon: configuration, storage, transport, sessions and the presignature pool
+wired together under one trio nursery, with graceful shutdown.
+
+Startup order matters: storage first (a wrong passphrase must stop the node before it opens
+a port), then reservations left by a crash are returned and interrupted sessions recorded
+as aborted, then a fresh transport epoch (so peers reject replays of our previous run), then
+the gRPC server and the session manager.
+
+Shutdown (SIGTERM/SIGINT, or :meth:`Node.stop`): the node answers health checks and
+proposals as *draining*, gives running sessions up to one round deadline to finish, cancels
+whatever is left (recorded in the audit log as aborted by shutdown), stops gRPC with a short
+grace period and closes the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import trio
+
+from ..proto.generated import peer_pb2
+from ..protocol.levels import level_by_name
+from .config import NodeConfig, parse_address
+from .logs import log_event
+from .material import NodeMaterial
+from .metrics import HealthServer, NodeMetrics
+from .phases import PrimeSource, cggmp21_phases
+from .session import Authorizer, PhaseHandler, SessionManager, SessionOutcome, allow_all
+from .storage import KeyMaterial, Storage
+from .transport import Transport
+
+log = logging.getLogger("fusion_prime.node.daemon")
+VERSION = "0.1.0"
+POOL_INTERVAL = 2.0
+
+
+class Node:
+    """One signer node. ``await nursery.start(node.run)``; ``node.stop()`` to shut down."""
+
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        key: KeyMaterial,
+        *,
+        phases: Mapping[str, PhaseHandler] | None = None,
+        authorize: Authorizer = allow_all,
+        primes: PrimeSource | None = None,
+        fill_pool: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.material = NodeMaterial.load(cfg)
+        self.storage = Storage(cfg.database_path, key, node_id=cfg.node_id,
+                               scrypt_log2_n=cfg.storage.scrypt_log2_n, allow_weak_kdf=cfg.test_mode)
+        released = self.storage.recover_after_restart()
+        self.metrics = NodeMetrics(cfg.node_id)
+        self.transport = Transport(
+            node_id=cfg.node_id, identity=self.material.identity, peers=self.material.peers, tls=self.material.tls,
+            listen=cfg.listen, epoch=self.storage.next_transport_epoch(), metrics=self.metrics,
+            buffer_ttl=max(2 * cfg.round_deadline_seconds, 5.0),
+        )
+        self.sessions = SessionManager(
+            node_id=cfg.node_id, identity=self.material.identity, peers=self.material.peers,
+            transport=self.transport, phases=phases if phases is not None else cggmp21_phases(primes),
+            storage=self.storage, authorize=authorize, metrics=self.metrics,
+            round_deadline=cfg.round_deadline_seconds, test_mode=cfg.test_mode, version=VERSION,
+        )
+        self.fill_pool = fill_pool
+        self._stop = trio.Event()
+        self._health_server: HealthServer | None = None
+        self.health_port: int | None = None
+        log_event(log, logging.INFO, "node opened", node=cfg.node_id, reservations_released=released,
+                  test_mode=cfg.test_mode, level=cfg.security_level)
+
+    # lifecycle -----------------------------------------------------------------------------
+    async def run(self, *, handle_signals: bool = False,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            if self.cfg.metrics_listen:
+                host, port = parse_address(self.cfg.metrics_listen)
+                self._health_server = HealthServer(host, port, self.metrics, self.health)
+                self._health_server.start()
+                self.health_port = self._health_server.port
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.transport.run)
+                await nursery.start(self.sessions.run)
+                if handle_signals:
+                    nursery.start_soon(self._signals)
+                if self.fill_pool and self.cfg.presign_pool_depth > 0 and "presign" in self.sessions.phases:
+                    nursery.start_soon(self._pool_loop)
+                log_event(log, logging.INFO, "node running", node=self.cfg.node_id, port=self.transport.port)
+                task_status.started()
+                await self._stop.wait()
+                log_event(log, logging.INFO, "node draining", node=self.cfg.node_id,
+                          active_sessions=self.sessions.active_sessions)
+                await self.sessions.drain(self.cfg.round_deadline_seconds)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._health_server is not None:
+                self._health_server.stop()
+            self.storage.close()
+            log_event(log, logging.INFO, "node stopped", node=self.cfg.node_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log_event(log, logging.INFO, "signal received", signal=signal.Signals(signum).name)
+                self.stop()
+                return
+
+    def health(self) -> dict[str, Any]:
+        """For the loopback HTTP endpoint (called from its thread; reads only)."""
+        return {
+            "node_id": self.cfg.node_id,
+            "status": "draining" if self.sessions.draining else "serving",
+            "active_sessions": self.sessions.active_sessions,
+            "buffered_envelopes": self.transport.buffered_count,
+            "phases": sorted(self.sessions.phases),
+            "version": VERSION,
+        }
+
+    # coordinator operations ----------------------------------------------------------------
+    def _level(self, name: str | None) -> str:
+        level = level_by_name(name or self.cfg.security_level)
+        if level.test_only and not self.cfg.test_mode:
+            raise ValueError(f"security level {level.name!r} is for tests only")
+        return level.name
+
+    async def keygen(self, threshold: int, n: int, *, level: str | None = None) -> SessionOutcome:
+        name = self._level(level)
+
+        def fill(p: peer_pb2.SessionProposal) -> None:
+            p.keygen.threshold, p.keygen.level = threshold, name
+
+        return await self.sessions.coordinate("keygen", n, fill)
+
+    async def aux_info(self, parties: Sequence[str], *, level: str | None = None) -> SessionOutcome:
+        name = self._level(level)
+
+        def fill(p: peer_pb2.SessionProposal) -> None:
+            p.aux_info.level = name
+
+        return await self.sessions.coordinate("aux-info", len(parties), fill, required=parties, attempts=1)
+
+    async def presign(self, key_id: bytes, signers: Sequence[str] | None = None) -> SessionOutcome:
+        info = self.storage.key_info(key_id)
+        if info is None:
+            raise KeyError(f"no key {key_id.hex()} on this node")
+        aux_id = self.storage.latest_aux_info(info["parties"])
+        if aux_id is None:
+            raise KeyError("no aux info for this key's committee")
+
+        def fill(p: peer_pb2.SessionProposal) -> None:
+            p.presign.key_id, p.presign.aux_id = key_id, aux_id
+
+        excluded = [n for n in self.material.peers if n not in info["parties"]]
+        if signers is not None:
+            return await self.sessions.coordinate("presign", len(signers), fill, required=signers,
+                                                  exclude=excluded, attempts=1)
+        return await self.sessions.coordinate("presign", info["threshold"], fill, exclude=excluded)
+
+    async def sign(self, key_id: bytes, digest: bytes, path: Sequence[int] = (), *, attempts: int = 3
+                   ) -> SessionOutcome:
+        """Sign with a presignature from the pool of a healthy signer set that includes this node."""
+        excluded: set[str] = set()
+        last = SessionOutcome(b"", "sign", "refused", reason="no presignature available")
+        for _ in range(attempts):
+            healthy = set(await self.sessions.healthy_peers("sign")) | {self.cfg.node_id}
+            sets = [s for s, _ in self.storage.presignature_sets(key_id)
+                    if self.cfg.node_id in s and set(s) <= healthy and not set(s) & excluded]
+            if not sets:
+                return SessionOutcome(b"", "sign", "refused", culprits=last.culprits, reason=(
+                    "no presignature for a healthy signer set that includes this node"))
+            signers = sets[0]
+            presig_id = self.storage.reserve_presignature(key_id, signers, b"sign-request")
+            if presig_id is None:
+                continue
+
+            def fill(p: peer_pb2.SessionProposal, presig_id: bytes = presig_id) -> None:
+                p.sign.key_id, p.sign.presignature_id, p.sign.digest = key_id, presig_id, digest
+                p.sign.path.extend(path)
+
+            last = await self.sessions.coordinate("sign", len(signers), fill, required=signers, attempts=1)
+            if self.storage.presignature_state(presig_id) == "reserved":
+                self.storage.release_presignature(presig_id)  # never used: back to the pool
+            if last.ok:
+                return last
+            excluded.update(c for c in last.culprits if c != self.cfg.node_id)
+        return last
+
+    # presignature pool -----------------------------------------------------------------------
+    async def _pool_loop(self) -> None:
+        """Keep ``presign_pool_depth`` presignatures per key for one signer set led by this node."""
+        while True:
+            await trio.sleep(POOL_INTERVAL + secrets.randbelow(1000) / 1000)
+            if self.sessions.draining:
+                return
+            for key_id in self.storage.list_keys():
+                await self._refill(key_id)
+
+    async def _refill(self, key_id: bytes) -> None:
+        info = self.storage.key_info(key_id)
+        if info is None or self.storage.latest_aux_info(info["parties"]) is None:
+            return
+        me = self.cfg.node_id
+        mine = [(s, n) for s, n in self.storage.presignature_sets(key_id) if s and s[0] == me]
+        signers = mine[0][0] if mine else None
+        have = mine[0][1] if mine else 0
+        while have < self.cfg.presign_pool_depth and not self.sessions.draining:
+            healthy = set(await self.sessions.healthy_peers("presign"))
+            if signers is not None and not set(signers) - {me} <= healthy:
+                signers = None  # a member is down: build a pool for another set
+            if signers is None:
+                others = sorted((p for p in info["parties"] if p in healthy and p > me),
+                                key=lambda n: self.material.peers[n].index)
+                if len(others) < info["threshold"] - 1:
+                    return
+                signers = [me, *others[: info["threshold"] - 1]]
+            outcome = await self.presign(key_id, signers)
+            if not outcome.ok:
+                log_event(log, logging.WARNING, "presignature refill failed", key_id=key_id,
+                          status=outcome.status, culprits=list(outcome.culprits), reason=outcome.reason)
+                return
+            have += 1
+            self.metrics.presignatures.labels(state="available").set(self.storage.presignature_counts().available)

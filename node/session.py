@@ -1,0 +1,573 @@
+"""Sessions: one protocol run between a set of nodes, driven on trio.
+
+:class:`SessionDriver` owns one sans-IO :class:`RoundMachine`. It runs inside its own
+nursery, so a session's delivery tasks live and die with it; it feeds the machine the
+envelopes the transport hands it, routes the machine's outgoing messages, and enforces a
+deadline per round with a cancel scope. When a round times out the session ends with a
+result that names the parties whose messages are missing - the same answer every honest
+participant reaches, because "missing" is computed from the round's expected shape (what
+this node itself sent in that round), not from timing.
+
+CPU-heavy work (``start()`` and ``receive()``: Paillier, proofs, prime generation) runs in a
+worker thread via ``trio.to_thread.run_sync`` under a shared capacity limiter, so the event
+loop keeps serving the transport and other sessions while one presign grinds through its
+proofs. gmpy2 releases the GIL inside ``gmpy2.context(allow_release_gil=True)``, which is
+what lets a second thread (another session, or the loop itself) make progress in parallel.
+A machine is only ever touched by one thread at a time: the driver awaits each step.
+
+:class:`SessionManager` is both sides of session setup:
+
+* **coordinator**: picks participants among peers that answer ``Health`` as serving,
+  proposes a signed :class:`SessionProposal` to each, and starts once everyone accepted; on
+  refusal, timeout or abort it retries with a fresh session id and another set, excluding the
+  refusers, the unresponsive and the blamed.
+* **participant**: validates the proposal (roster, freshness, binding session id, phase
+  supported, own participation), asks the node's policy hook ``authorize(proposal)`` - the
+  seam where the wallet API and the bridge plug in their checks - and only then builds the
+  machine and joins.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import gmpy2
+import trio
+
+from ..proto.generated import peer_pb2
+from ..protocol.errors import InvalidInput, ProtocolError
+from ..protocol.identity import PartyIdentity
+from ..protocol.machine import BROADCAST, KIND_ECHO, KIND_MAIN, ProtocolMessage, RoundMachine, Status
+from .logs import log_event
+from .metrics import NodeMetrics
+from .storage import Storage
+from .transport import Inbound, PeerInfo, Transport, TransportError
+from .wire import derive_session_id, fresh_nonce, params_encoding, sign_proposal
+
+log = logging.getLogger("fusion_prime.node.session")
+
+PROPOSAL_TTL_MS = 30_000
+
+
+def _call_releasing_gil(fn: Callable[..., list[bytes]], *args: Any) -> list[bytes]:
+    """Run a machine step in a worker thread with gmpy2 allowed to drop the GIL during big-number
+    operations. gmpy2 contexts are thread-local, and the protocol layer is sans-IO and knows
+    nothing of threads, so the node - which owns the threads - makes this choice."""
+    gmpy2.get_context().allow_release_gil = True
+    return fn(*args)
+PROPOSE_TIMEOUT = 5.0
+
+
+# -------------------------------------------------------------------------------------------
+# Results
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionOutcome:
+    """How one session ended. ``culprits`` are node ids (blamed or unresponsive)."""
+
+    session_id: bytes
+    phase: str
+    status: str  # "done" | "aborted" | "timeout" | "refused" | "cancelled"
+    participants: tuple[str, ...] = ()
+    output: Any = field(default=None, repr=False)
+    culprits: tuple[str, ...] = ()
+    reason: str = ""
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+
+class Refuse(Exception):
+    """Raised by a phase handler or policy: this node will not take part (reason is public)."""
+
+
+# -------------------------------------------------------------------------------------------
+# Phase handlers: how a proposal becomes a machine, and where its output goes
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """Everything a phase handler needs to build this node's machine for one session."""
+
+    node_id: str
+    me: int  # this node's party index
+    identity: PartyIdentity
+    proposal: peer_pb2.SessionProposal
+    index_of: Mapping[str, int]  # participant node id -> party index
+    roster: Mapping[int, bytes]  # party index -> identity public key (participants only)
+    storage: Storage | None
+    test_mode: bool
+
+    @property
+    def session_id(self) -> bytes:
+        return self.proposal.session_id
+
+    @property
+    def parties(self) -> list[int]:
+        return sorted(self.index_of.values())
+
+
+class PhaseHandler(Protocol):
+    """One protocol phase as the node runs it. ``build`` may raise :class:`Refuse`."""
+
+    phase: str
+
+    def build(self, ctx: SessionContext) -> RoundMachine: ...
+
+    def finish(self, ctx: SessionContext, output: Any) -> Any: ...
+
+    def failed(self, ctx: SessionContext, outcome: SessionOutcome) -> None: ...
+
+
+Authorizer = Callable[[peer_pb2.SessionProposal], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]
+
+
+def allow_all(proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
+    """The default policy: the roster is trusted to propose any supported phase."""
+    return True, ""
+
+
+# -------------------------------------------------------------------------------------------
+# Driver
+# -------------------------------------------------------------------------------------------
+
+
+class SessionDriver:
+    """Runs one machine to completion, abort or timeout."""
+
+    def __init__(
+        self,
+        *,
+        ctx: SessionContext,
+        machine: RoundMachine,
+        transport: Transport,
+        inbox: trio.MemoryReceiveChannel[Inbound],
+        round_deadline: float,
+        cpu_limiter: trio.CapacityLimiter,
+        metrics: NodeMetrics,
+    ) -> None:
+        self.ctx = ctx
+        self.machine = machine
+        self.transport = transport
+        self.inbox = inbox
+        self.round_deadline = round_deadline
+        self.cpu_limiter = cpu_limiter
+        self.metrics = metrics
+        self.phase = ctx.proposal.phase
+        self.node_of = {i: n for n, i in ctx.index_of.items()}
+        self.peers = [n for n in ctx.index_of if n != ctx.node_id]
+        self._sent_shape: dict[int, set[str]] = defaultdict(set)  # round -> {"broadcast", "private"}
+        self._mains: dict[tuple[int, str], int] = defaultdict(int)  # (round, sender) -> main messages
+        self._echoes: set[tuple[int, str]] = set()
+        self._rejected_seen = 0
+        self._sends_failed: set[str] = set()
+
+    async def _step(self, fn: Callable[..., list[bytes]], *args: Any) -> list[bytes]:
+        started = time.perf_counter()
+        try:
+            return await trio.to_thread.run_sync(_call_releasing_gil, fn, *args, limiter=self.cpu_limiter)
+        finally:
+            self.metrics.machine_seconds.labels(phase=self.phase).observe(time.perf_counter() - started)
+
+    def _route(self, nursery: trio.Nursery, outgoing: Iterable[bytes]) -> None:
+        deadline = trio.current_time() + self.round_deadline
+        for raw in outgoing:
+            msg = ProtocolMessage.from_bytes(raw)
+            if msg.kind == KIND_MAIN:
+                self._sent_shape[msg.round].add("broadcast" if msg.receiver == BROADCAST else "private")
+            targets = self.peers if msg.receiver == BROADCAST else [self.node_of[msg.receiver]]
+            for node in targets:
+                nursery.start_soon(self._send, node, msg, raw, deadline)
+
+    async def _send(self, node: str, msg: ProtocolMessage, raw: bytes, deadline: float) -> None:
+        ok = await self.transport.send(
+            node, session_id=self.ctx.session_id, phase=self.phase, round=msg.round,
+            broadcast=msg.receiver == BROADCAST, payload=raw, deadline=deadline,
+        )
+        if not ok:
+            self._sends_failed.add(node)
+
+    def _note_rejections(self) -> None:
+        for reason in self.machine.rejected[self._rejected_seen:]:
+            self.metrics.envelopes_rejected.labels(reason="machine").inc()
+            log_event(log, logging.WARNING, "protocol message dropped", session_id=self.ctx.session_id,
+                      phase=self.phase, reason=reason)
+        self._rejected_seen = len(self.machine.rejected)
+
+    def missing(self, r: int) -> list[str]:
+        """Peers that have not sent what round ``r`` requires (main messages first, then echoes)."""
+        expected = len(self._sent_shape.get(r, ()))
+        lacking_main = [p for p in self.peers if self._mains[(r, p)] < expected]
+        if lacking_main:
+            return sorted(lacking_main)
+        return sorted(p for p in self.peers if (r, p) not in self._echoes)
+
+    def _outcome(self, status: str, started: float, culprits: Iterable[str] = (), reason: str = "",
+                 output: Any = None) -> SessionOutcome:
+        return SessionOutcome(self.ctx.session_id, self.phase, status, tuple(self.ctx.index_of), output,
+                              tuple(sorted(set(culprits))), reason, trio.current_time() - started)
+
+    async def run(self) -> SessionOutcome:
+        started = trio.current_time()
+        async with trio.open_nursery() as sends:
+            try:
+                outcome = await self._drive(sends, started)
+            except ProtocolError as exc:  # a bug-level failure in the machine: end this session only
+                outcome = self._outcome("aborted", started, (), f"protocol error: {exc}")
+            if outcome.status != "done":
+                # Undelivered messages of a failed session help nobody: stop retrying them.
+                sends.cancel_scope.cancel()
+        self.transport.close_session(self.ctx.session_id)
+        return outcome
+
+    async def _drive(self, sends: trio.Nursery, started: float) -> SessionOutcome:
+        m = self.machine
+        self._route(sends, await self._step(m.start))
+        self._note_rejections()
+        current, round_started = m.round, trio.current_time()
+        while m.status is Status.RUNNING:
+            if m.round != current:
+                current, round_started = m.round, trio.current_time()
+            with trio.move_on_at(round_started + self.round_deadline) as scope:
+                try:
+                    inbound = await self.inbox.receive()
+                except trio.EndOfChannel:
+                    return self._outcome("cancelled", started, (), "transport closed the session")
+            if scope.cancelled_caught:
+                missing = self.missing(current)
+                self.metrics.round_timeouts.labels(phase=self.phase).inc()
+                return self._outcome("timeout", started, missing,
+                                     f"round {current} deadline ({self.round_deadline:g}s) passed without messages "
+                                     f"from {', '.join(missing) or 'nobody identifiable'}")
+            try:
+                msg = ProtocolMessage.from_bytes(inbound.payload)
+            except InvalidInput as exc:
+                self.transport.count_reject("malformed-payload", peer=inbound.sender, session_id=inbound.session_id,
+                                            detail=str(exc))
+                continue
+            if msg.sender != self.ctx.index_of.get(inbound.sender) or msg.round != inbound.round:
+                self.transport.count_reject("envelope-payload-mismatch", peer=inbound.sender,
+                                            session_id=inbound.session_id)
+                continue
+            if msg.kind == KIND_ECHO:
+                self._echoes.add((msg.round, inbound.sender))
+            else:
+                self._mains[(msg.round, inbound.sender)] += 1
+            self._route(sends, await self._step(m.receive, inbound.payload))
+            self._note_rejections()
+        if m.status is Status.DONE:
+            return self._outcome("done", started, output=m.output)
+        abort = m.abort
+        culprits = [self.node_of.get(i, str(i)) for i in (abort.culprits if abort else ())]
+        return self._outcome("aborted", started, culprits, abort.reason if abort else "aborted")
+
+
+# -------------------------------------------------------------------------------------------
+# Manager
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Active:
+    ctx: SessionContext
+    done: trio.Event = field(default_factory=trio.Event)
+    outcome: SessionOutcome | None = None
+
+
+ParamsFactory = Callable[[Sequence[str]], "peer_pb2.SessionProposal"]
+
+
+class SessionManager:
+    """Runs this node's sessions; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        identity: PartyIdentity,
+        peers: Mapping[str, PeerInfo],
+        transport: Transport,
+        phases: Mapping[str, PhaseHandler],
+        storage: Storage | None = None,
+        authorize: Authorizer = allow_all,
+        metrics: NodeMetrics | None = None,
+        round_deadline: float = 30.0,
+        test_mode: bool = False,
+        cpu_threads: int = 4,
+        version: str = "0.1.0",
+    ) -> None:
+        self.node_id = node_id
+        self.identity = identity
+        self.peers = dict(peers)
+        self.transport = transport
+        self.phases = dict(phases)
+        self.storage = storage
+        self.authorize = authorize
+        self.metrics = metrics or transport.metrics
+        self.round_deadline = round_deadline
+        self.test_mode = test_mode
+        self.version = version
+        self.cpu_limiter = trio.CapacityLimiter(cpu_threads)
+        self.draining = False
+        self._active: dict[bytes, _Active] = {}
+        self._nursery: trio.Nursery | None = None
+        transport.proposal_handler = self.handle_proposal
+        transport.health_provider = self.health_reply
+
+    # lifecycle -----------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def drain(self, grace: float) -> None:
+        """Graceful shutdown: refuse new sessions, let running ones finish for up to ``grace``
+        seconds, then cancel the rest (recorded as aborted by shutdown)."""
+        self.draining = True
+        with trio.move_on_after(grace):
+            for active in list(self._active.values()):
+                await active.done.wait()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._active)
+
+    def health_reply(self) -> peer_pb2.HealthReply:
+        status = peer_pb2.HealthReply.DRAINING if self.draining else peer_pb2.HealthReply.SERVING
+        return peer_pb2.HealthReply(node_id=self.node_id, status=status, active_sessions=len(self._active),
+                                    version=self.version, phases=sorted(self.phases))
+
+    # participant side ------------------------------------------------------------------------
+    def _validate(self, p: peer_pb2.SessionProposal) -> str | None:
+        if self.draining or self._nursery is None:
+            return "node is shutting down" if self.draining else "node is not running sessions yet"
+        if p.phase not in self.phases:
+            return f"phase {p.phase!r} is not supported by this node"
+        participants = list(p.participants)
+        if len(participants) < 2 or len(set(participants)) != len(participants):
+            return "participants must be at least two distinct nodes"
+        unknown = [n for n in participants if n not in self.peers]
+        if unknown:
+            return f"participants not in the roster: {', '.join(unknown)}"
+        if self.node_id not in participants or p.coordinator not in participants:
+            return "this node or the coordinator is not a participant"
+        if not 50 <= p.round_deadline_ms <= 3_600_000:
+            return "round deadline out of range"
+        if p.expires_at_ms < time.time() * 1000:
+            return "proposal expired"
+        if p.session_id in self._active or (self.storage and self.storage.session_state(p.session_id)):
+            return "session id already used"
+        return None
+
+    async def _authorize(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
+        verdict = self.authorize(proposal)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return verdict  # type: ignore[return-value]
+
+    def _context(self, proposal: peer_pb2.SessionProposal) -> SessionContext:
+        index_of = {n: self.peers[n].index for n in proposal.participants}
+        roster = {self.peers[n].index: self.peers[n].identity_public_key for n in proposal.participants}
+        return SessionContext(self.node_id, self.peers[self.node_id].index, self.identity, proposal, index_of,
+                              roster, self.storage, self.test_mode)
+
+    async def _join(self, proposal: peer_pb2.SessionProposal) -> tuple[_Active | None, str]:
+        """Validate, authorise, build and start this node's side of a session."""
+        problem = self._validate(proposal)
+        if problem is None:
+            try:
+                ok, why = await self._authorize(proposal)
+            except Refuse as exc:
+                ok, why = False, str(exc)
+            if not ok:
+                problem = f"policy: {why or 'refused'}"
+        handler = self.phases.get(proposal.phase)
+        ctx = self._context(proposal) if problem is None else None
+        machine = None
+        if problem is None and handler is not None and ctx is not None:
+            try:
+                machine = await trio.to_thread.run_sync(handler.build, ctx)
+            except (Refuse, ProtocolError) as exc:
+                problem = str(exc)
+            if machine is not None and machine.phase != proposal.phase:
+                problem, machine = f"handler for {proposal.phase!r} built a {machine.phase!r} machine", None
+        decision = "refused" if problem else "accepted"
+        self.metrics.proposals.labels(phase=proposal.phase, decision=decision).inc()
+        if problem or machine is None or ctx is None or handler is None or self._nursery is None:
+            if self.storage is not None:
+                self.storage.session_refused(proposal.session_id, phase=proposal.phase,
+                                             coordinator=proposal.coordinator, reason=problem or "refused")
+            return None, problem or "refused"
+        try:
+            inbox = self.transport.open_session(proposal.session_id, proposal.phase, proposal.participants)
+        except TransportError as exc:
+            return None, str(exc)
+        if self.storage is not None:
+            self.storage.session_started(proposal.session_id, phase=proposal.phase,
+                                         coordinator=proposal.coordinator, participants=list(proposal.participants))
+        active = _Active(ctx)
+        self._active[proposal.session_id] = active
+        driver = SessionDriver(ctx=ctx, machine=machine, transport=self.transport, inbox=inbox,
+                               round_deadline=proposal.round_deadline_ms / 1000, cpu_limiter=self.cpu_limiter,
+                               metrics=self.metrics)
+        self.metrics.active_sessions.inc()
+        self._nursery.start_soon(self._run_driver, driver, handler, active)
+        log_event(log, logging.INFO, "session joined", session_id=proposal.session_id, phase=proposal.phase,
+                  coordinator=proposal.coordinator, participants=list(proposal.participants))
+        return active, ""
+
+    async def _run_driver(self, driver: SessionDriver, handler: PhaseHandler, active: _Active) -> None:
+        outcome: SessionOutcome | None = None
+        try:
+            outcome = await driver.run()
+            if outcome.ok:
+                try:
+                    result = await trio.to_thread.run_sync(handler.finish, active.ctx, outcome.output)
+                    outcome = SessionOutcome(outcome.session_id, outcome.phase, "done", outcome.participants,
+                                             result, (), "", outcome.duration)
+                except (ProtocolError, ValueError) as exc:
+                    outcome = SessionOutcome(outcome.session_id, outcome.phase, "aborted", outcome.participants,
+                                             None, (), f"could not store the output: {exc}", outcome.duration)
+        finally:
+            if outcome is None:  # cancelled: shutdown
+                outcome = SessionOutcome(active.ctx.session_id, driver.phase, "cancelled", tuple(active.ctx.index_of),
+                                         reason="node shut down during the session")
+                self.transport.close_session(active.ctx.session_id)
+            with trio.CancelScope(shield=True):
+                if not outcome.ok:
+                    handler.failed(active.ctx, outcome)
+                self._record(outcome)
+                active.outcome = outcome
+                self._active.pop(active.ctx.session_id, None)
+                self.metrics.active_sessions.dec()
+                active.done.set()
+
+    def _record(self, outcome: SessionOutcome) -> None:
+        self.metrics.sessions.labels(phase=outcome.phase, outcome=outcome.status).inc()
+        self.metrics.session_seconds.labels(phase=outcome.phase).observe(outcome.duration)
+        level = logging.INFO if outcome.ok else logging.WARNING
+        log_event(log, level, "session finished", session_id=outcome.session_id, phase=outcome.phase,
+                  status=outcome.status, culprits=list(outcome.culprits), reason=outcome.reason,
+                  seconds=round(outcome.duration, 4))
+        if self.storage is not None:
+            state = "aborted" if outcome.status == "cancelled" else outcome.status
+            self.storage.session_finished(outcome.session_id, state=state, culprits=outcome.culprits,
+                                          reason=outcome.reason)
+
+    async def handle_proposal(self, proposal: peer_pb2.SessionProposal) -> peer_pb2.ProposalReply:
+        """Transport entry point for ``Propose`` (runs on the trio thread)."""
+        active, reason = await self._join(proposal)
+        if active is None:
+            log_event(log, logging.WARNING, "proposal refused", session_id=proposal.session_id,
+                      phase=proposal.phase, coordinator=proposal.coordinator, reason=reason)
+        return peer_pb2.ProposalReply(accepted=active is not None, reason=reason, node_id=self.node_id)
+
+    # coordinator side ------------------------------------------------------------------------
+    async def healthy_peers(self, phase: str, timeout: float = 2.0) -> list[str]:
+        """Peers that answer Health as serving and support ``phase`` (checked concurrently)."""
+        healthy: list[str] = []
+
+        async def probe(peer: str) -> None:
+            reply = await self.transport.health(peer, timeout)
+            if reply is not None and reply.status == peer_pb2.HealthReply.SERVING and phase in reply.phases:
+                healthy.append(peer)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.peers:
+                if peer != self.node_id:
+                    nursery.start_soon(probe, peer)
+        return sorted(healthy)
+
+    def _proposal(self, phase: str, participants: Sequence[str], fill: Callable[[peer_pb2.SessionProposal], None],
+                  round_deadline: float) -> peer_pb2.SessionProposal:
+        ordered = sorted(participants, key=lambda n: self.peers[n].index)
+        p = peer_pb2.SessionProposal(phase=phase, coordinator=self.node_id, participants=ordered,
+                                     nonce=fresh_nonce(), round_deadline_ms=int(round_deadline * 1000),
+                                     expires_at_ms=int(time.time() * 1000) + PROPOSAL_TTL_MS)
+        fill(p)
+        p.session_id = derive_session_id(phase, self.node_id, ordered, p.nonce, params_encoding(p),
+                                         p.round_deadline_ms)
+        return sign_proposal(p, self.identity)
+
+    async def coordinate(
+        self,
+        phase: str,
+        size: int,
+        fill: Callable[[peer_pb2.SessionProposal], None],
+        *,
+        required: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+        attempts: int = 3,
+        round_deadline: float | None = None,
+        choose: Callable[[list[str], int], list[str]] | None = None,
+    ) -> SessionOutcome:
+        """Run ``phase`` with ``size`` participants (this node included), retrying with
+        another set after a refusal, timeout or abort. ``fill`` sets the phase parameters."""
+        excluded = set(exclude)
+        required = set(required) | {self.node_id}
+        deadline = round_deadline or self.round_deadline
+        last = SessionOutcome(b"", phase, "refused", reason="no attempt made")
+        rng = secrets.SystemRandom()
+        for _attempt in range(attempts):
+            healthy = [p for p in await self.healthy_peers(phase) if p not in excluded]
+            need = size - len(required)
+            pool = [p for p in healthy if p not in required]
+            if any(r not in healthy and r != self.node_id for r in required) or len(pool) < need:
+                return SessionOutcome(b"", phase, "refused", reason=(
+                    f"not enough healthy peers for {size} participants (healthy: {', '.join(healthy) or 'none'}; "
+                    f"excluded: {', '.join(sorted(excluded)) or 'none'})"))
+            chosen = choose(pool, need) if choose else rng.sample(pool, need)
+            participants = sorted(required | set(chosen), key=lambda n: self.peers[n].index)
+            proposal = self._proposal(phase, participants, fill, deadline)
+            mine, reason = await self._join(proposal)
+            if mine is None:
+                return SessionOutcome(proposal.session_id, phase, "refused", tuple(participants),
+                                      reason=f"this node refused its own proposal: {reason}")
+            replies: dict[str, peer_pb2.ProposalReply] = {}
+
+            async def ask(
+                peer: str,
+                proposal: peer_pb2.SessionProposal = proposal,
+                replies: dict[str, peer_pb2.ProposalReply] = replies,
+            ) -> None:
+                replies[peer] = await self.transport.propose(peer, proposal, PROPOSE_TIMEOUT)
+
+            async with trio.open_nursery() as nursery:
+                for peer in participants:
+                    if peer != self.node_id:
+                        nursery.start_soon(ask, peer)
+            refusers = sorted(p for p, r in replies.items() if not r.accepted)
+            if refusers:
+                # Our own side cannot complete without them: end it now instead of at the deadline.
+                self.transport.close_session(proposal.session_id)
+                await mine.done.wait()
+                excluded.update(refusers)
+                last = SessionOutcome(proposal.session_id, phase, "refused", tuple(participants), None,
+                                      tuple(refusers), "; ".join(f"{p}: {replies[p].reason}" for p in refusers))
+                log_event(log, logging.WARNING, "proposal refused, retrying with another set",
+                          session_id=proposal.session_id, refusers=refusers, reason=last.reason)
+                continue
+            await mine.done.wait()
+            assert mine.outcome is not None
+            last = mine.outcome
+            if last.ok:
+                return last
+            excluded.update(c for c in last.culprits if c != self.node_id)
+            log_event(log, logging.WARNING, "session failed, retrying with another set", session_id=last.session_id,
+                      status=last.status, culprits=list(last.culprits))
+        return last

@@ -1,0 +1,153 @@
+"""Sessions end to end over real gRPC + mTLS between in-process nodes, on a small real
+RoundMachine protocol (tests/node/fp_sum_protocol.py)."""
+
+from __future__ import annotations
+
+import time
+
+import trio
+from fp_node_helpers import counter_value, make_node, running_nodes
+from fp_sum_protocol import FastSumPhase, SumPhase, fill_sum
+
+
+def nodes_with(devnet, behaviours, **kw):
+    phases = [SumPhase(b, **kw) for b in behaviours]
+    return [make_node(d, phases={"sum": p, "fast": FastSumPhase()}, fill_pool=False)
+            for d, p in zip(devnet, phases, strict=True)], phases
+
+
+def prefer(*first):
+    return lambda pool, need: sorted(pool, key=lambda n: (n not in first, n))[:need]
+
+
+def test_three_nodes_run_a_session(devnet3):
+    nodes, phases = nodes_with(devnet3, ["honest"] * 3)
+
+    async def main():
+        async with running_nodes(*nodes):
+            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum)
+            assert outcome.ok, outcome
+            assert outcome.participants == ("node1", "node2", "node3")
+            await trio.sleep(0.2)
+            sums = {p.finished[0]["sum"] for p in phases}
+            assert len(sums) == 1, "every party computed the same sum"
+            for n in nodes:
+                assert n.storage.session_state(outcome.session_id) == "done"
+
+    trio.run(main)
+
+
+def test_unresponsive_node_is_named_and_the_coordinator_retries_without_it(devnet3):
+    nodes, _ = nodes_with(devnet3, ["honest", "honest", "mute"])
+
+    async def main():
+        async with running_nodes(*nodes):
+            t0 = trio.current_time()
+            outcome = await nodes[0].sessions.coordinate("sum", 2, fill_sum, round_deadline=0.5,
+                                                         choose=prefer("node3"))
+            assert outcome.ok and outcome.participants == ("node1", "node2")
+            assert trio.current_time() - t0 < 3
+            events = nodes[0].storage.audit_log()
+            timeouts = [e for e in events if e["event"] == "session-timeout"]
+            assert len(timeouts) == 1 and timeouts[0]["detail"]["culprits"] == ["node3"]
+            assert counter_value(nodes[0].metrics, "fp_round_timeouts_total", phase="sum") == 1
+
+    trio.run(main)
+
+
+def test_cheater_is_blamed_by_everyone_and_excluded(devnet3):
+    nodes, phases = nodes_with(devnet3, ["honest", "honest", "cheat"])
+
+    async def main():
+        async with running_nodes(*nodes):
+            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1)
+            assert outcome.status == "aborted" and outcome.culprits == ("node3",)
+            await trio.sleep(0.3)
+            assert [f.culprits for f in phases[1].failures] == [("node3",)], "node2 names the same culprit"
+            retry = await nodes[0].sessions.coordinate("sum", 2, fill_sum, exclude=outcome.culprits)
+            assert retry.ok and "node3" not in retry.participants
+
+    trio.run(main)
+
+
+def test_policy_refusal_is_reported_and_another_set_is_tried(devnet3):
+    seen = []
+
+    def picky(proposal):
+        seen.append(proposal.phase)
+        return False, "no sessions from node1 today"
+
+    nodes = [make_node(devnet3[0], phases={"sum": SumPhase()}, fill_pool=False),
+             make_node(devnet3[1], phases={"sum": SumPhase()}, fill_pool=False, authorize=picky),
+             make_node(devnet3[2], phases={"sum": SumPhase()}, fill_pool=False)]
+
+    async def main():
+        async with running_nodes(*nodes):
+            outcome = await nodes[0].sessions.coordinate("sum", 2, fill_sum, choose=prefer("node2"))
+            assert outcome.ok and outcome.participants == ("node1", "node3")
+            assert seen == ["sum"]
+            refused = [e for e in nodes[1].storage.audit_log() if e["event"] == "session-refused"]
+            assert "no sessions from node1 today" in refused[0]["detail"]["reason"]
+            # Unsupported phase: refused by validation before any policy call.
+            bad = await nodes[0].sessions.coordinate("fast", 2, fill_sum, attempts=1)
+            assert bad.status == "refused"
+
+    trio.run(main)
+
+
+def test_slow_session_does_not_block_a_fast_one(devnet3):
+    """Heavy machine steps run in worker threads: a fast session completes while a slow one
+    is grinding, and the event loop stays responsive (measured)."""
+    nodes, _ = nodes_with(devnet3, ["honest"] * 3, slow=0.4)
+    lags = []
+
+    async def probe():
+        while True:
+            t = time.perf_counter()
+            await trio.sleep(0.01)
+            lags.append(time.perf_counter() - t - 0.01)
+
+    async def main():
+        async with running_nodes(*nodes) as nursery:
+            result = {}
+
+            async def slow():
+                result["slow"] = await nodes[0].sessions.coordinate("sum", 3, fill_sum)
+                result["slow_done"] = trio.current_time()
+
+            nursery.start_soon(slow)
+            await trio.sleep(0.3)  # the slow session is inside its first heavy step now
+            nursery.start_soon(probe)
+            t0 = trio.current_time()
+            fast = await nodes[0].sessions.coordinate("fast", 3, fill_sum)
+            fast_time = trio.current_time() - t0
+            assert fast.ok
+            while "slow" not in result:
+                await trio.sleep(0.05)
+            assert result["slow"].ok
+            assert result["slow_done"] > t0 + fast_time, "the fast session finished first"
+            assert fast_time < 0.6, f"fast session took {fast_time:.3f}s behind a slow one"
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert lags and max(lags) < 0.1, f"event loop stalled for {max(lags):.3f}s"
+
+
+def test_twenty_concurrent_sessions_complete(devnet3):
+    nodes, _ = nodes_with(devnet3, ["honest"] * 3)
+
+    async def main():
+        async with running_nodes(*nodes):
+            results = []
+
+            async def one(i):
+                coordinator = nodes[i % 3]
+                results.append(await coordinator.sessions.coordinate("sum", 3, fill_sum))
+
+            async with trio.open_nursery() as n:
+                for i in range(20):
+                    n.start_soon(one, i)
+            assert len(results) == 20 and all(r.ok for r in results), [r for r in results if not r.ok]
+            assert len({r.session_id for r in results}) == 20
+
+    trio.run(main)
