@@ -121,12 +121,15 @@ class AuxInfoMachine(RoundMachine):
         *,
         level: SecurityLevel,
         primes: tuple[int, int] | None = None,
+        binding: bytes = b"",
     ) -> None:
         super().__init__(session_id, me, parties, identity, roster)
         if len(self.parties) < 2:
             raise InvalidInput("aux info needs at least two parties")
         self.level = level
-        self.ssid = bind_session(session_id, self.phase, Encoder().uints(self.parties).bytes(level.name.encode()))
+        self.ssid = bind_session(
+            session_id, self.phase, Encoder().uints(self.parties).bytes(level.name.encode()).bytes(binding)
+        )
         self._primes = primes
         self._paillier: PaillierSecretKey | None = None
         self._rp: RingPedersenSecret | None = None
@@ -138,6 +141,21 @@ class AuxInfoMachine(RoundMachine):
         self._joint_rho = b""
         self._decommit_payload = b""
 
+    # extension points: key refresh adds its zero-sharing to the same three rounds --------------
+    def _extra_decommitment(self) -> bytes:
+        return b""
+
+    def _take_extra_decommitment(self, sender: int, data: bytes) -> None:
+        if data:
+            raise Blame(sender, "unexpected data in the decommitment")
+
+    def _extra_private(self, receiver: int) -> bytes:
+        return b""
+
+    def _take_extra_private(self, sender: int, receiver: int, data: bytes, *, store: bool) -> None:
+        if data:
+            raise Blame(sender, "unexpected data in the private message")
+
     def _round_broadcasts(self, r: int) -> bool:
         return True
 
@@ -148,16 +166,20 @@ class AuxInfoMachine(RoundMachine):
         sid = hashlib.sha256(self.ssid + (self._joint_rho if joint else b"")).digest()
         return ProofContext(sid, prover)
 
-    def _commit(self, i: int, n: int, s: int, t: int, prm_bytes: bytes, rho: bytes, salt: bytes) -> bytes:
-        enc = Encoder().bytes(self.ssid).uint(i).uints((n, s, t)).bytes(prm_bytes).bytes(rho).bytes(salt)
+    def _commit(self, i: int, n: int, s: int, t: int, prm_bytes: bytes, rho: bytes, salt: bytes, extra: bytes) -> bytes:
+        enc = Encoder().bytes(self.ssid).uint(i).uints((n, s, t)).bytes(prm_bytes).bytes(rho).bytes(salt).bytes(extra)
         return hashlib.sha256(b"fusion-prime/aux-commit" + enc.finish()).digest()
 
     def _decommitment(self) -> tuple[bytes, bytes]:
         assert self._rp is not None
         prm_bytes = prm.prove(self._ctx(self.me, joint=False), self.level, self._rp).to_bytes()
         rp = self._rp
-        payload = Encoder().uints((rp.n, rp.s, rp.t)).bytes(prm_bytes).bytes(self._rho).bytes(self._salt).finish()
-        return payload, self._commit(self.me, rp.n, rp.s, rp.t, prm_bytes, self._rho, self._salt)
+        extra = self._extra_decommitment()
+        payload = (
+            Encoder().uints((rp.n, rp.s, rp.t)).bytes(prm_bytes).bytes(self._rho).bytes(self._salt).bytes(extra)
+            .finish()
+        )
+        return payload, self._commit(self.me, rp.n, rp.s, rp.t, prm_bytes, self._rho, self._salt, extra)
 
     def _make_round(self, r: int) -> tuple[bytes | None, dict[int, bytes]]:
         if r == 1:
@@ -172,12 +194,13 @@ class AuxInfoMachine(RoundMachine):
             return self._decommit_payload, {}
         assert self._paillier is not None
         mod_proof = mod.prove(self._ctx(self.me, joint=True), self.level, self._paillier)
-        fac_proofs = {
-            j: fac.prove(self._ctx(self.me, joint=True), self.level, self._paillier,
-                         self._public[j].ring_pedersen).to_bytes()
+        private = {
+            j: Encoder().bytes(fac.prove(self._ctx(self.me, joint=True), self.level, self._paillier,
+                                         self._public[j].ring_pedersen).to_bytes())
+            .bytes(self._extra_private(j)).finish()
             for j in self.peers
         }
-        return mod_proof.to_bytes(), fac_proofs
+        return mod_proof.to_bytes(), private
 
     def _take_broadcast(self, r: int, sender: int, payload: bytes) -> None:
         if r == 1:
@@ -188,9 +211,9 @@ class AuxInfoMachine(RoundMachine):
         if r == 2:
             dec = Decoder(payload, "aux-info round 2")
             n, s, t = dec.uints(3, 2 * self.level.paillier_bits)
-            prm_bytes, rho, salt = dec.bytes(), dec.bytes(32), dec.bytes(32)
+            prm_bytes, rho, salt, extra = dec.bytes(), dec.bytes(32), dec.bytes(32), dec.bytes()
             dec.finish()
-            if self._commit(sender, n, s, t, prm_bytes, rho, salt) != self._commitments[sender]:
+            if self._commit(sender, n, s, t, prm_bytes, rho, salt, extra) != self._commitments[sender]:
                 raise Blame(sender, "decommitment does not match its round 1 commitment")
             if mpz(n).bit_length() < self.level.paillier_bits:
                 raise Blame(sender, f"Paillier modulus has fewer than {self.level.paillier_bits} bits")
@@ -201,19 +224,27 @@ class AuxInfoMachine(RoundMachine):
                 raise Blame(sender, "reuses another party's modulus")
             self._public[sender] = PartyAux(PaillierPublicKey(n), params)
             self._rhos[sender] = rho
+            self._take_extra_decommitment(sender, extra)
             return
         proof = mod.ModProof.from_bytes(payload, self.level)
         mod.verify(self._ctx(sender, joint=True), self.level, self._public[sender].paillier.n, proof)
 
     def _take_private(self, r: int, sender: int, payload: bytes) -> None:
         assert self._rp is not None
-        proof = fac.FacProof.from_bytes(payload, self.level)
-        fac.verify(self._ctx(sender, joint=True), self.level, self._public[sender].paillier.n, self._rp, proof)
+        self._verify_private(sender, self.me, payload, self._rp, store=True)
 
     def _check_private(self, r: int, sender: int, receiver: int, payload: bytes) -> None:
-        proof = fac.FacProof.from_bytes(payload, self.level)
-        fac.verify(self._ctx(sender, joint=True), self.level, self._public[sender].paillier.n,
-                   self._public[receiver].ring_pedersen, proof)
+        self._verify_private(sender, receiver, payload, self._public[receiver].ring_pedersen, store=False)
+
+    def _verify_private(
+        self, sender: int, receiver: int, payload: bytes, aux: RingPedersenParams, *, store: bool
+    ) -> None:
+        dec = Decoder(payload, "aux-info round 3 private")
+        proof = fac.FacProof.from_bytes(dec.bytes(), self.level)
+        extra = dec.bytes()
+        dec.finish()
+        fac.verify(self._ctx(sender, joint=True), self.level, self._public[sender].paillier.n, aux, proof)
+        self._take_extra_private(sender, receiver, extra, store=store)
 
     def _end_round(self, r: int) -> None:
         if r == 2:

@@ -33,6 +33,12 @@ from .zk import sch
 from .zk.common import ProofContext
 
 
+def key_id_of(group_key: Point, chain_code: bytes) -> str:
+    """A stable public name of a key: the hash of the group key and chain code. It survives
+    refresh and resharing, which change neither."""
+    return hashlib.sha256(group_key.to_bytes() + chain_code).hexdigest()[:32]
+
+
 @dataclass(frozen=True, repr=False)
 class KeyShare:
     """One party's share of a t-of-n key and the public data everyone agrees on."""
@@ -50,8 +56,7 @@ class KeyShare:
 
     @property
     def key_id(self) -> str:
-        """A stable public name of the key: hash of the group key and chain code."""
-        return hashlib.sha256(self.group_key.to_bytes() + self.chain_code).hexdigest()[:32]
+        return key_id_of(self.group_key, self.chain_code)
 
     def to_bytes(self) -> bytes:
         enc = Encoder().bytes(self.level.encode()).uint(self.index).uint(self.threshold).uints(self.parties)

@@ -176,6 +176,15 @@ class RoundMachine(ABC):
     def _round_private(self, r: int) -> bool:
         """Does every party send a private message to every peer in round r?"""
 
+    def _broadcasters(self, r: int) -> list[int]:
+        """Who broadcasts in round r. Phases where only some parties speak (resharing: old
+        dealers, new receivers) override this; the default is everyone or no one."""
+        return list(self.parties) if self._round_broadcasts(r) else []
+
+    def _private_receivers(self, r: int, sender: int) -> list[int]:
+        """To whom ``sender`` sends a private message in round r (default: every other party)."""
+        return [p for p in self.parties if p != sender] if self._round_private(r) else []
+
     @abstractmethod
     def _make_round(self, r: int) -> tuple[bytes | None, dict[int, bytes]]:
         """This party's round-r broadcast payload and private payloads by recipient."""
@@ -258,16 +267,16 @@ class RoundMachine(ABC):
         broadcast, private = self._make_round(r)
         out: list[bytes] = []
         st = self._st(r)
-        if self._round_broadcasts(r):
+        if self.me in self._broadcasters(r):
             if broadcast is None:
                 raise ProtocolError("round must broadcast")
             signed = self._sign(r, KIND_MAIN, BROADCAST, broadcast)
             st.main[(self.me, BROADCAST)] = ProtocolMessage.from_bytes(signed)
             out.append(signed)
-        if self._round_private(r):
-            if sorted(private) != self.peers:
-                raise ProtocolError("round must send one private message to each peer")
-            out.extend(self._sign(r, KIND_MAIN, j, private[j]) for j in self.peers)
+        receivers = sorted(self._private_receivers(r, self.me))
+        if sorted(private) != receivers:
+            raise ProtocolError("round must send exactly one private message to each of its receivers")
+        out.extend(self._sign(r, KIND_MAIN, j, private[j]) for j in receivers)
         return out
 
     def _accept(self, msg: ProtocolMessage) -> list[bytes]:
@@ -289,9 +298,10 @@ class RoundMachine(ABC):
         if msg.kind == KIND_ECHO and msg.receiver != BROADCAST:
             raise Blame(msg.sender, "sent an echo privately")
         if msg.kind == KIND_MAIN:
-            expected = self._round_broadcasts(msg.round) if msg.receiver == BROADCAST else self._round_private(
-                msg.round
-            )
+            if msg.receiver == BROADCAST:
+                expected = msg.sender in self._broadcasters(msg.round)
+            else:
+                expected = self.me in self._private_receivers(msg.round, msg.sender)
             if not expected:
                 raise Blame(msg.sender, f"sent an unexpected {'broadcast' if msg.receiver == 0 else 'private'} "
                             f"message in round {msg.round}")
@@ -337,18 +347,20 @@ class RoundMachine(ABC):
 
     def _have_all_main(self, r: int) -> bool:
         main = self._st(r).main
+        broadcasters = self._broadcasters(r)
         for j in self.peers:
-            if self._round_broadcasts(r) and (j, BROADCAST) not in main:
+            if j in broadcasters and (j, BROADCAST) not in main:
                 return False
-            if self._round_private(r) and (j, self.me) not in main:
+            if self.me in self._private_receivers(r, j) and (j, self.me) not in main:
                 return False
         return True
 
     def _validate_round(self, r: int) -> list[bytes]:
         st = self._st(r)
         blamed: dict[int, str] = {}
+        broadcasters = self._broadcasters(r)
         for j in self.peers:
-            if self._round_broadcasts(r):
+            if j in broadcasters:
                 try:
                     self._take_broadcast(r, j, st.main[(j, BROADCAST)].payload)
                 except Blame as blame:
@@ -356,7 +368,7 @@ class RoundMachine(ABC):
                 except (InvalidInput, InvalidProof) as exc:
                     blamed[j] = str(exc)
         for j in self.peers:
-            if j in blamed or not self._round_private(r):
+            if j in blamed or self.me not in self._private_receivers(r, j):
                 continue
             msg = st.main[(j, self.me)]
             try:
@@ -374,10 +386,9 @@ class RoundMachine(ABC):
     def _echo_payload(self, r: int) -> bytes:
         st = self._st(r)
         entries = []
-        if self._round_broadcasts(r):
-            for j in self.parties:
-                msg = st.main[(j, BROADCAST)]
-                entries.append(Encoder().uint(j).bytes(msg.payload_hash).bytes(msg.signature).finish())
+        for j in self._broadcasters(r):
+            msg = st.main[(j, BROADCAST)]
+            entries.append(Encoder().uint(j).bytes(msg.payload_hash).bytes(msg.signature).finish())
         complaints = [Encoder().uint(j).bytes(m.to_bytes()).finish() for j, m in st.complaints]
         return Encoder().list_of_bytes(entries).list_of_bytes(complaints).finish()
 
@@ -404,15 +415,16 @@ class RoundMachine(ABC):
         dec = Decoder(payload, "echo")
         entries, complaints = dec.list_of_bytes(), dec.list_of_bytes()
         dec.finish()
-        if self._round_broadcasts(r):
-            expected = [j for j in self.parties if j != k]
+        broadcasters = self._broadcasters(r)
+        if broadcasters:
+            expected = sorted(j for j in broadcasters if j != k)
             seen = []
             for raw in entries:
                 e = Decoder(raw, "echo entry")
                 j, phash, sig = e.uint(32), e.bytes(32), e.bytes()
                 e.finish()
                 seen.append(j)
-                if j == k or j not in self._roster:
+                if j == k or j not in broadcasters:
                     continue
                 mine = st.main[(j, BROADCAST)]
                 if phash == mine.payload_hash:
@@ -450,6 +462,7 @@ class RoundMachine(ABC):
             and msg.sender == accused
             and msg.receiver == complainer
             and accused in self._roster
+            and complainer in self._private_receivers(r, accused)
         )
         if not valid_slot or not verify_signature(self._roster[accused], msg.digest(), msg.signature):
             culprits[complainer] = f"complaint against party {accused} carries no valid signed evidence"

@@ -23,10 +23,12 @@ from fusion_prime.protocol.presign import Presignature, PresignMachine
 from fusion_prime.protocol.runner import Intercept, run_in_process
 from fusion_prime.protocol.sign import SignMachine
 
+_IDENTITIES = {i: PartyIdentity.generate() for i in range(1, 11)}
 
-@cache
+
 def identities(n: int) -> dict[int, PartyIdentity]:
-    return {i: PartyIdentity.generate() for i in range(1, n + 1)}
+    """Parties 1..n; one global roster, so committees can overlap (resharing)."""
+    return {i: _IDENTITIES[i] for i in range(1, n + 1)}
 
 
 def roster(n: int) -> dict[int, bytes]:
@@ -52,11 +54,13 @@ def keygen_machines(t: int, n: int, level: SecurityLevel = LEVEL_TEST) -> dict[i
     return {i: KeygenMachine(session, i, list(ids), ids[i], roster(n), threshold=t, level=level) for i in ids}
 
 
-def aux_machines(n: int, level: SecurityLevel = LEVEL_TEST) -> dict[int, AuxInfoMachine]:
+def aux_machines(n: int, level: SecurityLevel = LEVEL_TEST, parties: Sequence[int] | None = None
+                 ) -> dict[int, AuxInfoMachine]:
     session = sid()
-    ids = identities(n)
-    return {i: AuxInfoMachine(session, i, list(ids), ids[i], roster(n), level=level, primes=primes_for(level, i))
-            for i in ids}
+    parties = list(parties or range(1, n + 1))
+    ids = identities(max(parties))
+    return {i: AuxInfoMachine(session, i, parties, ids[i], roster(max(parties)), level=level,
+                              primes=primes_for(level, i)) for i in parties}
 
 
 def committee(t: int, n: int, level: SecurityLevel = LEVEL_TEST) -> tuple[dict[int, KeyShare], dict[int, AuxInfo]]:
@@ -126,3 +130,23 @@ def tamper(n: int, culprit: int, when: Callable[[ProtocolMessage, int], bool],
 
 def aborts(machines: dict[int, RoundMachine], honest: Iterable[int]) -> dict[int, tuple[int, ...]]:
     return {i: machines[i].abort.culprits if machines[i].abort else () for i in honest}
+
+
+def presign_with(shares: dict[int, KeyShare], aux: dict[int, AuxInfo], signers: Sequence[int],
+                 intercept: Intercept | None = None) -> tuple[dict[int, Presignature], dict[int, PresignMachine]]:
+    session = sid()
+    ids = identities(max(max(shares), max(aux)))
+    rost = {i: k.public_key for i, k in ids.items()}
+    machines = {i: PresignMachine(session, i, signers, ids[i], rost, key_share=shares[i], aux_info=aux[i])
+                for i in signers}
+    return run(machines, intercept), machines
+
+
+def sign_with(shares: dict[int, KeyShare], presignatures: dict[int, Presignature], digest: bytes, path: Any = ()
+              ) -> dict[int, Any]:
+    session = sid()
+    ids = identities(max(shares))
+    rost = {i: k.public_key for i, k in ids.items()}
+    signers = sorted(presignatures)
+    return run({i: SignMachine(session, i, signers, ids[i], rost, key_share=shares[i],
+                               presignature=presignatures[i], digest=digest, path=path) for i in signers})
