@@ -1,0 +1,202 @@
+"""Operator command line: ``python -m fusion_prime.node.cli <command>``.
+
+Commands
+  init      create a node folder: identity key, TLS certificate, config, data dir, database
+  run       start the daemon (transport + session manager + presignature pool); SIGTERM drains
+  status    what the database holds (no key needed) and, if the daemon runs, its health
+  backup    write an encrypted backup of the node's key shares and aux info
+  restore   restore a backup into a fresh data directory
+  devnet    create configs for N nodes on loopback; with --run, run them as separate processes
+
+Errors an operator can fix (bad config, wrong passphrase, missing file) are printed as one
+clear message and exit with status 2; nothing is printed that contains secret material.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from .config import (
+    DEFAULT_PASSPHRASE_ENV,
+    ConfigError,
+    NodeConfig,
+    PeerEntry,
+    StorageKeySource,
+    config_to_toml,
+    load_config,
+    parse_address,
+)
+from .identity import IdentityError, create_identity
+from .material import storage_key
+from .storage import KeyMaterial, Storage, StorageError, database_summary
+from .tls import TLSError, create_certificate_files
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    folder = Path(args.dir).resolve()
+    config_path = folder / "node.toml"
+    if config_path.exists():
+        return _fail(f"{config_path} already exists")
+    parse_address(args.listen)
+    identity = create_identity(folder / "identity.key")
+    create_certificate_files(args.node_id, folder / "tls.crt", folder / "tls.key")
+    if args.key_file:
+        KeyMaterial.create_key_file(folder / "storage.key")
+        source = StorageKeySource(key_file=folder / "storage.key")
+    else:
+        source = StorageKeySource(passphrase_env=args.passphrase_env)
+    (folder / "peers").mkdir(exist_ok=True)
+    own_cert = folder / "peers" / f"{args.node_id}.crt"
+    own_cert.write_bytes((folder / "tls.crt").read_bytes())
+    cfg = NodeConfig(
+        path=config_path, node_id=args.node_id, listen=args.listen, data_dir=folder / "data",
+        identity_key=folder / "identity.key", tls_cert=folder / "tls.crt", tls_key=folder / "tls.key",
+        roster=(PeerEntry(args.node_id, args.index, args.listen, identity.public_key, own_cert),),
+        storage=source, metrics_listen=args.metrics, security_level=args.level,
+    )
+    config_path.write_text(config_to_toml(cfg))
+    cfg = load_config(config_path)
+    Storage(cfg.database_path, storage_key(cfg, dict(os.environ)), node_id=cfg.node_id).close()
+    print(f"created {config_path}")
+    print("share this roster entry (and peers/<id>.crt) with the other operators:\n")
+    print(f'[[roster]]\nnode_id = "{args.node_id}"\nindex = {args.index}\naddress = "{args.listen}"\n'
+          f'identity_public_key = "{identity.public_key.hex()}"\ntls_cert = "peers/{args.node_id}.crt"')
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from .daemon import Node
+    from .logs import configure_logging
+
+    configure_logging(args.log_level)
+    cfg = load_config(args.config)
+    node = Node(cfg, storage_key(cfg, dict(os.environ)))
+    trio.run(lambda: node.run(handle_signals=True))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if not cfg.database_path.exists():
+        return _fail(f"no database at {cfg.database_path} (run init or restore first)")
+    doc: dict[str, object] = {"config": str(cfg.path), "database": database_summary(cfg.database_path)}
+    if cfg.metrics_listen:
+        host, port = parse_address(cfg.metrics_listen)
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as resp:
+                doc["daemon"] = json.loads(resp.read())
+        except OSError as exc:
+            doc["daemon"] = {"status": "not running", "detail": str(exc)}
+    print(json.dumps(doc, indent=2, default=str))
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    with Storage(cfg.database_path, storage_key(cfg, dict(os.environ)), node_id=cfg.node_id,
+                 scrypt_log2_n=cfg.storage.scrypt_log2_n, allow_weak_kdf=cfg.test_mode, create=False) as store:
+        store.backup(Path(args.out))
+    print(f"backup written to {args.out} (presignatures are never included)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    Storage.restore(Path(args.backup), cfg.database_path, storage_key(cfg, dict(os.environ)), node_id=cfg.node_id,
+                    allow_weak_kdf=cfg.test_mode).close()
+    print(f"restored {args.backup} into {cfg.database_path}")
+    return 0
+
+
+def cmd_devnet(args: argparse.Namespace) -> int:
+    from .devnet import create_devnet
+
+    base = Path(args.dir)
+    nodes = create_devnet(base, args.nodes, base_port=args.base_port, test_mode=args.test_mode,
+                          round_deadline_seconds=args.round_deadline)
+    for node in nodes:
+        print(node.config_path)
+    if not args.run:
+        return 0
+    procs = [subprocess.Popen([sys.executable, "-m", "fusion_prime.node.cli", "run", "--config", str(n.config_path)])  # noqa: S603
+             for n in nodes]
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(p.wait() for p in procs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusion-prime-node", description="Fusion Prime signer node")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create a node folder")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--index", type=int, default=1, help="this node's party index in the roster")
+    p.add_argument("--listen", default="127.0.0.1:7001")
+    p.add_argument("--metrics", default=None, help="loopback host:port for /metrics and /healthz")
+    p.add_argument("--level", default="128")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--passphrase-env", default=DEFAULT_PASSPHRASE_ENV)
+    key.add_argument("--key-file", action="store_true", help="generate a storage key file instead")
+    p.set_defaults(func=cmd_init)
+
+    for name, func, helptext in (("run", cmd_run, "start the daemon"), ("status", cmd_status, "show status")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--config", required=True)
+        if name == "run":
+            p.add_argument("--log-level", default="INFO")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("backup", help="write an encrypted backup")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="restore a backup into a fresh data directory")
+    p.add_argument("--config", required=True)
+    p.add_argument("--backup", required=True)
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("devnet", help="create (and optionally run) an N-node loopback network")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--nodes", "-n", type=int, default=3)
+    p.add_argument("--base-port", type=int, default=None)
+    p.add_argument("--round-deadline", type=float, default=10.0)
+    p.add_argument("--test-mode", action="store_true", help="test-only security level (small moduli)")
+    p.add_argument("--run", action="store_true", help="run every node as its own process")
+    p.set_defaults(func=cmd_devnet)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, StorageError, IdentityError, TLSError, ValueError) as exc:
+        return _fail(str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

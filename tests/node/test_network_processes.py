@@ -1,0 +1,108 @@
+"""The real thing: CGGMP21 between three node *processes'* worth of daemons - node1 runs in
+the test process (as coordinator, since the wallet API is not part of the node), node2 and
+node3 are separate OS processes started with the operator CLI - over gRPC with mutual TLS
+on loopback, at the test security level."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import trio
+from coincurve import PublicKey
+from fp_node_helpers import LogCapture, make_node, running_nodes
+
+from fusion_prime.node.devnet import create_devnet
+from fusion_prime.protocol.keygen import KeyShare
+
+
+def spawn(devnode, log_path):
+    return subprocess.Popen(
+        [sys.executable, "-m", "fusion_prime.node.cli", "run", "--config", str(devnode.config_path),
+         "--log-level", "DEBUG"],
+        stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"),
+    )
+
+
+async def wait_healthy(node, peers, timeout=30):
+    with trio.fail_after(timeout):
+        while True:
+            healthy = await node.sessions.healthy_peers("keygen")
+            if set(peers) <= set(healthy):
+                return
+            await trio.sleep(0.2)
+
+
+def secrets_of(devnet) -> list[str]:
+    out = []
+    for d in devnet:
+        out.append((d.folder / "identity.key").read_text().strip())
+        out.append((d.folder / "storage.key").read_text().strip())
+    return out
+
+
+def test_three_process_network_keygen_presign_sign(tmp_path):
+    devnet = create_devnet(tmp_path / "net", 3, round_deadline_seconds=20.0, scrypt_log2_n=10)
+    logs = [tmp_path / f"node{i}.log" for i in (2, 3)]
+    procs = [spawn(devnet[1], logs[0]), spawn(devnet[2], logs[1])]
+    capture = LogCapture()
+    node1 = make_node(devnet[0], fill_pool=False)
+    secret_values: list[str] = []
+    try:
+        async def main():
+            async with running_nodes(node1):
+                await wait_healthy(node1, ["node2", "node3"])
+                kg = await node1.keygen(2, 3)
+                assert kg.ok, kg
+                key_id, group_key = kg.output["key_id"], kg.output["public_key"]
+                share = KeyShare.from_bytes(node1.storage.get_key_share(key_id))
+                secret_values.append(f"{share.secret_share:064x}")
+                aux = await node1.aux_info(["node1", "node2", "node3"])
+                assert aux.ok, aux
+                for signers in (["node1", "node2"], ["node1", "node3"], ["node1", "node2"]):
+                    pre = await node1.presign(key_id, signers)
+                    assert pre.ok, pre
+                rs = set()
+                for i in range(3):
+                    digest = hashlib.sha256(b"message %d" % i).digest()
+                    t0 = time.perf_counter()
+                    out = await node1.sign(key_id, digest)
+                    assert out.ok, out
+                    sig = out.output
+                    compact = sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big")
+                    from coincurve.ecdsa import cdata_to_der, deserialize_compact
+
+                    assert PublicKey(group_key).verify(cdata_to_der(deserialize_compact(compact)), digest,
+                                                       hasher=None), "signature verifies under the group key"
+                    assert sig.is_low_s
+                    rs.add(sig.r)
+                    print(f"sign {i}: {1000 * (time.perf_counter() - t0):.1f} ms")
+                assert len(rs) == 3, "every signature used a fresh presignature"
+                no_more = await node1.sign(key_id, hashlib.sha256(b"one too many").digest())
+                assert no_more.status == "refused" and "no presignature" in no_more.reason
+                counts = node1.storage.presignature_counts(key_id)
+                assert counts.consumed == 3 and counts.available == 0
+
+        trio.run(main)
+        # Graceful shutdown on SIGTERM.
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            assert p.wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        capture.close()
+    text = capture.text + "".join(p.read_text() for p in logs)
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "session finished" and e.get("phase") == "presign" for e in lines)
+    assert any(e["event"] == "signal received" for e in lines)
+    for value in secrets_of(devnet) + secret_values:
+        assert value not in text, "secret material in the logs"
+    assert os.path.getsize(logs[0]) > 0
