@@ -106,3 +106,81 @@ def test_three_process_network_keygen_presign_sign(tmp_path):
     for value in secrets_of(devnet) + secret_values:
         assert value not in text, "secret material in the logs"
     assert os.path.getsize(logs[0]) > 0
+
+
+def _verify(group_key: bytes, digest: bytes, sig) -> bool:
+    from coincurve.ecdsa import cdata_to_der, deserialize_compact
+
+    compact = sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big")
+    return PublicKey(group_key).verify(cdata_to_der(deserialize_compact(compact)), digest, hasher=None)
+
+
+def test_sigkill_during_presign_then_recovery(tmp_path):
+    devnet = create_devnet(tmp_path / "net", 3, round_deadline_seconds=3.0, scrypt_log2_n=10)
+    logs = [tmp_path / f"node{i}.log" for i in (2, 3)]
+    procs = {"node2": spawn(devnet[1], logs[0]), "node3": spawn(devnet[2], logs[1])}
+    node1 = make_node(devnet[0], fill_pool=False)
+    try:
+        async def main():
+            async with running_nodes(node1):
+                await wait_healthy(node1, ["node2", "node3"])
+                kg = await node1.keygen(2, 3)
+                assert kg.ok, kg
+                key_id, group_key = kg.output["key_id"], kg.output["public_key"]
+                assert (await node1.aux_info(["node1", "node2", "node3"])).ok
+                assert (await node1.presign(key_id, ["node1", "node3"])).ok
+                rs = []
+                first = await node1.sign(key_id, b"\x01" * 32)
+                assert first.ok and _verify(group_key, b"\x01" * 32, first.output)
+                rs.append(first.output.r)
+
+                # SIGKILL node3 in the middle of a presign session.
+                result = {}
+
+                async def presign():
+                    result["outcome"] = await node1.presign(key_id, ["node1", "node3"])
+
+                def from_node3() -> float:
+                    return node1.metrics.registry.get_sample_value(
+                        "fp_envelopes_received_total", {"peer": "node3", "outcome": "accepted"}) or 0.0
+
+                before = from_node3()
+                async with trio.open_nursery() as n:
+                    n.start_soon(presign)
+                    while from_node3() == before:  # node3 is in the session: its round 1 arrived
+                        await trio.sleep(0.001)
+                    t_kill = trio.current_time()
+                    procs["node3"].send_signal(signal.SIGKILL)
+                outcome = result["outcome"]
+                assert outcome.status == "timeout" and outcome.culprits == ("node3",), outcome
+                assert trio.current_time() - t_kill < 3.0 + 2.0, "aborted within the round deadline"
+                assert procs["node3"].wait(timeout=10) == -signal.SIGKILL
+
+                # Restart node3 from its database; the network signs again.
+                procs["node3"] = spawn(devnet[2], tmp_path / "node3-restarted.log")
+                await wait_healthy(node1, ["node2", "node3"])
+                assert (await node1.presign(key_id, ["node1", "node3"])).ok
+                assert (await node1.presign(key_id, ["node1", "node2"])).ok
+                for i in range(2):
+                    digest = bytes([i + 2]) * 32
+                    out = await node1.sign(key_id, digest)
+                    assert out.ok and _verify(group_key, digest, out.output)
+                    rs.append(out.output.r)
+                assert len(set(rs)) == len(rs) == 3, "no presignature was used twice across the crash"
+
+        trio.run(main)
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            assert p.wait(timeout=30) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    from fusion_prime.node.storage import KeyMaterial, Storage
+
+    with Storage(devnet[2].folder / "data" / "node.sqlite3",
+                 KeyMaterial.key_file(devnet[2].folder / "storage.key"), allow_weak_kdf=True) as store:
+        events = [e["event"] for e in store.audit_log()]
+        assert "session-interrupted" in events, "the killed session is on record as interrupted"
+        assert store.verify_audit_chain()
