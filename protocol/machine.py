@@ -205,6 +205,12 @@ class RoundMachine(ABC):
         """Round r is complete and consistent everywhere; raise Blame if the round's combined
         result shows a fault (for example a failed δ-check)."""
 
+    def _is_last_round(self, r: int) -> bool:
+        """Phases with an optional final round (presigning's identification round, run only
+        when the δ-check fails) finish early when the round is not needed. ``rounds`` is the
+        maximum, so a peer's message for the optional round is never mistaken for garbage."""
+        return r == self.rounds
+
     @abstractmethod
     def _result(self) -> Any:
         """The phase's output, once the last round is complete."""
@@ -338,7 +344,7 @@ class RoundMachine(ABC):
                 break
             self._process_echoes(r)
             self._end_round(r)
-            if r == self.rounds:
+            if self._is_last_round(r):
                 self.output = self._result()
                 self.status = Status.DONE
                 break
