@@ -192,6 +192,7 @@ class Node:
             if last.ok:
                 return last
             excluded.update(c for c in last.culprits if c != self.cfg.node_id)
+            self.sessions.forget_health(last.culprits)
         return last
 
     # presignature pool -----------------------------------------------------------------------

@@ -63,6 +63,7 @@ def _call_releasing_gil(fn: Callable[..., list[bytes]], *args: Any) -> list[byte
     gmpy2.get_context().allow_release_gil = True
     return fn(*args)
 PROPOSE_TIMEOUT = 5.0
+HEALTH_TTL = 2.0
 
 
 # -------------------------------------------------------------------------------------------
@@ -322,6 +323,7 @@ class SessionManager:
         self.cpu_limiter = trio.CapacityLimiter(cpu_threads)
         self.draining = False
         self._active: dict[bytes, _Active] = {}
+        self._health: dict[str, tuple[float, frozenset[str]]] = {}
         self._nursery: trio.Nursery | None = None
         transport.proposal_handler = self.handle_proposal
         transport.health_provider = self.health_reply
@@ -479,19 +481,34 @@ class SessionManager:
 
     # coordinator side ------------------------------------------------------------------------
     async def healthy_peers(self, phase: str, timeout: float = 2.0) -> list[str]:
-        """Peers that answer Health as serving and support ``phase`` (checked concurrently)."""
+        """Peers that answer Health as serving and support ``phase`` (probed concurrently).
+
+        A positive answer is trusted for ``HEALTH_TTL`` seconds so that a burst of sign
+        requests does not pay two RPCs each; a peer that fails a session is forgotten at once
+        (:meth:`forget_health`), so retries re-probe it."""
+        now = trio.current_time()
         healthy: list[str] = []
 
         async def probe(peer: str) -> None:
             reply = await self.transport.health(peer, timeout)
-            if reply is not None and reply.status == peer_pb2.HealthReply.SERVING and phase in reply.phases:
-                healthy.append(peer)
+            if reply is not None and reply.status == peer_pb2.HealthReply.SERVING:
+                self._health[peer] = (trio.current_time(), frozenset(reply.phases))
+            else:
+                self._health.pop(peer, None)
 
         async with trio.open_nursery() as nursery:
             for peer in self.peers:
-                if peer != self.node_id:
+                cached = self._health.get(peer)
+                if peer != self.node_id and (cached is None or now - cached[0] > HEALTH_TTL):
                     nursery.start_soon(probe, peer)
+        for peer, (_, phases) in self._health.items():
+            if phase in phases:
+                healthy.append(peer)
         return sorted(healthy)
+
+    def forget_health(self, peers: Iterable[str]) -> None:
+        for peer in peers:
+            self._health.pop(peer, None)
 
     def _proposal(self, phase: str, participants: Sequence[str], fill: Callable[[peer_pb2.SessionProposal], None],
                   round_deadline: float) -> peer_pb2.SessionProposal:
@@ -553,6 +570,7 @@ class SessionManager:
                         nursery.start_soon(ask, peer)
             refusers = sorted(p for p, r in replies.items() if not r.accepted)
             if refusers:
+                self.forget_health(refusers)
                 # Our own side cannot complete without them: end it now instead of at the deadline.
                 self.transport.close_session(proposal.session_id)
                 await mine.done.wait()
@@ -568,6 +586,7 @@ class SessionManager:
             if last.ok:
                 return last
             excluded.update(c for c in last.culprits if c != self.node_id)
+            self.forget_health(last.culprits)
             log_event(log, logging.WARNING, "session failed, retrying with another set", session_id=last.session_id,
                       status=last.status, culprits=list(last.culprits))
         return last

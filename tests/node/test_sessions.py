@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import trio
 from fp_node_helpers import counter_value, make_node, running_nodes
 from fp_sum_protocol import FastSumPhase, SumPhase, fill_sum
@@ -151,3 +152,48 @@ def test_twenty_concurrent_sessions_complete(devnet3):
             assert len({r.session_id for r in results}) == 20
 
     trio.run(main)
+
+
+def test_health_and_metrics_endpoints_on_loopback(devnet3):
+    import json
+    import urllib.request
+
+    nodes, _ = nodes_with(devnet3, ["honest"] * 3)
+
+    async def main():
+        async with running_nodes(*nodes):
+            assert (await nodes[0].sessions.coordinate("sum", 3, fill_sum)).ok
+
+            def fetch(path):
+                with urllib.request.urlopen(f"http://127.0.0.1:{nodes[0].health_port}{path}", timeout=5) as r:
+                    return r.status, r.read().decode()
+
+            status, body = await trio.to_thread.run_sync(fetch, "/healthz")
+            doc = json.loads(body)
+            assert status == 200 and doc["status"] == "serving" and doc["node_id"] == "node1"
+            status, body = await trio.to_thread.run_sync(fetch, "/metrics")
+            assert 'fp_sessions_total{outcome="done",phase="sum"} 1.0' in body
+            assert "fp_envelopes_sent_total" in body
+            nodes[0].sessions.draining = True
+            try:
+                await trio.to_thread.run_sync(fetch, "/healthz")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503
+            else:
+                raise AssertionError("a draining node must not report healthy")
+            nodes[0].sessions.draining = False
+
+    trio.run(main)
+
+
+def test_test_level_is_refused_by_a_production_node(devnet3):
+    """A coordinator cannot talk a production node into the small test moduli."""
+    from fusion_prime.node.phases import KeygenPhase
+    from fusion_prime.node.session import Refuse, SessionContext
+    from fusion_prime.proto.generated import peer_pb2
+
+    proposal = peer_pb2.SessionProposal(phase="keygen", participants=["node1", "node2"])
+    proposal.keygen.threshold, proposal.keygen.level = 2, "test-1536"
+    ctx = SessionContext("node1", 1, None, proposal, {"node1": 1, "node2": 2}, {}, None, test_mode=False)
+    with pytest.raises(Refuse, match="tests only"):
+        KeygenPhase().build(ctx)
