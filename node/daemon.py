@@ -172,13 +172,15 @@ class Node:
         last = SessionOutcome(b"", "sign", "refused", reason="no presignature available")
         for _ in range(attempts):
             healthy = set(await self.sessions.healthy_peers("sign")) | {self.cfg.node_id}
-            sets = [s for s, _ in self.storage.presignature_sets(key_id)
+            available = await trio.to_thread.run_sync(self.storage.presignature_sets, key_id)
+            sets = [s for s, _ in available
                     if self.cfg.node_id in s and set(s) <= healthy and not set(s) & excluded]
             if not sets:
                 return SessionOutcome(b"", "sign", "refused", culprits=last.culprits, reason=(
                     "no presignature for a healthy signer set that includes this node"))
             signers = sets[0]
-            presig_id = self.storage.reserve_presignature(key_id, signers, b"sign-request")
+            presig_id = await trio.to_thread.run_sync(self.storage.reserve_presignature, key_id, signers,
+                                                      b"sign-request")
             if presig_id is None:
                 continue
 
@@ -188,7 +190,8 @@ class Node:
 
             last = await self.sessions.coordinate("sign", len(signers), fill, required=signers, attempts=1)
             if self.storage.presignature_state(presig_id) == "reserved":
-                self.storage.release_presignature(presig_id)  # never used: back to the pool
+                # Never used (this node refused before consuming it): back to the pool.
+                await trio.to_thread.run_sync(self.storage.release_presignature, presig_id)
             if last.ok:
                 return last
             excluded.update(c for c in last.culprits if c != self.cfg.node_id)

@@ -29,6 +29,7 @@ A machine is only ever touched by one thread at a time: the driver awaits each s
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import secrets
@@ -412,16 +413,16 @@ class SessionManager:
         self.metrics.proposals.labels(phase=proposal.phase, decision=decision).inc()
         if problem or machine is None or ctx is None or handler is None or self._nursery is None:
             if self.storage is not None:
-                self.storage.session_refused(proposal.session_id, phase=proposal.phase,
-                                             coordinator=proposal.coordinator, reason=problem or "refused")
+                await self._db(self.storage.session_refused, proposal.session_id, phase=proposal.phase,
+                               coordinator=proposal.coordinator, reason=problem or "refused")
             return None, problem or "refused"
         try:
             inbox = self.transport.open_session(proposal.session_id, proposal.phase, proposal.participants)
         except TransportError as exc:
             return None, str(exc)
         if self.storage is not None:
-            self.storage.session_started(proposal.session_id, phase=proposal.phase,
-                                         coordinator=proposal.coordinator, participants=list(proposal.participants))
+            await self._db(self.storage.session_started, proposal.session_id, phase=proposal.phase,
+                           coordinator=proposal.coordinator, participants=list(proposal.participants))
         active = _Active(ctx)
         self._active[proposal.session_id] = active
         driver = SessionDriver(ctx=ctx, machine=machine, transport=self.transport, inbox=inbox,
@@ -453,13 +454,18 @@ class SessionManager:
             with trio.CancelScope(shield=True):
                 if not outcome.ok:
                     handler.failed(active.ctx, outcome)
-                self._record(outcome)
+                await self._record(outcome)
                 active.outcome = outcome
                 self._active.pop(active.ctx.session_id, None)
                 self.metrics.active_sessions.dec()
                 active.done.set()
 
-    def _record(self, outcome: SessionOutcome) -> None:
+    @staticmethod
+    async def _db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Storage calls commit with fsync (synchronous=FULL): keep them off the event loop."""
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    async def _record(self, outcome: SessionOutcome) -> None:
         self.metrics.sessions.labels(phase=outcome.phase, outcome=outcome.status).inc()
         self.metrics.session_seconds.labels(phase=outcome.phase).observe(outcome.duration)
         level = logging.INFO if outcome.ok else logging.WARNING
@@ -468,8 +474,8 @@ class SessionManager:
                   seconds=round(outcome.duration, 4))
         if self.storage is not None:
             state = "aborted" if outcome.status == "cancelled" else outcome.status
-            self.storage.session_finished(outcome.session_id, state=state, culprits=outcome.culprits,
-                                          reason=outcome.reason)
+            await self._db(self.storage.session_finished, outcome.session_id, state=state,
+                           culprits=outcome.culprits, reason=outcome.reason)
 
     async def handle_proposal(self, proposal: peer_pb2.SessionProposal) -> peer_pb2.ProposalReply:
         """Transport entry point for ``Propose`` (runs on the trio thread)."""
