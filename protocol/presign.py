@@ -30,14 +30,14 @@ from gmpy2 import mpz
 from .aux_info import AuxInfo
 from .curve import Point, Q, random_scalar, scalar_from_bytes, scalar_to_bytes
 from .encoding import Decoder, Encoder
-from .errors import InvalidInput
-from .identity import PartyIdentity
+from .errors import InvalidInput, InvalidProof
+from .identity import PartyIdentity, verify_signature
 from .keygen import KeyShare
 from .levels import level_by_name
-from .machine import Blame, RoundMachine, bind_session
+from .machine import KIND_MAIN, Blame, ProtocolMessage, RoundMachine, bind_session
 from .paillier import PaillierPublicKey, sample_unit
 from .vss import lagrange_coefficient
-from .zk import aff_g, enc, log_star
+from .zk import aff_g, dec, enc, log_star, mul
 from .zk.common import ProofContext, paillier_raw, sample_pm_bits
 
 
@@ -61,12 +61,12 @@ class Presignature:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Presignature:
-        dec = Decoder(data, "presignature")
-        presign_id, key_id, epoch = dec.bytes(32), dec.bytes().decode(), dec.uint(32)
-        signers = tuple(dec.uints(max_bits=32))
-        index, R = dec.uint(32), Point.from_bytes(dec.bytes(33))
-        k, chi = scalar_from_bytes(dec.bytes(32)), scalar_from_bytes(dec.bytes(32), allow_zero=True)
-        dec.finish()
+        d = Decoder(data, "presignature")
+        presign_id, key_id, epoch = d.bytes(32), d.bytes().decode(), d.uint(32)
+        signers = tuple(d.uints(max_bits=32))
+        index, R = d.uint(32), Point.from_bytes(d.bytes(33))
+        k, chi = scalar_from_bytes(d.bytes(32)), scalar_from_bytes(d.bytes(32), allow_zero=True)
+        d.finish()
         return cls(presign_id, key_id, epoch, signers, index, R, k, chi)
 
     def __repr__(self) -> str:
@@ -97,9 +97,15 @@ def check_signer_set(key_share: KeyShare, aux_info: AuxInfo, signers: Sequence[i
     return signers
 
 
+def identification_y_bits(level_mta_bits: int, signers: int) -> int:
+    """Bound on |dec(H_i·∏D_{i,j}·∏F_{j,i}^-1)| = |k_i·γ_i + Σ_j (α_{i,j} - y_{i,j})|: every
+    α is a verified MtA value (≤ 2^mta_bits), every y a mask ≤ 2^ℓ' < 2^mta_bits, and k·γ < q²."""
+    return level_mta_bits + (2 * signers).bit_length() + 1
+
+
 class PresignMachine(RoundMachine):
     phase = "presign"
-    rounds = 3
+    rounds = 4  # the fourth, identification, runs only when the δ-check fails
 
     def __init__(
         self,
@@ -139,6 +145,12 @@ class PresignMachine(RoundMachine):
         self._delta = 0
         self._chi = 0
         self._R = Point.identity()
+        self._round2_sent: dict[int, bytes] = {}
+        self._identifying = False
+        self._round2: dict[tuple[int, int], tuple[mpz, mpz]] = {}  # (a, b) -> (D_{b,a}, F_{b,a}) of m(a→b)
+        self._H: dict[int, int] = {}
+        self._mul_proofs: dict[int, mul.MulProof] = {}
+        self._dec_proofs: dict[int, list[dec.DecProof]] = {}
 
     def _ctx(self, prover: int) -> ProofContext:
         return ProofContext(self.ssid, prover)
@@ -147,11 +159,15 @@ class PresignMachine(RoundMachine):
         return True
 
     def _round_private(self, r: int) -> bool:
-        return True
+        return r <= 3
+
+    def _is_last_round(self, r: int) -> bool:
+        return r == 4 or (r == 3 and not self._identifying)
 
     # round 1 -------------------------------------------------------------------------------
     def _make_round(self, r: int) -> tuple[bytes | None, dict[int, bytes]]:
-        return {1: self._presign_round1, 2: self._presign_round2, 3: self._presign_round3}[r]()
+        return {1: self._presign_round1, 2: self._presign_round2, 3: self._presign_round3,
+                4: self._identify_round}[r]()
 
     def _presign_round1(self) -> tuple[bytes, dict[int, bytes]]:
         mine = self._peer[self.me]
@@ -191,6 +207,7 @@ class PresignMachine(RoundMachine):
                 Encoder().uint(D).uint(F).uint(D_hat).uint(F_hat)
                 .bytes(psi.to_bytes()).bytes(psi_hat.to_bytes()).bytes(psi_log.to_bytes()).finish()
             )
+            self._round2_sent[j] = private[j]
         return Encoder().bytes(Gamma_i.to_bytes()).finish(), private
 
     # round 3 -------------------------------------------------------------------------------
@@ -220,21 +237,23 @@ class PresignMachine(RoundMachine):
     def _take_broadcast(self, r: int, sender: int, payload: bytes) -> None:
         peer = self._peer[sender]
         if r == 1:
-            dec = Decoder(payload, "presign round 1")
+            d = Decoder(payload, "presign round 1")
             bits = 2 * self._N[sender].bits
-            K, G = mpz(dec.uint(bits)), mpz(dec.uint(bits))
-            dec.finish()
+            K, G = mpz(d.uint(bits)), mpz(d.uint(bits))
+            d.finish()
             Nj = self._N[sender]
             peer.K, peer.G = Nj.validate_ciphertext(K), Nj.validate_ciphertext(G)
         elif r == 2:
-            dec = Decoder(payload, "presign round 2")
-            peer.Gamma = Point.from_bytes(dec.bytes(33))
-            dec.finish()
+            d = Decoder(payload, "presign round 2")
+            peer.Gamma = Point.from_bytes(d.bytes(33))
+            d.finish()
+        elif r == 3:
+            d = Decoder(payload, "presign round 3")
+            peer.delta = scalar_from_bytes(d.bytes(32), allow_zero=True)
+            peer.Delta = Point.from_bytes(d.bytes(33))
+            d.finish()
         else:
-            dec = Decoder(payload, "presign round 3")
-            peer.delta = scalar_from_bytes(dec.bytes(32), allow_zero=True)
-            peer.Delta = Point.from_bytes(dec.bytes(33))
-            dec.finish()
+            self._take_identification(sender, payload)
 
     def _take_private(self, r: int, sender: int, payload: bytes) -> None:
         self._verify_private(r, sender, self.me, payload, store=True)
@@ -255,13 +274,13 @@ class PresignMachine(RoundMachine):
             enc.verify(ctx, lv, N_send, self._peer[sender].K, aux, proof)
             return
         if r == 2:
-            dec = Decoder(payload, "presign round 2 private")
+            d = Decoder(payload, "presign round 2 private")
             bits = 2 * max(N_recv.bits, N_send.bits)
-            D, F, D_hat, F_hat = (mpz(dec.uint(bits)) for _ in range(4))
-            psi = aff_g.AffGProof.from_bytes(dec.bytes(), lv)
-            psi_hat = aff_g.AffGProof.from_bytes(dec.bytes(), lv)
-            psi_log = log_star.LogStarProof.from_bytes(dec.bytes(), lv)
-            dec.finish()
+            D, F, D_hat, F_hat = (mpz(d.uint(bits)) for _ in range(4))
+            psi = aff_g.AffGProof.from_bytes(d.bytes(), lv)
+            psi_hat = aff_g.AffGProof.from_bytes(d.bytes(), lv)
+            psi_log = log_star.LogStarProof.from_bytes(d.bytes(), lv)
+            d.finish()
             K_recv = self._peer[receiver].K
             Gamma_j = self._peer[sender].Gamma
             aff_g.verify(ctx, lv, aff_g.AffGStatement(N_recv, N_send, K_recv, D, F, Gamma_j), aux, psi)
@@ -277,14 +296,107 @@ class PresignMachine(RoundMachine):
         log_star.verify(ctx, lv, st, aux, proof)
 
     def _end_round(self, r: int) -> None:
+        if r == 4:
+            self._judge_identification()
         if r != 3:
             return
         delta = sum(self._peer[j].delta for j in self.parties) % Q
         if delta == 0 or Point.base_mul(delta) != Point.sum(self._peer[j].Delta for j in self.parties):
-            # Every proof verified, yet δ is inconsistent with the Δ_j: someone lied about δ_j or
-            # its MtA shares. Naming them needs the identification round of ``identify``.
-            raise Blame((), "δ-check failed: g^δ != ∏ Δ_j")
+            # Every proof verified, yet δ is inconsistent with the Δ_j: someone lied about δ_j.
+            # Everyone runs the identification round (CGGMP21 Fig. 7, "Output", step 2).
+            self._identifying = True
+            return
         self._R = self._Gamma * pow(delta, -1, Q)
+
+    # identification (round 4) -----------------------------------------------------------------
+    # Each party i publishes H_i = enc_i(k_i·γ_i) with Π^mul (against K_i, G_i), reveals the signed
+    # round-2 messages it received (so everyone learns D_{i,j} and, from the others' reveals, the
+    # F_{j,i} that i sent), and proves with Π^dec, for every verifier, that
+    #     δ_i ≡ dec_i(H_i · ∏_j D_{i,j} · ∏_j F_{j,i}^-1)  (mod q).
+    # Every earlier proof already pins the D and F ciphertexts down, so a party whose δ_i is
+    # not the decryption of its own ciphertexts cannot produce these proofs and is named.
+
+    def _y_bits(self) -> int:
+        return identification_y_bits(self.level.mta_bound_bits(), len(self.parties))
+
+    def _delta_ciphertext(self, i: int) -> int:
+        """H_i · ∏_j D_{i,j} · ∏_j F_{j,i}^-1 under N_i, where m(a→b) = (D_{b,a}, F_{b,a})."""
+        Ni = self._paillier if i == self.me else self._N[i]
+        c = self._H[i]
+        for j in self.parties:
+            if j != i:
+                D_ij = self._round2[(j, i)][0]
+                F_ji = self._round2[(i, j)][1]
+                c = c * D_ij * Ni.pow_n2(F_ji, -1) % Ni.n2
+        return c
+
+    @staticmethod
+    def _round2_ciphertexts(payload: bytes) -> tuple[mpz, mpz]:
+        d = Decoder(payload, "presign round 2 private")
+        return mpz(d.uint()), mpz(d.uint())
+
+    def _identify_round(self) -> tuple[bytes, dict[int, bytes]]:
+        me, lv = self.me, self.level
+        mine = self._peer[me]
+        for j in self.peers:
+            self._round2[(j, me)] = self._round2_ciphertexts(self._st(2).main[(j, me)].payload)
+            self._round2[(me, j)] = self._round2_ciphertexts(self._round2_sent[j])
+        rho_h = sample_unit(self._paillier.n)
+        H = self._paillier.pow_n2(mine.G, self._k) * self._paillier.rho_to_n(rho_h) % self._paillier.n2
+        self._H[me] = H
+        mul_proof = mul.prove(self._ctx(me), lv, mul.MulStatement(self._paillier, mine.K, mine.G, H),
+                              self._k, rho_h, self._rho)
+        c = self._delta_ciphertext(me)
+        y, rho_c = self._paillier.decrypt(c), self._paillier.recover_randomness(c)
+        proofs = [dec.prove(self._ctx(me), lv, dec.DecStatement(self._paillier, c, self._delta), self._aux[j], y,
+                            rho_c, y_bits=self._y_bits()).to_bytes() for j in self.peers]
+        received = [self._st(2).main[(j, me)].to_bytes() for j in self.peers]
+        payload = Encoder().uint(H).bytes(mul_proof.to_bytes()).list_of_bytes(received).list_of_bytes(proofs)
+        return payload.finish(), {}
+
+    def _take_identification(self, sender: int, payload: bytes) -> None:
+        lv = self.level
+        others = [j for j in self.parties if j != sender]
+        d = Decoder(payload, "presign identification")
+        H = self._N[sender].validate_ciphertext(mpz(d.uint(2 * self._N[sender].bits)))
+        mul_proof = mul.MulProof.from_bytes(d.bytes(), lv)
+        received = d.list_of_bytes(len(others))
+        proofs = [dec.DecProof.from_bytes(b, lv) for b in d.list_of_bytes(len(others))]
+        d.finish()
+        for j, raw in zip(others, received, strict=True):
+            msg = ProtocolMessage.from_bytes(raw)
+            genuine = (msg.session_id == self.session_id and msg.phase == self.phase and msg.round == 2
+                       and msg.kind == KIND_MAIN and msg.sender == j and msg.receiver == sender
+                       and verify_signature(self._roster[j], msg.digest(), msg.signature))
+            if not genuine:
+                raise Blame(sender, f"revealed a round-2 message from party {j} that party {j} did not sign")
+            if j == self.me and msg.payload != self._round2_sent[sender]:
+                raise Blame(sender, "revealed a round-2 message from us that differs from what we sent")
+            self._round2[(j, sender)] = self._round2_ciphertexts(msg.payload)
+        self._H[sender] = H
+        self._mul_proofs[sender] = mul_proof
+        self._dec_proofs[sender] = proofs
+
+    def _judge_identification(self) -> None:
+        culprits: dict[int, str] = {}
+        for i in self.peers:
+            try:
+                self._check_identification(i)
+            except (InvalidInput, InvalidProof) as exc:
+                culprits[i] = str(exc)
+        if not culprits:
+            raise Blame((), "δ-check failed, yet every party proved its δ_i; the abort cannot be attributed")
+        reasons = "; ".join(f"party {i}: {why}" for i, why in sorted(culprits.items()))
+        raise Blame(culprits.keys(), f"δ-check failed; {reasons}")
+
+    def _check_identification(self, i: int) -> None:
+        lv, Ni = self.level, self._N[i]
+        mul.verify(self._ctx(i), lv, mul.MulStatement(Ni, self._peer[i].K, self._peer[i].G, self._H[i]),
+                   self._mul_proofs[i])
+        statement = dec.DecStatement(Ni, self._delta_ciphertext(i), self._peer[i].delta)
+        for verifier, proof in zip([j for j in self.parties if j != i], self._dec_proofs[i], strict=True):
+            aux = self._rp if verifier == self.me else self._aux[verifier]
+            dec.verify(self._ctx(i), lv, statement, aux, proof, y_bits=self._y_bits())
 
     def _result(self) -> Presignature:
         return Presignature(

@@ -1,0 +1,57 @@
+"""Identifiable abort when every proof verified but the result is wrong (CGGMP21 Fig. 7 output).
+
+The cheater here does not corrupt any proof: its K, G, Γ, MtA ciphertexts and all their proofs
+are honest. It only lies about δ_i. The δ-check fails for everyone; the identification round
+(Π^mul, Π^dec, revealed signed round-2 messages) names it and nobody else.
+"""
+
+from __future__ import annotations
+
+from fp_network import aborts, committee, presign_machines, run
+
+from fusion_prime.protocol.curve import Q
+from fusion_prime.protocol.machine import Status
+
+
+def _lying_about_delta(machine, offset: int = 1):  # type: ignore[no-untyped-def]
+    honest_round3 = machine._presign_round3
+
+    def round3():  # type: ignore[no-untyped-def]
+        _, private = honest_round3()
+        machine._delta = (machine._delta + offset) % Q
+        machine._peer[machine.me].delta = machine._delta
+        from fusion_prime.protocol.curve import scalar_to_bytes
+        from fusion_prime.protocol.encoding import Encoder
+
+        payload = Encoder().bytes(scalar_to_bytes(machine._delta)).bytes(machine._peer[machine.me].Delta.to_bytes())
+        return payload.finish(), private
+
+    machine._presign_round3 = round3
+
+
+def test_party_lying_about_delta_is_named_by_everyone() -> None:
+    committee(2, 3)
+    ms = presign_machines(2, 3, (1, 2, 3))
+    _lying_about_delta(ms[2])
+    out = run(ms)
+    assert out == {}
+    for i in (1, 3):
+        assert ms[i].status is Status.ABORTED
+    assert aborts(ms, (1, 3)) == {1: (2,), 3: (2,)}
+    assert "δ-check failed" in ms[1].abort.reason and "dec" in ms[1].abort.reason
+
+
+def test_identification_with_two_signers() -> None:
+    committee(2, 3)
+    ms = presign_machines(2, 3, (1, 3))
+    _lying_about_delta(ms[1], offset=Q - 7)
+    run(ms)
+    assert aborts(ms, (3,)) == {3: (1,)}
+
+
+def test_honest_runs_skip_the_identification_round() -> None:
+    committee(2, 3)
+    ms = presign_machines(2, 3, (1, 2))
+    out = run(ms)
+    assert sorted(out) == [1, 2]
+    assert all(m.round == 3 for m in ms.values())
