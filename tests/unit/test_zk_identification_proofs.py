@@ -18,13 +18,13 @@ import pytest
 from fp_fixtures import paillier_key, ring_pedersen
 from gmpy2 import mpz
 
-from fusion_prime.protocol.curve import Q, random_scalar
+from fusion_prime.protocol.curve import Point, Q, random_scalar
 from fusion_prime.protocol.encoding import Encoder
 from fusion_prime.protocol.errors import InsecureParameters, InvalidInput, InvalidProof
 from fusion_prime.protocol.levels import LEVEL_128, LEVEL_TEST, SecurityLevel
 from fusion_prime.protocol.paillier import PaillierPublicKey, PaillierSecretKey, sample_unit
 from fusion_prime.protocol.ring_pedersen import RingPedersenParams
-from fusion_prime.protocol.zk import aff_p, dec, mul
+from fusion_prime.protocol.zk import aff_p, dec, mul, mul_star
 from fusion_prime.protocol.zk.common import ProofContext, paillier_raw, sample_pm_bits
 
 CTX = ProofContext(b"session-0123456789abcdef", 2)
@@ -57,6 +57,8 @@ class Case:
 
 
 def _tweak(value: Any) -> Any:
+    if isinstance(value, Point):
+        return value + Point.generator()
     if isinstance(value, (int, type(mpz(0)))):
         return value + 1
     raise TypeError(type(value))
@@ -220,8 +222,38 @@ def _aff_p_case(
     )
 
 
-BUILDERS = [_mul_case, _dec_case, _aff_p_case]
-NAMES = ["mul", "dec", "aff-p"]
+# Π^mul* ---------------------------------------------------------------------------------------
+def _mul_star_case(level: SecurityLevel, x: int | None = None) -> Case:
+    prover_key = paillier_key(level, PROVER)
+    N0 = prover_key.public_key()
+    x = random_scalar() if x is None else x
+    C, _ = N0.encrypt(random_scalar())
+    rho = sample_unit(N0.n)
+    s0 = {"N0": N0, "C": C, "D": N0.pow_n2(C, x) * N0.rho_to_n(rho) % N0.n2, "X": Point.base_mul(x),
+          "aux": ring_pedersen(level, VERIFIER).public(), "x": x, "rho": rho}
+
+    def statement(s: dict[str, Any], *, prover_side: bool) -> mul_star.MulStarStatement:
+        N0 = _secret_if_same(s["N0"], prover_key) if prover_side else s["N0"]
+        return mul_star.MulStarStatement(N0, s["C"], s["D"], s["X"])
+
+    return Case(
+        "mul*",
+        s0,
+        lambda c, lv, s: mul_star.prove(c, lv, statement(s, prover_side=True), s["aux"], s["x"], s["rho"]),
+        lambda c, lv, s, p: mul_star.verify(c, lv, statement(s, prover_side=False),
+                                            _aux_for_verifier(s["aux"], lv), p),
+        mul_star.MulStarProof.from_bytes,
+        {"N0": _other_key(level), "aux": _other_aux(level), **{k: _tweak(s0[k]) for k in ("C", "D", "X")}},
+        {"A": ("ct", prover_key), "w": ("unit", prover_key),
+         **{k: ("unit", paillier_key(level, VERIFIER)) for k in ("E", "S")}},
+        lambda c, lv, s, p: mul_star._challenge(c, lv, statement(s, prover_side=False), s["aux"], p.A, p.Bx, p.E,
+                                                p.S),
+        ("A", "Bx", "E", "S"),
+    )
+
+
+BUILDERS = [_mul_case, _dec_case, _aff_p_case, _mul_star_case]
+NAMES = ["mul", "dec", "aff-p", "mul*"]
 
 
 @pytest.fixture(scope="module", params=list(zip(NAMES, BUILDERS, strict=True)), ids=NAMES)
@@ -464,3 +496,14 @@ def test_witnesses_do_not_appear_in_errors_or_reprs() -> None:
         case.verify(ProofContext(b"x" * 16, 2), LEVEL_TEST, case.statement, proof)
     message = str(info.value)
     assert str(case.statement["y"]) not in message and str(int(case.statement["rho"])) not in message
+
+
+def test_mul_star_rejects_x_outside_the_range_or_off_its_commitment() -> None:
+    big = mpz(1) << (LEVEL_TEST.ell + LEVEL_TEST.epsilon + 2)
+    case = _mul_star_case(LEVEL_TEST, x=big)
+    with pytest.raises(InvalidProof, match="z1 out of range"):
+        _prove_and_verify(case)
+    case = _mul_star_case(LEVEL_TEST)
+    lying = dict(case.statement, X=Point.base_mul(case.statement["x"] + 1))
+    with pytest.raises(InvalidProof):
+        case.verify(CTX, LEVEL_TEST, lying, case.prove(CTX, LEVEL_TEST, lying))
