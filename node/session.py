@@ -5,8 +5,9 @@ nursery, so a session's delivery tasks live and die with it; it feeds the machin
 envelopes the transport hands it, routes the machine's outgoing messages, and enforces a
 deadline per round with a cancel scope. When a round times out the session ends with a
 result that names the parties whose messages are missing - the same answer every honest
-participant reaches, because "missing" is computed from the round's expected shape (what
-this node itself sent in that round), not from timing.
+participant reaches, because "missing" is computed from the round's expected shape (the
+engine's hooks say who owes this node which message in each round), not from timing: a peer
+that sent nothing is named before peers that merely lack their echo.
 
 CPU-heavy work (``start()`` and ``receive()``: Paillier, proofs, prime generation) runs in a
 worker thread via ``trio.to_thread.run_sync`` under a shared capacity limiter, so the event
@@ -45,7 +46,7 @@ import trio
 from ..proto.generated import peer_pb2
 from ..protocol.errors import InvalidInput, ProtocolError
 from ..protocol.identity import PartyIdentity
-from ..protocol.machine import BROADCAST, KIND_ECHO, KIND_MAIN, ProtocolMessage, RoundMachine, Status
+from ..protocol.machine import BROADCAST, KIND_ECHO, ProtocolMessage, RoundMachine, Status
 from .logs import log_event
 from .metrics import NodeMetrics
 from .storage import Storage
@@ -170,7 +171,6 @@ class SessionDriver:
         self.phase = ctx.proposal.phase
         self.node_of = {i: n for n, i in ctx.index_of.items()}
         self.peers = [n for n in ctx.index_of if n != ctx.node_id]
-        self._sent_shape: dict[int, set[str]] = defaultdict(set)  # round -> {"broadcast", "private"}
         self._mains: dict[tuple[int, str], int] = defaultdict(int)  # (round, sender) -> main messages
         self._echoes: set[tuple[int, str]] = set()
         self._rejected_seen = 0
@@ -187,8 +187,6 @@ class SessionDriver:
         deadline = trio.current_time() + self.round_deadline
         for raw in outgoing:
             msg = ProtocolMessage.from_bytes(raw)
-            if msg.kind == KIND_MAIN:
-                self._sent_shape[msg.round].add("broadcast" if msg.receiver == BROADCAST else "private")
             targets = self.peers if msg.receiver == BROADCAST else [self.node_of[msg.receiver]]
             for node in targets:
                 nursery.start_soon(self._send, node, msg, raw, deadline)
@@ -208,10 +206,17 @@ class SessionDriver:
                       phase=self.phase, reason=reason)
         self._rejected_seen = len(self.machine.rejected)
 
+    def _expected_mains(self, r: int, peer: str) -> int:
+        """How many main messages ``peer`` owes this node in round ``r``: its broadcast if it is
+        a broadcaster, its private message if this node is one of its receivers. The engine's
+        round-shape hooks are the single source of truth (some phases, like resharing, have
+        rounds where only some parties speak), so the node asks them rather than guessing."""
+        m, j = self.machine, self.ctx.index_of[peer]
+        return int(j in m._broadcasters(r)) + int(m.me in m._private_receivers(r, j))
+
     def missing(self, r: int) -> list[str]:
         """Peers that have not sent what round ``r`` requires (main messages first, then echoes)."""
-        expected = len(self._sent_shape.get(r, ()))
-        lacking_main = [p for p in self.peers if self._mains[(r, p)] < expected]
+        lacking_main = [p for p in self.peers if self._mains[(r, p)] < self._expected_mains(r, p)]
         if lacking_main:
             return sorted(lacking_main)
         return sorted(p for p in self.peers if (r, p) not in self._echoes)
