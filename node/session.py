@@ -51,7 +51,7 @@ from .logs import log_event
 from .metrics import NodeMetrics
 from .storage import Storage
 from .transport import Inbound, PeerInfo, Transport, TransportError
-from .wire import derive_session_id, fresh_nonce, params_encoding, sign_proposal
+from .wire import derive_session_id, fresh_nonce, params_encoding, sign_proposal, sign_withdrawal
 
 log = logging.getLogger("fusion_prime.node.session")
 
@@ -291,6 +291,7 @@ class _Active:
     ctx: SessionContext
     done: trio.Event = field(default_factory=trio.Event)
     outcome: SessionOutcome | None = None
+    withdrawn: str | None = None
 
 
 ParamsFactory = Callable[[Sequence[str]], "peer_pb2.SessionProposal"]
@@ -333,6 +334,7 @@ class SessionManager:
         self._nursery: trio.Nursery | None = None
         transport.proposal_handler = self.handle_proposal
         transport.health_provider = self.health_reply
+        transport.withdrawal_handler = self.handle_withdrawal
 
     # lifecycle -----------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -443,6 +445,10 @@ class SessionManager:
         outcome: SessionOutcome | None = None
         try:
             outcome = await driver.run()
+            if outcome.status == "cancelled" and active.withdrawn:
+                outcome = SessionOutcome(outcome.session_id, outcome.phase, "cancelled", outcome.participants,
+                                         None, (), f"withdrawn by the coordinator: {active.withdrawn}",
+                                         outcome.duration)
             if outcome.ok:
                 try:
                     result = await trio.to_thread.run_sync(handler.finish, active.ctx, outcome.output)
@@ -489,6 +495,26 @@ class SessionManager:
             log_event(log, logging.WARNING, "proposal refused", session_id=proposal.session_id,
                       phase=proposal.phase, coordinator=proposal.coordinator, reason=reason)
         return peer_pb2.ProposalReply(accepted=active is not None, reason=reason, node_id=self.node_id)
+
+    def handle_withdrawal(self, withdrawal: peer_pb2.SessionWithdrawal) -> tuple[bool, str]:
+        """The coordinator called a session off: end our side now (transport verified it)."""
+        active = self._active.get(withdrawal.session_id)
+        if active is None:
+            return False, "no such running session"
+        if active.ctx.proposal.coordinator != withdrawal.coordinator:
+            return False, "only the session's coordinator may withdraw it"
+        log_event(log, logging.INFO, "session withdrawn by its coordinator", session_id=withdrawal.session_id,
+                  coordinator=withdrawal.coordinator, reason=withdrawal.reason)
+        active.withdrawn = withdrawal.reason or "withdrawn"
+        self.transport.close_session(withdrawal.session_id)
+        return True, ""
+
+    async def _withdraw(self, proposal: peer_pb2.SessionProposal, peers: Iterable[str], reason: str) -> None:
+        w = sign_withdrawal(peer_pb2.SessionWithdrawal(session_id=proposal.session_id, coordinator=self.node_id,
+                                                       reason=reason), self.identity)
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(self.transport.withdraw, peer, w, PROPOSE_TIMEOUT)
 
     # coordinator side ------------------------------------------------------------------------
     async def healthy_peers(self, phase: str, timeout: float = 2.0) -> list[str]:
@@ -582,8 +608,11 @@ class SessionManager:
             refusers = sorted(p for p, r in replies.items() if not r.accepted)
             if refusers:
                 self.forget_health(refusers)
-                # Our own side cannot complete without them: end it now instead of at the deadline.
+                # The session cannot complete without them: end it everywhere now, not at the deadline.
+                why = "participants refused: " + ", ".join(refusers)
+                mine.withdrawn = why
                 self.transport.close_session(proposal.session_id)
+                await self._withdraw(proposal, [p for p, r in replies.items() if r.accepted], why)
                 await mine.done.wait()
                 excluded.update(refusers)
                 last = SessionOutcome(proposal.session_id, phase, "refused", tuple(participants), None,

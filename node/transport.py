@@ -63,7 +63,7 @@ from ..protocol.machine import MAX_PAYLOAD
 from .logs import log_event
 from .metrics import NodeMetrics
 from .tls import TLSMaterial
-from .wire import proposal_session_id, sign_envelope, verify_envelope, verify_proposal
+from .wire import proposal_session_id, sign_envelope, verify_envelope, verify_proposal, verify_withdrawal
 
 log = logging.getLogger("fusion_prime.node.transport")
 
@@ -73,6 +73,7 @@ INITIAL_BACKOFF, MAX_BACKOFF = 0.05, 1.0
 Ack = peer_pb2.Ack
 
 ProposalHandler = Callable[[peer_pb2.SessionProposal], Awaitable[peer_pb2.ProposalReply]]
+WithdrawalHandler = Callable[[peer_pb2.SessionWithdrawal], tuple[bool, str]]
 HealthProvider = Callable[[], peer_pb2.HealthReply]
 
 
@@ -215,6 +216,20 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
         except trio.RunFinishedError:
             return refuse("node is shutting down")
 
+    def Withdraw(self, request: peer_pb2.SessionWithdrawal, context: grpc.ServicerContext) -> peer_pb2.Ack:
+        peer = self._peer(context)
+        if request.coordinator != peer or not verify_withdrawal(request, self.t.peers[peer].identity_public_key):
+            self.t.count_reject("bad-withdrawal", peer=peer, session_id=request.session_id)
+            return Ack(status=Ack.REJECTED, reason="withdrawal not signed by the TLS peer")
+        handler = self.t.withdrawal_handler
+        if handler is None:
+            return Ack(status=Ack.REJECTED, reason="this node runs no sessions")
+        try:
+            done, reason = self._to_trio(handler, request)
+        except trio.RunFinishedError:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "node is shutting down")
+        return Ack(status=Ack.ACCEPTED if done else Ack.REJECTED, reason=reason)
+
     def Health(self, request: peer_pb2.HealthRequest, context: grpc.ServicerContext) -> peer_pb2.HealthReply:
         self._peer(context)
         provider = self.t.health_provider
@@ -259,6 +274,7 @@ class Transport:
         self.metrics = metrics or NodeMetrics(node_id)
         self.proposal_handler = proposal_handler
         self.health_provider = health_provider
+        self.withdrawal_handler: WithdrawalHandler | None = None
         self.buffer_limit, self.buffer_per_sender, self.buffer_ttl = buffer_limit, buffer_per_sender, buffer_ttl
         self.session_inbox = session_inbox
         self.trio_token: trio.lowlevel.TrioToken | None = None
@@ -510,6 +526,13 @@ class Transport:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             return peer_pb2.ProposalReply(accepted=False, reason=f"unreachable ({code})", node_id=peer)
+
+    async def withdraw(self, peer: str, withdrawal: peer_pb2.SessionWithdrawal, timeout: float) -> bool:
+        try:
+            ack = await self._call(self._stub(peer).Withdraw, withdrawal, timeout)
+        except grpc.RpcError:
+            return False
+        return ack.status == Ack.ACCEPTED
 
     async def health(self, peer: str, timeout: float = 2.0) -> peer_pb2.HealthReply | None:
         try:

@@ -19,6 +19,7 @@ from ..protocol.identity import PartyIdentity, verify_signature
 ENVELOPE_DOMAIN = b"fusion-prime/envelope/v1"
 PROPOSAL_DOMAIN = b"fusion-prime/session-proposal/v1"
 SESSION_ID_DOMAIN = b"fusion-prime/session-id/v1"
+WITHDRAWAL_DOMAIN = b"fusion-prime/session-withdrawal/v1"
 
 
 def envelope_digest(env: peer_pb2.Envelope) -> bytes:
@@ -117,3 +118,17 @@ def sign_proposal(proposal: peer_pb2.SessionProposal, identity: PartyIdentity) -
 
 def verify_proposal(proposal: peer_pb2.SessionProposal, public_key: bytes) -> bool:
     return verify_signature(public_key, proposal_digest(proposal), proposal.signature)
+
+
+def withdrawal_digest(w: peer_pb2.SessionWithdrawal) -> bytes:
+    enc = Encoder().bytes(WITHDRAWAL_DOMAIN).bytes(w.session_id).bytes(w.coordinator.encode()).bytes(w.reason.encode())
+    return hashlib.sha256(enc.finish()).digest()
+
+
+def sign_withdrawal(w: peer_pb2.SessionWithdrawal, identity: PartyIdentity) -> peer_pb2.SessionWithdrawal:
+    w.signature = identity.sign(withdrawal_digest(w))
+    return w
+
+
+def verify_withdrawal(w: peer_pb2.SessionWithdrawal, public_key: bytes) -> bool:
+    return verify_signature(public_key, withdrawal_digest(w), w.signature)

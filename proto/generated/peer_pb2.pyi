@@ -131,6 +131,18 @@ class ProposalReply(_message.Message):
     node_id: str
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
+class SessionWithdrawal(_message.Message):
+    __slots__ = ("session_id", "coordinator", "reason", "signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    coordinator: str
+    reason: str
+    signature: bytes
+    def __init__(self, session_id: _Optional[bytes] = ..., coordinator: _Optional[str] = ..., reason: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -44,6 +44,11 @@ class PeerStub:
                 request_serializer=peer__pb2.SessionProposal.SerializeToString,
                 response_deserializer=peer__pb2.ProposalReply.FromString,
                 _registered_method=True)
+        self.Withdraw = channel.unary_unary(
+                '/fusionprime.peer.v1.Peer/Withdraw',
+                request_serializer=peer__pb2.SessionWithdrawal.SerializeToString,
+                response_deserializer=peer__pb2.Ack.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/fusionprime.peer.v1.Peer/Health',
                 request_serializer=peer__pb2.HealthRequest.SerializeToString,
@@ -61,6 +66,12 @@ class PeerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Propose(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Withdraw(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +95,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Propose,
                     request_deserializer=peer__pb2.SessionProposal.FromString,
                     response_serializer=peer__pb2.ProposalReply.SerializeToString,
+            ),
+            'Withdraw': grpc.unary_unary_rpc_method_handler(
+                    servicer.Withdraw,
+                    request_deserializer=peer__pb2.SessionWithdrawal.FromString,
+                    response_serializer=peer__pb2.Ack.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -145,6 +161,33 @@ class Peer:
             '/fusionprime.peer.v1.Peer/Propose',
             peer__pb2.SessionProposal.SerializeToString,
             peer__pb2.ProposalReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Withdraw(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fusionprime.peer.v1.Peer/Withdraw',
+            peer__pb2.SessionWithdrawal.SerializeToString,
+            peer__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,

@@ -197,3 +197,25 @@ def test_test_level_is_refused_by_a_production_node(devnet3):
     ctx = SessionContext("node1", 1, None, proposal, {"node1": 1, "node2": 2}, {}, None, test_mode=False)
     with pytest.raises(Refuse, match="tests only"):
         KeygenPhase().build(ctx)
+
+
+def test_refused_proposal_is_withdrawn_from_the_nodes_that_accepted(devnet3):
+    nodes = [make_node(devnet3[0], phases={"sum": SumPhase()}, fill_pool=False),
+             make_node(devnet3[1], phases={"sum": SumPhase()}, fill_pool=False,
+                       authorize=lambda p: (False, "maintenance window")),
+             make_node(devnet3[2], phases={"sum": SumPhase()}, fill_pool=False)]
+
+    async def main():
+        async with running_nodes(*nodes):
+            t0 = trio.current_time()
+            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1)
+            assert outcome.status == "refused" and outcome.culprits == ("node2",)
+            assert "maintenance window" in outcome.reason
+            with trio.fail_after(1.0):  # well before the 3 s round deadline
+                while nodes[2].sessions.active_sessions:
+                    await trio.sleep(0.01)
+            assert trio.current_time() - t0 < 1.5
+            finished = [e for e in nodes[2].storage.audit_log() if e["event"] == "session-aborted"]
+            assert "withdrawn by the coordinator" in finished[-1]["detail"]["reason"]
+
+    trio.run(main)
