@@ -3,7 +3,7 @@
 Three parties generate a key together (nobody ever holds the private key), generate and prove
 their Paillier/ring-Pedersen parameters, presign, and sign; the signature is checked by two
 verifiers that share no code with the protocol: libsecp256k1 (coincurve) and eth-account's
-public-key recovery. Runs at the default 128-bit level unless ``--level test-1536`` is given.
+public-key recovery. Runs at the default 128-bit level unless ``--level test-2048`` is given.
 """
 
 from __future__ import annotations

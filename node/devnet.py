@@ -47,7 +47,7 @@ def create_devnet(
     """Create ``n`` nodes named node1..nodeN under ``base``; returns their config paths."""
     base = Path(base)
     base.mkdir(parents=True, exist_ok=True)
-    level = security_level or ("test-1536" if test_mode else "128")
+    level = security_level or ("test-2048" if test_mode else "128")
     ids = [f"node{i}" for i in range(1, n + 1)]
     ports = [base_port + i if base_port else free_port() for i in range(n)]
     metric_ports = [(base_port + 100 + i if base_port else free_port()) for i in range(n)] if with_metrics else []

@@ -148,8 +148,12 @@ class SignPhase:
         except (NotFound, PresignatureUnavailable) as exc:
             raise Refuse(str(exc)) from None
         presignature = Presignature.from_bytes(raw)
+        try:  # only needed to name the culprit if the combined signature fails
+            aux = AuxInfo.from_bytes(storage.get_aux_info(bytes.fromhex(presignature.aux_id)))
+        except NotFound:
+            aux = None
         return SignMachine(ctx.session_id, ctx.me, ctx.parties, ctx.identity, ctx.roster, key_share=key_share,
-                           presignature=presignature, digest=params.digest, path=tuple(params.path))
+                           presignature=presignature, digest=params.digest, path=tuple(params.path), aux_info=aux)
 
     def finish(self, ctx: SessionContext, output: Any) -> Any:
         return output  # the Signature: returned to the coordinator's caller, never stored

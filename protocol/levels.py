@@ -63,6 +63,8 @@ class SecurityLevel:
             yield "MtA sums may wrap modulo N (2^(2(ell+eps)) + 2^(ell'+eps) >= N/2)"
         if self.paillier_bits < 4 * self.ell:
             yield "Paillier modulus smaller than 4·ell: Π^fac is unsound"
+        if self.identification_bits() + self.epsilon + 3 > self.paillier_bits:
+            yield "Paillier modulus too small for the signing identification (Π^dec would not be unique)"
         if self.paillier_bits % 2:
             yield "paillier_bits must be even (two primes of equal size)"
         if not self.test_only and self.paillier_bits < 3072:
@@ -72,6 +74,11 @@ class SecurityLevel:
     def mta_bound_bits(self) -> int:
         """Bits of the largest |x·k + y| a verified MtA can decrypt to (plus one for the sum)."""
         return max(2 * (self.ell + self.epsilon), self.ell_prime + self.epsilon) + 1
+
+    def identification_bits(self, max_parties: int = 64) -> int:
+        """Bound on the plaintext signing's identification decrypts: b·χ_i + a·k_i with a, b < q
+        and |χ_i| ≤ 2^(mta_bound + log2(2n) + 1) (a Lagrange-weighted share plus 2(n-1) MtA terms)."""
+        return self.ell + self.mta_bound_bits() + (2 * max_parties).bit_length() + 2
 
     @property
     def prime_bits(self) -> int:
@@ -95,10 +102,11 @@ LEVEL_128 = SecurityLevel(
 )
 
 # For fast tests only: same ranges and challenges, so every range check is exercised at its
-# real size, but 1536-bit moduli and the minimum m. The node refuses it outside tests.
+# real size, but 2048-bit moduli (the smallest size the identification proofs fit in) and the
+# minimum m. The node refuses it outside tests.
 LEVEL_TEST = SecurityLevel(
-    name="test-1536",
-    paillier_bits=1536,
+    name="test-2048",
+    paillier_bits=2048,
     ell=256,
     ell_prime=848,
     epsilon=230,

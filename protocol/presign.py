@@ -43,7 +43,12 @@ from .zk.common import ProofContext, paillier_raw, sample_pm_bits
 
 @dataclass(frozen=True, repr=False)
 class Presignature:
-    """One party's part of a presignature; usable for exactly one signature."""
+    """One party's part of a presignature; usable for exactly one signature.
+
+    Besides (R, k_i, χ_i) it keeps what signing's identification round needs if the final
+    signature fails: every signer's K_j, and the round-2 messages this party received
+    (signed by their senders) and sent — the MtA ciphertexts D̂, F̂ that define χ_i.
+    """
 
     presign_id: bytes
     key_id: str
@@ -53,11 +58,19 @@ class Presignature:
     R: Point
     k: int
     chi: int
+    session_id: bytes = b""
+    K: Mapping[int, int] = field(default_factory=dict)
+    received_round2: Mapping[int, bytes] = field(default_factory=dict)  # raw signed m(j→me)
+    sent_round2: Mapping[int, bytes] = field(default_factory=dict)  # payload of m(me→j)
+    aux_id: str = ""  # the aux info the MtA ciphertexts were made under
 
     def to_bytes(self) -> bytes:
         enc_ = Encoder().bytes(self.presign_id).bytes(self.key_id.encode()).uint(self.epoch).uints(self.signers)
         enc_.uint(self.index).bytes(self.R.to_bytes()).bytes(scalar_to_bytes(self.k)).bytes(scalar_to_bytes(self.chi))
-        return enc_.finish()
+        enc_.bytes(self.session_id).uints(self.K[j] for j in self.signers)
+        peers = [j for j in self.signers if j != self.index]
+        enc_.list_of_bytes(self.received_round2[j] for j in peers).list_of_bytes(self.sent_round2[j] for j in peers)
+        return enc_.bytes(self.aux_id.encode()).finish()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Presignature:
@@ -66,8 +79,14 @@ class Presignature:
         signers = tuple(d.uints(max_bits=32))
         index, R = d.uint(32), Point.from_bytes(d.bytes(33))
         k, chi = scalar_from_bytes(d.bytes(32)), scalar_from_bytes(d.bytes(32), allow_zero=True)
+        session_id = d.bytes()
+        K = dict(zip(signers, (mpz(v) for v in d.uints(len(signers))), strict=True))
+        peers = [j for j in signers if j != index]
+        received = dict(zip(peers, d.list_of_bytes(len(peers)), strict=True))
+        sent = dict(zip(peers, d.list_of_bytes(len(peers)), strict=True))
+        aux_id = d.bytes().decode()
         d.finish()
-        return cls(presign_id, key_id, epoch, signers, index, R, k, chi)
+        return cls(presign_id, key_id, epoch, signers, index, R, k, chi, session_id, K, received, sent, aux_id)
 
     def __repr__(self) -> str:
         return f"Presignature(id={self.presign_id.hex()[:16]}, key_id={self.key_id}, signers={list(self.signers)})"
@@ -103,6 +122,25 @@ def identification_y_bits(level_mta_bits: int, signers: int) -> int:
     return level_mta_bits + (2 * signers).bit_length() + 1
 
 
+def open_round2_message(raw: bytes, session_id: bytes, sender: int, receiver: int,
+                        roster: Mapping[int, bytes]) -> tuple[mpz, mpz, mpz, mpz]:
+    """Check that ``raw`` is the presign round-2 message ``sender`` signed for ``receiver`` in
+    session ``session_id`` and return its ciphertexts (D, F, D̂, F̂). Identification rounds rely
+    on it: a party reveals what it received and cannot change a byte of it."""
+    msg = ProtocolMessage.from_bytes(raw)
+    genuine = (msg.session_id == session_id and msg.phase == PresignMachine.phase and msg.round == 2
+               and msg.kind == KIND_MAIN and msg.sender == sender and msg.receiver == receiver
+               and sender in roster and verify_signature(roster[sender], msg.digest(), msg.signature))
+    if not genuine:
+        raise InvalidInput(f"not a presign round-2 message signed by party {sender} for party {receiver}")
+    return round2_ciphertexts(msg.payload)
+
+
+def round2_ciphertexts(payload: bytes) -> tuple[mpz, mpz, mpz, mpz]:
+    d = Decoder(payload, "presign round 2 private")
+    return mpz(d.uint()), mpz(d.uint()), mpz(d.uint()), mpz(d.uint())
+
+
 class PresignMachine(RoundMachine):
     phase = "presign"
     rounds = 4  # the fourth, identification, runs only when the δ-check fails
@@ -130,6 +168,7 @@ class PresignMachine(RoundMachine):
         )
         self._paillier = aux_info.paillier_secret
         self._rp = aux_info.ring_pedersen_secret
+        self._aux_id = aux_info.aux_id
         self._N: dict[int, PaillierPublicKey] = {j: aux_info.public[j].paillier for j in signers}
         self._aux = {j: aux_info.public[j].ring_pedersen for j in signers}
         self._w = lagrange_coefficient(me, signers) * key_share.secret_share % Q
@@ -330,17 +369,12 @@ class PresignMachine(RoundMachine):
                 c = c * D_ij * Ni.pow_n2(F_ji, -1) % Ni.n2
         return c
 
-    @staticmethod
-    def _round2_ciphertexts(payload: bytes) -> tuple[mpz, mpz]:
-        d = Decoder(payload, "presign round 2 private")
-        return mpz(d.uint()), mpz(d.uint())
-
     def _identify_round(self) -> tuple[bytes, dict[int, bytes]]:
         me, lv = self.me, self.level
         mine = self._peer[me]
         for j in self.peers:
-            self._round2[(j, me)] = self._round2_ciphertexts(self._st(2).main[(j, me)].payload)
-            self._round2[(me, j)] = self._round2_ciphertexts(self._round2_sent[j])
+            self._round2[(j, me)] = round2_ciphertexts(self._st(2).main[(j, me)].payload)[:2]
+            self._round2[(me, j)] = round2_ciphertexts(self._round2_sent[j])[:2]
         rho_h = sample_unit(self._paillier.n)
         H = self._paillier.pow_n2(mine.G, self._k) * self._paillier.rho_to_n(rho_h) % self._paillier.n2
         self._H[me] = H
@@ -364,15 +398,11 @@ class PresignMachine(RoundMachine):
         proofs = [dec.DecProof.from_bytes(b, lv) for b in d.list_of_bytes(len(others))]
         d.finish()
         for j, raw in zip(others, received, strict=True):
-            msg = ProtocolMessage.from_bytes(raw)
-            genuine = (msg.session_id == self.session_id and msg.phase == self.phase and msg.round == 2
-                       and msg.kind == KIND_MAIN and msg.sender == j and msg.receiver == sender
-                       and verify_signature(self._roster[j], msg.digest(), msg.signature))
-            if not genuine:
-                raise Blame(sender, f"revealed a round-2 message from party {j} that party {j} did not sign")
-            if j == self.me and msg.payload != self._round2_sent[sender]:
-                raise Blame(sender, "revealed a round-2 message from us that differs from what we sent")
-            self._round2[(j, sender)] = self._round2_ciphertexts(msg.payload)
+            try:
+                D, F, _, _ = open_round2_message(raw, self.session_id, j, sender, self._roster)
+            except InvalidInput as exc:
+                raise Blame(sender, f"revealed evidence is not genuine: {exc}") from exc
+            self._round2[(j, sender)] = (D, F)
         self._H[sender] = H
         self._mul_proofs[sender] = mul_proof
         self._dec_proofs[sender] = proofs
@@ -408,4 +438,9 @@ class PresignMachine(RoundMachine):
             R=self._R,
             k=self._k,
             chi=self._chi,
+            session_id=self.session_id,
+            K={j: self._peer[j].K for j in self.parties},
+            received_round2={j: self._st(2).main[(j, self.me)].to_bytes() for j in self.peers},
+            sent_round2=dict(self._round2_sent),
+            aux_id=self._aux_id,
         )

@@ -48,7 +48,7 @@ Choosing y_bits: for the δ-check of n signers the plaintext is k_i·γ_i + Σ_j
 so y_bits = level.mta_bound_bits() + ⌈log2 n⌉ + 1 is safe. ``check_y_bits`` refuses a bound
 for which the level's smallest modulus could not make the decryption unique
 (y_bits + ε + 3 > paillier_bits): at LEVEL_128 that leaves room for y_bits ≤ 2839, at the
-1536-bit test level for y_bits ≤ 1303.
+2048-bit test level for y_bits ≤ 1815.
 """
 
 from __future__ import annotations

@@ -142,11 +142,16 @@ def presign_with(shares: dict[int, KeyShare], aux: dict[int, AuxInfo], signers: 
     return run(machines, intercept), machines
 
 
-def sign_with(shares: dict[int, KeyShare], presignatures: dict[int, Presignature], digest: bytes, path: Any = ()
-              ) -> dict[int, Any]:
+def sign_with(shares: dict[int, KeyShare], presignatures: dict[int, Presignature], digest: bytes, path: Any = (),
+              aux: dict[int, AuxInfo] | None = None) -> dict[int, Any]:
+    return run(sign_machines_with(shares, presignatures, digest, path, aux))
+
+
+def sign_machines_with(shares: dict[int, KeyShare], presignatures: dict[int, Presignature], digest: bytes,
+                       path: Any = (), aux: dict[int, AuxInfo] | None = None) -> dict[int, SignMachine]:
     session = sid()
     ids = identities(max(shares))
     rost = {i: k.public_key for i, k in ids.items()}
     signers = sorted(presignatures)
-    return run({i: SignMachine(session, i, signers, ids[i], rost, key_share=shares[i],
-                               presignature=presignatures[i], digest=digest, path=path) for i in signers})
+    return {i: SignMachine(session, i, signers, ids[i], rost, key_share=shares[i], presignature=presignatures[i],
+                           digest=digest, path=path, aux_info=aux[i] if aux else None) for i in signers}

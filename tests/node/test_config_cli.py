@@ -26,7 +26,7 @@ def test_config_errors_are_collected_and_name_their_field(tmp_path):
     path = write(tmp_path / "node.toml", f'''
 node_id = "Alice!"
 listen = "127.0.0.1:99999"
-security_level = "test-1536"
+security_level = "test-2048"
 round_deadline_seconds = 0
 colour = "blue"
 [storage]

@@ -193,7 +193,7 @@ def test_test_level_is_refused_by_a_production_node(devnet3):
     from fusion_prime.proto.generated import peer_pb2
 
     proposal = peer_pb2.SessionProposal(phase="keygen", participants=["node1", "node2"])
-    proposal.keygen.threshold, proposal.keygen.level = 2, "test-1536"
+    proposal.keygen.threshold, proposal.keygen.level = 2, "test-2048"
     ctx = SessionContext("node1", 1, None, proposal, {"node1": 1, "node2": 2}, {}, None, test_mode=False)
     with pytest.raises(Refuse, match="tests only"):
         KeygenPhase().build(ctx)

@@ -33,7 +33,7 @@ def open_store(path: Path, key: KeyMaterial = PASS, **kw) -> Storage:
 
 def fill(store: Storage, n: int) -> list[bytes]:
     if store.key_info(KEY_ID) is None:
-        store.put_key_share(KEY_ID, parties=SIGNERS, threshold=1, level="test-1536", share=b"SHARE-SECRET")
+        store.put_key_share(KEY_ID, parties=SIGNERS, threshold=1, level="test-2048", share=b"SHARE-SECRET")
     ids = [hashlib.sha256(os.urandom(16)).digest() for _ in range(n)]
     for i, pid in enumerate(ids):
         store.put_presignature(pid, key_id=KEY_ID, signers=SIGNERS, data=b"PRESIG-%d" % i)

@@ -121,7 +121,8 @@ def test_false_complaint_blames_the_complainer() -> None:
 def test_bitforge_modulus_with_small_factor_is_named_and_nothing_is_kept() -> None:
     ms = aux_machines(3)
     small = random_safe_prime(64)
-    big = mpz(safe_primes(768)[10]) * mpz(safe_primes(768)[11])  # not prime: only N's size matters
+    primes = safe_primes(LEVEL_TEST.prime_bits)
+    big = mpz(primes[10]) * mpz(primes[11])  # only its size matters
     import gmpy2
 
     q = int(gmpy2.next_prime(big // small + 2**40))

@@ -55,3 +55,49 @@ def test_honest_runs_skip_the_identification_round() -> None:
     out = run(ms)
     assert sorted(out) == [1, 2]
     assert all(m.round == 3 for m in ms.values())
+
+
+# signing ------------------------------------------------------------------------------------------
+def _sign_with_liar(signers, liar, path=(), offset=1):  # type: ignore[no-untyped-def]
+    import secrets
+
+    from fp_network import presign_with, sign_machines_with
+
+    shares, aux = committee(2, 3)
+    pre, _ = presign_with(shares, aux, signers)
+    ms = sign_machines_with(shares, pre, secrets.token_bytes(32), path, aux)
+    ms[liar]._sigma = (ms[liar]._sigma + offset) % Q
+    ms[liar]._sigmas[liar] = ms[liar]._sigma
+    return run(ms), ms
+
+
+def test_signer_with_a_wrong_sigma_is_named_by_everyone() -> None:
+    out, ms = _sign_with_liar((1, 2, 3), 3)
+    assert out == {}
+    assert aborts(ms, (1, 2)) == {1: (3,), 2: (3,)}
+    assert "does not verify" in ms[1].abort.reason
+
+
+def test_wrong_sigma_under_a_derived_key_with_two_signers() -> None:
+    _, ms = _sign_with_liar((1, 2), 1, path="m/5/6", offset=Q - 1)
+    assert aborts(ms, (2,)) == {2: (1,)}
+
+
+def test_revealing_forged_evidence_is_named() -> None:
+    """The liar also swaps in a round-2 message nobody signed: it is named for that."""
+    import secrets
+
+    from fp_network import presign_with, sign_machines_with
+
+    shares, aux = committee(2, 3)
+    pre, _ = presign_with(shares, aux, (1, 2, 3))
+    forged = dict(pre[2].received_round2)
+    forged[1] = forged[1][:-3] + bytes(3)  # corrupt party 1's signature bytes
+    import dataclasses
+
+    pre[2] = dataclasses.replace(pre[2], received_round2=forged)
+    ms = sign_machines_with(shares, pre, secrets.token_bytes(32), (), aux)
+    ms[2]._sigma = (ms[2]._sigma + 1) % Q
+    ms[2]._sigmas[2] = ms[2]._sigma
+    run(ms)
+    assert aborts(ms, (1, 3)) == {1: (2,), 3: (2,)}

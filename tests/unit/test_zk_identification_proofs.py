@@ -448,7 +448,7 @@ def test_dec_refuses_a_plaintext_bound_the_modulus_cannot_support() -> None:
             case.verify(CTX, lv, st, proof)
         with pytest.raises(InsecureParameters):
             case.prove(CTX, lv, st)
-    # a bound the 128-bit level allows, but a 1536-bit N0 cannot support: the prover's key is blamed
+    # a bound the 128-bit level allows, but a test-level N0 cannot support: the prover's key is blamed
     st = dict(case.statement, y_bits=lv.paillier_bits - lv.epsilon)
     with pytest.raises(InvalidProof, match="N0 too small"):
         case.verify(CTX, LEVEL_128, st, proof)
