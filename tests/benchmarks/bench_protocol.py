@@ -22,6 +22,8 @@ from fusion_prime.protocol.levels import LEVEL_128, SecurityLevel
 from fusion_prime.protocol.machine import RoundMachine
 from fusion_prime.protocol.presign import PresignMachine
 from fusion_prime.protocol.primes import random_safe_prime
+from fusion_prime.protocol.refresh import KeyRefreshMachine
+from fusion_prime.protocol.reshare import KeyPublicInfo, ReshareMachine
 from fusion_prime.protocol.runner import run_in_process
 from fusion_prime.protocol.sign import SignMachine
 
@@ -97,6 +99,23 @@ def bench_committee(t: int, n: int, level: SecurityLevel, primes: list[int], sig
         "runs": sign_runs,
     }
     result["signers"] = signers
+    if n == 3 and len(primes) >= 4 * n:
+        # proactive refresh (fresh aux info + zero-sharing), primes from the pool like aux info
+        rsid = secrets.token_bytes(32)
+        refreshed, result["key_refresh_proofs"] = _run(lambda: {
+            i: KeyRefreshMachine(rsid, i, ids[i], roster, key_share=shares[i],
+                                 primes=(primes[2 * (n + i) - 2], primes[2 * (n + i) - 1])) for i in parties})
+        # resharing (t, n) = (2, 3) -> (3, 5): two newcomers join
+        new_parties = list(range(1, 6))
+        more = {i: ids.get(i) or PartyIdentity.generate() for i in new_parties}
+        big_roster = {i: k.public_key for i, k in more.items()}
+        old = KeyPublicInfo.of(refreshed[1].key_share)
+        dealers = parties[:t]
+        xsid = secrets.token_bytes(32)
+        _, result["reshare_2of3_to_3of5"] = _run(lambda: {
+            i: ReshareMachine(xsid, i, more[i], big_roster, old=old, dealers=dealers, new_parties=new_parties,
+                              new_threshold=3, key_share=refreshed[i].key_share if i in dealers else None)
+            for i in sorted(set(dealers) | set(new_parties))})
     return result
 
 
@@ -106,7 +125,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     sizes = [(2, 3)] if quick else [(2, 3), (3, 5), (5, 7)]
     max_n = max(n for _, n in sizes)
     prime_times, primes = [], []
-    for _ in range(2 * max_n):
+    for _ in range(max(2 * max_n, 12)):  # 12: aux info and then a refresh for n = 3
         t0 = time.perf_counter()
         primes.append(random_safe_prime(level.prime_bits))
         prime_times.append(time.perf_counter() - t0)
