@@ -19,7 +19,7 @@ import gmpy2
 from gmpy2 import mpz
 
 from .errors import InvalidInput
-from .paillier import PaillierSecretKey, sample_unit
+from .paillier import PaillierSecretKey, crt_pow, sample_unit
 
 
 class RingPedersenParams:
@@ -148,12 +148,7 @@ class RingPedersenSecret(RingPedersenParams):
         return self._phi
 
     def pow(self, base: int, exponent: int) -> mpz:
-        base = mpz(base)
-        if gmpy2.gcd(base, self.n) != 1:
-            return gmpy2.powmod(base, exponent, self.n)
-        ap = gmpy2.powmod(base, mpz(exponent) % (self._p - 1), self._p)
-        aq = gmpy2.powmod(base, mpz(exponent) % (self._q - 1), self._q)
-        return aq + self._q * ((ap - aq) * self._q_inv_p % self._p)
+        return crt_pow(base, exponent, self._p, self._q, self._q_inv_p)
 
     def commit(self, x: int, y: int) -> mpz:
         return self.pow(self.s, x) * self.pow(self.t, y) % self.n
