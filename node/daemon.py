@@ -165,8 +165,8 @@ class Node:
                                                   exclude=excluded, attempts=1)
         return await self.sessions.coordinate("presign", info["threshold"], fill, exclude=excluded)
 
-    async def sign(self, key_id: bytes, digest: bytes, path: Sequence[int] = (), *, attempts: int = 3
-                   ) -> SessionOutcome:
+    async def sign(self, key_id: bytes, digest: bytes, path: Sequence[int] = (), *, attempts: int = 3,
+                   client_request: bytes = b"") -> SessionOutcome:
         """Sign with a presignature from the pool of a healthy signer set that includes this node."""
         excluded: set[str] = set()
         last = SessionOutcome(b"", "sign", "refused", reason="no presignature available")
@@ -187,6 +187,7 @@ class Node:
             def fill(p: peer_pb2.SessionProposal, presig_id: bytes = presig_id) -> None:
                 p.sign.key_id, p.sign.presignature_id, p.sign.digest = key_id, presig_id, digest
                 p.sign.path.extend(path)
+                p.sign.client_request = client_request  # every participant re-checks it (wallet policy)
 
             last = await self.sessions.coordinate("sign", len(signers), fill, required=signers, attempts=1)
             if self.storage.presignature_state(presig_id) == "reserved":

@@ -60,7 +60,7 @@ def params_encoding(proposal: peer_pb2.SessionProposal) -> bytes:
         enc.bytes(proposal.presign.key_id).bytes(proposal.presign.aux_id)
     elif which == "sign":
         s = proposal.sign
-        enc.bytes(s.key_id).bytes(s.presignature_id).bytes(s.digest).uints(s.path)
+        enc.bytes(s.key_id).bytes(s.presignature_id).bytes(s.digest).uints(s.path).bytes(s.client_request)
     elif which == "opaque":
         enc.bytes(proposal.opaque.data)
     return enc.finish()

@@ -74,16 +74,18 @@ class PresignParams(_message.Message):
     def __init__(self, key_id: _Optional[bytes] = ..., aux_id: _Optional[bytes] = ...) -> None: ...
 
 class SignParams(_message.Message):
-    __slots__ = ("key_id", "presignature_id", "digest", "path")
+    __slots__ = ("key_id", "presignature_id", "digest", "path", "client_request")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     PRESIGNATURE_ID_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     key_id: bytes
     presignature_id: bytes
     digest: bytes
     path: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, key_id: _Optional[bytes] = ..., presignature_id: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., path: _Optional[_Iterable[int]] = ...) -> None: ...
+    client_request: bytes
+    def __init__(self, key_id: _Optional[bytes] = ..., presignature_id: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., path: _Optional[_Iterable[int]] = ..., client_request: _Optional[bytes] = ...) -> None: ...
 
 class OpaqueParams(_message.Message):
     __slots__ = ("data",)
