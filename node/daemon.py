@@ -176,6 +176,8 @@ class Node:
             sets = [s for s, _ in available
                     if self.cfg.node_id in s and set(s) <= healthy and not set(s) & excluded]
             if not sets:
+                if last.session_id:  # an attempt ran: its reason (e.g. a policy refusal) is the news
+                    return last
                 return SessionOutcome(b"", "sign", "refused", culprits=last.culprits, reason=(
                     "no presignature for a healthy signer set that includes this node"))
             signers = sets[0]

@@ -1,0 +1,161 @@
+"""The Python SDK: a synchronous and an asynchronous client of the wallet API.
+
+Both sign every request with the client's secp256k1 key (``PartyIdentity``) before sending
+it, pin the node's TLS certificate, and return protocol-level objects (``Signature`` with the
+derived public key) that the transaction helpers (``signer.ethereum``, ``signer.bitcoin``)
+consume through ``sign_digest(digest, path)``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import grpc
+
+from ..proto.generated import wallet_pb2, wallet_pb2_grpc
+from ..protocol.curve import Point
+from ..protocol.ecdsa import Signature, verify
+from ..protocol.errors import InvalidInput
+from ..protocol.hd import parse_path
+from ..protocol.identity import PartyIdentity
+from .requests import KIND_CREATE_KEY, KIND_REFRESH, KIND_SIGN, RequestBody, make_request
+
+
+class WalletError(Exception):
+    """A call the node refused or could not complete; ``code`` is the gRPC status name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def _request_id() -> str:
+    return secrets.token_hex(12)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _signature(response: wallet_pb2.SignResponse, digest: bytes) -> Signature:
+    key = Point.from_bytes(response.public_key)
+    r, s = int.from_bytes(response.r, "big"), int.from_bytes(response.s, "big")
+    if not verify(key, digest, r, s):  # never trust a signature the SDK has not checked
+        raise WalletError("DATA_LOSS", "the node returned a signature that does not verify")
+    return Signature(r, s, response.recovery_id, key)
+
+
+class _Base:
+    def __init__(self, target: str, server_cert_pem: bytes, client: PartyIdentity, *,
+                 server_name: str | None = None, approvers: tuple[PartyIdentity, ...] = ()) -> None:
+        self.client = client
+        self.approvers = approvers
+        self._creds = grpc.ssl_channel_credentials(root_certificates=server_cert_pem)
+        self._options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        self.target = target
+
+    def _sign_request(self, key_id: bytes, digest: bytes, path: Any, request_id: str | None) -> Any:
+        if len(digest) != 32:
+            raise InvalidInput("digest must be exactly 32 bytes")
+        body = RequestBody(KIND_SIGN, self.client.public_key, request_id or _request_id(), _now_ms(),
+                           key_id=key_id, digest=digest, path=parse_path(path))
+        return make_request(self.client, body, self.approvers)
+
+    def _create_request(self, threshold: int, parties: int, label: str, request_id: str | None) -> Any:
+        body = RequestBody(KIND_CREATE_KEY, self.client.public_key, request_id or _request_id(), _now_ms(),
+                           threshold=threshold, parties=parties, label=label)
+        return make_request(self.client, body, self.approvers)
+
+    def _refresh_request(self, key_id: bytes, request_id: str | None) -> Any:
+        body = RequestBody(KIND_REFRESH, self.client.public_key, request_id or _request_id(), _now_ms(), key_id=key_id)
+        return make_request(self.client, body, self.approvers)
+
+
+class WalletClient(_Base):
+    """Blocking client. ``with WalletClient(...) as w: w.sign(key_id, digest, "m/0/1")``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._channel = grpc.secure_channel(self.target, self._creds, options=self._options)
+        self._stub = wallet_pb2_grpc.WalletServiceStub(self._channel)
+
+    def __enter__(self) -> WalletClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request: Any, timeout: float = 120.0) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise WalletError(exc.code().name, exc.details() or "") from None
+
+    def sign(self, key_id: bytes, digest: bytes, path: Any = "m", *, request_id: str | None = None) -> Signature:
+        return _signature(self._call("Sign", self._sign_request(key_id, digest, path, request_id)), digest)
+
+    def sign_request(self, request: wallet_pb2.SignedRequest) -> wallet_pb2.SignResponse:
+        """Send an already signed request (for retries with the same request id)."""
+        return self._call("Sign", request)
+
+    def create_key(self, threshold: int, parties: int, label: str = "", *, request_id: str | None = None
+                   ) -> wallet_pb2.CreateKeyResponse:
+        return self._call("CreateKey", self._create_request(threshold, parties, label, request_id), timeout=600)
+
+    def refresh(self, key_id: bytes, *, request_id: str | None = None) -> wallet_pb2.StatusUpdate:
+        return self._call("Refresh", self._refresh_request(key_id, request_id), timeout=600)
+
+    def list_keys(self) -> list[wallet_pb2.KeyInfo]:
+        return list(self._call("ListKeys", wallet_pb2.ListKeysRequest()).keys)
+
+    def public_key(self, key_id: bytes, path: str = "m", network: str = "regtest") -> wallet_pb2.PublicKeyResponse:
+        return self._call("GetPublicKey", wallet_pb2.PublicKeyRequest(key_id=key_id, path=path,
+                                                                       bitcoin_network=network))
+
+    def status(self, request_id: str) -> list[wallet_pb2.StatusUpdate]:
+        try:
+            return list(self._stub.Status(wallet_pb2.StatusRequest(request_id=request_id,
+                                                                   client_public_key=self.client.public_key),
+                                          timeout=30))
+        except grpc.RpcError as exc:
+            raise WalletError(exc.code().name, exc.details() or "") from None
+
+    def signer_for(self, key_id: bytes) -> Any:
+        """``sign_digest(digest, path)`` for the transaction helpers."""
+        return lambda digest, path: self.sign(key_id, digest, path)
+
+
+class AsyncWalletClient(_Base):
+    """asyncio client (grpc.aio): ``await client.sign(key_id, digest, path)``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._channel = grpc.aio.secure_channel(self.target, self._creds, options=self._options)
+        self._stub = wallet_pb2_grpc.WalletServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: str, request: Any, timeout: float = 120.0) -> Any:
+        try:
+            return await getattr(self._stub, method)(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise WalletError(exc.code().name, exc.details() or "") from None
+
+    async def sign(self, key_id: bytes, digest: bytes, path: Any = "m", *, request_id: str | None = None
+                   ) -> Signature:
+        response = await self._call("Sign", self._sign_request(key_id, digest, path, request_id))
+        return _signature(response, digest)
+
+    async def public_key(self, key_id: bytes, path: str = "m", network: str = "regtest"
+                         ) -> wallet_pb2.PublicKeyResponse:
+        return await self._call("GetPublicKey", wallet_pb2.PublicKeyRequest(key_id=key_id, path=path,
+                                                                             bitcoin_network=network))
+
+    async def list_keys(self) -> list[wallet_pb2.KeyInfo]:
+        return list((await self._call("ListKeys", wallet_pb2.ListKeysRequest())).keys)

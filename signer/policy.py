@@ -1,0 +1,190 @@
+"""Per-key signing policy, checked by *every* participating node against its own copy.
+
+A node operator writes the policy file (TOML) of its node; the policy of a key says which
+clients may ask for signatures, how many signatures a client may obtain per time window,
+how many operator approvals a request needs and whose approvals count. Nothing in a request
+or from another node can widen it.
+
+State that must survive restarts — which requests were authorised (idempotency: one request
+id, one signature, whatever the coordinator does) and how much of each window is used — lives
+in the node's own SQLite file next to its data, written before the node agrees to sign.
+
+Example::
+
+    [default]
+    clients = ["02ab..."]          # hex compressed public keys
+    max_signatures_per_window = 100
+    window_seconds = 3600
+    approvals_required = 0
+    approvers = []
+    create_key_clients = ["02ab..."]
+
+    [keys."<key id hex>"]
+    clients = ["03cd..."]
+    approvals_required = 1
+    approvers = ["02ef..."]
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..protocol.errors import InvalidInput
+from .requests import KIND_CREATE_KEY, KIND_SIGN, VerifiedRequest
+
+
+class PolicyRefusal(Exception):
+    """The request is authentic but this node's policy forbids it; the message says why."""
+
+
+def _keys(values: object, what: str) -> frozenset[bytes]:
+    if not isinstance(values, list):
+        raise InvalidInput(f"policy: {what} must be a list of hex public keys")
+    out = set()
+    for v in values:
+        try:
+            key = bytes.fromhex(str(v))
+        except ValueError:
+            raise InvalidInput(f"policy: {what} entry {v!r} is not hex") from None
+        if len(key) != 33 or key[0] not in (2, 3):
+            raise InvalidInput(f"policy: {what} entry is not a 33-byte compressed public key")
+        out.add(key)
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    clients: frozenset[bytes] = frozenset()
+    max_signatures_per_window: int = 0  # 0: no signing at all
+    window_seconds: int = 3600
+    approvals_required: int = 0
+    approvers: frozenset[bytes] = frozenset()
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, object], base: KeyPolicy | None = None) -> KeyPolicy:
+        base = base or cls()
+        known = {"clients", "max_signatures_per_window", "window_seconds", "approvals_required", "approvers",
+                 "create_key_clients"}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInput(f"policy: unknown settings {sorted(unknown)}")
+        policy = cls(
+            clients=_keys(data["clients"], "clients") if "clients" in data else base.clients,
+            max_signatures_per_window=int(data.get("max_signatures_per_window", base.max_signatures_per_window)),
+            window_seconds=int(data.get("window_seconds", base.window_seconds)),
+            approvals_required=int(data.get("approvals_required", base.approvals_required)),
+            approvers=_keys(data["approvers"], "approvers") if "approvers" in data else base.approvers,
+        )
+        if policy.window_seconds <= 0 or policy.max_signatures_per_window < 0 or policy.approvals_required < 0:
+            raise InvalidInput("policy: window must be positive and limits non-negative")
+        if policy.approvals_required > len(policy.approvers):
+            raise InvalidInput("policy: more approvals required than there are approvers")
+        return policy
+
+
+@dataclass(frozen=True)
+class PolicyBook:
+    default: KeyPolicy = field(default_factory=KeyPolicy)
+    keys: Mapping[str, KeyPolicy] = field(default_factory=dict)
+    create_key_clients: frozenset[bytes] = frozenset()
+
+    @classmethod
+    def load(cls, path: Path) -> PolicyBook:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInput(f"policy file {path}: {exc}") from None
+        default_data = data.get("default", {})
+        default = KeyPolicy.from_mapping(default_data)
+        keys = {k.lower(): KeyPolicy.from_mapping(v, default) for k, v in data.get("keys", {}).items()}
+        creators = _keys(default_data.get("create_key_clients", []), "create_key_clients")
+        return cls(default, keys, creators)
+
+    def for_key(self, key_id: bytes) -> KeyPolicy:
+        return self.keys.get(key_id.hex(), self.default)
+
+
+class PolicyEnforcer:
+    """Checks verified requests against this node's policy and records what it authorised."""
+
+    def __init__(self, book: PolicyBook, db_path: Path) -> None:
+        self.book = book
+        self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS authorised (client BLOB NOT NULL, request_id TEXT NOT NULL, "
+                "body BLOB NOT NULL, key_id BLOB NOT NULL, at REAL NOT NULL, result BLOB, "
+                "PRIMARY KEY (client, request_id))"
+            )
+
+    def check(self, request: VerifiedRequest, *, now: float | None = None) -> bool:
+        """Authorise (and durably record) a request; True when it was already authorised with
+        the same body (an idempotent repeat). Raises PolicyRefusal with the reason otherwise."""
+        body = request.body
+        now = time.time() if now is None else now
+        if body.kind == KIND_CREATE_KEY:
+            if body.client not in self.book.create_key_clients:
+                raise PolicyRefusal("client may not create keys")
+            return self._record(request, now, count_against=None)
+        policy = self.book.for_key(body.key_id)
+        if body.client not in policy.clients:
+            raise PolicyRefusal("client is not allowed to use this key")
+        approved = len(request.approvers & policy.approvers)
+        if approved < policy.approvals_required:
+            raise PolicyRefusal(f"{approved} of {policy.approvals_required} required operator approvals")
+        return self._record(request, now, count_against=policy if body.kind == KIND_SIGN else None)
+
+    def _record(self, request: VerifiedRequest, now: float, count_against: KeyPolicy | None) -> bool:
+        body = request.body
+        encoded = body.identity()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT body FROM authorised WHERE client = ? AND request_id = ?",
+                                       (body.client, body.request_id)).fetchone()
+                if row is not None:
+                    self._db.execute("COMMIT")
+                    if bytes(row[0]) != encoded:
+                        raise PolicyRefusal("request id already used for a different request")
+                    return True
+                if count_against is not None:
+                    since = now - count_against.window_seconds
+                    used = self._db.execute(
+                        "SELECT COUNT(*) FROM authorised WHERE client = ? AND key_id = ? AND at > ?",
+                        (body.client, body.key_id, since)).fetchone()[0]
+                    if used >= count_against.max_signatures_per_window:
+                        raise PolicyRefusal(
+                            f"limit reached: {count_against.max_signatures_per_window} signatures per "
+                            f"{count_against.window_seconds} s")
+                self._db.execute("INSERT INTO authorised (client, request_id, body, key_id, at) VALUES (?,?,?,?,?)",
+                                 (body.client, body.request_id, encoded, body.key_id, now))
+                self._db.execute("COMMIT")
+                return False
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def store_result(self, request: VerifiedRequest, result: bytes) -> None:
+        with self._lock:
+            self._db.execute("UPDATE authorised SET result = ? WHERE client = ? AND request_id = ?",
+                             (result, request.body.client, request.body.request_id))
+
+    def stored_result(self, client: bytes, request_id: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT result FROM authorised WHERE client = ? AND request_id = ?",
+                                   (client, request_id)).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,246 @@
+"""The wallet gRPC service on each node, and the policy hook every participant runs.
+
+Flow of a signature: a client sends a ``SignedRequest`` to any node. That node (the
+coordinator) verifies the client's signature, checks its own policy, and proposes a sign
+session whose parameters carry the request unchanged. Every participant's
+``WalletAuthorizer`` verifies the same request again and checks it against *its own* policy
+before joining — so a coordinator that skips or fakes its check still cannot get a signature.
+
+Idempotency: a request id names one request of one client. A repeat with the same body
+returns the stored result without running a session; the same id with another body is
+refused. Threading: grpcio's sync server runs handlers in its thread pool; they call into the
+node's trio loop with ``trio.from_thread.run`` (the node owns all session state).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import trio
+
+from ..node.daemon import Node
+from ..node.logs import log_event
+from ..node.phases import load_key_share
+from ..node.session import Refuse
+from ..proto.generated import peer_pb2, wallet_pb2, wallet_pb2_grpc
+from ..protocol.addresses import ethereum_address, p2wpkh_address
+from ..protocol.ecdsa import Signature
+from ..protocol.encoding import Decoder, Encoder
+from ..protocol.errors import InvalidInput
+from ..protocol.hd import derive, parse_path
+from .policy import PolicyEnforcer, PolicyRefusal
+from .requests import (
+    KIND_CREATE_KEY,
+    KIND_REFRESH,
+    KIND_SIGN,
+    Unauthenticated,
+    VerifiedRequest,
+    parse_forwarded,
+    verify_request,
+)
+
+log = logging.getLogger("fusion_prime.signer.service")
+
+
+class WalletAuthorizer:
+    """The participant-side check, plugged into the node as its ``authorize`` hook."""
+
+    def __init__(self, enforcer: PolicyEnforcer | None) -> None:
+        self.enforcer = enforcer
+
+    def __call__(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
+        if self.enforcer is None:
+            return False, "wallet policy not loaded yet"
+        if proposal.phase != "sign":
+            return True, ""  # keygen, aux info, presign: node-internal, no client secret released
+        raw = proposal.sign.client_request
+        if not raw:
+            return False, "a sign session needs the client's signed request"
+        try:
+            verified = verify_request(parse_forwarded(raw))
+        except InvalidInput as exc:
+            return False, f"client request rejected: {exc}"
+        body = verified.body
+        if (body.kind != KIND_SIGN or body.key_id != proposal.sign.key_id or body.digest != proposal.sign.digest
+                or tuple(body.path) != tuple(proposal.sign.path)):
+            return False, "the proposal does not match what the client signed"
+        try:
+            self.enforcer.check(verified)
+        except PolicyRefusal as exc:
+            return False, str(exc)
+        return True, ""
+
+
+def encode_signature(sig: Signature) -> bytes:
+    return Encoder().bytes(sig.to_compact()).uint(sig.recovery_id).bytes(sig.public_key.to_bytes()).finish()
+
+
+def decode_signature(data: bytes) -> tuple[bytes, bytes, int, bytes]:
+    d = Decoder(data, "stored signature")
+    compact, rec, pub = d.bytes(64), d.uint(8), d.bytes(33)
+    d.finish()
+    return compact[:32], compact[32:], rec, pub
+
+
+class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
+    def __init__(self, node: Node, enforcer: PolicyEnforcer, token: trio.lowlevel.TrioToken) -> None:
+        self.node, self.enforcer, self.token = node, enforcer, token
+        self._in_flight: set[tuple[bytes, str]] = set()
+        self._lock = threading.Lock()
+        self._status: dict[tuple[bytes, str], list[wallet_pb2.StatusUpdate]] = {}
+
+    # helpers -------------------------------------------------------------------------------
+    def _verify(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext, kind: str) -> VerifiedRequest:
+        try:
+            verified = verify_request(request)
+        except Unauthenticated as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except InvalidInput as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if verified.body.kind != kind:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected a {kind!r} request")
+        return verified
+
+    def _note(self, verified: VerifiedRequest, state: str, detail: str = "", culprits: tuple[str, ...] = ()) -> None:
+        update = wallet_pb2.StatusUpdate(request_id=verified.body.request_id, state=state, detail=detail,
+                                         culprits=list(culprits))
+        with self._lock:
+            self._status.setdefault((verified.body.client, verified.body.request_id), []).append(update)
+
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return trio.from_thread.run(lambda: fn(*args, **kwargs), trio_token=self.token)
+
+    # RPCs ----------------------------------------------------------------------------------
+    def Sign(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext) -> wallet_pb2.SignResponse:
+        verified = self._verify(request, context, KIND_SIGN)
+        body = verified.body
+        slot = (body.client, body.request_id)
+        try:
+            repeat = self.enforcer.check(verified)
+        except PolicyRefusal as exc:
+            self._note(verified, "refused", str(exc))
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        stored = self.enforcer.stored_result(*slot) if repeat else None
+        if stored is not None:
+            r, s, rec, pub = decode_signature(stored)
+            return wallet_pb2.SignResponse(request_id=body.request_id, r=r, s=s, recovery_id=rec, public_key=pub,
+                                           replayed=True)
+        with self._lock:
+            if slot in self._in_flight:
+                context.abort(grpc.StatusCode.ABORTED, "this request is already being signed; retry later")
+            self._in_flight.add(slot)
+        try:
+            self._note(verified, "running")
+            outcome = self._run(self.node.sign, body.key_id, body.digest, body.path, client_request=verified.raw)
+        finally:
+            with self._lock:
+                self._in_flight.discard(slot)
+        if not outcome.ok:
+            self._note(verified, "failed", outcome.reason, outcome.culprits)
+            context.abort(grpc.StatusCode.ABORTED,
+                          f"signing failed: {outcome.reason} (culprits: {', '.join(outcome.culprits) or 'none'})")
+        sig: Signature = outcome.output
+        self.enforcer.store_result(verified, encode_signature(sig))
+        self._note(verified, "done")
+        log_event(log, logging.INFO, "wallet signature", request_id=body.request_id, key_id=body.key_id.hex())
+        return wallet_pb2.SignResponse(request_id=body.request_id, r=sig.r.to_bytes(32, "big"),
+                                       s=sig.s.to_bytes(32, "big"), recovery_id=sig.recovery_id,
+                                       public_key=sig.public_key.to_bytes())
+
+    def CreateKey(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext
+                  ) -> wallet_pb2.CreateKeyResponse:
+        verified = self._verify(request, context, KIND_CREATE_KEY)
+        body = verified.body
+        try:
+            self.enforcer.check(verified)
+        except PolicyRefusal as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        stored = self.enforcer.stored_result(body.client, body.request_id)
+        if stored is None:
+            keygen = self._run(self.node.keygen, body.threshold, body.parties)
+            if not keygen.ok:
+                context.abort(grpc.StatusCode.ABORTED, f"key generation failed: {keygen.reason}")
+            key_id = keygen.output["key_id"] if isinstance(keygen.output, dict) else keygen.output
+            parties = list(keygen.participants)
+            if self.node.storage.latest_aux_info(parties) is None:
+                aux = self._run(self.node.aux_info, parties)
+                if not aux.ok:
+                    context.abort(grpc.StatusCode.ABORTED, f"aux info failed: {aux.reason}")
+            stored = bytes(key_id)
+            self.enforcer.store_result(verified, stored)
+        info = self.node.storage.key_info(stored) or {}
+        return wallet_pb2.CreateKeyResponse(request_id=body.request_id, key_id=stored,
+                                            group_public_key=bytes(info.get("public_key") or b""),
+                                            threshold=int(info.get("threshold", 0)), parties=info.get("parties", []))
+
+    def ListKeys(self, request: wallet_pb2.ListKeysRequest, context: grpc.ServicerContext
+                 ) -> wallet_pb2.ListKeysResponse:
+        out = wallet_pb2.ListKeysResponse()
+        for key_id in self.node.storage.list_keys():
+            info = self.node.storage.key_info(key_id) or {}
+            available = sum(n for _, n in self.node.storage.presignature_sets(key_id))
+            out.keys.add(key_id=key_id, group_public_key=bytes(info.get("public_key") or b""),
+                         threshold=int(info.get("threshold", 0)), parties=info.get("parties", []),
+                         presignatures_available=available)
+        return out
+
+    def GetPublicKey(self, request: wallet_pb2.PublicKeyRequest, context: grpc.ServicerContext
+                     ) -> wallet_pb2.PublicKeyResponse:
+        try:
+            path = parse_path(request.path or "m")
+            share = load_key_share(self.node.storage, bytes(request.key_id))
+            child = derive(share.group_key, share.chain_code, path).public_key
+            network = request.bitcoin_network or "regtest"
+            return wallet_pb2.PublicKeyResponse(public_key=child.to_bytes(), ethereum_address=ethereum_address(child),
+                                                bitcoin_address=p2wpkh_address(child, network),
+                                                path="m" + "".join(f"/{i}" for i in path))
+        except (InvalidInput, Refuse) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, InvalidInput)
+                          else grpc.StatusCode.NOT_FOUND, str(exc))
+
+    def Refresh(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext) -> wallet_pb2.StatusUpdate:
+        verified = self._verify(request, context, KIND_REFRESH)
+        refresh = getattr(self.node, "refresh", None)
+        if refresh is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node build cannot refresh keys yet")
+        try:
+            self.enforcer.check(verified)
+        except PolicyRefusal as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        outcome = self._run(refresh, verified.body.key_id)
+        return wallet_pb2.StatusUpdate(request_id=verified.body.request_id, state="done" if outcome.ok else "failed",
+                                       detail=outcome.reason, culprits=list(outcome.culprits))
+
+    def Status(self, request: wallet_pb2.StatusRequest, context: grpc.ServicerContext
+               ) -> Iterator[wallet_pb2.StatusUpdate]:
+        slot = (bytes(request.client_public_key), request.request_id)
+        sent = 0
+        while context.is_active():
+            with self._lock:
+                updates = list(self._status.get(slot, []))
+            yield from updates[sent:]
+            sent = len(updates)
+            if updates and updates[-1].state in ("done", "failed", "refused"):
+                return
+            if not updates and self.enforcer.stored_result(*slot) is not None:
+                yield wallet_pb2.StatusUpdate(request_id=request.request_id, state="done")
+                return
+            threading.Event().wait(0.05)
+
+
+def start_wallet_server(
+    servicer: WalletServicer, listen: str, cert_pem: bytes, key_pem: bytes
+) -> tuple[grpc.Server, int]:
+    """TLS server (clients pin the node's certificate; they authenticate by signed requests)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="wallet"))
+    wallet_pb2_grpc.add_WalletServiceServicer_to_server(servicer, server)
+    port = server.add_secure_port(listen, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    server.start()
+    return server, port

@@ -1,0 +1,161 @@
+"""The wallet API end to end: three signer daemons (separate processes, gRPC + mTLS between
+them, TLS to the client), each with its own policy file.
+
+Shows: a wallet creates a key and signs at a derived path (verified by libsecp256k1); the
+same request id returns the first result without a new session; an unauthenticated client, a
+client the policy does not allow and a request over the window limit are refused by the node;
+a coordinator whose own policy lets a client through still gets nothing when the other nodes'
+policies say no; malformed digests, paths and key ids are clear errors.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from coincurve import PublicKey
+
+from fusion_prime.node.devnet import create_devnet
+from fusion_prime.proto.generated import wallet_pb2
+from fusion_prime.protocol.errors import InvalidInput
+from fusion_prime.protocol.identity import PartyIdentity
+from fusion_prime.signer.client import WalletClient, WalletError
+from fusion_prime.signer.requests import KIND_SIGN, RequestBody, make_request
+
+ALICE, MALLORY = PartyIdentity.generate(), PartyIdentity.generate()
+
+
+def _policy(path: Path, clients: list[PartyIdentity], limit: int) -> Path:
+    keys = ", ".join(f'"{c.public_key.hex()}"' for c in clients)
+    path.write_text(
+        "[default]\n"
+        f"clients = [{keys}]\n"
+        f"max_signatures_per_window = {limit}\n"
+        "window_seconds = 3600\n"
+        f'create_key_clients = ["{ALICE.public_key.hex()}"]\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("wallet-devnet")
+    devnet = create_devnet(base, 3, with_metrics=False, round_deadline_seconds=20.0)
+    procs, ports = [], {}
+    for i, node in enumerate(devnet):
+        # node1 is the misbehaving coordinator: its own policy also lets MALLORY in
+        clients = [ALICE, MALLORY] if i == 0 else [ALICE]
+        policy = _policy(node.folder / "policy.toml", clients, limit=4)
+        port_file = node.folder / "wallet.port"
+        log = open(node.folder / "signer.log", "wb")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "fusion_prime.signer.daemon", "--config", str(node.config_path), "--policy",
+             str(policy), "--port-file", str(port_file)], stdout=subprocess.DEVNULL, stderr=log))
+        ports[node.node_id] = port_file
+    deadline = time.time() + 60
+    while not all(p.exists() and p.read_text() for p in ports.values()):
+        assert time.time() < deadline, "signer daemons did not start"
+        assert all(p.poll() is None for p in procs), "a signer daemon died at startup"
+        time.sleep(0.2)
+    certs = {d.node_id: (d.folder / "tls.crt").read_bytes() for d in devnet}
+    yield {"devnet": devnet, "ports": {k: int(v.read_text()) for k, v in ports.items()}, "certs": certs}
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        assert p.wait(timeout=30) == 0
+
+
+def _client(network, node_id: str, who: PartyIdentity) -> WalletClient:  # type: ignore[no-untyped-def]
+    return WalletClient(f"127.0.0.1:{network['ports'][node_id]}", network["certs"][node_id], who,
+                        server_name=node_id)
+
+
+def _wait_for_pool(w: WalletClient, key_id: bytes, at_least: int = 2) -> None:
+    deadline = time.time() + 120
+    while not any(k.key_id == key_id and k.presignatures_available >= at_least for k in w.list_keys()):
+        assert time.time() < deadline, "the presignature pool never filled"
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def key(network):  # type: ignore[no-untyped-def]
+    with _client(network, "node1", ALICE) as w:
+        created = w.create_key(2, 3, "treasury")
+        key_id = bytes(created.key_id)
+        _wait_for_pool(w, key_id)
+    return key_id
+
+
+def test_wallet_signs_at_a_derived_path(network, key) -> None:  # type: ignore[no-untyped-def]
+    digest = bytes(range(32))
+    with _client(network, "node1", ALICE) as w:
+        info = w.public_key(key, "m/0/1")
+        sig = w.sign(key, digest, "m/0/1", request_id="pay-0001")
+        assert sig.public_key.to_bytes() == bytes(info.public_key)
+        assert PublicKey(bytes(info.public_key)).verify(sig.to_der(), digest, hasher=None)
+        assert info.ethereum_address.startswith("0x") and info.bitcoin_address.startswith("bcrt1q")
+        # the same request id again: the stored result, flagged as replayed, no new session
+        again = w.sign_request(make_request(ALICE, RequestBody(
+            KIND_SIGN, ALICE.public_key, "pay-0001", int(time.time() * 1000), key_id=key, digest=digest,
+            path=(0, 1))))
+        assert again.replayed and int.from_bytes(again.r, "big") == sig.r
+        # and with a different body: refused
+        with pytest.raises(WalletError, match="already used"):
+            w.sign(key, bytes(32), "m/0/1", request_id="pay-0001")
+
+
+def test_unauthenticated_and_unknown_clients_are_refused(network, key) -> None:  # type: ignore[no-untyped-def]
+    with _client(network, "node2", ALICE) as w:
+        with pytest.raises(WalletError, match="UNAUTHENTICATED"):
+            w.sign_request(wallet_pb2.SignedRequest(body=b"whatever"))
+    with _client(network, "node2", MALLORY) as w, pytest.raises(WalletError, match=r"PERMISSION_DENIED.*not allowed"):
+        w.sign(key, bytes(32), "m/0")
+
+
+def test_a_lenient_coordinator_cannot_override_the_other_nodes(network, key) -> None:  # type: ignore[no-untyped-def]
+    """node1's own policy lets MALLORY in; node2 and node3 refuse, so no signature exists."""
+    with _client(network, "node1", ALICE) as w:
+        _wait_for_pool(w, key)
+    with _client(network, "node1", MALLORY) as w, pytest.raises(WalletError) as info:
+        w.sign(key, bytes([7]) * 32, "m/0")
+    assert info.value.code == "ABORTED"
+    assert "not allowed" in str(info.value) or "refused" in str(info.value)
+
+
+def test_window_limit(network, key) -> None:  # type: ignore[no-untyped-def]
+    with _client(network, "node1", ALICE) as w:
+        _wait_for_pool(w, key, 4)
+    with _client(network, "node1", ALICE) as w:
+        refused = None
+        for i in range(8):
+            try:
+                w.sign(key, bytes([i]) * 32, "m/9")
+            except WalletError as exc:
+                refused = exc
+                break
+        assert refused is not None and "limit" in str(refused)
+
+
+def test_malformed_inputs_are_clear_errors(network, key) -> None:  # type: ignore[no-untyped-def]
+    with _client(network, "node2", ALICE) as w:
+        with pytest.raises(InvalidInput, match="32 bytes"):
+            w.sign(key, b"short", "m/0")
+        with pytest.raises(InvalidInput, match="hardened"):
+            w.sign(key, bytes(32), "m/0'")
+        with pytest.raises(InvalidInput, match="key id"):
+            w.sign(b"\x01" * 3, bytes(32), "m/0")
+        # a correctly signed body that the SDK would never build: the node says what is wrong
+        body = RequestBody(KIND_SIGN, ALICE.public_key, "raw-1", int(time.time() * 1000), key_id=key,
+                           digest=bytes(31))
+        raw = wallet_pb2.SignedRequest(body=body.encode(), signature=ALICE.sign(body.digest_to_sign()))
+        with pytest.raises(WalletError, match=r"INVALID_ARGUMENT.*32 bytes"):
+            w.sign_request(raw)
+        good = RequestBody(KIND_SIGN, ALICE.public_key, "raw-2", int(time.time() * 1000), key_id=key,
+                           digest=bytes(32))
+        with pytest.raises(WalletError, match="UNAUTHENTICATED"):  # signed by someone else than the client
+            w.sign_request(wallet_pb2.SignedRequest(body=good.encode(), signature=MALLORY.sign(good.digest_to_sign())))
+        with pytest.raises(WalletError, match="NOT_FOUND"):
+            w.public_key(b"\x02" * 16, "m/0")
