@@ -125,20 +125,6 @@ def test_a_lenient_coordinator_cannot_override_the_other_nodes(network, key) -> 
     assert "not allowed" in str(info.value) or "refused" in str(info.value)
 
 
-def test_window_limit(network, key) -> None:  # type: ignore[no-untyped-def]
-    with _client(network, "node1", ALICE) as w:
-        _wait_for_pool(w, key, 4)
-    with _client(network, "node1", ALICE) as w:
-        refused = None
-        for i in range(8):
-            try:
-                w.sign(key, bytes([i]) * 32, "m/9")
-            except WalletError as exc:
-                refused = exc
-                break
-        assert refused is not None and "limit" in str(refused)
-
-
 def test_malformed_inputs_are_clear_errors(network, key) -> None:  # type: ignore[no-untyped-def]
     with _client(network, "node2", ALICE) as w:
         with pytest.raises(InvalidInput, match="32 bytes"):
@@ -159,3 +145,48 @@ def test_malformed_inputs_are_clear_errors(network, key) -> None:  # type: ignor
             w.sign_request(wallet_pb2.SignedRequest(body=good.encode(), signature=MALLORY.sign(good.digest_to_sign())))
         with pytest.raises(WalletError, match="NOT_FOUND"):
             w.public_key(b"\x02" * 16, "m/0")
+
+
+def test_cli_signs_a_digest(network, key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    secret = tmp_path / "client.key"
+    secret.write_text(ALICE.secret_bytes().hex())
+    secret.chmod(0o600)
+    node = network["devnet"][1]
+    with _client(network, "node1", ALICE) as w:
+        _wait_for_pool(w, key, 1)
+    common = [sys.executable, "-m", "fusion_prime.signer.cli", "--target", f"127.0.0.1:{network['ports']['node2']}",
+              "--server-cert", str(node.folder / "tls.crt"), "--server-name", "node2", "--client-key", str(secret)]
+    digest = bytes(range(1, 33))
+    pub = json.loads(subprocess.run([*common, "pubkey", "--key", key.hex(), "--path", "m/3"], check=True,
+                                    capture_output=True, text=True).stdout)
+    out = subprocess.run([*common, "sign-digest", "--key", key.hex(), "--digest", digest.hex(), "--path", "m/3"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    sig = json.loads(out.stdout)
+    assert sig["public_key"] == pub["public_key"]
+    from fusion_prime.protocol.curve import Point
+    from fusion_prime.protocol.ecdsa import Signature
+
+    s = Signature(int(sig["r"], 16), int(sig["s"], 16), sig["recovery_id"],
+                  Point.from_bytes(bytes.fromhex(sig["public_key"])))
+    assert PublicKey(bytes.fromhex(pub["public_key"])).verify(s.to_der(), digest, hasher=None)
+    bad = subprocess.run([*common, "sign-digest", "--key", "zz", "--digest", digest.hex()], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1 and "error:" in bad.stderr
+
+
+def test_window_limit(network, key) -> None:  # type: ignore[no-untyped-def]
+    """Last in this module: it uses up ALICE's window on the key."""
+    with _client(network, "node1", ALICE) as w:
+        _wait_for_pool(w, key, 4)
+    with _client(network, "node1", ALICE) as w:
+        refused = None
+        for i in range(8):
+            try:
+                w.sign(key, bytes([i]) * 32, "m/9")
+            except WalletError as exc:
+                refused = exc
+                break
+        assert refused is not None and "limit" in str(refused)
