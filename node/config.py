@@ -15,6 +15,7 @@ Example::
     tls_key = "tls.key"
     security_level = "128"
     presign_pool_depth = 8
+    prime_pool_depth = 4                          # safe primes kept ready (2 per aux info / refresh)
     round_deadline_seconds = 30.0
 
     [storage]
@@ -48,6 +49,8 @@ from ..protocol.levels import SecurityLevel, level_by_name
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEFAULT_PASSPHRASE_ENV = "FUSION_PRIME_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 MIN_SCRYPT_LOG2_N = 15
+DEFAULT_PRIME_POOL_DEPTH = 4  # two aux-info or refresh sessions' worth of safe primes
+MAX_PRIME_POOL_DEPTH = 256
 
 
 class ConfigError(ValueError):
@@ -95,6 +98,7 @@ class NodeConfig:
     metrics_listen: str | None = None
     security_level: str = "128"
     presign_pool_depth: int = 8
+    prime_pool_depth: int = DEFAULT_PRIME_POOL_DEPTH
     round_deadline_seconds: float = 30.0
     test_mode: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -182,7 +186,7 @@ def _path(base: Path, value: str | None) -> Path | None:
 
 _TOP_KEYS = {
     "node_id", "listen", "data_dir", "identity_key", "tls_cert", "tls_key", "security_level",
-    "presign_pool_depth", "round_deadline_seconds", "test_mode", "storage", "metrics", "roster",
+    "presign_pool_depth", "prime_pool_depth", "round_deadline_seconds", "test_mode", "storage", "metrics", "roster",
 }
 
 
@@ -219,6 +223,9 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
     depth = top.get("presign_pool_depth", int, required=False, default=8)
     if isinstance(depth, int) and not 0 <= depth <= 10_000:
         problems.append(f"presign_pool_depth: {depth} is not in 0..10000")
+    prime_depth = top.get("prime_pool_depth", int, required=False, default=DEFAULT_PRIME_POOL_DEPTH)
+    if isinstance(prime_depth, int) and not 0 <= prime_depth <= MAX_PRIME_POOL_DEPTH:
+        problems.append(f"prime_pool_depth: {prime_depth} is not in 0..{MAX_PRIME_POOL_DEPTH} (0 disables the pool)")
     deadline = top.get("round_deadline_seconds", (int, float), required=False, default=30.0)
     if isinstance(deadline, (int, float)) and not 0.05 <= deadline <= 3600:
         problems.append(f"round_deadline_seconds: {deadline} is not in 0.05..3600")
@@ -310,6 +317,7 @@ def parse_config(data: dict[str, Any], path: Path) -> NodeConfig:
         metrics_listen=metrics_listen,
         security_level=level_name,
         presign_pool_depth=depth,
+        prime_pool_depth=prime_depth,
         round_deadline_seconds=float(deadline),
         test_mode=test_mode,
     )
@@ -352,6 +360,7 @@ def config_to_toml(cfg: NodeConfig) -> str:
         "tls_key": rel(cfg.tls_key),
         "security_level": cfg.security_level,
         "presign_pool_depth": cfg.presign_pool_depth,
+        "prime_pool_depth": cfg.prime_pool_depth,
         "round_deadline_seconds": cfg.round_deadline_seconds,
         "test_mode": cfg.test_mode,
         "storage": storage,

@@ -14,6 +14,7 @@ grace period and closes the database.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import signal
@@ -24,11 +25,13 @@ import trio
 
 from ..proto.generated import peer_pb2
 from ..protocol.levels import level_by_name
+from ..protocol.reshare import KeyPublicInfo
 from .config import NodeConfig, parse_address
 from .logs import log_event
 from .material import NodeMaterial
 from .metrics import HealthServer, NodeMetrics
-from .phases import PrimeSource, cggmp21_phases
+from .phases import PrimeSource, RefreshParams, ReshareParams, cggmp21_phases, load_key_share
+from .primepool import PrimePool
 from .session import Authorizer, PhaseHandler, SessionManager, SessionOutcome, allow_all
 from .storage import KeyMaterial, Storage
 from .transport import Transport
@@ -50,6 +53,7 @@ class Node:
         authorize: Authorizer = allow_all,
         primes: PrimeSource | None = None,
         fill_pool: bool = True,
+        prime_pool: bool = True,
     ) -> None:
         self.cfg = cfg
         self.material = NodeMaterial.load(cfg)
@@ -57,6 +61,11 @@ class Node:
                                scrypt_log2_n=cfg.storage.scrypt_log2_n, allow_weak_kdf=cfg.test_mode)
         released = self.storage.recover_after_restart()
         self.metrics = NodeMetrics(cfg.node_id)
+        # Safe primes for aux info and key refresh, generated ahead in a separate process.
+        self.prime_pool: PrimePool | None = None
+        if primes is None and prime_pool and cfg.prime_pool_depth > 0:
+            self.prime_pool = PrimePool(self.storage, cfg.level.prime_bits, cfg.prime_pool_depth)
+            primes = self.prime_pool.take
         self.transport = Transport(
             node_id=cfg.node_id, identity=self.material.identity, peers=self.material.peers, tls=self.material.tls,
             listen=cfg.listen, epoch=self.storage.next_transport_epoch(), metrics=self.metrics,
@@ -91,6 +100,8 @@ class Node:
                     nursery.start_soon(self._signals)
                 if self.fill_pool and self.cfg.presign_pool_depth > 0 and "presign" in self.sessions.phases:
                     nursery.start_soon(self._pool_loop)
+                if self.prime_pool is not None and {"aux-info", "key-refresh"} & set(self.sessions.phases):
+                    await nursery.start(self.prime_pool.run)
                 log_event(log, logging.INFO, "node running", node=self.cfg.node_id, port=self.transport.port)
                 task_status.started()
                 await self._stop.wait()
@@ -200,6 +211,66 @@ class Node:
             excluded.update(c for c in last.culprits if c != self.cfg.node_id)
             self.sessions.forget_health(last.culprits)
         return last
+
+    async def refresh(self, key_id: bytes) -> SessionOutcome:
+        """Proactive refresh of a key by its whole committee: same group key and addresses,
+        new shares (epoch + 1) and new aux info on every member; presignatures of the old
+        epoch are erased everywhere as the new shares are stored. Needs every member healthy."""
+        info = self.storage.key_info(key_id)
+        if info is None:
+            raise KeyError(f"no key {key_id.hex()} on this node")
+        data = RefreshParams(key_id, int(info["epoch"])).encode()
+
+        def fill(p: peer_pb2.SessionProposal) -> None:
+            p.opaque.data = data
+
+        return await self.sessions.coordinate("key-refresh", len(info["parties"]), fill,
+                                              required=info["parties"], attempts=1)
+
+    async def reshare(self, key_id: bytes, new_parties: Sequence[str], new_threshold: int,
+                      dealers: Sequence[str] | None = None) -> SessionOutcome:
+        """Move a key from its committee to ``new_parties`` with ``new_threshold``, keeping the
+        group key. ``dealers`` (old holders, at least the old threshold) default to every
+        healthy old holder, so that members who leave take part and retire their shares. If
+        this node is in the new committee and that committee has no aux info yet, an aux-info
+        session follows; its id is in ``output["aux_id"]`` (a failed aux-info session is
+        returned instead, with the resharing's success noted in the reason)."""
+        info = self.storage.key_info(key_id)
+        if info is None:
+            raise KeyError(f"no key {key_id.hex()} on this node")
+        share = await trio.to_thread.run_sync(load_key_share, self.storage, key_id)
+        unknown = [n for n in new_parties if n not in self.material.peers]
+        if unknown:
+            raise ValueError(f"not in the roster: {', '.join(unknown)}")
+        order = self.material.peers
+        new = sorted(set(new_parties), key=lambda n: order[n].index)
+        if dealers is None:
+            healthy = set(await self.sessions.healthy_peers("reshare")) | {self.cfg.node_id}
+            dealers = [p for p in info["parties"] if p in healthy]
+        chosen = sorted(set(dealers), key=lambda n: order[n].index)
+        if len(chosen) < info["threshold"] or not set(chosen) <= set(info["parties"]):
+            raise ValueError(f"resharing needs at least {info['threshold']} dealers among the key's holders")
+        participants = sorted(set(chosen) | set(new), key=lambda n: order[n].index)
+        if self.cfg.node_id not in participants:
+            raise ValueError("the coordinator must deal or be in the new committee")
+        data = ReshareParams(key_id, KeyPublicInfo.of(share), tuple(chosen), tuple(new), new_threshold).encode()
+
+        def fill(p: peer_pb2.SessionProposal) -> None:
+            p.opaque.data = data
+
+        outcome = await self.sessions.coordinate("reshare", len(participants), fill, required=participants,
+                                                 attempts=1)
+        if not outcome.ok or self.cfg.node_id not in new:
+            return outcome
+        aux_id = self.storage.latest_aux_info(new)
+        if aux_id is None:
+            aux = await self.aux_info(new, level=info["level"])
+            if not aux.ok:
+                return dataclasses.replace(aux, reason=(
+                    f"the key was reshared (session {outcome.session_id.hex()[:16]}), but aux info for the new "
+                    f"committee failed: {aux.reason}"))
+            aux_id = aux.output["aux_id"]
+        return dataclasses.replace(outcome, output={**outcome.output, "aux_id": aux_id})
 
     # presignature pool -----------------------------------------------------------------------
     async def _pool_loop(self) -> None:

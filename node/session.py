@@ -454,7 +454,7 @@ class SessionManager:
                     result = await trio.to_thread.run_sync(handler.finish, active.ctx, outcome.output)
                     outcome = SessionOutcome(outcome.session_id, outcome.phase, "done", outcome.participants,
                                              result, (), "", outcome.duration)
-                except (ProtocolError, ValueError) as exc:
+                except Exception as exc:  # a failure to store aborts this session, never crashes the manager
                     outcome = SessionOutcome(outcome.session_id, outcome.phase, "aborted", outcome.participants,
                                              None, (), f"could not store the output: {exc}", outcome.duration)
         finally:

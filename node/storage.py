@@ -20,6 +20,17 @@ What is stored, and how:
   with them yet), never reuse one. That is the Anyswap (July 2021) lesson.
 * **The audit log** is append-only (triggers refuse UPDATE and DELETE) and hash-chained,
   so edits made behind SQLite's back are detectable with :meth:`Storage.verify_audit_chain`.
+* **Key-share versions**: a refresh or resharing keeps the key id and raises the share's
+  epoch. Only the current version is kept: :meth:`Storage.put_key_share_version` overwrites
+  the old ciphertext in place (``secure_delete`` zeroes freed content, and the WAL is
+  checkpointed and truncated afterwards), in the same transaction that erases every unused
+  presignature of an older epoch - proactive security is only as good as the erasure of old
+  shares. A node that leaves a committee retires the key (:meth:`Storage.retire_key_share`):
+  share and presignatures deleted, a public record left in ``retired_keys``. Aux info is not
+  versioned: it belongs to a committee, not to a key, and old entries stay for presignatures
+  that still name them.
+* **Pre-generated safe primes** (``prime_pool``) are sealed like shares and deleted in a
+  committed transaction before they are handed out; backups leave them out.
 * **Schema migrations** are ordered functions; ``schema_version`` records which ran. A
   database from a newer build is refused rather than misread.
 
@@ -238,7 +249,42 @@ def _migration_2(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2)
+def _migration_3(db: sqlite3.Connection) -> None:
+    """Key-share versions (refresh and resharing keep the key id and raise the epoch) and
+    retired keys (a dealer that left the committee keeps a public record, never its share)."""
+    _execute_script(
+        db,
+        """
+        ALTER TABLE key_shares ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE presignatures ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE retired_keys (
+            key_id BLOB PRIMARY KEY,
+            public_key BLOB,
+            epoch INTEGER NOT NULL,
+            retired_at REAL NOT NULL,
+            session_id BLOB
+        );
+        """
+    )
+
+
+def _migration_4(db: sqlite3.Connection) -> None:
+    """Pre-generated safe primes (secrets: sealed like shares, deleted when taken)."""
+    _execute_script(
+        db,
+        """
+        CREATE TABLE prime_pool (
+            prime_id BLOB PRIMARY KEY,
+            bits INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            prime BLOB NOT NULL
+        );
+        CREATE INDEX prime_pool_bits ON prime_pool (bits, created_at);
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2, _migration_3, _migration_4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -304,6 +350,9 @@ class Storage:
             # FULL: a commit is on disk when it returns. With NORMAL, WAL may lose the last
             # commits on power loss - including the one that marked a presignature consumed.
             db.execute("PRAGMA synchronous = FULL")
+            # Deleted and overwritten rows (old key-share versions, retired shares, taken primes,
+            # consumed presignatures) are zeroed in the file, not left in free pages.
+            db.execute("PRAGMA secure_delete = ON")
             self._local.db = db
             with self._conn_lock:
                 self._connections.append(db)
@@ -442,31 +491,145 @@ class Storage:
             )
             self._audit(w, "key-share-stored", key_id, {"parties": list(parties), "threshold": threshold})
 
+    @staticmethod
+    def _share_row_id(key_id: bytes, epoch: int) -> bytes:
+        """The AAD row id of a share: epoch 0 keeps the original form, later versions bind their
+        epoch, so an old version's ciphertext cannot be passed off as the current one."""
+        return key_id if epoch == 0 else key_id + b"|epoch:%d" % epoch
+
     def get_key_share(self, key_id: bytes) -> bytes:
-        row = self._conn().execute("SELECT share FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
+        """The *current* version of this node's share (older versions are not kept)."""
+        row = self._conn().execute("SELECT share, epoch FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
         if row is None:
             raise NotFound(f"no key share {key_id.hex()}")
-        return self.unseal("key_shares", key_id, row[0])
+        return self.unseal("key_shares", self._share_row_id(key_id, row[1]), row[0])
 
     def key_info(self, key_id: bytes) -> dict[str, Any] | None:
         row = self._conn().execute(
-            "SELECT parties, threshold, level, public_key, created_at FROM key_shares WHERE key_id = ?", (key_id,)
+            "SELECT parties, threshold, level, public_key, created_at, epoch FROM key_shares WHERE key_id = ?",
+            (key_id,),
         ).fetchone()
         if row is None:
             return None
         return {"key_id": key_id, "parties": json.loads(row[0]), "threshold": row[1], "level": row[2],
-                "public_key": row[3], "created_at": row[4]}
+                "public_key": row[3], "created_at": row[4], "epoch": row[5]}
+
+    def key_epoch(self, key_id: bytes) -> int | None:
+        row = self._conn().execute("SELECT epoch FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def put_key_share_version(
+        self, key_id: bytes, *, epoch: int, parties: Sequence[str], threshold: int, level: str, share: bytes,
+        public_key: bytes, session_id: bytes | None = None,
+        aux: tuple[bytes, Sequence[str], str, bytes] | None = None,
+    ) -> int:
+        """Make a newer version of a key share (after refresh or resharing) current.
+
+        One transaction: the new version replaces the old one in place (the old ciphertext is
+        overwritten - with ``secure_delete`` - not kept: proactive security needs old shares
+        erased), every unused presignature of an older epoch is erased and marked consumed
+        (they can never be used: their χ_i are shares of the old sharing), the optional new aux
+        info ``(aux_id, parties, level, aux)`` is stored, and the audit log records it. If
+        anything fails, nothing changes. A node that newly joins the committee gets the key
+        inserted; one that held it before and retired gets it back. Returns the number of
+        presignatures invalidated."""
+        with self._write() as w:
+            row = w.execute("SELECT epoch, public_key FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
+            if row is not None:
+                if epoch <= row[0]:
+                    raise StorageError(f"key {key_id.hex()}: epoch {epoch} is not newer than the stored {row[0]}")
+                if row[1] is not None and bytes(row[1]) != public_key:
+                    raise StorageError(f"key {key_id.hex()}: the new version has a different group key")
+            retired = w.execute("SELECT epoch FROM retired_keys WHERE key_id = ?", (key_id,)).fetchone()
+            if retired is not None and epoch <= retired[0]:
+                raise StorageError(f"key {key_id.hex()}: epoch {epoch} is not newer than the retired {retired[0]}")
+            sealed = self.seal("key_shares", self._share_row_id(key_id, epoch), share)
+            if row is None:
+                w.execute(
+                    "INSERT INTO key_shares (key_id, parties, threshold, level, public_key, created_at, share, epoch) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key_id, _parties_text(parties), threshold, level, public_key, time.time(), sealed, epoch),
+                )
+                w.execute("DELETE FROM retired_keys WHERE key_id = ?", (key_id,))
+            else:
+                w.execute(
+                    "UPDATE key_shares SET parties = ?, threshold = ?, level = ?, share = ?, epoch = ? "
+                    "WHERE key_id = ?",
+                    (_parties_text(parties), threshold, level, sealed, epoch, key_id),
+                )
+            invalidated = self._erase_presignatures(w, key_id, epoch, b"superseded:" + (session_id or b""))
+            if aux is not None:
+                self._insert_aux(w, *aux)
+            self._audit(w, "key-share-version-stored", session_id, {
+                "key_id": key_id.hex(), "epoch": epoch, "previous_epoch": None if row is None else row[0],
+                "parties": list(parties), "threshold": threshold, "presignatures_invalidated": invalidated,
+                "aux_id": aux[0].hex() if aux else None})
+        self._checkpoint()
+        return invalidated
+
+    def retire_key_share(self, key_id: bytes, *, session_id: bytes | None = None) -> int:
+        """This node left the key's committee (it dealt in a resharing and is not in the new
+        one): delete its share and every presignature of the key, and keep only a public
+        record in ``retired_keys``. Returns the number of presignatures erased."""
+        with self._write() as w:
+            row = w.execute("SELECT epoch, public_key FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no key share {key_id.hex()}")
+            erased = self._erase_presignatures(w, key_id, None, b"retired:" + (session_id or b""))
+            w.execute("DELETE FROM presignatures WHERE key_id = ?", (key_id,))
+            w.execute("DELETE FROM key_shares WHERE key_id = ?", (key_id,))
+            w.execute(
+                "INSERT OR REPLACE INTO retired_keys (key_id, public_key, epoch, retired_at, session_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key_id, row[1], row[0], time.time(), session_id),
+            )
+            self._audit(w, "key-share-retired", session_id,
+                        {"key_id": key_id.hex(), "epoch": row[0], "presignatures_erased": erased})
+        self._checkpoint()
+        return erased
+
+    def retired_key(self, key_id: bytes) -> dict[str, Any] | None:
+        row = self._conn().execute(
+            "SELECT public_key, epoch, retired_at, session_id FROM retired_keys WHERE key_id = ?", (key_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return {"key_id": key_id, "public_key": row[0], "epoch": row[1], "retired_at": row[2],
+                "session_id": row[3]}
+
+    def _erase_presignatures(self, w: sqlite3.Connection, key_id: bytes, below_epoch: int | None,
+                             reason: bytes) -> int:
+        """Mark every unused presignature of ``key_id`` (of an epoch below ``below_epoch``, or
+        all) consumed and erase its ciphertext. Reserved ones too: nothing signed with them."""
+        sql = ("UPDATE presignatures SET state = 'consumed', consumed_at = ?, consumed_for = ?, data = NULL "
+               "WHERE key_id = ? AND state != 'consumed'")
+        args: list[Any] = [time.time(), reason, key_id]
+        if below_epoch is not None:
+            sql, args = sql + " AND epoch < ?", [*args, below_epoch]
+        return w.execute(sql, args).rowcount
+
+    def _checkpoint(self) -> None:
+        """Best effort: move the WAL into the database file and truncate it, so frames holding
+        old page images (old share versions) do not linger in the ``-wal`` file."""
+        try:
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
 
     def list_keys(self) -> list[bytes]:
         return [bytes(r[0]) for r in self._conn().execute("SELECT key_id FROM key_shares ORDER BY created_at")]
 
     def put_aux_info(self, aux_id: bytes, *, parties: Sequence[str], level: str, aux: bytes) -> None:
         with self._write() as w:
-            w.execute(
-                "INSERT INTO aux_info (aux_id, parties, level, created_at, aux) VALUES (?, ?, ?, ?, ?)",
-                (aux_id, _parties_text(parties), level, time.time(), self.seal("aux_info", aux_id, aux)),
-            )
-            self._audit(w, "aux-info-stored", aux_id, {"parties": list(parties)})
+            self._insert_aux(w, aux_id, parties, level, aux)
+
+    def _insert_aux(self, w: sqlite3.Connection, aux_id: bytes, parties: Sequence[str], level: str,
+                    aux: bytes) -> None:
+        w.execute(
+            "INSERT INTO aux_info (aux_id, parties, level, created_at, aux) VALUES (?, ?, ?, ?, ?)",
+            (aux_id, _parties_text(parties), level, time.time(), self.seal("aux_info", aux_id, aux)),
+        )
+        self._audit(w, "aux-info-stored", aux_id, {"parties": list(parties)})
 
     def get_aux_info(self, aux_id: bytes) -> bytes:
         row = self._conn().execute("SELECT aux FROM aux_info WHERE aux_id = ?", (aux_id,)).fetchone()
@@ -482,13 +645,23 @@ class Storage:
         return None if row is None else bytes(row[0])
 
     # presignatures -------------------------------------------------------------------------
-    def put_presignature(self, presig_id: bytes, *, key_id: bytes, signers: Sequence[str], data: bytes) -> None:
+    def put_presignature(
+        self, presig_id: bytes, *, key_id: bytes, signers: Sequence[str], data: bytes, epoch: int | None = None
+    ) -> None:
+        """Store a fresh presignature. With ``epoch``, refuse one made with a share version that
+        is no longer current (a presign that raced a refresh): it could never be used."""
         with self._write() as w:
+            if epoch is not None:
+                row = w.execute("SELECT epoch FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
+                if row is None or row[0] != epoch:
+                    raise StorageError(
+                        f"presignature for key {key_id.hex()} epoch {epoch} is stale: the current share is "
+                        f"{'gone' if row is None else f'epoch {row[0]}'}")
             w.execute(
-                "INSERT INTO presignatures (presig_id, key_id, signers, state, created_at, data) "
-                "VALUES (?, ?, ?, 'available', ?, ?)",
+                "INSERT INTO presignatures (presig_id, key_id, signers, state, created_at, data, epoch) "
+                "VALUES (?, ?, ?, 'available', ?, ?, ?)",
                 (presig_id, key_id, _parties_text(sorted(signers)), time.time(),
-                 self.seal("presignatures", presig_id, data)),
+                 self.seal("presignatures", presig_id, data), epoch or 0),
             )
 
     def reserve_presignature(self, key_id: bytes, signers: Sequence[str], session_id: bytes) -> bytes | None:
@@ -598,6 +771,33 @@ class Storage:
                 self._audit(w, "session-interrupted", session_id, {"reason": "node restarted"})
         return released
 
+    # prime pool ----------------------------------------------------------------------------
+    def put_prime(self, bits: int, prime: int) -> None:
+        """Store one pre-generated safe prime (sealed; never logged)."""
+        prime_id = secrets.token_bytes(16)
+        with self._write() as w:
+            w.execute("INSERT INTO prime_pool (prime_id, bits, created_at, prime) VALUES (?, ?, ?, ?)",
+                      (prime_id, bits, time.time(),
+                       self.seal("prime_pool", prime_id, int(prime).to_bytes((bits + 7) // 8, "big"))))
+
+    def prime_count(self, bits: int) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM prime_pool WHERE bits = ?", (bits,)).fetchone()[0]
+
+    def take_primes(self, bits: int, count: int = 2) -> list[int] | None:
+        """Take ``count`` primes of ``bits`` bits, or none if fewer are stored. They are deleted
+        (and, with ``secure_delete``, zeroed) in a committed transaction *before* they are
+        returned, so a prime is handed out once, even across a crash."""
+        with self._write() as w:
+            rows = w.execute(
+                "SELECT prime_id, prime FROM prime_pool WHERE bits = ? ORDER BY created_at, prime_id LIMIT ?",
+                (bits, count),
+            ).fetchall()
+            if len(rows) < count:
+                return None
+            primes = [int.from_bytes(self.unseal("prime_pool", bytes(r[0]), r[1]), "big") for r in rows]
+            w.executemany("DELETE FROM prime_pool WHERE prime_id = ?", [(r[0],) for r in rows])
+        return primes
+
     # sessions ------------------------------------------------------------------------------
     def session_started(self, session_id: bytes, *, phase: str, coordinator: str, participants: Sequence[str]) -> None:
         with self._write() as w:
@@ -672,8 +872,11 @@ class Storage:
 
         Presignatures are *not* restorable: the copy marks every one consumed and erases it,
         because a backup taken before a presignature was used would otherwise bring it back
-        after a restore (presignature reuse leaks the key). Key shares and aux info, which may
-        be used any number of times, are what a backup is for."""
+        after a restore (presignature reuse leaks the key). Pre-generated primes are left out
+        for the same reason. Key shares and aux info, which may be used any number of times, are
+        what a backup is for - only the *current* share version is kept, so a backup taken
+        before a refresh or resharing restores a share of an older epoch that the rest of the
+        committee no longer combines with: back up again after every refresh or resharing."""
         # Snapshot into a private temporary file (rollback-journal mode, so the image is one
         # self-contained file), scrub it, and read it back.
         with tempfile.TemporaryDirectory(dir=self.path.parent) as tmpdir:
@@ -687,6 +890,9 @@ class Storage:
                     "WHERE state != 'consumed'",
                     (time.time(), b"backup"),
                 )
+                # Nor pre-generated primes: restored after they were used, a prime would end up
+                # in two Paillier moduli, and gcd(N1, N2) factors both.
+                snapshot.execute("DELETE FROM prime_pool")
                 snapshot.execute("VACUUM")  # do not carry erased ciphertexts in free pages
             finally:
                 snapshot.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fusion_prime.node.storage import (
+    SCHEMA_VERSION,
     KeyMaterial,
     PresignatureUnavailable,
     Storage,
@@ -47,7 +48,7 @@ def test_secrets_round_trip_and_are_encrypted_on_disk(tmp_path):
         store.put_aux_info(b"a" * 32, parties=SIGNERS, level="128", aux=b"PAILLIER-PRIMES" * 4)
         assert store.get_key_share(KEY_ID) == b"VERY-SECRET-SHARE" * 4
         assert store.get_aux_info(b"a" * 32) == b"PAILLIER-PRIMES" * 4
-        assert store.schema_version() == 2
+        assert store.schema_version() == SCHEMA_VERSION
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert b"VERY-SECRET-SHARE" not in raw and b"PAILLIER-PRIMES" not in raw
     with open_store(path) as again:  # reopen with the same passphrase
