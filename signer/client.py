@@ -125,9 +125,28 @@ class WalletClient(_Base):
         except grpc.RpcError as exc:
             raise WalletError(exc.code().name, exc.details() or "") from None
 
-    def signer_for(self, key_id: bytes) -> Any:
-        """``sign_digest(digest, path)`` for the transaction helpers."""
-        return lambda digest, path: self.sign(key_id, digest, path)
+    def signer(self, key_id: bytes) -> NetworkSigner:
+        """The threshold key as the transaction helpers want it (``signer.bitcoin.DigestSigner``)."""
+        return NetworkSigner(self, key_id)
+
+
+class NetworkSigner:
+    """``sign_digest(digest, path)`` and ``public_key(path)`` served by the threshold network.
+
+    Public keys are fetched once per path; every signature is verified by the SDK before the
+    helpers see it (and checked again by them against the expected key)."""
+
+    def __init__(self, client: WalletClient, key_id: bytes) -> None:
+        self.client, self.key_id = client, key_id
+        self._keys: dict[str, Point] = {}
+
+    def public_key(self, path: str) -> Point:
+        if path not in self._keys:
+            self._keys[path] = Point.from_bytes(bytes(self.client.public_key(self.key_id, path).public_key))
+        return self._keys[path]
+
+    def sign_digest(self, digest: bytes, path: str) -> Signature:
+        return self.client.sign(self.key_id, digest, path)
 
 
 class AsyncWalletClient(_Base):

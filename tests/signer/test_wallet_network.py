@@ -48,7 +48,7 @@ def network(tmp_path_factory):  # type: ignore[no-untyped-def]
     for i, node in enumerate(devnet):
         # node1 is the misbehaving coordinator: its own policy also lets MALLORY in
         clients = [ALICE, MALLORY] if i == 0 else [ALICE]
-        policy = _policy(node.folder / "policy.toml", clients, limit=4)
+        policy = _policy(node.folder / "policy.toml", clients, limit=6)
         port_file = node.folder / "wallet.port"
         log = open(node.folder / "signer.log", "wb")
         procs.append(subprocess.Popen(
@@ -177,11 +177,58 @@ def test_cli_signs_a_digest(network, key, tmp_path) -> None:  # type: ignore[no-
     assert bad.returncode == 1 and "error:" in bad.stderr
 
 
+def test_eip1559_transfer_signed_by_the_network_moves_balances_on_anvil(network, key, anvil) -> None:  # type: ignore[no-untyped-def]
+    from eth_account import Account
+    from web3 import Web3
+
+    from fusion_prime.signer.ethereum import address_at, fill_transaction, sign_transaction
+
+    path = "m/44/60/0/3"
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
+    with _client(network, "node1", ALICE) as w:
+        _wait_for_pool(w, key, 1)
+        signer = w.signer(key)
+        sender = address_at(signer, path)
+        assert sender == w.public_key(key, path).ethereum_address
+        w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": sender,
+                                                                     "value": 10**18}))
+        recipient = w3.eth.accounts[5]
+        before = w3.eth.get_balance(recipient)
+        tx = fill_transaction(w3, sender, to=recipient, value=10**15)
+        signed = sign_transaction(tx, signer, path)
+    assert Account.recover_transaction(signed.raw) == sender
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw))
+    assert receipt["status"] == 1
+    assert w3.eth.get_balance(recipient) == before + 10**15
+    assert w3.eth.get_balance(sender) == 10**18 - 10**15 - receipt["gasUsed"] * receipt["effectiveGasPrice"]
+
+
+def test_p2wpkh_spend_signed_by_the_network_passes_bitcoin_core_script_checks(network, key) -> None:  # type: ignore[no-untyped-def]
+    from fp_local_signer import kernel_verify
+
+    from fusion_prime.signer.bitcoin import OutPoint, Utxo, build_p2wpkh_spend, p2wpkh_script, sign_spend
+
+    path = "m/0/9"
+    with _client(network, "node1", ALICE) as w:
+        _wait_for_pool(w, key, 1)
+        signer = w.signer(key)
+        script = p2wpkh_script(signer.public_key(path).to_bytes())
+        coin = Utxo(OutPoint(bytes(range(32)), 1), 250_000, script, path)
+        spend = build_p2wpkh_spend([coin], [(w.public_key(key, "m/1/1").bitcoin_address, 100_000)], 5,
+                                   w.public_key(key, "m/1/2").bitcoin_address)
+        raw = sign_spend(spend, signer).serialize()
+    spent = [(coin.value, coin.script_pubkey)]
+    assert kernel_verify(raw, spent)
+    for pos in (len(raw) // 3, len(raw) // 2, len(raw) - 5):  # a changed byte breaks it
+        mutated = bytearray(raw)
+        mutated[pos] ^= 0x01
+        assert not kernel_verify(bytes(mutated), spent)
+
+
 def test_window_limit(network, key) -> None:  # type: ignore[no-untyped-def]
     """Last in this module: it uses up ALICE's window on the key."""
     with _client(network, "node1", ALICE) as w:
         _wait_for_pool(w, key, 4)
-    with _client(network, "node1", ALICE) as w:
         refused = None
         for i in range(8):
             try:
