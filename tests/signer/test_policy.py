@@ -1,0 +1,95 @@
+"""Wallet policy and signed requests, without a network."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fusion_prime.protocol.errors import InvalidInput
+from fusion_prime.protocol.identity import PartyIdentity
+from fusion_prime.signer.policy import PolicyBook, PolicyEnforcer, PolicyRefusal
+from fusion_prime.signer.requests import (
+    KIND_CREATE_KEY,
+    KIND_SIGN,
+    RequestBody,
+    Unauthenticated,
+    make_request,
+    verify_request,
+)
+
+CLIENT, OTHER, OP1, OP2 = (PartyIdentity.generate() for _ in range(4))
+KEY = bytes(range(16))
+
+
+def _book(tmp_path, approvals: int = 0, limit: int = 3):  # type: ignore[no-untyped-def]
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        "[default]\n"
+        f'clients = ["{CLIENT.public_key.hex()}"]\n'
+        f"max_signatures_per_window = {limit}\nwindow_seconds = 60\n"
+        f"approvals_required = {approvals}\n"
+        f'approvers = ["{OP1.public_key.hex()}", "{OP2.public_key.hex()}"]\n'
+        f'create_key_clients = ["{OTHER.public_key.hex()}"]\n'
+    )
+    return PolicyBook.load(path)
+
+
+def _sign(who, rid: str, approvers=(), digest: bytes = bytes(32), issued: int | None = None):  # type: ignore[no-untyped-def]
+    body = RequestBody(KIND_SIGN, who.public_key, rid, issued or int(time.time() * 1000), key_id=KEY, digest=digest,
+                       path=(0, 1))
+    return verify_request(make_request(who, body, approvers))
+
+
+def test_operator_approvals_are_counted_only_from_listed_approvers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    enforcer = PolicyEnforcer(_book(tmp_path, approvals=2), tmp_path / "p.sqlite3")
+    with pytest.raises(PolicyRefusal, match="0 of 2"):
+        enforcer.check(_sign(CLIENT, "a"))
+    with pytest.raises(PolicyRefusal, match="1 of 2"):
+        enforcer.check(_sign(CLIENT, "b", (OP1, OTHER)))  # OTHER is not an approver
+    assert enforcer.check(_sign(CLIENT, "c", (OP1, OP2))) is False
+
+
+def test_window_limit_and_idempotency_survive_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = tmp_path / "p.sqlite3"
+    enforcer = PolicyEnforcer(_book(tmp_path, limit=2), db)
+    assert enforcer.check(_sign(CLIENT, "1")) is False
+    assert enforcer.check(_sign(CLIENT, "1")) is True  # the same request again: idempotent
+    assert enforcer.check(_sign(CLIENT, "2", digest=b"\x01" * 32)) is False
+    enforcer.close()
+    again = PolicyEnforcer(_book(tmp_path, limit=2), db)
+    with pytest.raises(PolicyRefusal, match="limit"):
+        again.check(_sign(CLIENT, "3"))
+    with pytest.raises(PolicyRefusal, match="already used"):
+        again.check(_sign(CLIENT, "1", digest=b"\x02" * 32))
+    assert again.check(_sign(CLIENT, "3"), now=time.time() + 3600) is False  # a new window
+
+
+def test_clients_and_key_creation_rights(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    enforcer = PolicyEnforcer(_book(tmp_path), tmp_path / "p.sqlite3")
+    with pytest.raises(PolicyRefusal, match="not allowed"):
+        enforcer.check(_sign(OTHER, "x"))
+    create = RequestBody(KIND_CREATE_KEY, CLIENT.public_key, "k1", int(time.time() * 1000), threshold=2, parties=3)
+    with pytest.raises(PolicyRefusal, match="create keys"):
+        enforcer.check(verify_request(make_request(CLIENT, create)))
+
+
+def test_forged_stale_and_malformed_requests(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    good = make_request(CLIENT, RequestBody(KIND_SIGN, CLIENT.public_key, "r", int(time.time() * 1000), key_id=KEY,
+                                            digest=bytes(32)))
+    forged = make_request(OTHER, RequestBody.decode(good.body))  # signed by the wrong key
+    with pytest.raises(Unauthenticated):
+        verify_request(forged)
+    with pytest.raises(InvalidInput, match="too old"):
+        _sign(CLIENT, "old", issued=int(time.time() * 1000) - 10**7)
+    with pytest.raises(InvalidInput):
+        RequestBody(KIND_SIGN, CLIENT.public_key, "bad id!", 1, key_id=KEY, digest=bytes(32)).validate()
+    with pytest.raises(InvalidInput):
+        RequestBody.decode(b"\x00garbage")
+    bad_policy = tmp_path / "bad.toml"
+    bad_policy.write_text('[default]\nclients = ["zz"]\n')
+    with pytest.raises(InvalidInput, match="not hex"):
+        PolicyBook.load(bad_policy)
+    bad_policy.write_text("[default]\napprovals_required = 1\n")
+    with pytest.raises(InvalidInput, match="more approvals"):
+        PolicyBook.load(bad_policy)
