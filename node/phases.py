@@ -3,18 +3,18 @@
 Each handler turns a validated proposal into this node's :class:`RoundMachine`, and turns the
 machine's output into durable state. What ends up where:
 
-=========  ==================================  ===========================================
-phase      machine                              output stored as (id)
-=========  ==================================  ===========================================
-keygen     ``KeygenMachine``                    key share (``KeyShare.key_id``)
-aux-info   ``AuxInfoMachine``                   aux info (``AuxInfo.aux_id``)
-presign    ``PresignMachine``                   presignature (``Presignature.presign_id``)
-sign       ``SignMachine``                      nothing: the signature goes to the caller
-key-refresh ``KeyRefreshMachine``               new share version + aux info, one commit;
-                                               old-epoch presignatures erased in it
-reshare    ``ReshareMachine``                   new members: new share version; leaving
-                                               dealers: key retired, share deleted
-=========  ==================================  ===========================================
+===========  ==================================  ===========================================
+phase        machine                              output stored as (id)
+===========  ==================================  ===========================================
+keygen       ``KeygenMachine``                    key share (``KeyShare.key_id``)
+aux-info     ``AuxInfoMachine``                   aux info (``AuxInfo.aux_id``)
+presign      ``PresignMachine``                   presignature (``Presignature.presign_id``)
+sign         ``SignMachine``                      nothing: the signature goes to the caller
+key-refresh  ``KeyRefreshMachine``                new share version + aux info in one commit,
+                                                  which erases old-epoch presignatures
+reshare      ``ReshareMachine``                   new members: new share version; leaving
+                                                  dealers: key retired, share deleted
+===========  ==================================  ===========================================
 
 Refresh and resharing carry their parameters as ``OpaqueParams`` (:class:`RefreshParams`,
 :class:`ReshareParams`): the session id binds them like any other phase's, and a policy hook

@@ -4,8 +4,9 @@ Safe-prime generation dominates both phases (DESIGN §2). The pool keeps ``depth
 the node's level (``level.prime_bits``) in storage, sealed like key shares, and refills in
 the background:
 
-* **Where the work runs**: in one separate OS process (``multiprocessing``, *spawn* start
-  method - forking a process that runs gRPC threads is unsafe), at a lower scheduling
+* **Where the work runs**: in one separate OS process (a minimal Python child that imports
+  only the prime sieve - a ``multiprocessing`` spawn child would re-import the node's main
+  module, and forking a process that runs gRPC threads is unsafe), at a lower scheduling
   priority (``nice``). The trio loop only waits, in a worker thread, for the process's
   answer on a pipe, so neither the loop nor running sessions are stalled by the sieve. The
   process is started lazily, asked for one prime at a time (so a full pool costs no CPU),
@@ -24,10 +25,9 @@ Primes are secrets: nothing here logs a prime or puts one in an exception messag
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
+import subprocess
+import sys
 import threading
-from typing import Any
 
 import trio
 
@@ -42,58 +42,67 @@ POLL_SECONDS = 1.0
 RETRY_SECONDS = 5.0
 
 
-def _worker(conn: Any) -> None:  # runs in the child process
-    try:
-        os.nice(WORKER_NICE)
-    except OSError:
-        pass
-    from ..protocol.primes import random_safe_prime
-
-    while True:
-        try:
-            bits = conn.recv()
-        except EOFError:
-            return
-        if bits is None:
-            return
-        conn.send(random_safe_prime(bits))
+# The child imports nothing but the prime sieve: a ``multiprocessing`` *spawn* child would
+# re-import the node's main module (gRPC, the CLI, ...), and *fork* is unsafe in a process
+# that runs gRPC threads. One request per line on stdin (bits), one prime per line on stdout.
+WORKER_SOURCE = f"""
+import os, sys
+try:
+    os.nice({WORKER_NICE})
+except OSError:
+    pass
+from fusion_prime.protocol.primes import random_safe_prime
+for line in sys.stdin:
+    sys.stdout.write(format(random_safe_prime(int(line)), "x") + "\\n")
+    sys.stdout.flush()
+"""
 
 
 class PrimeWorker:
     """One child process that generates safe primes on request (one at a time)."""
 
     def __init__(self) -> None:
-        self._proc: Any = None
-        self._conn: Any = None
+        self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
 
     def generate(self, bits: int) -> int:
         """Blocking: ask the child for one safe prime of ``bits`` bits (call from a thread)."""
         with self._lock:
-            if self._proc is None or not self._proc.is_alive():
-                ctx = multiprocessing.get_context("spawn")
-                parent, child = ctx.Pipe()
-                self._proc = ctx.Process(target=_worker, args=(child,), name="fp-prime-worker", daemon=True)
-                self._proc.start()
-                child.close()
-                self._conn = parent
-            conn = self._conn
-            conn.send(bits)
-            return int(conn.recv())
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                proc = self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and source
+                    [sys.executable, "-c", WORKER_SOURCE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, text=True, close_fds=True,
+                )
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(f"{int(bits)}\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            if not line.strip():
+                raise RuntimeError("the prime worker process ended")
+            return int(line, 16)
 
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
     def stop(self) -> None:
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
-        if proc is not None and proc.is_alive():
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
             proc.terminate()  # a prime half-way through is worth nothing: do not wait for it
-        if proc is not None:
-            proc.join(timeout=5)
-        if conn is not None:
-            conn.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
 
 
 class PrimePool:

@@ -110,3 +110,21 @@ def test_restart_keeps_unused_primes(tmp_path):
     assert all(r is not None for r in rest)
     assert not set(first) & {p for r in rest for p in r}  # type: ignore[union-attr]
     store.close()
+
+
+def test_prime_pool_depth_is_configured_and_validated(tmp_path):
+    import pytest
+
+    from fusion_prime.node.config import ConfigError, load_config
+    from fusion_prime.node.devnet import create_devnet
+
+    (node,) = create_devnet(tmp_path / "net", 1, scrypt_log2_n=10)
+    cfg = load_config(node.config_path)
+    assert cfg.prime_pool_depth == 4 and "prime_pool_depth = 4" in node.config_path.read_text()
+    text = node.config_path.read_text()
+    for bad in ("-1", "100000", '"many"'):
+        node.config_path.write_text(text.replace("prime_pool_depth = 4", f"prime_pool_depth = {bad}"))
+        with pytest.raises(ConfigError, match="prime_pool_depth"):
+            load_config(node.config_path)
+    node.config_path.write_text(text.replace("prime_pool_depth = 4", "prime_pool_depth = 0"))
+    assert load_config(node.config_path).prime_pool_depth == 0
