@@ -203,7 +203,13 @@ async def _drive(node1: Any, net: Network, args: argparse.Namespace, results: di
     sets = (["node1", "node2"], ["node1", "node3"])
     t0 = time.perf_counter()
     for i in range(args.presignatures):
-        pre = await node1.presign(key_id, sets[i % 2])
+        for attempt in range(5):
+            pre = await node1.presign(key_id, sets[i % 2])
+            # A participant may not have stored the aux info yet when the coordinator finished
+            # that session a moment earlier: it refuses, and a short wait fixes it.
+            if pre.ok or pre.status != "refused" or attempt == 4:
+                break
+            await trio.sleep(0.5)
         if not pre.ok:
             raise DemoFailed(f"presign failed: {pre}")
     _row(f"presign pool fill ({args.presignatures})", time.perf_counter() - t0,
