@@ -164,10 +164,13 @@ class SignPhase:
         except (NotFound, PresignatureUnavailable) as exc:
             raise Refuse(str(exc)) from None
         presignature = Presignature.from_bytes(raw)
-        try:  # only needed to name the culprit if the combined signature fails
-            aux = AuxInfo.from_bytes(storage.get_aux_info(bytes.fromhex(presignature.aux_id)))
-        except NotFound:
-            aux = None
+        aux_id = bytes.fromhex(presignature.aux_id)
+
+        def aux() -> AuxInfo:
+            # Only needed to name the culprit if the combined signature fails, so loaded only
+            # then: parsing aux secrets costs a full-size exponentiation on the online path.
+            return AuxInfo.from_bytes(storage.get_aux_info(aux_id))
+
         return SignMachine(ctx.session_id, ctx.me, ctx.parties, ctx.identity, ctx.roster, key_share=key_share,
                            presignature=presignature, digest=params.digest, path=tuple(params.path), aux_info=aux)
 

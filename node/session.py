@@ -66,6 +66,7 @@ def _call_releasing_gil(fn: Callable[..., list[bytes]], *args: Any) -> list[byte
     return fn(*args)
 PROPOSE_TIMEOUT = 5.0
 HEALTH_TTL = 2.0
+PENDING_WAIT = 2.0  # well inside PROPOSE_TIMEOUT
 
 
 # -------------------------------------------------------------------------------------------
@@ -175,6 +176,8 @@ class SessionDriver:
         self._echoes: set[tuple[int, str]] = set()
         self._rejected_seen = 0
         self._sends_failed: set[str] = set()
+        self._send_scopes: set[trio.CancelScope] = set()
+        self._sends_cancelled = False
 
     async def _step(self, fn: Callable[..., list[bytes]], *args: Any) -> list[bytes]:
         started = time.perf_counter()
@@ -192,12 +195,24 @@ class SessionDriver:
                 nursery.start_soon(self._send, node, msg, raw, deadline)
 
     async def _send(self, node: str, msg: ProtocolMessage, raw: bytes, deadline: float) -> None:
-        ok = await self.transport.send(
-            node, session_id=self.ctx.session_id, phase=self.phase, round=msg.round,
-            broadcast=msg.receiver == BROADCAST, payload=raw, deadline=deadline,
-        )
-        if not ok:
-            self._sends_failed.add(node)
+        with trio.CancelScope() as scope:
+            if self._sends_cancelled:  # scheduled just before the session failed
+                return
+            self._send_scopes.add(scope)
+            try:
+                ok = await self.transport.send(
+                    node, session_id=self.ctx.session_id, phase=self.phase, round=msg.round,
+                    broadcast=msg.receiver == BROADCAST, payload=raw, deadline=deadline,
+                )
+            finally:
+                self._send_scopes.discard(scope)
+            if not ok:
+                self._sends_failed.add(node)
+
+    def cancel_sends(self) -> None:
+        self._sends_cancelled = True
+        for scope in list(self._send_scopes):
+            scope.cancel()
 
     def _note_rejections(self) -> None:
         for reason in self.machine.rejected[self._rejected_seen:]:
@@ -226,16 +241,22 @@ class SessionDriver:
         return SessionOutcome(self.ctx.session_id, self.phase, status, tuple(self.ctx.index_of), output,
                               tuple(sorted(set(culprits))), reason, trio.current_time() - started)
 
-    async def run(self) -> SessionOutcome:
+    async def run(self, sends: trio.Nursery | None = None) -> SessionOutcome:
+        """Drive the machine to its end. Delivery tasks run in ``sends``: when the caller
+        passes a nursery that outlives this call, the outcome is returned as soon as the
+        machine is done, while the last messages (our echo, which the peers still need) are
+        being acknowledged - nobody waits for the acks of a finished session."""
+        if sends is None:
+            async with trio.open_nursery() as own:
+                return await self.run(own)
         started = trio.current_time()
-        async with trio.open_nursery() as sends:
-            try:
-                outcome = await self._drive(sends, started)
-            except ProtocolError as exc:  # a bug-level failure in the machine: end this session only
-                outcome = self._outcome("aborted", started, (), f"protocol error: {exc}")
-            if outcome.status != "done":
-                # Undelivered messages of a failed session help nobody: stop retrying them.
-                sends.cancel_scope.cancel()
+        try:
+            outcome = await self._drive(sends, started)
+        except ProtocolError as exc:  # a bug-level failure in the machine: end this session only
+            outcome = self._outcome("aborted", started, (), f"protocol error: {exc}")
+        if outcome.status != "done":
+            # Undelivered messages of a failed session help nobody: stop retrying them.
+            self.cancel_sends()
         self.transport.close_session(self.ctx.session_id)
         return outcome
 
@@ -331,6 +352,7 @@ class SessionManager:
         self.draining = False
         self._active: dict[bytes, _Active] = {}
         self._health: dict[str, tuple[float, frozenset[str]]] = {}
+        self._refreshing: set[str] = set()
         self._nursery: trio.Nursery | None = None
         transport.proposal_handler = self.handle_proposal
         transport.health_provider = self.health_reply
@@ -398,6 +420,14 @@ class SessionManager:
 
     async def _join(self, proposal: peer_pb2.SessionProposal) -> tuple[_Active | None, str]:
         """Validate, authorise, build and start this node's side of a session."""
+        problem = await self._admit(proposal)
+        if problem is not None:
+            await self._refused(proposal, problem)
+            return None, problem
+        return await self._begin(proposal)
+
+    async def _admit(self, proposal: peer_pb2.SessionProposal) -> str | None:
+        """Validation and the policy hook: None if this node is willing to take part."""
         problem = self._validate(proposal)
         if problem is None:
             try:
@@ -406,30 +436,51 @@ class SessionManager:
                 ok, why = False, str(exc)
             if not ok:
                 problem = f"policy: {why or 'refused'}"
+        return problem
+
+    async def _refused(self, proposal: peer_pb2.SessionProposal, problem: str) -> None:
+        self.metrics.proposals.labels(phase=proposal.phase, decision="refused").inc()
+        if self.storage is not None:
+            await self._db(self.storage.session_refused, proposal.session_id, phase=proposal.phase,
+                           coordinator=proposal.coordinator, reason=problem or "refused")
+
+    async def _begin(self, proposal: peer_pb2.SessionProposal) -> tuple[_Active | None, str]:
+        """Build the machine and start the session (the proposal is already admitted).
+
+        The handler's ``build`` (for sign: the durable consumption of the presignature) and
+        the ``session-started`` record run in one worker-thread hop, in that order; the machine
+        cannot emit anything before both are committed, because it only starts afterwards."""
         handler = self.phases.get(proposal.phase)
-        ctx = self._context(proposal) if problem is None else None
-        machine = None
-        if problem is None and handler is not None and ctx is not None:
-            try:
-                machine = await trio.to_thread.run_sync(handler.build, ctx)
-            except (Refuse, ProtocolError) as exc:
-                problem = str(exc)
-            if machine is not None and machine.phase != proposal.phase:
-                problem, machine = f"handler for {proposal.phase!r} built a {machine.phase!r} machine", None
-        decision = "refused" if problem else "accepted"
-        self.metrics.proposals.labels(phase=proposal.phase, decision=decision).inc()
-        if problem or machine is None or ctx is None or handler is None or self._nursery is None:
-            if self.storage is not None:
-                await self._db(self.storage.session_refused, proposal.session_id, phase=proposal.phase,
-                               coordinator=proposal.coordinator, reason=problem or "refused")
-            return None, problem or "refused"
+        if handler is None or self._nursery is None:
+            problem = "phase not supported" if handler is None else "node is not running sessions yet"
+            await self._refused(proposal, problem)
+            return None, problem
+        ctx = self._context(proposal)
         try:
             inbox = self.transport.open_session(proposal.session_id, proposal.phase, proposal.participants)
         except TransportError as exc:
             return None, str(exc)
-        if self.storage is not None:
-            await self._db(self.storage.session_started, proposal.session_id, phase=proposal.phase,
-                           coordinator=proposal.coordinator, participants=list(proposal.participants))
+
+        def prepare() -> RoundMachine:
+            machine = handler.build(ctx)
+            if machine.phase != proposal.phase:
+                raise Refuse(f"handler for {proposal.phase!r} built a {machine.phase!r} machine")
+            if self.storage is not None:
+                self.storage.session_started(proposal.session_id, phase=proposal.phase,
+                                             coordinator=proposal.coordinator,
+                                             participants=list(proposal.participants))
+            return machine
+
+        try:
+            machine = await self._build(proposal, prepare)
+        except (Refuse, ProtocolError) as exc:
+            self.transport.close_session(proposal.session_id)
+            await self._refused(proposal, str(exc))
+            return None, str(exc)
+        except BaseException:
+            self.transport.close_session(proposal.session_id)
+            raise
+        self.metrics.proposals.labels(phase=proposal.phase, decision="accepted").inc()
         active = _Active(ctx)
         self._active[proposal.session_id] = active
         driver = SessionDriver(ctx=ctx, machine=machine, transport=self.transport, inbox=inbox,
@@ -441,10 +492,33 @@ class SessionManager:
                   coordinator=proposal.coordinator, participants=list(proposal.participants))
         return active, ""
 
+    async def _build(self, proposal: peer_pb2.SessionProposal, prepare: Callable[[], RoundMachine]) -> RoundMachine:
+        """Run ``prepare`` in a worker thread. If the handler refuses while an earlier session of
+        the same coordinator is still finishing here, wait for that session (bounded) and try
+        once more: the coordinator may have seen that session end a moment before this node
+        stored its output (the aux info, the presignature) that this proposal needs."""
+        try:
+            return await trio.to_thread.run_sync(prepare)
+        except Refuse:
+            pending = [a for a in self._active.values() if a.ctx.proposal.coordinator == proposal.coordinator]
+            if not pending:
+                raise
+        with trio.move_on_after(PENDING_WAIT):
+            for active in pending:
+                await active.done.wait()
+        return await trio.to_thread.run_sync(prepare)
+
     async def _run_driver(self, driver: SessionDriver, handler: PhaseHandler, active: _Active) -> None:
+        # The delivery tasks live in this nursery, which outlives the outcome: the session is
+        # reported done while its last envelopes are still being acknowledged.
+        async with trio.open_nursery() as sends:
+            await self._drive_and_record(driver, handler, active, sends)
+
+    async def _drive_and_record(self, driver: SessionDriver, handler: PhaseHandler, active: _Active,
+                                sends: trio.Nursery) -> None:
         outcome: SessionOutcome | None = None
         try:
-            outcome = await driver.run()
+            outcome = await driver.run(sends)
             if outcome.status == "cancelled" and active.withdrawn:
                 outcome = SessionOutcome(outcome.session_id, outcome.phase, "cancelled", outcome.participants,
                                          None, (), f"withdrawn by the coordinator: {active.withdrawn}",
@@ -521,8 +595,10 @@ class SessionManager:
         """Peers that answer Health as serving and support ``phase`` (probed concurrently).
 
         A positive answer is trusted for ``HEALTH_TTL`` seconds so that a burst of sign
-        requests does not pay two RPCs each; a peer that fails a session is forgotten at once
-        (:meth:`forget_health`), so retries re-probe it."""
+        requests does not pay two RPCs each; once it is older than half that, a background
+        probe refreshes it, so a steady stream of requests never waits for a health RPC. A
+        peer that fails a session is forgotten at once (:meth:`forget_health`), so retries
+        re-probe it before using it."""
         now = trio.current_time()
         healthy: list[str] = []
 
@@ -533,11 +609,22 @@ class SessionManager:
             else:
                 self._health.pop(peer, None)
 
+        async def refresh(peer: str) -> None:
+            try:
+                await probe(peer)
+            finally:
+                self._refreshing.discard(peer)
+
         async with trio.open_nursery() as nursery:
             for peer in self.peers:
                 cached = self._health.get(peer)
-                if peer != self.node_id and (cached is None or now - cached[0] > HEALTH_TTL):
+                if peer == self.node_id:
+                    continue
+                if cached is None or now - cached[0] > HEALTH_TTL:
                     nursery.start_soon(probe, peer)
+                elif now - cached[0] > HEALTH_TTL / 2 and peer not in self._refreshing and self._nursery:
+                    self._refreshing.add(peer)
+                    self._nursery.start_soon(refresh, peer)
         for peer, (_, phases) in self._health.items():
             if phase in phases:
                 healthy.append(peer)
@@ -588,11 +675,13 @@ class SessionManager:
             chosen = choose(pool, need) if choose else rng.sample(pool, need)
             participants = sorted(required | set(chosen), key=lambda n: self.peers[n].index)
             proposal = self._proposal(phase, participants, fill, deadline)
-            mine, reason = await self._join(proposal)
-            if mine is None:
+            problem = await self._admit(proposal)
+            if problem is not None:  # our own policy said no: nobody else hears of it
+                await self._refused(proposal, problem)
                 return SessionOutcome(proposal.session_id, phase, "refused", tuple(participants),
-                                      reason=f"this node refused its own proposal: {reason}")
+                                      reason=f"this node refused its own proposal: {problem}")
             replies: dict[str, peer_pb2.ProposalReply] = {}
+            begun: list[tuple[_Active | None, str]] = []
 
             async def ask(
                 peer: str,
@@ -601,10 +690,24 @@ class SessionManager:
             ) -> None:
                 replies[peer] = await self.transport.propose(peer, proposal, PROPOSE_TIMEOUT)
 
+            async def begin(proposal: peer_pb2.SessionProposal = proposal,
+                            begun: list[tuple[_Active | None, str]] = begun) -> None:
+                begun.append(await self._begin(proposal))
+
+            # Our own build (for sign: durably consuming our presignature) overlaps the
+            # proposal's round trip and the participants' builds instead of preceding them.
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(begin)
                 for peer in participants:
                     if peer != self.node_id:
                         nursery.start_soon(ask, peer)
+            mine, reason = begun[0]
+            if mine is None:
+                accepted = [p for p, r in replies.items() if r.accepted]
+                if accepted:
+                    await self._withdraw(proposal, accepted, f"the coordinator could not start: {reason}")
+                return SessionOutcome(proposal.session_id, phase, "refused", tuple(participants),
+                                      reason=f"this node refused its own proposal: {reason}")
             refusers = sorted(p for p, r in replies.items() if not r.accepted)
             if refusers:
                 self.forget_health(refusers)

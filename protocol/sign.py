@@ -19,7 +19,7 @@ consumed durably before this machine's σ_i leaves the process.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gmpy2 import mpz
 
@@ -70,8 +70,12 @@ class SignMachine(RoundMachine):
         presignature: Presignature,
         digest: bytes,
         path: str | Sequence[int] = (),
-        aux_info: AuxInfo | None = None,
+        aux_info: AuxInfo | Callable[[], AuxInfo] | None = None,
     ) -> None:
+        """``aux_info`` is needed only to identify a culprit when the combined signature fails.
+        It may be a zero-argument loader instead of the object: the happy path then never pays
+        for it (parsing a party's aux secrets costs a full-size modular exponentiation), and
+        the loader runs - once - only if identification starts."""
         if not isinstance(digest, bytes) or len(digest) != 32:
             raise InvalidInput("the digest to sign must be exactly 32 bytes")
         if sorted(signers) != list(presignature.signers):
@@ -99,9 +103,13 @@ class SignMachine(RoundMachine):
         self._sigma = (self._a * presignature.k + self._b * presignature.chi) % Q
         self._sigmas: dict[int, int] = {me: self._sigma}
         self._signature: Signature | None = None
-        self._presignature, self._key_share, self._aux = presignature, key_share, aux_info
-        if aux_info is not None and (aux_info.index != me or aux_info.aux_id != presignature.aux_id):
-            raise InvalidInput("aux info is not the one this presignature was made under")
+        self._presignature, self._key_share = presignature, key_share
+        self._aux: AuxInfo | None = None
+        self._aux_loader: Callable[[], AuxInfo] | None = None
+        if callable(aux_info):
+            self._aux_loader = aux_info
+        elif aux_info is not None:
+            self._aux = self._checked_aux(aux_info)
         self._identifying = False
         self._evidence: dict[int, tuple[int, list[bytes], list[bytes], list[bytes]]] = {}
 
@@ -138,11 +146,29 @@ class SignMachine(RoundMachine):
             self._judge_identification()
         s = sum(self._sigmas.values()) % Q
         if s == 0 or not verify(self.derived.public_key, self.digest, self._r, s):
+            self._load_aux()
             if self._aux is None:
                 raise Blame((), "the combined signature does not verify (no aux info to identify the culprit)")
             self._identifying = True  # CGGMP21 Fig. 8, "Output", step 2
             return
         self._signature = normalize(self._R, self._r, s, self.derived.public_key)
+
+    def _checked_aux(self, aux: AuxInfo) -> AuxInfo:
+        if aux.index != self.me or aux.aux_id != self._presignature.aux_id:
+            raise InvalidInput("aux info is not the one this presignature was made under")
+        return aux
+
+    def _load_aux(self) -> None:
+        """Resolve a lazily supplied aux info (identification only). A loader that fails, or
+        returns aux info of another party or presignature, leaves the abort unattributed."""
+        loader, self._aux_loader = self._aux_loader, None
+        if loader is None or self._aux is not None:
+            return
+        try:
+            self._aux = self._checked_aux(loader())
+        except (InvalidInput, ValueError, LookupError, RuntimeError) as exc:
+            raise Blame((), f"the combined signature does not verify, and this party's aux info could not be "
+                            f"loaded to identify the culprit: {exc}") from exc
 
     # identification (round 2) ------------------------------------------------------------------
     # σ_i = a·k_i + b·χ_i and χ_i = dec_i(Ĉ_i), Ĉ_i = Ĥ_i·∏_j D̂_{i,j}·∏_j F̂_{j,i}^-1, where

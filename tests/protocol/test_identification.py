@@ -101,3 +101,64 @@ def test_revealing_forged_evidence_is_named() -> None:
     ms[2]._sigmas[2] = ms[2]._sigma
     run(ms)
     assert aborts(ms, (1, 3)) == {1: (2,), 3: (2,)}
+
+
+# lazily supplied aux info (what the node passes: parsing aux secrets is not on the online path) -----
+def _lazy_sign_machines(signers, aux_for):  # type: ignore[no-untyped-def]
+    import secrets
+
+    from fp_network import presign_with, sign_machines_with
+
+    shares, aux = committee(2, 3)
+    pre, _ = presign_with(shares, aux, signers)
+    ms = sign_machines_with(shares, pre, secrets.token_bytes(32), (), None)
+    calls: list[int] = []
+    for i, m in ms.items():
+        def load(i=i):  # type: ignore[no-untyped-def]
+            calls.append(i)
+            return aux_for(aux, i)
+
+        m._aux_loader = load
+    return ms, calls
+
+
+def test_lazy_aux_info_is_never_loaded_on_the_happy_path() -> None:
+    ms, calls = _lazy_sign_machines((1, 2), lambda aux, i: aux[i])
+    out = run(ms)
+    assert sorted(out) == [1, 2] and calls == []
+
+
+def test_lazy_aux_info_still_identifies_the_liar() -> None:
+    ms, calls = _lazy_sign_machines((1, 2, 3), lambda aux, i: aux[i])
+    ms[3]._sigma = (ms[3]._sigma + 1) % Q
+    ms[3]._sigmas[3] = ms[3]._sigma
+    assert run(ms) == {}
+    assert aborts(ms, (1, 2)) == {1: (3,), 2: (3,)}
+    assert sorted(calls) == [1, 2, 3], "each party loads its aux info once, only when identification starts"
+
+
+def test_lazy_aux_info_of_another_party_leaves_the_abort_unattributed() -> None:
+    ms, _ = _lazy_sign_machines((1, 2), lambda aux, i: aux[3 - i])  # parties 1 and 2 get each other's
+    ms[2]._sigma = (ms[2]._sigma + 1) % Q
+    ms[2]._sigmas[2] = ms[2]._sigma
+    assert run(ms) == {}
+    for i in (1, 2):
+        assert ms[i].status is Status.ABORTED
+        assert "could not be loaded" in ms[i].abort.reason and ms[i].abort.culprits == ()
+
+
+def test_sign_machine_accepts_a_loader_argument() -> None:
+    import secrets
+
+    from fp_network import identities, presign_with
+
+    from fusion_prime.protocol.sign import SignMachine
+
+    shares, aux = committee(2, 3)
+    pre, _ = presign_with(shares, aux, (1, 2))
+    ids = identities(3)
+    rost = {i: k.public_key for i, k in ids.items()}
+    sid, digest = secrets.token_bytes(32), secrets.token_bytes(32)
+    ms = {i: SignMachine(sid, i, [1, 2], ids[i], rost, key_share=shares[i], presignature=pre[i],
+                         digest=digest, aux_info=lambda i=i: aux[i]) for i in (1, 2)}
+    assert sorted(run(ms)) == [1, 2]
