@@ -20,7 +20,7 @@ from ..protocol.ecdsa import Signature, verify
 from ..protocol.errors import InvalidInput
 from ..protocol.hd import parse_path
 from ..protocol.identity import PartyIdentity
-from .requests import KIND_CREATE_KEY, KIND_REFRESH, KIND_SIGN, RequestBody, make_request
+from .requests import KIND_CREATE_KEY, KIND_REFRESH, KIND_RESHARE, KIND_SIGN, RequestBody, make_request
 
 
 class WalletError(Exception):
@@ -68,6 +68,12 @@ class _Base:
                            threshold=threshold, parties=parties, label=label)
         return make_request(self.client, body, self.approvers)
 
+    def _reshare_request(self, key_id: bytes, new_parties: list[str], threshold: int, request_id: str | None
+                         ) -> Any:
+        body = RequestBody(KIND_RESHARE, self.client.public_key, request_id or _request_id(), _now_ms(), key_id=key_id,
+                           threshold=threshold, new_parties=tuple(new_parties))
+        return make_request(self.client, body, self.approvers)
+
     def _refresh_request(self, key_id: bytes, request_id: str | None) -> Any:
         body = RequestBody(KIND_REFRESH, self.client.public_key, request_id or _request_id(), _now_ms(), key_id=key_id)
         return make_request(self.client, body, self.approvers)
@@ -109,6 +115,11 @@ class WalletClient(_Base):
 
     def refresh(self, key_id: bytes, *, request_id: str | None = None) -> wallet_pb2.StatusUpdate:
         return self._call("Refresh", self._refresh_request(key_id, request_id), timeout=600)
+
+    def reshare(self, key_id: bytes, new_parties: list[str], new_threshold: int, *, request_id: str | None = None
+                ) -> wallet_pb2.StatusUpdate:
+        return self._call("Reshare", self._reshare_request(key_id, new_parties, new_threshold, request_id),
+                          timeout=600)
 
     def list_keys(self) -> list[wallet_pb2.KeyInfo]:
         return list(self._call("ListKeys", wallet_pb2.ListKeysRequest()).keys)

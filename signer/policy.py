@@ -17,7 +17,7 @@ Example::
     window_seconds = 3600
     approvals_required = 0
     approvers = []
-    create_key_clients = ["02ab..."]
+    create_key_clients = ["02ab..."]  # may also refresh and reshare keys
 
     [keys."<key id hex>"]
     clients = ["03cd..."]
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..protocol.errors import InvalidInput
-from .requests import KIND_CREATE_KEY, KIND_SIGN, VerifiedRequest
+from .requests import ADMIN_KINDS, KIND_SIGN, VerifiedRequest
 
 
 class PolicyRefusal(Exception):
@@ -131,9 +131,10 @@ class PolicyEnforcer:
         the same body (an idempotent repeat). Raises PolicyRefusal with the reason otherwise."""
         body = request.body
         now = time.time() if now is None else now
-        if body.kind == KIND_CREATE_KEY:
+        if body.kind in ADMIN_KINDS:  # create, refresh, reshare: key administration
             if body.client not in self.book.create_key_clients:
-                raise PolicyRefusal("client may not create keys")
+                action = {"create-key": "create", "refresh": "refresh", "reshare": "reshare"}[body.kind]
+                raise PolicyRefusal(f"client may not {action} keys (not in create_key_clients)")
             return self._record(request, now, count_against=None)
         policy = self.book.for_key(body.key_id)
         if body.client not in policy.clients:

@@ -29,7 +29,9 @@ DOMAIN = b"fusion-prime/wallet-request/v1"
 KIND_SIGN = "sign"
 KIND_CREATE_KEY = "create-key"
 KIND_REFRESH = "refresh"
-KINDS = (KIND_SIGN, KIND_CREATE_KEY, KIND_REFRESH)
+KIND_RESHARE = "reshare"
+KINDS = (KIND_SIGN, KIND_CREATE_KEY, KIND_REFRESH, KIND_RESHARE)
+ADMIN_KINDS = (KIND_CREATE_KEY, KIND_REFRESH, KIND_RESHARE)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_LABEL = 64
 
@@ -50,6 +52,7 @@ class RequestBody:
     threshold: int = 0
     parties: int = 0
     label: str = ""
+    new_parties: tuple[str, ...] = ()  # reshare: node ids of the new committee
 
     def encode(self) -> bytes:
         enc = Encoder().bytes(DOMAIN).bytes(self.kind.encode()).bytes(self.client).bytes(self.request_id.encode())
@@ -58,6 +61,8 @@ class RequestBody:
             enc.bytes(self.key_id).bytes(self.digest).uints(self.path)
         elif self.kind == KIND_CREATE_KEY:
             enc.uint(self.threshold).uint(self.parties).bytes(self.label.encode())
+        elif self.kind == KIND_RESHARE:
+            enc.bytes(self.key_id).uint(self.threshold).list_of_bytes(p.encode() for p in self.new_parties)
         else:
             enc.bytes(self.key_id)
         return enc.finish()
@@ -78,6 +83,9 @@ class RequestBody:
             fields = {"key_id": d.bytes(), "digest": d.bytes(), "path": tuple(d.uints(max_bits=32))}
         elif kind == KIND_CREATE_KEY:
             fields = {"threshold": d.uint(16), "parties": d.uint(16), "label": d.bytes().decode("utf-8", "replace")}
+        elif kind == KIND_RESHARE:
+            fields = {"key_id": d.bytes(), "threshold": d.uint(16),
+                      "new_parties": tuple(b.decode("utf-8", "replace") for b in d.list_of_bytes())}
         else:
             fields = {"key_id": d.bytes()}
         d.finish()
@@ -94,8 +102,13 @@ class RequestBody:
             if len(self.key_id) != 16:
                 raise InvalidInput("key id must be 16 bytes")
             parse_path(self.path)
-        if self.kind == KIND_REFRESH and len(self.key_id) != 16:
+        if self.kind in (KIND_REFRESH, KIND_RESHARE) and len(self.key_id) != 16:
             raise InvalidInput("key id must be 16 bytes")
+        if self.kind == KIND_RESHARE:
+            if len(set(self.new_parties)) != len(self.new_parties) or not 2 <= len(self.new_parties) <= 64:
+                raise InvalidInput("new committee must be 2 to 64 distinct node ids")
+            if not 1 <= self.threshold <= len(self.new_parties):
+                raise InvalidInput("new threshold must be between 1 and the size of the new committee")
         if self.kind == KIND_CREATE_KEY:
             if not 2 <= self.parties <= 64 or not 1 <= self.threshold <= self.parties:
                 raise InvalidInput("need 1 <= threshold <= parties and 2 <= parties <= 64")

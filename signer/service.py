@@ -37,6 +37,7 @@ from .policy import PolicyEnforcer, PolicyRefusal
 from .requests import (
     KIND_CREATE_KEY,
     KIND_REFRESH,
+    KIND_RESHARE,
     KIND_SIGN,
     Unauthenticated,
     VerifiedRequest,
@@ -203,18 +204,30 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, InvalidInput)
                           else grpc.StatusCode.NOT_FOUND, str(exc))
 
-    def Refresh(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext) -> wallet_pb2.StatusUpdate:
-        verified = self._verify(request, context, KIND_REFRESH)
-        refresh = getattr(self.node, "refresh", None)
-        if refresh is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node build cannot refresh keys yet")
+    def _administer(self, verified: VerifiedRequest, context: grpc.ServicerContext, action: Any, *args: Any
+                    ) -> wallet_pb2.StatusUpdate:
         try:
             self.enforcer.check(verified)
         except PolicyRefusal as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        outcome = self._run(refresh, verified.body.key_id)
-        return wallet_pb2.StatusUpdate(request_id=verified.body.request_id, state="done" if outcome.ok else "failed",
-                                       detail=outcome.reason, culprits=list(outcome.culprits))
+        try:
+            outcome = self._run(action, *args)
+        except (KeyError, ValueError) as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        state = "done" if outcome.ok else "failed"
+        self._note(verified, state, outcome.reason, outcome.culprits)
+        return wallet_pb2.StatusUpdate(request_id=verified.body.request_id, state=state, detail=outcome.reason,
+                                       culprits=list(outcome.culprits))
+
+    def Refresh(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext) -> wallet_pb2.StatusUpdate:
+        verified = self._verify(request, context, KIND_REFRESH)
+        return self._administer(verified, context, self.node.refresh, verified.body.key_id)
+
+    def Reshare(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext) -> wallet_pb2.StatusUpdate:
+        verified = self._verify(request, context, KIND_RESHARE)
+        body = verified.body
+        return self._administer(verified, context, self.node.reshare, body.key_id, list(body.new_parties),
+                                body.threshold)
 
     def Status(self, request: wallet_pb2.StatusRequest, context: grpc.ServicerContext
                ) -> Iterator[wallet_pb2.StatusUpdate]:

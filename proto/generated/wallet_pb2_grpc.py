@@ -59,6 +59,11 @@ class WalletServiceStub:
                 request_serializer=wallet__pb2.SignedRequest.SerializeToString,
                 response_deserializer=wallet__pb2.StatusUpdate.FromString,
                 _registered_method=True)
+        self.Reshare = channel.unary_unary(
+                '/fusionprime.wallet.v1.WalletService/Reshare',
+                request_serializer=wallet__pb2.SignedRequest.SerializeToString,
+                response_deserializer=wallet__pb2.StatusUpdate.FromString,
+                _registered_method=True)
         self.Status = channel.unary_stream(
                 '/fusionprime.wallet.v1.WalletService/Status',
                 request_serializer=wallet__pb2.StatusRequest.SerializeToString,
@@ -99,6 +104,12 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reshare(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -130,6 +141,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
             ),
             'Refresh': grpc.unary_unary_rpc_method_handler(
                     servicer.Refresh,
+                    request_deserializer=wallet__pb2.SignedRequest.FromString,
+                    response_serializer=wallet__pb2.StatusUpdate.SerializeToString,
+            ),
+            'Reshare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reshare,
                     request_deserializer=wallet__pb2.SignedRequest.FromString,
                     response_serializer=wallet__pb2.StatusUpdate.SerializeToString,
             ),
@@ -272,6 +288,33 @@ class WalletService:
             request,
             target,
             '/fusionprime.wallet.v1.WalletService/Refresh',
+            wallet__pb2.SignedRequest.SerializeToString,
+            wallet__pb2.StatusUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reshare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fusionprime.wallet.v1.WalletService/Reshare',
             wallet__pb2.SignedRequest.SerializeToString,
             wallet__pb2.StatusUpdate.FromString,
             options,

@@ -70,7 +70,7 @@ def test_clients_and_key_creation_rights(tmp_path) -> None:  # type: ignore[no-u
     with pytest.raises(PolicyRefusal, match="not allowed"):
         enforcer.check(_sign(OTHER, "x"))
     create = RequestBody(KIND_CREATE_KEY, CLIENT.public_key, "k1", int(time.time() * 1000), threshold=2, parties=3)
-    with pytest.raises(PolicyRefusal, match="create keys"):
+    with pytest.raises(PolicyRefusal, match="may not create keys"):
         enforcer.check(verify_request(make_request(CLIENT, create)))
 
 
@@ -93,3 +93,23 @@ def test_forged_stale_and_malformed_requests(tmp_path) -> None:  # type: ignore[
     bad_policy.write_text("[default]\napprovals_required = 1\n")
     with pytest.raises(InvalidInput, match="more approvals"):
         PolicyBook.load(bad_policy)
+
+
+def test_reshare_requests_are_validated_and_need_admin_rights(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fusion_prime.signer.requests import KIND_RESHARE
+
+    enforcer = PolicyEnforcer(_book(tmp_path), tmp_path / "p.sqlite3")
+    body = RequestBody(KIND_RESHARE, CLIENT.public_key, "rs", int(time.time() * 1000), key_id=KEY, threshold=2,
+                       new_parties=("node1", "node2", "node4"))
+    assert RequestBody.decode(body.encode()) == body
+    with pytest.raises(PolicyRefusal, match="reshare"):
+        enforcer.check(verify_request(make_request(CLIENT, body)))
+    admin = RequestBody(KIND_RESHARE, OTHER.public_key, "rs", int(time.time() * 1000), key_id=KEY, threshold=2,
+                        new_parties=("node1", "node2"))
+    assert enforcer.check(verify_request(make_request(OTHER, admin))) is False
+    with pytest.raises(InvalidInput, match="distinct"):
+        RequestBody(KIND_RESHARE, OTHER.public_key, "x", 1, key_id=KEY, threshold=1,
+                    new_parties=("node1", "node1")).validate()
+    with pytest.raises(InvalidInput, match="threshold"):
+        RequestBody(KIND_RESHARE, OTHER.public_key, "x", 1, key_id=KEY, threshold=3,
+                    new_parties=("node1", "node2")).validate()

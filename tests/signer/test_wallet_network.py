@@ -227,6 +227,24 @@ def test_p2wpkh_spend_signed_by_the_network_passes_bitcoin_core_script_checks(ne
         assert not kernel_verify(bytes(mutated), spent)
 
 
+def test_refresh_and_reshare_through_the_wallet_api(network, key) -> None:  # type: ignore[no-untyped-def]
+    """Key administration: only create_key_clients may ask; the group key and addresses stay."""
+    with _client(network, "node2", MALLORY) as w, pytest.raises(WalletError, match="PERMISSION_DENIED"):
+        w.refresh(key)
+    with _client(network, "node1", ALICE) as w:
+        before = w.public_key(key, "m/0/1")
+        refreshed = w.refresh(key)
+        assert refreshed.state == "done", refreshed
+        assert w.public_key(key, "m/0/1").public_key == before.public_key
+        reshared = w.reshare(key, ["node1", "node2", "node3"], 3)  # 2-of-3 -> 3-of-3, same nodes
+        assert reshared.state == "done", reshared
+        assert [k.threshold for k in w.list_keys() if k.key_id == key] == [3]
+        _wait_for_pool(w, key, 1)
+        digest = bytes([9]) * 32
+        sig = w.sign(key, digest, "m/0/1")
+        assert PublicKey(bytes(before.public_key)).verify(sig.to_der(), digest, hasher=None)
+
+
 def test_window_limit(network, key) -> None:  # type: ignore[no-untyped-def]
     """Last in this module: it uses up ALICE's window on the key (6 per hour in these policies)."""
     with _client(network, "node1", ALICE) as w:
