@@ -8,6 +8,7 @@ wallet API, the demo, deposit addresses). Keccak-256 and RIPEMD-160 come from py
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from Crypto.Hash import RIPEMD160, keccak
 
@@ -53,7 +54,8 @@ def b58check(data: bytes) -> str:
     return "1" * (len(payload) - len(payload.lstrip(b"\x00"))) + out
 
 
-def _polymod(values: list[int]) -> int:
+def bech32_polymod(values: Iterable[int]) -> int:
+    """The BIP173 checksum polymod (bech32 and bech32m differ only in the final constant)."""
     gen = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
     chk = 1
     for v in values:
@@ -77,6 +79,6 @@ def bech32_segwit(hrp: str, version: int, program: bytes) -> str:
         data.append((acc << (5 - bits)) & 31)
     const = 1 if version == 0 else 0x2BC830A3
     expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-    poly = _polymod(expanded + data + [0] * 6) ^ const
+    poly = bech32_polymod(expanded + data + [0] * 6) ^ const
     checksum = [(poly >> 5 * (5 - i)) & 31 for i in range(6)]
     return hrp + "1" + "".join(_BECH32[d] for d in data + checksum)

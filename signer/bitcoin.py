@@ -20,12 +20,12 @@ import hashlib
 import math
 import secrets
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from fusion_prime.protocol.addresses import BECH32_HRP, bech32_segwit, hash160
+from fusion_prime.protocol.addresses import BECH32_HRP, bech32_polymod, bech32_segwit, hash160
 from fusion_prime.protocol.curve import Point
 from fusion_prime.protocol.ecdsa import Signature
 
@@ -101,8 +101,10 @@ def ser_bytes(data: bytes) -> bytes:
 
 
 class Reader:
-    """A bounds-checked cursor; every failure is a :class:`BitcoinError` naming what was cut short."""
+    """A bounds-checked cursor; every failure is an ``error`` (by default :class:`BitcoinError`)
+    naming what was cut short. The bridge's chain code subclasses it with its own error type."""
 
+    error: type[ValueError] = BitcoinError
     MAX_SIZE = 0x02000000  # Core's MAX_SIZE for any CompactSize in consensus data
 
     def __init__(self, data: bytes, what: str = "data") -> None:
@@ -112,7 +114,7 @@ class Reader:
 
     def read(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise BitcoinError(f"{self.what} truncated: need {n} bytes at offset {self.pos}, "
+            raise self.error(f"{self.what} truncated: need {n} bytes at offset {self.pos}, "
                                f"{len(self.data) - self.pos} left")
         out = self.data[self.pos : self.pos + n]
         self.pos += n
@@ -137,17 +139,17 @@ class Reader:
         elif first == 0xFD:
             n = struct.unpack("<H", self.read(2))[0]
             if n < 0xFD:
-                raise BitcoinError(f"{self.what}: non-canonical compact size")
+                raise self.error(f"{self.what}: non-canonical compact size")
         elif first == 0xFE:
             n = struct.unpack("<I", self.read(4))[0]
             if n <= 0xFFFF:
-                raise BitcoinError(f"{self.what}: non-canonical compact size")
+                raise self.error(f"{self.what}: non-canonical compact size")
         else:
             n = struct.unpack("<Q", self.read(8))[0]
             if n <= 0xFFFFFFFF:
-                raise BitcoinError(f"{self.what}: non-canonical compact size")
+                raise self.error(f"{self.what}: non-canonical compact size")
         if n > self.MAX_SIZE:
-            raise BitcoinError(f"{self.what}: compact size {n} too large")
+            raise self.error(f"{self.what}: compact size {n} too large")
         return n
 
     def var_bytes(self) -> bytes:
@@ -308,7 +310,7 @@ class Tx:
         return (self.weight + WITNESS_SCALE_FACTOR - 1) // WITNESS_SCALE_FACTOR
 
     def copy(self) -> Tx:
-        return Tx.from_bytes(self.serialize())
+        return type(self).from_bytes(self.serialize())
 
 
 class TxLike(Protocol):
@@ -363,17 +365,6 @@ def witness_program(script: bytes) -> tuple[int, bytes] | None:
     return None
 
 
-def _bech32_polymod(values: Iterable[int]) -> int:
-    gen = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-    chk = 1
-    for v in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ v
-        for i in range(5):
-            chk ^= gen[i] if (top >> i) & 1 else 0
-    return chk
-
-
 def _segwit_decode(hrp: str, addr: str) -> tuple[int, bytes]:
     """BIP173/BIP350 decoding with every rule enforced; raises BitcoinError with the reason."""
     if len(addr) > 90:
@@ -388,7 +379,7 @@ def _segwit_decode(hrp: str, addr: str) -> tuple[int, bytes]:
         raise BitcoinError("invalid bech32 data part")
     data = [_BECH32.find(c) for c in addr[pos + 1 :]]
     expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-    const = _bech32_polymod(expanded + data)
+    const = bech32_polymod(expanded + data)
     if const not in (1, 0x2BC830A3):
         raise BitcoinError("bech32 checksum mismatch")
     data = data[:-6]

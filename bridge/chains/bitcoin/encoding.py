@@ -14,6 +14,16 @@ import struct
 from dataclasses import dataclass
 from enum import StrEnum
 
+# One implementation of the byte-level primitives: the signer's (the bridge may use the signer,
+# never the reverse). Re-exported here under the names the chain code has always used.
+from ....signer.bitcoin import Reader, bech32_polymod
+from ....signer.bitcoin import hash160 as hash160
+from ....signer.bitcoin import hash256 as hash256
+from ....signer.bitcoin import is_compressed_pubkey as is_compressed_pubkey
+from ....signer.bitcoin import p2pkh_script_code as p2pkh_script_code
+from ....signer.bitcoin import p2wpkh_script as p2wpkh_script
+from ....signer.bitcoin import ser_compact_size as ser_compact_size
+
 COIN = 100_000_000
 MAX_MONEY = 21_000_000 * COIN
 
@@ -30,26 +40,6 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def hash256(data: bytes) -> bytes:
-    """Double SHA-256, Bitcoin's txid/block-hash function."""
-    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
-
-
-def hash160(data: bytes) -> bytes:
-    """RIPEMD-160 of SHA-256, the key/script hash used by P2PKH, P2SH and P2WPKH.
-
-    OpenSSL 3 may not ship RIPEMD-160 in its default provider, so fall back to
-    pycryptodome's implementation instead of failing at the first address we build.
-    """
-    digest = hashlib.sha256(data).digest()
-    try:
-        return hashlib.new("ripemd160", digest).digest()
-    except ValueError:
-        from Crypto.Hash import RIPEMD160
-
-        return RIPEMD160.new(digest).digest()
-
-
 def tagged_hash(tag: str, data: bytes) -> bytes:
     """BIP340 tagged hash."""
     t = sha256(tag.encode())
@@ -59,74 +49,10 @@ def tagged_hash(tag: str, data: bytes) -> bytes:
 # --------------------------------------------------------------------------- compact size
 
 
-def ser_compact_size(n: int) -> bytes:
-    """Serialise ``n`` as a Bitcoin CompactSize."""
-    if n < 0:
-        raise ValueError("compact size cannot be negative")
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + struct.pack("<H", n)
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + struct.pack("<I", n)
-    return b"\xff" + struct.pack("<Q", n)
+class ByteReader(Reader):
+    """The signer's bounds-checked reader, failing with :class:`DecodeError` for chain data."""
 
-
-class ByteReader:
-    """A bounds-checked cursor over bytes; every read failure is a :class:`DecodeError`."""
-
-    #: Bitcoin Core's MAX_SIZE: no CompactSize in consensus data may exceed it.
-    MAX_SIZE = 0x02000000
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def read(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise DecodeError("unexpected end of data")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.read(1)[0]
-
-    def u32(self) -> int:
-        return struct.unpack("<I", self.read(4))[0]
-
-    def i32(self) -> int:
-        return struct.unpack("<i", self.read(4))[0]
-
-    def i64(self) -> int:
-        return struct.unpack("<q", self.read(8))[0]
-
-    def compact_size(self) -> int:
-        """Read a CompactSize, rejecting non-canonical encodings like Core's ReadCompactSize."""
-        first = self.u8()
-        if first < 0xFD:
-            n = first
-        elif first == 0xFD:
-            n = struct.unpack("<H", self.read(2))[0]
-            if n < 0xFD:
-                raise DecodeError("non-canonical ReadCompactSize()")
-        elif first == 0xFE:
-            n = struct.unpack("<I", self.read(4))[0]
-            if n < 0x10000:
-                raise DecodeError("non-canonical ReadCompactSize()")
-        else:
-            n = struct.unpack("<Q", self.read(8))[0]
-            if n < 0x100000000:
-                raise DecodeError("non-canonical ReadCompactSize()")
-        if n > self.MAX_SIZE:
-            raise DecodeError("ReadCompactSize(): size too large")
-        return n
-
-    def var_bytes(self) -> bytes:
-        return self.read(self.compact_size())
-
-    def at_end(self) -> bool:
-        return self.pos == len(self.data)
+    error = DecodeError
 
 
 def hex_to_bytes(value: object, what: str = "hex string") -> bytes:
@@ -150,17 +76,6 @@ def parse_hash_hex(value: object, what: str = "hash") -> bytes:
 _BECH32_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _BECH32_CONST = 1
 _BECH32M_CONST = 0x2BC830A3
-
-
-def _bech32_polymod(values: list[int]) -> int:
-    gen = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-    chk = 1
-    for v in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ v
-        for i in range(5):
-            chk ^= gen[i] if ((top >> i) & 1) else 0
-    return chk
 
 
 def _hrp_expand(hrp: str) -> list[int]:
@@ -192,7 +107,7 @@ def segwit_encode(hrp: str, version: int, program: bytes) -> str:
     """Encode a segwit address (BIP173 for v0, BIP350 bech32m for v1+)."""
     data = [version] + (_convertbits(program, 8, 5, True) or [])
     const = _BECH32_CONST if version == 0 else _BECH32M_CONST
-    polymod = _bech32_polymod(_hrp_expand(hrp) + data + [0] * 6) ^ const
+    polymod = bech32_polymod(_hrp_expand(hrp) + data + [0] * 6) ^ const
     checksum = [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
     return hrp + "1" + "".join(_BECH32_CHARSET[d] for d in data + checksum)
 
@@ -208,7 +123,7 @@ def segwit_decode(hrp: str, addr: str) -> tuple[int, bytes] | None:
     if any(c not in _BECH32_CHARSET for c in addr[pos + 1 :]):
         return None
     data = [_BECH32_CHARSET.find(c) for c in addr[pos + 1 :]]
-    const = _bech32_polymod(_hrp_expand(hrp) + data)
+    const = bech32_polymod(_hrp_expand(hrp) + data)
     if const not in (_BECH32_CONST, _BECH32M_CONST):
         return None
     data = data[:-6]
@@ -468,10 +383,6 @@ def is_low_der_signature(sig: bytes) -> bool:
     return is_valid_der_signature_encoding(sig) and der_signature_s(sig) <= SECP256K1_ORDER // 2
 
 
-def is_compressed_pubkey(data: bytes) -> bool:
-    return len(data) == 33 and data[0] in (2, 3)
-
-
 def is_valid_pubkey_encoding(data: bytes) -> bool:
     """Core's IsCompressedOrUncompressedPubKey (policy STRICTENC)."""
     if len(data) == 33:
@@ -606,17 +517,6 @@ def address_to_script(address: str, net: Network = REGTEST) -> bytes:
         if raw[0] == net.p2sh_prefix:
             return bytes([OP_HASH160, 20]) + raw[1:] + bytes([OP_EQUAL])
     raise DecodeError("Invalid address")
-
-
-def p2wpkh_script(pubkey: bytes) -> bytes:
-    """scriptPubKey paying a compressed public key with P2WPKH."""
-    if not is_compressed_pubkey(pubkey):
-        raise ValueError("P2WPKH requires a 33-byte compressed public key")
-    return bytes([OP_0, 20]) + hash160(pubkey)
-
-
-def p2pkh_script_code(pubkey_hash: bytes) -> bytes:
-    return bytes([OP_DUP, OP_HASH160, 20]) + pubkey_hash + bytes([OP_EQUALVERIFY, OP_CHECKSIG])
 
 
 # --------------------------------------------------------------------------- descriptors

@@ -8,9 +8,14 @@ commitments, Core's ``TxToUniv`` JSON) without a round-trip through C for every 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
+from ....signer import bitcoin as signer_btc
+from ....signer.bitcoin import SEQUENCE_FINAL as SEQUENCE_FINAL
+from ....signer.bitcoin import WITNESS_SCALE_FACTOR as WITNESS_SCALE_FACTOR
+from ....signer.bitcoin import TxIn as TxIn
+from ....signer.bitcoin import TxOut as TxOut
 from .encoding import (
     COIN,
     REGTEST,
@@ -25,88 +30,35 @@ from .encoding import (
     solve,
 )
 
-WITNESS_SCALE_FACTOR = 4
-SEQUENCE_FINAL = 0xFFFFFFFF
 #: BIP141 witness-commitment header: OP_RETURN, push 36, 0xaa21a9ed.
 WITNESS_COMMITMENT_HEADER = bytes.fromhex("6a24aa21a9ed")
 
 
+# The data model and its serialisation are the signer's (one implementation for signing and
+# for the chain). What the chain adds is Core's parsing rules and error type: a node must parse
+# transactions that consensus will then reject with a precise reason (e.g. an output above
+# MAX_MONEY is "bad-txns-vout-toolarge", not a decode error), and decoding failures map to
+# RPC error -22 through DecodeError.
+
+
 @dataclass(frozen=True)
-class OutPoint:
+class OutPoint(signer_btc.OutPoint):
     """A reference to a transaction output; ``txid`` in internal (little-endian) byte order."""
-
-    txid: bytes
-    n: int
-
-    def serialize(self) -> bytes:
-        return self.txid + struct.pack("<I", self.n)
-
-    @property
-    def txid_hex(self) -> str:
-        return self.txid[::-1].hex()
 
     def is_null(self) -> bool:
         return self.txid == b"\0" * 32 and self.n == 0xFFFFFFFF
 
-    def __str__(self) -> str:
-        return f"{self.txid_hex}:{self.n}"
 
-
-@dataclass
-class TxIn:
-    prevout: OutPoint
-    script_sig: bytes = b""
-    sequence: int = SEQUENCE_FINAL
-    witness: list[bytes] = field(default_factory=list)
-
-
-@dataclass
-class TxOut:
-    value: int
-    script_pubkey: bytes
-
-    def serialize(self) -> bytes:
-        return struct.pack("<q", self.value) + ser_compact_size(len(self.script_pubkey)) + self.script_pubkey
-
-
-@dataclass
-class Tx:
+class Tx(signer_btc.Tx):
     """A mutable transaction; call :meth:`serialize`/:attr:`txid` after edits (no caching)."""
 
-    version: int = 2
-    vin: list[TxIn] = field(default_factory=list)
-    vout: list[TxOut] = field(default_factory=list)
-    locktime: int = 0
-
-    # ------------------------------------------------------------------ serialisation
-    def has_witness(self) -> bool:
-        return any(i.witness for i in self.vin)
-
-    def serialize(self, with_witness: bool = True) -> bytes:
-        use_witness = with_witness and self.has_witness()
-        out = [struct.pack("<i", self.version)]
-        if use_witness:
-            out.append(b"\x00\x01")
-        out.append(ser_compact_size(len(self.vin)))
-        for i in self.vin:
-            out += [i.prevout.serialize(), ser_compact_size(len(i.script_sig)), i.script_sig,
-                    struct.pack("<I", i.sequence)]
-        out.append(ser_compact_size(len(self.vout)))
-        out += [o.serialize() for o in self.vout]
-        if use_witness:
-            for i in self.vin:
-                out.append(ser_compact_size(len(i.witness)))
-                out += [ser_compact_size(len(item)) + item for item in i.witness]
-        out.append(struct.pack("<I", self.locktime))
-        return b"".join(out)
-
     @classmethod
-    def deserialize(cls, reader: ByteReader) -> Tx:
+    def deserialize(cls, reader: ByteReader, allow_witness: bool = True) -> Tx:  # type: ignore[override]
         """Read one transaction the way Core's UnserializeTransaction does (witness-aware)."""
         tx = cls(version=reader.i32())
         flags = 0
         vin_count = reader.compact_size()
-        if vin_count == 0:
+        if vin_count == 0 and allow_witness:
             flags = reader.u8()
             if flags != 0:
                 vin_count = reader.compact_size()
@@ -130,16 +82,16 @@ class Tx:
         return TxIn(prev, script, reader.u32())
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Tx:
+    def from_bytes(cls, data: bytes, allow_witness: bool = True) -> Tx:
         """Parse a complete transaction; trailing bytes are an error."""
         reader = ByteReader(data)
-        tx = cls.deserialize(reader)
+        tx = cls.deserialize(reader, allow_witness)
         if not reader.at_end():
             raise DecodeError("trailing bytes after transaction")
         return tx
 
     @classmethod
-    def from_hex(cls, text: object) -> Tx:
+    def from_hex(cls, text: object) -> Tx:  # type: ignore[override]
         """DecodeHexTx: the RPC entry point for raw transactions."""
         if not isinstance(text, str) or len(text) % 2:
             raise DecodeError("TX decode failed")
@@ -149,38 +101,17 @@ class Tx:
             raise DecodeError("TX decode failed") from None
         return cls.from_bytes(data)
 
-    # ------------------------------------------------------------------ identity and size
-    @property
-    def txid(self) -> bytes:
-        return hash256(self.serialize(with_witness=False))
-
     @property
     def wtxid(self) -> bytes:
         return hash256(self.serialize(with_witness=True))
 
     @property
-    def txid_hex(self) -> str:
-        return self.txid[::-1].hex()
-
-    @property
     def wtxid_hex(self) -> str:
         return self.wtxid[::-1].hex()
 
-    @property
-    def weight(self) -> int:
-        base = len(self.serialize(with_witness=False))
-        total = len(self.serialize(with_witness=True))
-        return base * (WITNESS_SCALE_FACTOR - 1) + total
-
-    @property
-    def vsize(self) -> int:
-        return (self.weight + WITNESS_SCALE_FACTOR - 1) // WITNESS_SCALE_FACTOR
-
     def is_coinbase(self) -> bool:
-        return len(self.vin) == 1 and self.vin[0].prevout.is_null()
-
-    def copy(self) -> Tx:
-        return Tx.from_bytes(self.serialize())
+        prevout = self.vin[0].prevout if len(self.vin) == 1 else None
+        return prevout is not None and prevout.txid == b"\0" * 32 and prevout.n == 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------------------------- blocks
