@@ -486,8 +486,18 @@ class SessionManager:
         driver = SessionDriver(ctx=ctx, machine=machine, transport=self.transport, inbox=inbox,
                                round_deadline=proposal.round_deadline_ms / 1000, cpu_limiter=self.cpu_limiter,
                                metrics=self.metrics)
+        try:
+            self._nursery.start_soon(self._run_driver, driver, handler, active)
+        except RuntimeError:
+            # Shutdown closed the sessions' nursery while this session was being built (the
+            # pool refill races SIGTERM): the session never starts; refuse it, don't crash.
+            self._active.pop(proposal.session_id, None)
+            self.transport.close_session(proposal.session_id)
+            if self.storage is not None and self.storage.session_state(proposal.session_id) == "running":
+                await self._db(self.storage.session_finished, proposal.session_id, state="aborted",
+                               reason="node is shutting down")
+            return None, "node is shutting down"
         self.metrics.active_sessions.inc()
-        self._nursery.start_soon(self._run_driver, driver, handler, active)
         log_event(log, logging.INFO, "session joined", session_id=proposal.session_id, phase=proposal.phase,
                   coordinator=proposal.coordinator, participants=list(proposal.participants))
         return active, ""

@@ -44,10 +44,11 @@ def test_unresponsive_node_is_named_and_the_coordinator_retries_without_it(devne
     async def main():
         async with running_nodes(*nodes):
             t0 = trio.current_time()
-            outcome = await nodes[0].sessions.coordinate("sum", 2, fill_sum, round_deadline=0.5,
+            outcome = await nodes[0].sessions.coordinate("sum", 2, fill_sum, round_deadline=2.0,
                                                          choose=prefer("node3"))
             assert outcome.ok and outcome.participants == ("node1", "node2")
-            assert trio.current_time() - t0 < 3
+            # one round deadline for the mute node, then the retry: a bound, not a speed claim
+            assert trio.current_time() - t0 < 2.0 + 10
             events = nodes[0].storage.audit_log()
             timeouts = [e for e in events if e["event"] == "session-timeout"]
             assert len(timeouts) == 1 and timeouts[0]["detail"]["culprits"] == ["node3"]
