@@ -26,6 +26,8 @@ from fusion_prime.signer.client import WalletClient, WalletError
 from fusion_prime.signer.requests import KIND_SIGN, RequestBody, make_request
 
 ALICE, MALLORY, BOB = PartyIdentity.generate(), PartyIdentity.generate(), PartyIdentity.generate()
+# CAROL signs only after the reshare: ALICE's window (6 per hour here) is used by the tests before it
+CAROL = PartyIdentity.generate()
 # one network for the whole module: the tests run in one xdist worker, in file order
 pytestmark = pytest.mark.xdist_group(name="wallet-network")
 
@@ -49,7 +51,7 @@ def network(tmp_path_factory):  # type: ignore[no-untyped-def]
     procs, ports = [], {}
     for i, node in enumerate(devnet):
         # node1 is the misbehaving coordinator: its own policy also lets MALLORY in
-        clients = [ALICE, BOB, MALLORY] if i == 0 else [ALICE, BOB]
+        clients = [ALICE, BOB, CAROL, MALLORY] if i == 0 else [ALICE, BOB, CAROL]
         policy = _policy(node.folder / "policy.toml", clients, limit=6)
         port_file = node.folder / "wallet.port"
         log = open(node.folder / "signer.log", "wb")
@@ -239,6 +241,7 @@ def test_refresh_and_reshare_through_the_wallet_api(network, key) -> None:  # ty
         reshared = w.reshare(key, ["node1", "node2", "node3"], 3)  # 2-of-3 -> 3-of-3, same nodes
         assert reshared.state == "done", reshared
         assert [k.threshold for k in w.list_keys() if k.key_id == key] == [3]
+    with _client(network, "node1", CAROL) as w:
         _wait_for_pool(w, key, 1)
         digest = bytes([9]) * 32
         sig = w.sign(key, digest, "m/0/1")
