@@ -168,7 +168,7 @@ class Node:
             raise KeyError("no aux info for this key's committee")
 
         def fill(p: peer_pb2.SessionProposal) -> None:
-            p.presign.key_id, p.presign.aux_id = key_id, aux_id
+            p.presign.key_id, p.presign.aux_id, p.presign.epoch = key_id, aux_id, info["epoch"]
 
         excluded = [n for n in self.material.peers if n not in info["parties"]]
         if signers is not None:

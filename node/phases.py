@@ -132,6 +132,9 @@ class PresignPhase:
         params = ctx.proposal.presign
         key_share = load_key_share(storage, params.key_id)
         check_level(key_share.level, ctx.test_mode)
+        if key_share.epoch != params.epoch:
+            # A refresh or resharing has finished on one side only: refuse, blame nobody.
+            raise Refuse(f"key {params.key_id.hex()} is at epoch {key_share.epoch} here, not {params.epoch}")
         try:
             aux = AuxInfo.from_bytes(storage.get_aux_info(params.aux_id))
         except NotFound:

@@ -57,7 +57,7 @@ def params_encoding(proposal: peer_pb2.SessionProposal) -> bytes:
     elif which == "aux_info":
         enc.bytes(proposal.aux_info.level.encode())
     elif which == "presign":
-        enc.bytes(proposal.presign.key_id).bytes(proposal.presign.aux_id)
+        enc.bytes(proposal.presign.key_id).bytes(proposal.presign.aux_id).uint(proposal.presign.epoch)
     elif which == "sign":
         s = proposal.sign
         enc.bytes(s.key_id).bytes(s.presignature_id).bytes(s.digest).uints(s.path).bytes(s.client_request)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npeer.proto\x12\x13\x66usionprime.peer.v1\"\xb6\x01\n\x08\x45nvelope\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05phase\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x11\n\tbroadcast\x18\x06 \x01(\x08\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\x10\n\x08sequence\x18\x08 \x01(\x04\x12\x0f\n\x07payload\x18\t \x01(\x0c\x12\x11\n\tsignature\x18\x0f \x01(\x0c\"\xa1\x01\n\x03\x41\x63k\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.fusionprime.peer.v1.Ack.Status\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Y\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0c\n\x08\x42UFFERED\x10\x02\x12\r\n\tDUPLICATE\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\"0\n\x0cKeygenParams\x12\x11\n\tthreshold\x18\x01 \x01(\r\x12\r\n\x05level\x18\x02 \x01(\t\"\x1e\n\rAuxInfoParams\x12\r\n\x05level\x18\x01 \x01(\t\"/\n\rPresignParams\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x0e\n\x06\x61ux_id\x18\x02 \x01(\x0c\"k\n\nSignParams\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x17\n\x0fpresignature_id\x18\x02 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\r\x12\x16\n\x0e\x63lient_request\x18\x05 \x01(\x0c\"\x1c\n\x0cOpaqueParams\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xc7\x03\n\x0fSessionProposal\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x03 \x01(\t\x12\x14\n\x0cparticipants\x18\x04 \x03(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x19\n\x11round_deadline_ms\x18\x06 \x01(\r\x12\x15\n\rexpires_at_ms\x18\x07 \x01(\x04\x12\x33\n\x06keygen\x18\n \x01(\x0b\x32!.fusionprime.peer.v1.KeygenParamsH\x00\x12\x36\n\x08\x61ux_info\x18\x0b \x01(\x0b\x32\".fusionprime.peer.v1.AuxInfoParamsH\x00\x12\x35\n\x07presign\x18\x0c \x01(\x0b\x32\".fusionprime.peer.v1.PresignParamsH\x00\x12/\n\x04sign\x18\r \x01(\x0b\x32\x1f.fusionprime.peer.v1.SignParamsH\x00\x12\x33\n\x06opaque\x18\x0e \x01(\x0b\x32!.fusionprime.peer.v1.OpaqueParamsH\x00\x12\x11\n\tsignature\x18\x0f \x01(\x0c\x42\x08\n\x06params\"B\n\rProposalReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"_\n\x11SessionWithdrawal\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x0f \x01(\x0c\"\x0f\n\rHealthRequest\"\xe4\x01\n\x0bHealthReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12>\n\x06status\x18\x02 \x01(\x0e\x32..fusionprime.peer.v1.HealthReply.ServingStatus\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06phases\x18\x05 \x03(\t\"J\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\x32\xbd\x02\n\x04Peer\x12\x42\n\x07\x44\x65liver\x12\x1d.fusionprime.peer.v1.Envelope\x1a\x18.fusionprime.peer.v1.Ack\x12S\n\x07Propose\x12$.fusionprime.peer.v1.SessionProposal\x1a\".fusionprime.peer.v1.ProposalReply\x12L\n\x08Withdraw\x12&.fusionprime.peer.v1.SessionWithdrawal\x1a\x18.fusionprime.peer.v1.Ack\x12N\n\x06Health\x12\".fusionprime.peer.v1.HealthRequest\x1a .fusionprime.peer.v1.HealthReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npeer.proto\x12\x13\x66usionprime.peer.v1\"\xb6\x01\n\x08\x45nvelope\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05phase\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x11\n\tbroadcast\x18\x06 \x01(\x08\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\x10\n\x08sequence\x18\x08 \x01(\x04\x12\x0f\n\x07payload\x18\t \x01(\x0c\x12\x11\n\tsignature\x18\x0f \x01(\x0c\"\xa1\x01\n\x03\x41\x63k\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.fusionprime.peer.v1.Ack.Status\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Y\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0c\n\x08\x42UFFERED\x10\x02\x12\r\n\tDUPLICATE\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\"0\n\x0cKeygenParams\x12\x11\n\tthreshold\x18\x01 \x01(\r\x12\r\n\x05level\x18\x02 \x01(\t\"\x1e\n\rAuxInfoParams\x12\r\n\x05level\x18\x01 \x01(\t\">\n\rPresignParams\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x0e\n\x06\x61ux_id\x18\x02 \x01(\x0c\x12\r\n\x05\x65poch\x18\x03 \x01(\r\"k\n\nSignParams\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x17\n\x0fpresignature_id\x18\x02 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\r\x12\x16\n\x0e\x63lient_request\x18\x05 \x01(\x0c\"\x1c\n\x0cOpaqueParams\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xc7\x03\n\x0fSessionProposal\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x03 \x01(\t\x12\x14\n\x0cparticipants\x18\x04 \x03(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x19\n\x11round_deadline_ms\x18\x06 \x01(\r\x12\x15\n\rexpires_at_ms\x18\x07 \x01(\x04\x12\x33\n\x06keygen\x18\n \x01(\x0b\x32!.fusionprime.peer.v1.KeygenParamsH\x00\x12\x36\n\x08\x61ux_info\x18\x0b \x01(\x0b\x32\".fusionprime.peer.v1.AuxInfoParamsH\x00\x12\x35\n\x07presign\x18\x0c \x01(\x0b\x32\".fusionprime.peer.v1.PresignParamsH\x00\x12/\n\x04sign\x18\r \x01(\x0b\x32\x1f.fusionprime.peer.v1.SignParamsH\x00\x12\x33\n\x06opaque\x18\x0e \x01(\x0b\x32!.fusionprime.peer.v1.OpaqueParamsH\x00\x12\x11\n\tsignature\x18\x0f \x01(\x0c\x42\x08\n\x06params\"B\n\rProposalReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"_\n\x11SessionWithdrawal\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x0f \x01(\x0c\"\x0f\n\rHealthRequest\"\xe4\x01\n\x0bHealthReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12>\n\x06status\x18\x02 \x01(\x0e\x32..fusionprime.peer.v1.HealthReply.ServingStatus\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06phases\x18\x05 \x03(\t\"J\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07SERVING\x10\x01\x12\x0c\n\x08\x44RAINING\x10\x02\x32\xbd\x02\n\x04Peer\x12\x42\n\x07\x44\x65liver\x12\x1d.fusionprime.peer.v1.Envelope\x1a\x18.fusionprime.peer.v1.Ack\x12S\n\x07Propose\x12$.fusionprime.peer.v1.SessionProposal\x1a\".fusionprime.peer.v1.ProposalReply\x12L\n\x08Withdraw\x12&.fusionprime.peer.v1.SessionWithdrawal\x1a\x18.fusionprime.peer.v1.Ack\x12N\n\x06Health\x12\".fusionprime.peer.v1.HealthRequest\x1a .fusionprime.peer.v1.HealthReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,23 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUXINFOPARAMS']._serialized_start=434
   _globals['_AUXINFOPARAMS']._serialized_end=464
   _globals['_PRESIGNPARAMS']._serialized_start=466
-  _globals['_PRESIGNPARAMS']._serialized_end=513
-  _globals['_SIGNPARAMS']._serialized_start=515
-  _globals['_SIGNPARAMS']._serialized_end=622
-  _globals['_OPAQUEPARAMS']._serialized_start=624
-  _globals['_OPAQUEPARAMS']._serialized_end=652
-  _globals['_SESSIONPROPOSAL']._serialized_start=655
-  _globals['_SESSIONPROPOSAL']._serialized_end=1110
-  _globals['_PROPOSALREPLY']._serialized_start=1112
-  _globals['_PROPOSALREPLY']._serialized_end=1178
-  _globals['_SESSIONWITHDRAWAL']._serialized_start=1180
-  _globals['_SESSIONWITHDRAWAL']._serialized_end=1275
-  _globals['_HEALTHREQUEST']._serialized_start=1277
-  _globals['_HEALTHREQUEST']._serialized_end=1292
-  _globals['_HEALTHREPLY']._serialized_start=1295
-  _globals['_HEALTHREPLY']._serialized_end=1523
-  _globals['_HEALTHREPLY_SERVINGSTATUS']._serialized_start=1449
-  _globals['_HEALTHREPLY_SERVINGSTATUS']._serialized_end=1523
-  _globals['_PEER']._serialized_start=1526
-  _globals['_PEER']._serialized_end=1843
+  _globals['_PRESIGNPARAMS']._serialized_end=528
+  _globals['_SIGNPARAMS']._serialized_start=530
+  _globals['_SIGNPARAMS']._serialized_end=637
+  _globals['_OPAQUEPARAMS']._serialized_start=639
+  _globals['_OPAQUEPARAMS']._serialized_end=667
+  _globals['_SESSIONPROPOSAL']._serialized_start=670
+  _globals['_SESSIONPROPOSAL']._serialized_end=1125
+  _globals['_PROPOSALREPLY']._serialized_start=1127
+  _globals['_PROPOSALREPLY']._serialized_end=1193
+  _globals['_SESSIONWITHDRAWAL']._serialized_start=1195
+  _globals['_SESSIONWITHDRAWAL']._serialized_end=1290
+  _globals['_HEALTHREQUEST']._serialized_start=1292
+  _globals['_HEALTHREQUEST']._serialized_end=1307
+  _globals['_HEALTHREPLY']._serialized_start=1310
+  _globals['_HEALTHREPLY']._serialized_end=1538
+  _globals['_HEALTHREPLY_SERVINGSTATUS']._serialized_start=1464
+  _globals['_HEALTHREPLY_SERVINGSTATUS']._serialized_end=1538
+  _globals['_PEER']._serialized_start=1541
+  _globals['_PEER']._serialized_end=1858
 # @@protoc_insertion_point(module_scope)

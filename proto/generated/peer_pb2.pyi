@@ -66,12 +66,14 @@ class AuxInfoParams(_message.Message):
     def __init__(self, level: _Optional[str] = ...) -> None: ...
 
 class PresignParams(_message.Message):
-    __slots__ = ("key_id", "aux_id")
+    __slots__ = ("key_id", "aux_id", "epoch")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     AUX_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     key_id: bytes
     aux_id: bytes
-    def __init__(self, key_id: _Optional[bytes] = ..., aux_id: _Optional[bytes] = ...) -> None: ...
+    epoch: int
+    def __init__(self, key_id: _Optional[bytes] = ..., aux_id: _Optional[bytes] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class SignParams(_message.Message):
     __slots__ = ("key_id", "presignature_id", "digest", "path", "client_request")

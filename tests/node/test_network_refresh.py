@@ -10,13 +10,17 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 import trio
 from coincurve import PublicKey
 from coincurve.ecdsa import cdata_to_der, deserialize_compact
 from fp_node_helpers import make_node, running_nodes
 
 from fusion_prime.node.devnet import create_devnet
+from fusion_prime.node.phases import PresignPhase
+from fusion_prime.node.session import Refuse, SessionContext
 from fusion_prime.node.storage import KeyMaterial, Storage
+from fusion_prime.proto.generated import peer_pb2
 from fusion_prime.protocol.hd import derive
 from fusion_prime.protocol.keygen import KeyShare
 
@@ -134,6 +138,17 @@ def test_refresh_keeps_key_and_addresses_and_kills_old_presignatures(tmp_path):
                 assert node1.storage.presignature_counts(key_id).available == 0
                 gone = await node1.sign(key_id, hashlib.sha256(b"with an old presignature").digest())
                 assert gone.status == "refused", "no presignature of the old epoch is usable"
+                # A presign proposed with the old share version (a coordinator that has not seen
+                # the refresh finish) is refused by the node itself, before any message: no proof
+                # could verify across epochs, and no honest node must be blamed for that.
+                stale = peer_pb2.SessionProposal(phase="presign", participants=["node1", "node2"])
+                stale.presign.key_id = key_id
+                stale.presign.aux_id = node1.storage.latest_aux_info(["node1", "node2", "node3"])
+                stale.presign.epoch = 0
+                ctx = SessionContext("node2", 2, None, stale, {"node1": 1, "node2": 2}, {}, node1.storage,
+                                     test_mode=True)
+                with pytest.raises(Refuse, match="at epoch 1 here, not 0"):
+                    PresignPhase().build(ctx)
                 # The network signs with the new shares, on both signer sets and at a derived address.
                 for signers in (["node1", "node2"], ["node1", "node3"]):
                     pre = await node1.presign(key_id, signers)
