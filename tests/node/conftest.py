@@ -14,4 +14,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def devnet3(tmp_path):
     from fusion_prime.node.devnet import create_devnet
 
-    return create_devnet(tmp_path / "net", 3, round_deadline_seconds=3.0, scrypt_log2_n=10)
+    return create_devnet(tmp_path / "net", 3, round_deadline_seconds=10.0, scrypt_log2_n=10)

