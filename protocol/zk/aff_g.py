@@ -1,4 +1,4 @@
-"""Π^aff-g — Paillier affine operation with group commitment in range (CGGMP21 Fig. 15).
+"""Π^aff-g — Paillier affine operation with group commitment in range (CGGMP21 §6.2, Fig. 15).
 
 The MtA proof of presigning. The prover (party i) takes the verifier's ciphertext C (under
 the verifier's key N0), and publishes D = C^x·(1+N0)^y·ρ^N0 mod N0² and Y = enc_N1(y; ρ_y)

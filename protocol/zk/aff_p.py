@@ -1,8 +1,10 @@
-"""Π^aff-p — Paillier affine operation with Paillier commitment in range (CGGMP21 Appendix C).
+"""Π^aff-p — Paillier affine operation with Paillier commitment in range (CGGMP21 App. C).
 
-Figure number: Fig. 26 in the revision the project follows; the numbering differs between
-eprint revisions (Π^aff-g itself is Fig. 15 in some and Fig. 25 in others) and was not checked
-against every one of them.
+Figure number unknown: no implementation found cites one for Π^aff-p (taurushq-io/multi-party-sig,
+webb-tools/cggmp-threshold-ecdsa and apache/incubator-milagro-mpc implement it without a number),
+and the paper text was not available. An earlier note here said "Fig. 26"; that is unconfirmed.
+In the numbering the rest of the package uses (``zk/__init__``) Π^aff-g is Fig. 15; in the
+2024-10-21 revision it is Fig. 25.
 
 The twin of Π^aff-g (``aff_g.py``) for the identification procedures, where the multiplier x
 is committed as a Paillier ciphertext X = enc_N1(x; ρ_x) under the prover's own key instead of

@@ -1,8 +1,8 @@
-"""Π^dec — Paillier decryption modulo q (CGGMP21 Appendix C.6, "Paillier Decryption modulo q").
+"""Π^dec — Paillier decryption modulo q (CGGMP21 App. C.6, Fig. 30).
 
-Figure number: Fig. 30 in the revision the project follows (other implementations cite it as
-"Section C.6, Fig. 30"); the numbering differs between eprint revisions and was not checked
-against every one of them.
+Fig. 30 in the pre-2024-10-21 numbering (``zk/__init__``), as synedrion ("Section C.6, Fig. 30")
+and Safeheron ("Section C.6 (Figure 30)") cite it; not read from the paper text itself. (The
+2024-10-21 revision's Π^dec, Fig. 28 there, is a different proof: decryption in the exponent.)
 
 Used by the identification procedures after a failed δ- or σ-check: a party shows that the
 value it broadcast (δ_i, σ_i) is, modulo the curve order q, the decryption of a ciphertext the

@@ -1,9 +1,10 @@
-"""Π^enc — Paillier encryption in range (CGGMP21 Fig. 14).
+"""Π^enc — Paillier encryption in range (CGGMP21 §6.1, Fig. 14; numbering: see ``zk/__init__``).
 
 Statement: the prover's Paillier key N0, a ciphertext K = (1+N0)^k·ρ^N0 mod N0², and the
 verifier's ring-Pedersen parameters (N̂, s, t). Claim: the plaintext k lies in ±2^ℓ (up to
-the slack ε). Presigning uses it to show K_i and G_i encrypt honest-sized nonces, which is
-what keeps the later MtA sums from wrapping modulo N (the Alpha-Rays class of attacks).
+the slack ε). Presigning uses it (round 1) to show K_i encrypts an honest-sized nonce k_i, which
+is what keeps the later MtA sums from wrapping modulo N (the Alpha-Rays class of attacks); G_i
+is not proven with Π^enc — its plaintext is bounded by the round-2 Π^log* against Γ_i.
 
     α ← ±2^(ℓ+ε), μ ← ±2^ℓ·N̂, r ← Z*_N0, γ ← ±2^(ℓ+ε)·N̂
     S = s^k t^μ, A = (1+N0)^α r^N0, C = s^α t^γ

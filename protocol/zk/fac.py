@@ -1,4 +1,4 @@
-"""Π^fac — no small factor (CGGMP21 Fig. 28).
+"""Π^fac — no small factor (CGGMP21 App. C.5, Fig. 28).
 
 Claim: N0 = p·q with both factors larger than about 2^ℓ. The proof is made once per
 *recipient*, against the recipient's ring-Pedersen parameters, because its soundness rests on

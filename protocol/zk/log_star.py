@@ -1,4 +1,4 @@
-"""Π^log* — knowledge of exponent vs Paillier encryption (CGGMP21 Fig. 25).
+"""Π^log* — knowledge of exponent vs Paillier encryption (CGGMP21 App. C.2, Fig. 25).
 
 Statement: the prover's key N0, C = (1+N0)^x·ρ^N0 mod N0², a base point g and X = x·g, and
 the verifier's ring-Pedersen (N̂, s, t). Claim: the plaintext of C is the discrete log of X

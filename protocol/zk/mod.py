@@ -1,4 +1,4 @@
-"""Π^mod — Paillier-Blum modulus (CGGMP21 Fig. 16).
+"""Π^mod — Paillier-Blum modulus (CGGMP21 §6.3, Fig. 16).
 
 Claim: N = p·q with p ≡ q ≡ 3 (mod 4) and gcd(N, φ(N)) = 1. Together with Π^fac this is what
 stops BitForge (CVE-2023-33241): a modulus with small factors, a prime power, or a prime

@@ -1,8 +1,7 @@
-"""Π^mul — Paillier multiplication (CGGMP21 Appendix C.6, "Paillier Multiplication").
+"""Π^mul — Paillier multiplication (CGGMP21 App. C.6, Fig. 29).
 
-Figure number: Fig. 29 in the revision the project follows (other implementations cite it as
-"Section C.6, Fig. 29"); the numbering differs between eprint revisions and was not checked
-against every one of them.
+Fig. 29 in the pre-2024-10-21 numbering (``zk/__init__``), as synedrion ("Section C.6, Fig. 29")
+and Safeheron ("Section C.6 (Figure 29)") cite it; not read from the paper text itself.
 
 Used by the identification procedure after a failed δ-check: a party reveals H = enc(k·γ)
 under its own key and proves, against its published K = enc(k) and G, that H is G raised to

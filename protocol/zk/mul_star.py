@@ -1,6 +1,7 @@
-"""Π^mul* — Paillier multiplication versus a group commitment (CGGMP21, Appendix C, the
-"multiplication Paillier vs group" proof used by the signing identification; figure number
-unverified against the latest revision).
+"""Π^mul* — multiplication Paillier vs group (CGGMP21 App. C.6, Fig. 31), used by the signing
+identification. Fig. 31 in the pre-2024-10-21 numbering (``zk/__init__``), as synedrion
+("Section C.6, Fig. 31") and Safeheron ("Section C.6 (Figure 31)") cite it; not read from the
+paper text itself.
 
 Statement: the prover's key N0, ciphertexts C and D = C^x·ρ^N0 mod N0² under N0, and
 X = x·G; the verifier's ring-Pedersen (N̂, s, t). Claim: D encrypts x·dec(C) for the discrete

@@ -1,4 +1,4 @@
-"""Π^prm — ring-Pedersen parameters are well formed: s ∈ ⟨t⟩ (CGGMP21 Fig. 17).
+"""Π^prm — ring-Pedersen parameters are well formed: s ∈ ⟨t⟩ (CGGMP21 §6.4, Fig. 17).
 
 Claim: the prover knows λ with s = t^λ mod N. If s ∉ ⟨t⟩ the prover could open its
 ring-Pedersen commitments two ways and forge every range proof made against these parameters

@@ -1,4 +1,4 @@
-"""Π^sch — Schnorr proof of knowledge of a discrete logarithm (CGGMP21 Fig. 22).
+"""Π^sch — Schnorr proof of knowledge of a discrete logarithm (CGGMP21 App. C.1, Fig. 22).
 
 Statement X = x·G. The prover's commitment A = α·G can be made ahead of time: in key
 generation it is committed in round 1, before ``rid`` (and hence the challenge) is known,
