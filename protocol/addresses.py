@@ -1,8 +1,10 @@
 """Addresses of a (possibly derived) group public key: Ethereum, Bitcoin P2WPKH, Base58Check.
 
 These are pure encodings of a public key, needed wherever a key is shown to a person (the
-wallet API, the demo, deposit addresses). Keccak-256 and RIPEMD-160 come from pycryptodome
-(OpenSSL 3 builds may lack RIPEMD-160 in hashlib).
+wallet API, the demo, deposit addresses), and the matching strict decoders (BIP173/BIP350,
+Base58Check) that the signer SDK and the Bitcoin devnet both use - one implementation, so an
+address one side accepts the other cannot refuse. Keccak-256 and RIPEMD-160 come from
+pycryptodome (OpenSSL 3 builds may lack RIPEMD-160 in hashlib).
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ def p2wpkh_address(key: Point, network: str = "regtest") -> str:
     return bech32_segwit(hrp, 0, hash160(key.to_bytes()))
 
 
+def _hash256(data: bytes) -> bytes:
+    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
+
+
 def b58check(data: bytes) -> str:
-    payload = data + hashlib.sha256(hashlib.sha256(data).digest()).digest()[:4]
+    payload = data + _hash256(data)[:4]
     n = int.from_bytes(payload, "big")
     out = ""
     while n:
@@ -82,3 +88,57 @@ def bech32_segwit(hrp: str, version: int, program: bytes) -> str:
     poly = bech32_polymod(expanded + data + [0] * 6) ^ const
     checksum = [(poly >> 5 * (5 - i)) & 31 for i in range(6)]
     return hrp + "1" + "".join(_BECH32[d] for d in data + checksum)
+
+
+def b58check_decode(text: str) -> bytes:
+    """Base58Check payload (Core's DecodeBase58Check); InvalidInput says what is wrong."""
+    if not isinstance(text, str) or not text or len(text) > 100 or any(c not in _B58 for c in text):
+        raise InvalidInput("not a base58 string")
+    n = 0
+    for c in text:
+        n = n * 58 + _B58.index(c)
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
+    data = b"\0" * (len(text) - len(text.lstrip("1"))) + body
+    if len(data) < 4 or _hash256(data[:-4])[:4] != data[-4:]:
+        raise InvalidInput("base58 checksum mismatch")
+    return data[:-4]
+
+
+def segwit_decode(hrp: str, addr: str) -> tuple[int, bytes]:
+    """(witness version, program) of a segwit address for ``hrp`` with every BIP173/BIP350 rule
+    enforced; InvalidInput gives the reason a person can act on."""
+    if not isinstance(addr, str) or len(addr) > 90:
+        raise InvalidInput("bech32 address longer than 90 characters")
+    if any(ord(c) < 33 or ord(c) > 126 for c in addr):
+        raise InvalidInput("bech32 address has characters outside US-ASCII 33-126")
+    if addr.lower() != addr and addr.upper() != addr:
+        raise InvalidInput("bech32 address mixes upper and lower case")
+    addr = addr.lower()
+    pos = addr.rfind("1")
+    if pos < 1 or addr[:pos] != hrp:
+        raise InvalidInput(f"address is not for this network (expected prefix {hrp!r})")
+    if pos + 7 > len(addr) or any(c not in _BECH32 for c in addr[pos + 1 :]):
+        raise InvalidInput("invalid bech32 data part")
+    data = [_BECH32.find(c) for c in addr[pos + 1 :]]
+    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+    const = bech32_polymod(expanded + data)
+    if const not in (1, 0x2BC830A3):
+        raise InvalidInput("bech32 checksum mismatch")
+    data = data[:-6]
+    if not data or data[0] > 16:
+        raise InvalidInput("invalid witness version")
+    version = data[0]
+    if (version == 0) != (const == 1):
+        raise InvalidInput("witness v0 must use bech32, v1+ bech32m")
+    acc, bits, prog = 0, 0, []
+    for v in data[1:]:
+        acc = (acc << 5) | v
+        bits += 5
+        while bits >= 8:
+            bits -= 8
+            prog.append((acc >> bits) & 0xFF)
+    if bits >= 5 or (acc << (8 - bits)) & 0xFF:
+        raise InvalidInput("invalid bech32 padding")
+    if not 2 <= len(prog) <= 40 or (version == 0 and len(prog) not in (20, 32)):
+        raise InvalidInput("invalid witness program length")
+    return version, bytes(prog)

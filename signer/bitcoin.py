@@ -25,9 +25,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from fusion_prime.protocol.addresses import BECH32_HRP, bech32_polymod, bech32_segwit, hash160
+from fusion_prime.protocol.addresses import (
+    BECH32_HRP,
+    b58check_decode,
+    bech32_segwit,
+    hash160,
+    segwit_decode,
+)
 from fusion_prime.protocol.curve import Point
 from fusion_prime.protocol.ecdsa import Signature
+from fusion_prime.protocol.errors import InvalidInput
 
 COIN = 100_000_000
 MAX_MONEY = 21_000_000 * COIN
@@ -326,7 +333,6 @@ class TxLike(Protocol):
 
 OP_0, OP_1, OP_16 = 0x00, 0x51, 0x60
 OP_RETURN, OP_DUP, OP_HASH160, OP_EQUAL, OP_EQUALVERIFY, OP_CHECKSIG = 0x6A, 0x76, 0xA9, 0x87, 0x88, 0xAC
-_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 #: Base58 version bytes (P2PKH, P2SH) per network.
 _B58_PREFIX = {"mainnet": (0x00, 0x05), "testnet": (0x6F, 0xC4), "signet": (0x6F, 0xC4), "regtest": (0x6F, 0xC4)}
@@ -356,6 +362,7 @@ def p2wpkh_program(script_pubkey: bytes) -> bytes | None:
 
 
 def witness_program(script: bytes) -> tuple[int, bytes] | None:
+    """(version, program) if ``script`` is a witness program per BIP141, else None."""
     if not 4 <= len(script) <= 42 or script[1] + 2 != len(script):
         return None
     if script[0] == OP_0:
@@ -366,53 +373,17 @@ def witness_program(script: bytes) -> tuple[int, bytes] | None:
 
 
 def _segwit_decode(hrp: str, addr: str) -> tuple[int, bytes]:
-    """BIP173/BIP350 decoding with every rule enforced; raises BitcoinError with the reason."""
-    if len(addr) > 90:
-        raise BitcoinError("bech32 address longer than 90 characters")
-    if addr.lower() != addr and addr.upper() != addr:
-        raise BitcoinError("bech32 address mixes upper and lower case")
-    addr = addr.lower()
-    pos = addr.rfind("1")
-    if addr[:pos] != hrp:
-        raise BitcoinError(f"address is not for this network (expected prefix {hrp!r})")
-    if pos + 7 > len(addr) or any(c not in _BECH32 for c in addr[pos + 1 :]):
-        raise BitcoinError("invalid bech32 data part")
-    data = [_BECH32.find(c) for c in addr[pos + 1 :]]
-    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-    const = bech32_polymod(expanded + data)
-    if const not in (1, 0x2BC830A3):
-        raise BitcoinError("bech32 checksum mismatch")
-    data = data[:-6]
-    if not data or data[0] > 16:
-        raise BitcoinError("invalid witness version")
-    version = data[0]
-    if (version == 0) != (const == 1):
-        raise BitcoinError("witness v0 must use bech32, v1+ bech32m")
-    acc, bits, prog = 0, 0, []
-    for v in data[1:]:
-        acc = (acc << 5) | v
-        bits += 5
-        while bits >= 8:
-            bits -= 8
-            prog.append((acc >> bits) & 0xFF)
-    if bits >= 5 or (acc << (8 - bits)) & 0xFF:
-        raise BitcoinError("invalid bech32 padding")
-    if not 2 <= len(prog) <= 40 or (version == 0 and len(prog) not in (20, 32)):
-        raise BitcoinError("invalid witness program length")
-    return version, bytes(prog)
+    try:
+        return segwit_decode(hrp, addr)
+    except InvalidInput as exc:
+        raise BitcoinError(str(exc)) from None
 
 
 def _b58check_decode(text: str) -> bytes:
-    if not text or len(text) > 100 or any(c not in _B58 for c in text):
-        raise BitcoinError("not a base58 string")
-    n = 0
-    for c in text:
-        n = n * 58 + _B58.index(c)
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    data = b"\0" * (len(text) - len(text.lstrip("1"))) + body
-    if len(data) < 5 or hash256(data[:-4])[:4] != data[-4:]:
-        raise BitcoinError("base58 checksum mismatch")
-    return data[:-4]
+    try:
+        return b58check_decode(text)
+    except InvalidInput as exc:
+        raise BitcoinError(str(exc)) from None
 
 
 def address_to_script(address: str, network: str = "regtest") -> bytes:

@@ -16,13 +16,19 @@ from enum import StrEnum
 
 # One implementation of the byte-level primitives: the signer's (the bridge may use the signer,
 # never the reverse). Re-exported here under the names the chain code has always used.
-from ....signer.bitcoin import Reader, bech32_polymod
+from ....protocol.addresses import b58check, bech32_segwit
+from ....protocol.addresses import b58check_decode as _b58check_decode
+from ....protocol.addresses import segwit_decode as _segwit_decode
+from ....protocol.errors import InvalidInput
+from ....signer.bitcoin import Reader
 from ....signer.bitcoin import hash160 as hash160
 from ....signer.bitcoin import hash256 as hash256
 from ....signer.bitcoin import is_compressed_pubkey as is_compressed_pubkey
+from ....signer.bitcoin import is_strict_der_signature as is_valid_der_signature_encoding
 from ....signer.bitcoin import p2pkh_script_code as p2pkh_script_code
 from ....signer.bitcoin import p2wpkh_script as p2wpkh_script
 from ....signer.bitcoin import ser_compact_size as ser_compact_size
+from ....signer.bitcoin import witness_program as witness_program
 
 COIN = 100_000_000
 MAX_MONEY = 21_000_000 * COIN
@@ -73,100 +79,32 @@ def parse_hash_hex(value: object, what: str = "hash") -> bytes:
 
 # --------------------------------------------------------------------------- bech32 / bech32m
 
-_BECH32_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_BECH32_CONST = 1
-_BECH32M_CONST = 0x2BC830A3
-
-
-def _hrp_expand(hrp: str) -> list[int]:
-    return [ord(x) >> 5 for x in hrp] + [0] + [ord(x) & 31 for x in hrp]
-
-
-def _convertbits(data: bytes | list[int], frombits: int, tobits: int, pad: bool) -> list[int] | None:
-    acc = 0
-    bits = 0
-    ret: list[int] = []
-    maxv = (1 << tobits) - 1
-    for value in data:
-        if value < 0 or value >> frombits:
-            return None
-        acc = (acc << frombits) | value
-        bits += frombits
-        while bits >= tobits:
-            bits -= tobits
-            ret.append((acc >> bits) & maxv)
-    if pad:
-        if bits:
-            ret.append((acc << (tobits - bits)) & maxv)
-    elif bits >= frombits or ((acc << (tobits - bits)) & maxv):
-        return None
-    return ret
-
-
 def segwit_encode(hrp: str, version: int, program: bytes) -> str:
     """Encode a segwit address (BIP173 for v0, BIP350 bech32m for v1+)."""
-    data = [version] + (_convertbits(program, 8, 5, True) or [])
-    const = _BECH32_CONST if version == 0 else _BECH32M_CONST
-    polymod = bech32_polymod(_hrp_expand(hrp) + data + [0] * 6) ^ const
-    checksum = [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
-    return hrp + "1" + "".join(_BECH32_CHARSET[d] for d in data + checksum)
+    return bech32_segwit(hrp, version, program)
 
 
 def segwit_decode(hrp: str, addr: str) -> tuple[int, bytes] | None:
-    """Decode a segwit address for ``hrp``; None if it is not a valid one."""
-    if any(ord(x) < 33 or ord(x) > 126 for x in addr) or (addr.lower() != addr and addr.upper() != addr):
+    """Decode a segwit address for ``hrp``; None if it is not a valid one (Core's
+    DecodeDestination falls through to Base58 then)."""
+    try:
+        return _segwit_decode(hrp, addr)
+    except InvalidInput:
         return None
-    addr = addr.lower()
-    pos = addr.rfind("1")
-    if pos < 1 or pos + 7 > len(addr) or len(addr) > 90 or addr[:pos] != hrp:
-        return None
-    if any(c not in _BECH32_CHARSET for c in addr[pos + 1 :]):
-        return None
-    data = [_BECH32_CHARSET.find(c) for c in addr[pos + 1 :]]
-    const = bech32_polymod(_hrp_expand(hrp) + data)
-    if const not in (_BECH32_CONST, _BECH32M_CONST):
-        return None
-    data = data[:-6]
-    if not data:
-        return None
-    version = data[0]
-    prog = _convertbits(data[1:], 5, 8, False)
-    if prog is None or version > 16 or not 2 <= len(prog) <= 40:
-        return None
-    if version == 0 and len(prog) not in (20, 32):
-        return None
-    if (version == 0) != (const == _BECH32_CONST):
-        return None
-    return version, bytes(prog)
 
 
 # --------------------------------------------------------------------------- base58
 
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-
 
 def b58check_encode(payload: bytes) -> str:
-    data = payload + hash256(payload)[:4]
-    n = int.from_bytes(data, "big")
-    out = ""
-    while n:
-        n, r = divmod(n, 58)
-        out = _B58[r] + out
-    pad = len(data) - len(data.lstrip(b"\0"))
-    return "1" * pad + out
+    return b58check(payload)
 
 
 def b58check_decode(text: str) -> bytes | None:
-    if not text or any(c not in _B58 for c in text) or len(text) > 100:
+    try:
+        return _b58check_decode(text)
+    except InvalidInput:
         return None
-    n = 0
-    for c in text:
-        n = n * 58 + _B58.index(c)
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    data = b"\0" * (len(text) - len(text.lstrip("1"))) + body
-    if len(data) < 4 or hash256(data[:-4])[:4] != data[-4:]:
-        return None
-    return data[:-4]
 
 
 # --------------------------------------------------------------------------- networks
@@ -347,27 +285,6 @@ def _asm_op(op: int, data: bytes | None, attempt_sighash_decode: bool) -> str:
 # --------------------------------------------------------------------------- signatures
 
 
-def is_valid_der_signature_encoding(sig: bytes) -> bool:
-    """Core's IsValidSignatureEncoding (BIP66 strict DER, including the trailing hash type)."""
-    if len(sig) < 9 or len(sig) > 73:
-        return False
-    if sig[0] != 0x30 or sig[1] != len(sig) - 3:
-        return False
-    len_r = sig[3]
-    if 5 + len_r >= len(sig):
-        return False
-    len_s = sig[5 + len_r]
-    if len_r + len_s + 7 != len(sig):
-        return False
-    if sig[2] != 0x02 or len_r == 0 or sig[4] & 0x80:
-        return False
-    if len_r > 1 and sig[4] == 0 and not sig[5] & 0x80:
-        return False
-    if sig[len_r + 4] != 0x02 or len_s == 0 or sig[len_r + 6] & 0x80:
-        return False
-    return not (len_s > 1 and sig[len_r + 6] == 0 and not sig[len_r + 7] & 0x80)
-
-
 SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
@@ -409,18 +326,6 @@ class TxoutType(StrEnum):
     WITNESS_V0_SCRIPTHASH = "witness_v0_scripthash"
     WITNESS_V1_TAPROOT = "witness_v1_taproot"
     WITNESS_UNKNOWN = "witness_unknown"
-
-
-def witness_program(script: bytes) -> tuple[int, bytes] | None:
-    """(version, program) if ``script`` is a witness program per BIP141, else None."""
-    if not 4 <= len(script) <= 42:
-        return None
-    if script[0] != OP_0 and not OP_1 <= script[0] <= OP_16:
-        return None
-    if script[1] + 2 != len(script):
-        return None
-    version = 0 if script[0] == OP_0 else script[0] - (OP_1 - 1)
-    return version, script[2:]
 
 
 def solve(script: bytes) -> tuple[TxoutType, list[bytes]]:
@@ -524,6 +429,7 @@ def address_to_script(address: str, net: Network = REGTEST) -> bytes:
 _DESC_INPUT_CHARSET = (
     "0123456789()[],'/*abcdefgh@:$%{}IJKLMNOPQRSTUVWXYZ&+-.;<=>?!^_|~ijklmnopqrstuvwxyzABCDEFGH`#\"\\ "
 )
+_DESC_CHECKSUM_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"  # the bech32 alphabet (BIP380)
 _DESC_GENERATOR = (0xF5DEE51989, 0xA9FDCA3312, 0x1BAB10E32D, 0x3706B1677A, 0x644D626FFD)
 
 
@@ -562,7 +468,7 @@ def descriptor_checksum(desc: str) -> str:
     if symbols is None:
         raise DecodeError(f"Invalid character in descriptor: {desc!r}")
     checksum = _descsum_polymod([*symbols, 0, 0, 0, 0, 0, 0, 0, 0]) ^ 1
-    return "".join(_BECH32_CHARSET[(checksum >> (5 * (7 - i))) & 31] for i in range(8))
+    return "".join(_DESC_CHECKSUM_CHARSET[(checksum >> (5 * (7 - i))) & 31] for i in range(8))
 
 
 def add_checksum(desc: str) -> str:
