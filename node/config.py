@@ -16,7 +16,7 @@ Example::
     security_level = "128"
     presign_pool_depth = 8
     prime_pool_depth = 4                          # safe primes kept ready (2 per aux info / refresh)
-    round_deadline_seconds = 30.0
+    round_deadline_seconds = 30.0                 # x4 for aux info, refresh and reshare rounds
 
     [storage]
     passphrase_env = "FUSION_PRIME_PASSPHRASE"   # or: key_file = "storage.key"

@@ -67,6 +67,11 @@ def _call_releasing_gil(fn: Callable[..., list[bytes]], *args: Any) -> list[byte
 PROPOSE_TIMEOUT = 5.0
 HEALTH_TTL = 2.0
 PENDING_WAIT = 2.0  # well inside PROPOSE_TIMEOUT
+# Rounds of these phases include safe-prime generation and the Π^mod/Π^prm/Π^fac proofs:
+# seconds of CPU per round at 3072 bits, more on a busy machine, where a presign or sign round
+# takes milliseconds. One deadline for both would either detect a dead signer slowly or time
+# out an honest node that is still computing, so these get a multiple of the configured one.
+HEAVY_PHASE_DEADLINE_FACTOR = {"aux-info": 4.0, "key-refresh": 4.0, "reshare": 4.0}
 
 
 # -------------------------------------------------------------------------------------------
@@ -655,6 +660,10 @@ class SessionManager:
                                          p.round_deadline_ms)
         return sign_proposal(p, self.identity)
 
+    def round_deadline_for(self, phase: str) -> float:
+        """The round deadline this node proposes for ``phase`` (see HEAVY_PHASE_DEADLINE_FACTOR)."""
+        return self.round_deadline * HEAVY_PHASE_DEADLINE_FACTOR.get(phase, 1.0)
+
     async def coordinate(
         self,
         phase: str,
@@ -671,7 +680,7 @@ class SessionManager:
         another set after a refusal, timeout or abort. ``fill`` sets the phase parameters."""
         excluded = set(exclude)
         required = set(required) | {self.node_id}
-        deadline = round_deadline or self.round_deadline
+        deadline = round_deadline or self.round_deadline_for(phase)
         last = SessionOutcome(b"", phase, "refused", reason="no attempt made")
         rng = secrets.SystemRandom()
         for _attempt in range(attempts):

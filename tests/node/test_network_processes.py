@@ -116,8 +116,9 @@ def _verify(group_key: bytes, digest: bytes, sig) -> bool:
 
 
 def test_sigkill_during_presign_then_recovery(tmp_path):
-    # Short enough to show the abort comes from the deadline, long enough that aux info's rounds
-    # (prime generation + proofs) fit on a loaded 2-core CI machine.
+    # Short enough to show the abort comes from the deadline; aux info's rounds (prime
+    # generation + proofs) get 4x that (HEAVY_PHASE_DEADLINE_FACTOR), which fits on a loaded
+    # 2-core CI machine.
     devnet = create_devnet(tmp_path / "net", 3, round_deadline_seconds=8.0, scrypt_log2_n=10)
     logs = [tmp_path / f"node{i}.log" for i in (2, 3)]
     procs = {"node2": spawn(devnet[1], logs[0]), "node3": spawn(devnet[2], logs[1])}

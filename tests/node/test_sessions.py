@@ -189,6 +189,16 @@ def test_health_and_metrics_endpoints_on_loopback(devnet3):
     trio.run(main)
 
 
+def test_heavy_phases_get_a_longer_round_deadline(devnet3):
+    """Aux-info rounds generate safe primes: seconds, where a sign round takes milliseconds."""
+    node = make_node(devnet3[0], fill_pool=False)
+    base = node.sessions.round_deadline
+    assert node.sessions.round_deadline_for("sign") == base
+    assert node.sessions.round_deadline_for("presign") == base
+    for phase in ("aux-info", "key-refresh", "reshare"):
+        assert node.sessions.round_deadline_for(phase) == 4 * base
+
+
 def test_test_level_is_refused_by_a_production_node(devnet3):
     """A coordinator cannot talk a production node into the small test moduli."""
     from fusion_prime.node.phases import KeygenPhase
