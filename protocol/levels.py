@@ -19,7 +19,10 @@ parameter discussion of the threshold protocol; cggmp21's ``SecurityLevel128``):
   ``max(2(ℓ+ε), ℓ'+ε) + 2 <= paillier_bits - 2``. The receiver decrypts x·k + y as an
   integer in (-N/2, N/2) and reduces it mod q; if the sum could wrap mod N, the result would
   be wrong mod q and the presignature would fail for honest parties, or leak.
-* Π^fac needs ``paillier_bits >= 4·ell`` (its soundness bounds p, q > 2^ℓ only then).
+* Π^fac needs ``paillier_bits >= 4·ell + 2·epsilon + 2``. The verifier accepts z1, z2 in
+  ±√N0·2^(ℓ+ε), so the extracted factors are only bounded by √N0·2^(ℓ+ε); a factor p ≤ 2^ℓ
+  forces the other to N0/2^ℓ, which exceeds that bound - and is caught - only when
+  N0 > 2^(4ℓ+2ε). Below that size the proof says nothing about small factors.
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ class SecurityLevel:
             yield "ell_prime too small: MtA mask beta does not drown x·k"
         if self.mta_bound_bits() > self.paillier_bits - 2:
             yield "MtA sums may wrap modulo N (2^(2(ell+eps)) + 2^(ell'+eps) >= N/2)"
-        if self.paillier_bits < 4 * self.ell:
-            yield "Paillier modulus smaller than 4·ell: Π^fac is unsound"
+        if self.paillier_bits < 4 * self.ell + 2 * self.epsilon + 2:
+            yield "Paillier modulus smaller than 4·ell + 2·epsilon: Π^fac cannot exclude factors below 2^ell"
         if self.identification_bits() + self.epsilon + 3 > self.paillier_bits:
             yield "Paillier modulus too small for the signing identification (Π^dec would not be unique)"
         if self.paillier_bits % 2:

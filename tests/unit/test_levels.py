@@ -39,6 +39,7 @@ def test_mta_sums_cannot_wrap_modulo_n(level) -> None:  # type: ignore[no-untype
         ({"epsilon": 100}, "epsilon"),
         ({"ell_prime": 600}, "ell_prime"),
         ({"paillier_bits": 1024, "test_only": True}, "wrap"),
+        ({"paillier_bits": 1480, "test_only": True}, r"Π\^fac cannot exclude"),  # 1480 < 4·256 + 2·230 + 2
         ({"paillier_bits": 2048}, "3072"),
         ({"ell": 128}, "ell"),
     ],
