@@ -13,6 +13,14 @@ So the group key, the chain code and every derived address stay the same, while 
 — which an attacker may have collected one at a time — no longer combine with new ones. The
 epoch of the key share increases; presignatures made under an older epoch are refused by
 ``sign`` (and would not verify anyway: their χ_i are shares of the old sharing).
+
+Difference from the figure: Fig. 6 sends each share x_i^j encrypted under the receiver's
+Paillier key (it assumes only a broadcast channel) and adds a Π^sch for every X_i^j, which the
+simulation uses to extract the adversary's sharing. Here shares travel over the authenticated
+private channel the node provides (mutual TLS, signed envelopes) and are checked against
+Feldman commitments that were hash-committed in round 1, before anyone revealed theirs - so no
+dealer can choose its sharing after seeing the others', and none can move the key (the constant
+term is fixed to the identity). What is not reproduced is the proof-of-knowledge extraction.
 """
 
 from __future__ import annotations
