@@ -281,6 +281,8 @@ class Node:
                 return
             for key_id in self.storage.list_keys():
                 await self._refill(key_id)
+            # Old aux secrets whose last presignature has been used go now (see prune_aux_info).
+            await trio.to_thread.run_sync(self.storage.prune_aux_info)
 
     async def _refill(self, key_id: bytes) -> None:
         info = self.storage.key_info(key_id)

@@ -146,7 +146,8 @@ class PresignPhase:
         key_id = ctx.proposal.presign.key_id
         # Refused if a refresh or resharing made another share version current meanwhile.
         _stored("the presignature", _storage(ctx).put_presignature, output.presign_id, key_id=key_id,
-                signers=_participants(ctx), data=output.to_bytes(), epoch=output.epoch)
+                signers=_participants(ctx), data=output.to_bytes(), epoch=output.epoch,
+                aux_id=ctx.proposal.presign.aux_id)
         return {"presignature_id": output.presign_id, "key_id": key_id}
 
     def failed(self, ctx: SessionContext, outcome: SessionOutcome) -> None:

@@ -284,7 +284,17 @@ def _migration_4(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1, _migration_2, _migration_3, _migration_4)
+def _migration_5(db: sqlite3.Connection) -> None:
+    """Which aux info a presignature was made with, so that old aux secrets (Paillier keys)
+    can be erased once nothing needs them (rows from before are NULL: their aux is kept)."""
+    _execute_script(db, "ALTER TABLE presignatures ADD COLUMN aux_id BLOB;")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
+# A consumed presignature's aux info stays this long: the sign session that consumed it may
+# still need the aux secrets to name a cheater (sign round 2 identification).
+AUX_GRACE_SECONDS = 600.0
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -534,7 +544,7 @@ class Storage:
         inserted; one that held it before and retired gets it back. Returns the number of
         presignatures invalidated."""
         with self._write() as w:
-            row = w.execute("SELECT epoch, public_key FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
+            row = w.execute("SELECT epoch, public_key, parties FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
             if row is not None:
                 if epoch <= row[0]:
                     raise StorageError(f"key {key_id.hex()}: epoch {epoch} is not newer than the stored {row[0]}")
@@ -560,6 +570,8 @@ class Storage:
             invalidated = self._erase_presignatures(w, key_id, epoch, b"superseded:" + (session_id or b""))
             if aux is not None:
                 self._insert_aux(w, *aux)
+            left = row[2] if row is not None and row[2] != _parties_text(parties) else None
+            self._prune_aux_info(w, session_id, left=left)
             self._audit(w, "key-share-version-stored", session_id, {
                 "key_id": key_id.hex(), "epoch": epoch, "previous_epoch": None if row is None else row[0],
                 "parties": list(parties), "threshold": threshold, "presignatures_invalidated": invalidated,
@@ -577,7 +589,9 @@ class Storage:
                 raise NotFound(f"no key share {key_id.hex()}")
             erased = self._erase_presignatures(w, key_id, None, b"retired:" + (session_id or b""))
             w.execute("DELETE FROM presignatures WHERE key_id = ?", (key_id,))
+            parties = w.execute("SELECT parties FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()[0]
             w.execute("DELETE FROM key_shares WHERE key_id = ?", (key_id,))
+            self._prune_aux_info(w, session_id, left=parties)
             w.execute(
                 "INSERT OR REPLACE INTO retired_keys (key_id, public_key, epoch, retired_at, session_id) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -607,6 +621,46 @@ class Storage:
         if below_epoch is not None:
             sql, args = sql + " AND epoch < ?", [*args, below_epoch]
         return w.execute(sql, args).rowcount
+
+    def prune_aux_info(self) -> int:
+        """Erase aux info nothing needs any more; returns how many entries went. See
+        :meth:`_prune_aux_info`. The daemon calls it after presigning and refreshes."""
+        with self._write() as w:
+            erased = self._prune_aux_info(w, None)
+        if erased:
+            self._checkpoint()
+        return erased
+
+    def _prune_aux_info(self, w: sqlite3.Connection, session_id: bytes | None, left: str | None = None) -> int:
+        """Erase every aux-info entry that is not the newest of its committee and is not
+        referenced by a presignature that may still be used (available, reserved, or consumed
+        less than AUX_GRACE_SECONDS ago). With ``left`` (a committee this node no longer holds
+        any key of, after a resharing), that committee's newest entry goes too.
+
+        Why: aux info holds this node's Paillier secret key. Everyone in a presign session saw
+        K_j = enc_j(k_j); a party that kept those ciphertexts and later steals an *old* Paillier
+        key learns k_j, hence k, hence the key from a published signature - exactly what a
+        refresh must make impossible. So old aux secrets go as old shares do.
+        """
+        if w.execute("SELECT 1 FROM presignatures WHERE aux_id IS NULL AND state != 'consumed' LIMIT 1").fetchone():
+            return 0  # presignatures from before migration 5: which aux they need is unknown
+        if left is not None and w.execute("SELECT 1 FROM key_shares WHERE parties = ? LIMIT 1", (left,)).fetchone():
+            left = None  # another key still uses that committee
+        newest = {bytes(row[0]) for row in w.execute(
+            "SELECT aux_id FROM aux_info AS a WHERE created_at = "
+            "(SELECT MAX(created_at) FROM aux_info AS b WHERE b.parties = a.parties)")}
+        in_use = {bytes(row[0]) for row in w.execute(
+            "SELECT DISTINCT aux_id FROM presignatures WHERE aux_id IS NOT NULL AND "
+            "(state != 'consumed' OR consumed_at > ?)", (time.time() - AUX_GRACE_SECONDS,))}
+        doomed = [
+            bytes(aux_id) for aux_id, parties in w.execute("SELECT aux_id, parties FROM aux_info")
+            if bytes(aux_id) not in in_use and (bytes(aux_id) not in newest or parties == left)
+        ]
+        for aux_id in doomed:
+            w.execute("DELETE FROM aux_info WHERE aux_id = ?", (aux_id,))
+        if doomed:
+            self._audit(w, "aux-info-erased", session_id, {"aux_ids": [a.hex() for a in doomed]})
+        return len(doomed)
 
     def _checkpoint(self) -> None:
         """Best effort: move the WAL into the database file and truncate it, so frames holding
@@ -646,10 +700,12 @@ class Storage:
 
     # presignatures -------------------------------------------------------------------------
     def put_presignature(
-        self, presig_id: bytes, *, key_id: bytes, signers: Sequence[str], data: bytes, epoch: int | None = None
+        self, presig_id: bytes, *, key_id: bytes, signers: Sequence[str], data: bytes, epoch: int | None = None,
+        aux_id: bytes | None = None,
     ) -> None:
         """Store a fresh presignature. With ``epoch``, refuse one made with a share version that
-        is no longer current (a presign that raced a refresh): it could never be used."""
+        is no longer current (a presign that raced a refresh): it could never be used. ``aux_id``
+        names the aux info it was made with (kept while the presignature may be used)."""
         with self._write() as w:
             if epoch is not None:
                 row = w.execute("SELECT epoch FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
@@ -658,10 +714,10 @@ class Storage:
                         f"presignature for key {key_id.hex()} epoch {epoch} is stale: the current share is "
                         f"{'gone' if row is None else f'epoch {row[0]}'}")
             w.execute(
-                "INSERT INTO presignatures (presig_id, key_id, signers, state, created_at, data, epoch) "
-                "VALUES (?, ?, ?, 'available', ?, ?, ?)",
+                "INSERT INTO presignatures (presig_id, key_id, signers, state, created_at, data, epoch, aux_id) "
+                "VALUES (?, ?, ?, 'available', ?, ?, ?, ?)",
                 (presig_id, key_id, _parties_text(sorted(signers)), time.time(),
-                 self.seal("presignatures", presig_id, data), epoch or 0),
+                 self.seal("presignatures", presig_id, data), epoch or 0, aux_id),
             )
 
     def reserve_presignature(self, key_id: bytes, signers: Sequence[str], session_id: bytes) -> bytes | None:

@@ -207,3 +207,57 @@ def test_primes_are_sealed_taken_once_and_left_out_of_backups(tmp_path):
                                node_id="node1", allow_weak_kdf=True)
     with restored:
         assert restored.prime_count(256) == 0, "a backup never brings primes back"
+
+
+def sealed_aux(path: Path, aux_id: bytes) -> bytes | None:
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT aux FROM aux_info WHERE aux_id = ?", (aux_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+    finally:
+        db.close()
+
+
+def test_old_aux_secrets_are_erased_once_no_presignature_needs_them(tmp_path, monkeypatch):
+    """Aux info holds the node's Paillier secret key: kept past a refresh, it would let whoever
+    recorded a presign's K_j = enc_j(k_j) recover k_j later, so it goes when nothing needs it."""
+    path = tmp_path / "node.sqlite3"
+    other = b"o" * 16  # a second key on the same committee, not refreshed
+    old_aux, new_aux = b"A" * 16, b"B" * 16
+    with open_store(path) as store:
+        for key in (KEY_ID, other):
+            store.put_key_share(key, parties=PARTIES, threshold=2, level="test-2048", share=b"S", public_key=GROUP_KEY)
+        store.put_aux_info(old_aux, parties=PARTIES, level="test-2048", aux=b"OLD-PAILLIER-SECRET")
+        store.put_presignature(b"1" * 32, key_id=KEY_ID, signers=PARTIES[:2], data=b"P", epoch=0, aux_id=old_aux)
+        store.put_presignature(b"2" * 32, key_id=other, signers=PARTIES[:2], data=b"P", epoch=0, aux_id=old_aux)
+        assert store.prune_aux_info() == 0, "the newest aux info of a committee stays"
+        old_sealed = sealed_aux(path, old_aux)
+
+        store.put_key_share_version(KEY_ID, epoch=1, parties=PARTIES, threshold=2, level="test-2048", share=b"S1",
+                                    public_key=GROUP_KEY, aux=(new_aux, PARTIES, "test-2048", b"NEW"))
+        # The other key's presignature was made with the old aux info: it stays while usable.
+        assert store.get_aux_info(old_aux) == b"OLD-PAILLIER-SECRET"
+        store.consume_presignature(b"2" * 32, b"sign" * 8)
+        assert store.prune_aux_info() == 0, "kept for the grace period: the sign session may need it to blame"
+        monkeypatch.setattr(storage_module, "AUX_GRACE_SECONDS", 0.0)
+        assert store.prune_aux_info() == 1
+        with pytest.raises(NotFound):
+            store.get_aux_info(old_aux)
+        assert store.get_aux_info(new_aux) == b"NEW"
+        assert store.latest_aux_info(PARTIES) == new_aux
+        erased = [e for e in store.audit_log() if e["event"] == "aux-info-erased"]
+        assert erased and erased[-1]["detail"]["aux_ids"] == [old_aux.hex()]
+        assert store.verify_audit_chain()
+    assert old_sealed is not None and old_sealed not in raw_bytes(tmp_path)
+
+
+def test_leaving_a_committee_erases_its_aux_info(tmp_path):
+    path = tmp_path / "node.sqlite3"
+    with open_store(path) as store:
+        store.put_key_share(KEY_ID, parties=PARTIES, threshold=2, level="test-2048", share=b"S", public_key=GROUP_KEY)
+        store.put_aux_info(b"A" * 16, parties=PARTIES, level="test-2048", aux=b"AUX-OF-THE-OLD-COMMITTEE")
+        store.put_aux_info(b"C" * 16, parties=["node1", "node4"], level="test-2048", aux=b"ANOTHER-COMMITTEE")
+        store.retire_key_share(KEY_ID, session_id=b"r" * 32)
+        with pytest.raises(NotFound):
+            store.get_aux_info(b"A" * 16)
+        assert store.get_aux_info(b"C" * 16) == b"ANOTHER-COMMITTEE", "aux made ahead of a keygen stays"
