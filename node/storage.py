@@ -292,8 +292,9 @@ def _migration_5(db: sqlite3.Connection) -> None:
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
-# A consumed presignature's aux info stays this long: the sign session that consumed it may
-# still need the aux secrets to name a cheater (sign round 2 identification).
+# At most this long a consumed presignature's aux info stays while its sign session has not
+# finished (a crash can leave a session 'running' for ever): that session may still need the
+# aux secrets to name a cheater (sign round 2 identification).
 AUX_GRACE_SECONDS = 600.0
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -649,9 +650,15 @@ class Storage:
         newest = {bytes(row[0]) for row in w.execute(
             "SELECT aux_id FROM aux_info AS a WHERE created_at = "
             "(SELECT MAX(created_at) FROM aux_info AS b WHERE b.parties = a.parties)")}
+        # A consumed presignature keeps its aux only while the sign session that took it may
+        # still be running (it needs the aux secrets to name a cheater); erased ones (by a
+        # refresh or retirement) and those of finished sessions need nothing.
         in_use = {bytes(row[0]) for row in w.execute(
-            "SELECT DISTINCT aux_id FROM presignatures WHERE aux_id IS NOT NULL AND "
-            "(state != 'consumed' OR consumed_at > ?)", (time.time() - AUX_GRACE_SECONDS,))}
+            "SELECT DISTINCT p.aux_id FROM presignatures AS p LEFT JOIN sessions AS s "
+            "ON s.session_id = p.consumed_for WHERE p.aux_id IS NOT NULL AND (p.state != 'consumed' OR "
+            "(p.consumed_at > ? AND COALESCE(s.state, 'running') = 'running' "
+            "AND substr(p.consumed_for, 1, 11) != CAST('superseded:' AS BLOB) "
+            "AND substr(p.consumed_for, 1, 8) != CAST('retired:' AS BLOB)))", (time.time() - AUX_GRACE_SECONDS,))}
         doomed = [
             bytes(aux_id) for aux_id, parties in w.execute("SELECT aux_id, parties FROM aux_info")
             if bytes(aux_id) not in in_use and (bytes(aux_id) not in newest or parties == left)

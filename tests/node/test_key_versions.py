@@ -235,11 +235,14 @@ def test_old_aux_secrets_are_erased_once_no_presignature_needs_them(tmp_path, mo
 
         store.put_key_share_version(KEY_ID, epoch=1, parties=PARTIES, threshold=2, level="test-2048", share=b"S1",
                                     public_key=GROUP_KEY, aux=(new_aux, PARTIES, "test-2048", b"NEW"))
-        # The other key's presignature was made with the old aux info: it stays while usable.
+        # The other key's presignature was made with the old aux info: it stays while usable
+        # (the refreshed key's own presignature was erased by the refresh: it holds nothing).
         assert store.get_aux_info(old_aux) == b"OLD-PAILLIER-SECRET"
-        store.consume_presignature(b"2" * 32, b"sign" * 8)
-        assert store.prune_aux_info() == 0, "kept for the grace period: the sign session may need it to blame"
-        monkeypatch.setattr(storage_module, "AUX_GRACE_SECONDS", 0.0)
+        sign_session = b"sign" * 8
+        store.session_started(sign_session, phase="sign", coordinator="node1", participants=PARTIES[:2])
+        store.consume_presignature(b"2" * 32, sign_session)
+        assert store.prune_aux_info() == 0, "kept while the sign session runs: it may need it to blame"
+        store.session_finished(sign_session, state="done")
         assert store.prune_aux_info() == 1
         with pytest.raises(NotFound):
             store.get_aux_info(old_aux)
@@ -248,7 +251,28 @@ def test_old_aux_secrets_are_erased_once_no_presignature_needs_them(tmp_path, mo
         erased = [e for e in store.audit_log() if e["event"] == "aux-info-erased"]
         assert erased and erased[-1]["detail"]["aux_ids"] == [old_aux.hex()]
         assert store.verify_audit_chain()
+        # A session a crash left 'running' holds its aux info for AUX_GRACE_SECONDS at most.
+        store.put_presignature(b"3" * 32, key_id=other, signers=PARTIES[:2], data=b"P", epoch=0, aux_id=new_aux)
+        store.put_aux_info(b"C" * 16, parties=PARTIES, level="test-2048", aux=b"NEWER")
+        store.session_started(b"dead" * 8, phase="sign", coordinator="node1", participants=PARTIES[:2])
+        store.consume_presignature(b"3" * 32, b"dead" * 8)
+        assert store.prune_aux_info() == 0
+        monkeypatch.setattr(storage_module, "AUX_GRACE_SECONDS", 0.0)
+        assert store.prune_aux_info() == 1 and store.latest_aux_info(PARTIES) == b"C" * 16
     assert old_sealed is not None and old_sealed not in raw_bytes(tmp_path)
+
+
+def test_a_refresh_of_the_only_key_erases_the_old_aux_at_once(tmp_path):
+    path = tmp_path / "node.sqlite3"
+    with open_store(path) as store:
+        store.put_key_share(KEY_ID, parties=PARTIES, threshold=2, level="test-2048", share=b"S", public_key=GROUP_KEY)
+        store.put_aux_info(b"A" * 16, parties=PARTIES, level="test-2048", aux=b"OLD")
+        store.put_presignature(b"1" * 32, key_id=KEY_ID, signers=PARTIES[:2], data=b"P", epoch=0, aux_id=b"A" * 16)
+        store.put_key_share_version(KEY_ID, epoch=1, parties=PARTIES, threshold=2, level="test-2048", share=b"S1",
+                                    public_key=GROUP_KEY, aux=(b"B" * 16, PARTIES, "test-2048", b"NEW"))
+        with pytest.raises(NotFound):
+            store.get_aux_info(b"A" * 16)
+        assert store.get_aux_info(b"B" * 16) == b"NEW"
 
 
 def test_leaving_a_committee_erases_its_aux_info(tmp_path):

@@ -170,6 +170,10 @@ def test_refresh_keeps_key_and_addresses_and_kills_old_presignatures(tmp_path):
         old_rows = [r for r in rows if r[0] == 0]
         assert all(state == "consumed" and erased for _, state, erased in old_rows), (
             f"{d.node_id}: a presignature made before the refresh is still usable")
+        db = sqlite3.connect(d.folder / "data" / "node.sqlite3")
+        aux_rows = db.execute("SELECT COUNT(*) FROM aux_info").fetchone()[0]
+        db.close()
+        assert aux_rows == 1, f"{d.node_id}: the old aux info (Paillier secret key) outlived the refresh"
         with open_db(d) as store:
             assert store.key_epoch(key_id) == 1
             assert "key-share-version-stored" in [e["event"] for e in store.audit_log()]
