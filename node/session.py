@@ -64,6 +64,8 @@ def _call_releasing_gil(fn: Callable[..., list[bytes]], *args: Any) -> list[byte
     nothing of threads, so the node - which owns the threads - makes this choice."""
     gmpy2.get_context().allow_release_gil = True
     return fn(*args)
+
+
 PROPOSE_TIMEOUT = 5.0
 HEALTH_TTL = 2.0
 PENDING_WAIT = 2.0  # well inside PROPOSE_TIMEOUT
