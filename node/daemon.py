@@ -26,7 +26,8 @@ import trio
 from ..proto.generated import peer_pb2
 from ..protocol.levels import level_by_name
 from ..protocol.reshare import KeyPublicInfo
-from .config import NodeConfig, parse_address
+from .config import ConfigError, NodeConfig, load_config, parse_address
+from .identity import IdentityError
 from .logs import log_event
 from .material import NodeMaterial
 from .metrics import HealthServer, NodeMetrics
@@ -34,11 +35,19 @@ from .phases import PrimeSource, RefreshParams, ReshareParams, cggmp21_phases, l
 from .primepool import PrimePool
 from .session import Authorizer, PhaseHandler, SessionManager, SessionOutcome, allow_all
 from .storage import KeyMaterial, Storage
-from .transport import Transport
+from .tls import RosterTrust, TLSError
+from .transport import PeerInfo, Transport
 
 log = logging.getLogger("fusion_prime.node.daemon")
 VERSION = "0.1.0"
 POOL_INTERVAL = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RosterChange:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    readdressed: tuple[str, ...]
 
 
 class Node:
@@ -119,11 +128,63 @@ class Node:
         self._stop.set()
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log_event(log, logging.INFO, "signal received", signal=signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    self.reload_roster_from_file()
+                    continue
                 self.stop()
                 return
+
+    def reload_roster_from_file(self) -> RosterChange | None:
+        """SIGHUP: re-read the config file and adopt its roster; a bad file changes nothing."""
+        try:
+            change = self.reload_roster(load_config(self.cfg.path))
+        except (ConfigError, TLSError, IdentityError, ValueError, OSError) as exc:
+            log_event(log, logging.ERROR, "roster reload refused", reason=str(exc))
+            return None
+        log_event(log, logging.INFO, "roster reloaded", added=list(change.added), removed=list(change.removed),
+                  readdressed=list(change.readdressed))
+        return change
+
+    def reload_roster(self, new: NodeConfig) -> RosterChange:
+        """Adopt the roster of ``new`` without a restart (on the trio thread), so an operator
+        can be added before a resharing brings it into a committee.
+
+        Only the roster changes: this node's own entry, and the index, identity key and
+        certificate of every peer that stays, must be what they were (a changed key is another
+        node; give it another id). A peer that is in a committee of a key held here, or in a
+        running session, cannot be removed. Everything is checked before anything changes."""
+        old = {e.node_id: e for e in self.cfg.roster}
+        fresh = {e.node_id: e for e in new.roster}
+        if new.node_id != self.cfg.node_id or fresh.get(self.cfg.node_id) != old[self.cfg.node_id]:
+            raise ValueError("this node's own roster entry cannot change at run time")
+        for node_id in old.keys() & fresh.keys():
+            a, b = old[node_id], fresh[node_id]
+            if (a.index, a.identity_public_key) != (b.index, b.identity_public_key) or \
+                    a.tls_cert.read_bytes() != b.tls_cert.read_bytes():
+                raise ValueError(f"{node_id}: index, identity key or certificate changed; a new key is a new node id")
+        indices = [e.index for e in new.roster]
+        if len(set(indices)) != len(indices):
+            raise ValueError("two roster entries share a party index")
+        removed = sorted(old.keys() - fresh.keys())
+        for key_id in self.storage.list_keys():
+            info = self.storage.key_info(key_id) or {}
+            members = [n for n in removed if n in info.get("parties", ())]
+            if members:
+                raise ValueError(f"cannot remove {', '.join(members)}: member of key {key_id.hex()}'s committee; "
+                                 "reshare the key away from it first")
+        trust = RosterTrust.from_files((e.node_id, e.tls_cert) for e in new.roster)
+        tls = self.material.tls.with_trust(trust)
+        peers = {e.node_id: PeerInfo(e.node_id, e.index, e.address, e.identity_public_key) for e in new.roster}
+        self.sessions.update_peers(peers)  # may refuse: nothing has changed yet
+        self.transport.update_roster(peers, tls)
+        self.material = dataclasses.replace(self.material, tls=tls, peers=peers)
+        self.cfg = dataclasses.replace(self.cfg, roster=new.roster)
+        return RosterChange(
+            added=tuple(sorted(fresh.keys() - old.keys())), removed=tuple(removed),
+            readdressed=tuple(sorted(n for n in old.keys() & fresh.keys() if old[n].address != fresh[n].address)))
 
     def health(self) -> dict[str, Any]:
         """For the loopback HTTP endpoint (called from its thread; reads only)."""

@@ -643,7 +643,7 @@ class SessionManager:
                     self._refreshing.add(peer)
                     self._nursery.start_soon(refresh, peer)
         for peer, (_, phases) in self._health.items():
-            if phase in phases:
+            if phase in phases and peer in self.peers:  # a roster reload may have removed it
                 healthy.append(peer)
         return sorted(healthy)
 
@@ -661,6 +661,16 @@ class SessionManager:
         p.session_id = derive_session_id(phase, self.node_id, ordered, p.nonce, params_encoding(p),
                                          p.round_deadline_ms)
         return sign_proposal(p, self.identity)
+
+    def update_peers(self, peers: Mapping[str, PeerInfo]) -> None:
+        """Adopt a reloaded roster. Refused while a running session involves a peer that would
+        go: its driver still routes messages to it."""
+        busy = sorted({n for a in self._active.values() for n in a.ctx.index_of if n not in peers})
+        if busy:
+            raise ValueError(f"cannot remove {', '.join(busy)}: in a running session; try again when it ends")
+        self.peers = dict(peers)
+        for gone in [n for n in self._health if n not in peers]:
+            del self._health[gone]
 
     def round_deadline_for(self, phase: str) -> float:
         """The round deadline this node proposes for ``phase`` (see HEAVY_PHASE_DEADLINE_FACTOR)."""

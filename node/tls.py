@@ -16,6 +16,10 @@ node's certificate. A node's TLS trust store is exactly the roster's certificate
   that node. The handshake check alone would accept any certificate *issued by* a trusted
   one; pinning fingerprints closes that, and ``CA:FALSE`` makes such issuance invalid anyway.
 
+The trust store follows the roster: the server's credentials are reloadable
+(:func:`reloadable_server_credentials`), so a roster reloaded at run time (SIGHUP) admits a new
+node from the next handshake on and refuses a removed one at once (per-call pinning).
+
 Why P-256 and not the secp256k1 identity key: TLS libraries (BoringSSL inside grpcio) do not
 support secp256k1 certificates. The identity key still authenticates every envelope.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +185,17 @@ class TLSMaterial:
             [(self.key_pem, self.cert_pem)], root_certificates=self.trust.bundle, require_client_auth=True
         )
 
+    def server_certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(self.key_pem, self.cert_pem)],
+                                                          root_certificates=self.trust.bundle)
+
+    def with_trust(self, trust: RosterTrust) -> TLSMaterial:
+        """The same certificate and key against another roster (a reloaded configuration)."""
+        listed = trust.certs.get(self.node_id)
+        if listed is None or fingerprint(listed) != fingerprint(self.cert_pem):
+            raise TLSError(f"the new roster does not list this node's certificate for {self.node_id!r}")
+        return TLSMaterial(self.node_id, self.cert_pem, self.key_pem, trust)
+
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
             root_certificates=self.trust.bundle, private_key=self.key_pem, certificate_chain=self.cert_pem
@@ -190,3 +205,21 @@ class TLSMaterial:
     def channel_options(peer_node_id: str) -> list[tuple[str, object]]:
         """Verify the server's certificate against the *expected* node id, not the address."""
         return [("grpc.ssl_target_name_override", peer_node_id), ("grpc.default_authority", peer_node_id)]
+
+
+def reloadable_server_credentials(current: Callable[[], TLSMaterial]) -> grpc.ServerCredentials:
+    """Server credentials whose trust store follows ``current()``: gRPC asks the fetcher at each
+    new handshake, and it hands over a new configuration only when the roster's certificates
+    changed - so a node added to the roster at run time can connect without a restart, and a
+    removed one cannot open new connections."""
+    served = [current().trust.bundle]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        material = current()
+        if material.trust.bundle == served[0]:
+            return None
+        served[0] = material.trust.bundle
+        return material.server_certificate_configuration()
+
+    return grpc.dynamic_ssl_server_credentials(current().server_certificate_configuration(), fetch,
+                                               require_client_authentication=True)

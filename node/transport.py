@@ -62,7 +62,7 @@ from ..protocol.identity import PartyIdentity
 from ..protocol.machine import MAX_PAYLOAD
 from .logs import log_event
 from .metrics import NodeMetrics
-from .tls import TLSMaterial
+from .tls import TLSMaterial, reloadable_server_credentials
 from .wire import proposal_session_id, sign_envelope, verify_envelope, verify_proposal, verify_withdrawal
 
 log = logging.getLogger("fusion_prime.node.transport")
@@ -305,7 +305,7 @@ class Transport:
                              options=options)
         peer_pb2_grpc.add_PeerServicer_to_server(_Servicer(self), server)
         try:
-            port = server.add_secure_port(self.listen, self.tls.server_credentials())
+            port = server.add_secure_port(self.listen, reloadable_server_credentials(lambda: self.tls))
         except RuntimeError as exc:
             raise TransportError(f"cannot listen on {self.listen}: {exc}") from None
         server.start()
@@ -450,6 +450,23 @@ class Transport:
                                   session_id=held.inbound.session_id, round=held.inbound.round)
             if expired:
                 self.metrics.buffered.set(len(self._held))
+
+    # roster ------------------------------------------------------------------------------
+    def update_roster(self, peers: Mapping[str, PeerInfo], tls: TLSMaterial) -> None:
+        """Adopt a reloaded roster (called on the trio thread). New peers can connect from the
+        next handshake on (the server's trust store follows ``self.tls``); a peer whose address
+        changed gets a fresh channel; a removed peer's channel is closed and its envelopes are
+        refused from now on. Identity keys of staying peers never change (Node checks it)."""
+        if self.node_id not in peers:
+            raise TransportError(f"{self.node_id!r} is not in its own roster")
+        for peer in list(self._channels):
+            if peer not in peers or peers[peer].address != self.peers[peer].address:
+                self._stubs.pop(peer, None)
+                self._channels.pop(peer).close()
+        for peer in peers:
+            self._sequences.setdefault(peer, itertools.count(1))
+        self.peers = dict(peers)
+        self.tls = tls
 
     # client ------------------------------------------------------------------------------
     def _stub(self, peer: str) -> peer_pb2_grpc.PeerStub:
