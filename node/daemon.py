@@ -204,19 +204,25 @@ class Node:
             raise ValueError(f"security level {level.name!r} is for tests only")
         return level.name
 
-    async def keygen(self, threshold: int, n: int, *, level: str | None = None) -> SessionOutcome:
+    async def keygen(self, threshold: int, n: int, *, level: str | None = None,
+                     client_request: bytes = b"") -> SessionOutcome:
+        """``client_request``: the wallet client's signed CreateKey request, forwarded so that
+        every participant checks it against its own policy (see SessionProposal.client_request)."""
         name = self._level(level)
 
         def fill(p: peer_pb2.SessionProposal) -> None:
             p.keygen.threshold, p.keygen.level = threshold, name
+            p.client_request = client_request
 
         return await self.sessions.coordinate("keygen", n, fill)
 
-    async def aux_info(self, parties: Sequence[str], *, level: str | None = None) -> SessionOutcome:
+    async def aux_info(self, parties: Sequence[str], *, level: str | None = None,
+                       client_request: bytes = b"") -> SessionOutcome:
         name = self._level(level)
 
         def fill(p: peer_pb2.SessionProposal) -> None:
             p.aux_info.level = name
+            p.client_request = client_request
 
         return await self.sessions.coordinate("aux-info", len(parties), fill, required=parties, attempts=1)
 
@@ -273,7 +279,7 @@ class Node:
             self.sessions.forget_health(last.culprits)
         return last
 
-    async def refresh(self, key_id: bytes) -> SessionOutcome:
+    async def refresh(self, key_id: bytes, *, client_request: bytes = b"") -> SessionOutcome:
         """Proactive refresh of a key by its whole committee: same group key and addresses,
         new shares (epoch + 1) and new aux info on every member; presignatures of the old
         epoch are erased everywhere as the new shares are stored. Needs every member healthy."""
@@ -284,12 +290,13 @@ class Node:
 
         def fill(p: peer_pb2.SessionProposal) -> None:
             p.opaque.data = data
+            p.client_request = client_request
 
         return await self.sessions.coordinate("key-refresh", len(info["parties"]), fill,
                                               required=info["parties"], attempts=1)
 
     async def reshare(self, key_id: bytes, new_parties: Sequence[str], new_threshold: int,
-                      dealers: Sequence[str] | None = None) -> SessionOutcome:
+                      dealers: Sequence[str] | None = None, *, client_request: bytes = b"") -> SessionOutcome:
         """Move a key from its committee to ``new_parties`` with ``new_threshold``, keeping the
         group key. ``dealers`` (old holders, at least the old threshold) default to every
         healthy old holder, so that members who leave take part and retire their shares. If
@@ -318,6 +325,7 @@ class Node:
 
         def fill(p: peer_pb2.SessionProposal) -> None:
             p.opaque.data = data
+            p.client_request = client_request
 
         outcome = await self.sessions.coordinate("reshare", len(participants), fill, required=participants,
                                                  attempts=1)
@@ -325,7 +333,7 @@ class Node:
             return outcome
         aux_id = self.storage.latest_aux_info(new)
         if aux_id is None:
-            aux = await self.aux_info(new, level=info["level"])
+            aux = await self.aux_info(new, level=info["level"], client_request=client_request)
             if not aux.ok:
                 return dataclasses.replace(aux, reason=(
                     f"the key was reshared (session {outcome.session_id.hex()[:16]}), but aux info for the new "

@@ -63,6 +63,7 @@ def params_encoding(proposal: peer_pb2.SessionProposal) -> bytes:
         enc.bytes(s.key_id).bytes(s.presignature_id).bytes(s.digest).uints(s.path).bytes(s.client_request)
     elif which == "opaque":
         enc.bytes(proposal.opaque.data)
+    enc.bytes(proposal.client_request)  # the forwarded admin request, if any (bound like the params)
     return enc.finish()
 
 

@@ -34,6 +34,11 @@ KINDS = (KIND_SIGN, KIND_CREATE_KEY, KIND_REFRESH, KIND_RESHARE)
 ADMIN_KINDS = (KIND_CREATE_KEY, KIND_REFRESH, KIND_RESHARE)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_LABEL = 64
+# A request carries at most this many operator approvals: each costs a signature check, and a
+# forwarded request is checked by every participant before any policy decision.
+MAX_APPROVALS = 16
+# Keys are threshold keys: a 1-of-n key lets any single node sign alone, which is not custody.
+MIN_THRESHOLD = 2
 
 
 class Unauthenticated(InvalidInput):
@@ -107,11 +112,11 @@ class RequestBody:
         if self.kind == KIND_RESHARE:
             if len(set(self.new_parties)) != len(self.new_parties) or not 2 <= len(self.new_parties) <= 64:
                 raise InvalidInput("new committee must be 2 to 64 distinct node ids")
-            if not 1 <= self.threshold <= len(self.new_parties):
-                raise InvalidInput("new threshold must be between 1 and the size of the new committee")
+            if not MIN_THRESHOLD <= self.threshold <= len(self.new_parties):
+                raise InvalidInput(f"new threshold must be between {MIN_THRESHOLD} and the size of the new committee")
         if self.kind == KIND_CREATE_KEY:
-            if not 2 <= self.parties <= 64 or not 1 <= self.threshold <= self.parties:
-                raise InvalidInput("need 1 <= threshold <= parties and 2 <= parties <= 64")
+            if not 2 <= self.parties <= 64 or not MIN_THRESHOLD <= self.threshold <= self.parties:
+                raise InvalidInput(f"need {MIN_THRESHOLD} <= threshold <= parties and 2 <= parties <= 64")
             if len(self.label) > MAX_LABEL:
                 raise InvalidInput(f"label longer than {MAX_LABEL} characters")
 
@@ -160,6 +165,10 @@ def verify_request(request: wallet_pb2.SignedRequest, *, now_ms: int | None = No
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     if abs(now_ms - body.issued_at_ms) > max_age_ms:
         raise InvalidInput("request is too old or from the future; check the client's clock")
+    if len(request.approvals) > MAX_APPROVALS:
+        raise InvalidInput(f"more than {MAX_APPROVALS} approvals")
+    if len({bytes(a.approver_public_key) for a in request.approvals}) != len(request.approvals):
+        raise InvalidInput("an approver appears twice")
     approvers = set()
     for approval in request.approvals:
         if not verify_signature(bytes(approval.approver_public_key), digest, bytes(approval.signature)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -25,7 +26,7 @@ import trio
 
 from ..node.daemon import Node
 from ..node.logs import log_event
-from ..node.phases import load_key_share
+from ..node.phases import RefreshParams, ReshareParams, load_key_share
 from ..node.session import Refuse
 from ..proto.generated import peer_pb2, wallet_pb2, wallet_pb2_grpc
 from ..protocol.addresses import ethereum_address, p2wpkh_address
@@ -39,6 +40,7 @@ from .requests import (
     KIND_REFRESH,
     KIND_RESHARE,
     KIND_SIGN,
+    RequestBody,
     Unauthenticated,
     VerifiedRequest,
     parse_forwarded,
@@ -47,9 +49,28 @@ from .requests import (
 
 log = logging.getLogger("fusion_prime.signer.service")
 
+# A Status stream for an id this node has not seen ends after this grace (the request may be
+# a moment behind its Status call); any stream ends after STATUS_MAX_SECONDS. Both keep the
+# server's thread pool from being held by streams that will never end.
+STATUS_UNKNOWN_GRACE = 3.0
+STATUS_MAX_SECONDS = 900.0
+# Status history kept in memory (oldest entries are dropped first).
+STATUS_HISTORY = 10_000
+
 
 class WalletAuthorizer:
-    """The participant-side check, plugged into the node as its ``authorize`` hook."""
+    """The participant-side check, plugged into the node as its ``authorize`` hook.
+
+    Every session that can create, change or use a key must carry the wallet client's signed
+    request, and this node checks it against its *own* policy and against the proposal's
+    parameters: a sign session (SignParams.client_request), and the key administration
+    sessions - keygen and aux info for CreateKey, key-refresh for Refresh, reshare and the new
+    committee's aux info for Reshare (SessionProposal.client_request). Without that, any roster
+    peer could propose a resharing to threshold 1 among itself and one honest node and so
+    learn the whole key. Presign is node-internal: it releases nothing and uses no client
+    authority."""
+
+    NODE_INTERNAL = frozenset({"presign"})
 
     def __init__(self, enforcer: PolicyEnforcer | None) -> None:
         self.enforcer = enforcer
@@ -57,24 +78,66 @@ class WalletAuthorizer:
     def __call__(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
         if self.enforcer is None:
             return False, "wallet policy not loaded yet"
-        if proposal.phase != "sign":
-            return True, ""  # keygen, aux info, presign: node-internal, no client secret released
-        raw = proposal.sign.client_request
+        if proposal.phase in self.NODE_INTERNAL:
+            return True, ""
+        raw = proposal.sign.client_request if proposal.phase == "sign" else proposal.client_request
         if not raw:
-            return False, "a sign session needs the client's signed request"
+            return False, f"a {proposal.phase} session needs the client's signed request"
         try:
             verified = verify_request(parse_forwarded(raw))
         except InvalidInput as exc:
             return False, f"client request rejected: {exc}"
-        body = verified.body
-        if (body.kind != KIND_SIGN or body.key_id != proposal.sign.key_id or body.digest != proposal.sign.digest
-                or tuple(body.path) != tuple(proposal.sign.path)):
-            return False, "the proposal does not match what the client signed"
+        mismatch = self._mismatch(proposal, verified.body)
+        if mismatch:
+            return False, f"the proposal does not match what the client signed: {mismatch}"
         try:
             self.enforcer.check(verified)
         except PolicyRefusal as exc:
             return False, str(exc)
         return True, ""
+
+    @staticmethod
+    def _mismatch(proposal: peer_pb2.SessionProposal, body: RequestBody) -> str:
+        """Why the proposal is not what ``body`` asked for ("" when it is)."""
+        phase, participants = proposal.phase, list(proposal.participants)
+        if phase == "sign":
+            s = proposal.sign
+            if body.kind != KIND_SIGN or body.key_id != s.key_id or body.digest != s.digest \
+                    or tuple(body.path) != tuple(s.path):
+                return "key, digest or path"
+            return ""
+        if phase == "keygen":
+            if body.kind != KIND_CREATE_KEY:
+                return f"a {body.kind} request cannot start a key generation"
+            if (body.threshold, body.parties) != (proposal.keygen.threshold, len(participants)):
+                return f"threshold/parties {body.threshold}/{body.parties}, proposed " \
+                       f"{proposal.keygen.threshold}/{len(participants)}"
+            return ""
+        if phase == "aux-info":
+            if body.kind == KIND_CREATE_KEY and body.parties == len(participants):
+                return ""
+            if body.kind == KIND_RESHARE and set(body.new_parties) == set(participants):
+                return ""
+            return "aux info only for the committee of a CreateKey or Reshare request"
+        if phase == "key-refresh":
+            try:
+                refresh = RefreshParams.decode(proposal.opaque.data)
+            except InvalidInput as exc:
+                return str(exc)
+            if body.kind != KIND_REFRESH or body.key_id != refresh.key_id:
+                return "key"
+            return ""
+        if phase == "reshare":
+            try:
+                reshare = ReshareParams.decode(proposal.opaque.data)
+            except InvalidInput as exc:
+                return str(exc)
+            if body.kind != KIND_RESHARE or body.key_id != reshare.key_id:
+                return "key"
+            if set(body.new_parties) != set(reshare.new_parties) or body.threshold != reshare.new_threshold:
+                return "new committee or threshold"
+            return ""
+        return f"no client request kind allows a {phase!r} session"
 
 
 def encode_signature(sig: Signature) -> bytes:
@@ -112,6 +175,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                                          culprits=list(culprits))
         with self._lock:
             self._status.setdefault((verified.body.client, verified.body.request_id), []).append(update)
+            while len(self._status) > STATUS_HISTORY:
+                del self._status[next(iter(self._status))]
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return trio.from_thread.run(lambda: fn(*args, **kwargs), trio_token=self.token)
@@ -163,13 +228,13 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         stored = self.enforcer.stored_result(body.client, body.request_id)
         if stored is None:
-            keygen = self._run(self.node.keygen, body.threshold, body.parties)
+            keygen = self._run(self.node.keygen, body.threshold, body.parties, client_request=verified.raw)
             if not keygen.ok:
                 context.abort(grpc.StatusCode.ABORTED, f"key generation failed: {keygen.reason}")
             key_id = keygen.output["key_id"] if isinstance(keygen.output, dict) else keygen.output
             parties = list(keygen.participants)
             if self.node.storage.latest_aux_info(parties) is None:
-                aux = self._run(self.node.aux_info, parties)
+                aux = self._run(self.node.aux_info, parties, client_request=verified.raw)
                 if not aux.ok:
                     context.abort(grpc.StatusCode.ABORTED, f"aux info failed: {aux.reason}")
             stored = bytes(key_id)
@@ -211,7 +276,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         except PolicyRefusal as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         try:
-            outcome = self._run(action, *args)
+            outcome = self._run(action, *args, client_request=verified.raw)
         except (KeyError, ValueError) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         state = "done" if outcome.ok else "failed"
@@ -233,6 +298,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                ) -> Iterator[wallet_pb2.StatusUpdate]:
         slot = (bytes(request.client_public_key), request.request_id)
         sent = 0
+        started = time.monotonic()
         while context.is_active():
             with self._lock:
                 updates = list(self._status.get(slot, []))
@@ -243,6 +309,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             if not updates and self.enforcer.stored_result(*slot) is not None:
                 yield wallet_pb2.StatusUpdate(request_id=request.request_id, state="done")
                 return
+            waited = time.monotonic() - started
+            if not updates and waited > STATUS_UNKNOWN_GRACE:
+                # Nothing under this id here: say so rather than hold a server thread for ever.
+                context.abort(grpc.StatusCode.NOT_FOUND, "no request with this id from this client on this node")
+            if waited > STATUS_MAX_SECONDS:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "status stream lasted too long; ask again")
             threading.Event().wait(0.05)
 
 

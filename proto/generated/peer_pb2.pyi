@@ -96,7 +96,7 @@ class OpaqueParams(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class SessionProposal(_message.Message):
-    __slots__ = ("session_id", "phase", "coordinator", "participants", "nonce", "round_deadline_ms", "expires_at_ms", "keygen", "aux_info", "presign", "sign", "opaque", "signature")
+    __slots__ = ("session_id", "phase", "coordinator", "participants", "nonce", "round_deadline_ms", "expires_at_ms", "keygen", "aux_info", "presign", "sign", "opaque", "signature", "client_request")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class SessionProposal(_message.Message):
     SIGN_FIELD_NUMBER: _ClassVar[int]
     OPAQUE_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     phase: str
     coordinator: str
@@ -123,7 +124,8 @@ class SessionProposal(_message.Message):
     sign: SignParams
     opaque: OpaqueParams
     signature: bytes
-    def __init__(self, session_id: _Optional[bytes] = ..., phase: _Optional[str] = ..., coordinator: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., nonce: _Optional[bytes] = ..., round_deadline_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., keygen: _Optional[_Union[KeygenParams, _Mapping]] = ..., aux_info: _Optional[_Union[AuxInfoParams, _Mapping]] = ..., presign: _Optional[_Union[PresignParams, _Mapping]] = ..., sign: _Optional[_Union[SignParams, _Mapping]] = ..., opaque: _Optional[_Union[OpaqueParams, _Mapping]] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    client_request: bytes
+    def __init__(self, session_id: _Optional[bytes] = ..., phase: _Optional[str] = ..., coordinator: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., nonce: _Optional[bytes] = ..., round_deadline_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., keygen: _Optional[_Union[KeygenParams, _Mapping]] = ..., aux_info: _Optional[_Union[AuxInfoParams, _Mapping]] = ..., presign: _Optional[_Union[PresignParams, _Mapping]] = ..., sign: _Optional[_Union[SignParams, _Mapping]] = ..., opaque: _Optional[_Union[OpaqueParams, _Mapping]] = ..., signature: _Optional[bytes] = ..., client_request: _Optional[bytes] = ...) -> None: ...
 
 class ProposalReply(_message.Message):
     __slots__ = ("accepted", "reason", "node_id")
