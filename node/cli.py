@@ -87,6 +87,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     cfg = load_config(args.config)
     node = Node(cfg, storage_key(cfg, dict(os.environ)))
+    if not cfg.test_mode:
+        import logging
+
+        from .logs import log_event
+
+        log_event(logging.getLogger("fusion_prime.node.cli"), logging.WARNING,
+                  "running without a wallet policy: every roster peer's proposal is accepted; "
+                  "production nodes run python -m fusion_prime.signer.daemon", node=cfg.node_id)
     trio.run(lambda: node.run(handle_signals=True))
     return 0
 
