@@ -23,7 +23,8 @@ can decode them with the same classes. A failure to store any output is reported
 
 The sign handler consumes the presignature - durably, in storage - *inside* ``build``, i.e.
 before the machine exists and therefore before ``start()`` can emit this node's σ_i. If the
-presignature is already consumed the node refuses the session. A refused or failed sign
+presignature is already consumed, belongs to another key, signer set or epoch, or is reserved
+for another session, the node refuses the session - and in those last cases it stays unused. A refused or failed sign
 session loses the presignature; it never makes it usable again.
 
 Security levels: a proposal names its level; a test-only level (small Paillier moduli) is
@@ -49,7 +50,7 @@ from ..protocol.refresh import KeyRefreshMachine, RefreshResult
 from ..protocol.reshare import KeyPublicInfo, ReshareMachine, RetiredShare
 from ..protocol.sign import SignMachine
 from .session import PhaseHandler, Refuse, SessionContext, SessionOutcome
-from .storage import NotFound, PresignatureUnavailable, Storage, StorageError
+from .storage import COORDINATOR_RESERVATION, NotFound, PresignatureUnavailable, Storage, StorageError
 
 PrimeSource = Callable[[SecurityLevel, int], "tuple[int, int] | None"]
 
@@ -163,8 +164,15 @@ class SignPhase:
         key_share = load_key_share(storage, params.key_id)
         check_level(key_share.level, ctx.test_mode)
         try:
-            # Durably consumed before the machine exists, so before σ_i can leave this node.
-            raw = storage.consume_presignature(params.presignature_id, ctx.session_id)
+            # Durably consumed before the machine exists, so before σ_i can leave this node -
+            # and only if it is this key's, of its current epoch, made for exactly these
+            # participants, and not reserved for another session: a bad proposal burns nothing.
+            # A session this node coordinates takes the presignature it reserved for it (the
+            # proposal's coordinator is authenticated: a peer cannot propose in our name).
+            own = ctx.proposal.coordinator == ctx.node_id
+            raw = storage.consume_presignature(
+                params.presignature_id, ctx.session_id, key_id=params.key_id, signers=_participants(ctx),
+                reservation=COORDINATOR_RESERVATION if own else None)
         except (NotFound, PresignatureUnavailable) as exc:
             raise Refuse(str(exc)) from None
         presignature = Presignature.from_bytes(raw)

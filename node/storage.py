@@ -69,6 +69,10 @@ AAD_PREFIX = b"fusion-prime/storage/v1|"
 BACKUP_MAGIC = b"FPBACKUP1\n"
 PRESIG_STATES = ("available", "reserved", "consumed")
 SESSION_STATES = ("running", "done", "aborted", "timeout", "refused")
+# What a coordinator's ``reserve_presignature`` names as ``reserved_for`` before its sign
+# session exists (the session id is derived from the proposal, filled in afterwards): only a
+# session this node proposed itself may consume such a reservation (see consume_presignature).
+COORDINATOR_RESERVATION = b"sign-request"
 
 
 class StorageError(RuntimeError):
@@ -752,18 +756,48 @@ class Storage:
                 (presig_id,),
             )
 
-    def consume_presignature(self, presig_id: bytes, session_id: bytes) -> bytes:
+    def consume_presignature(
+        self, presig_id: bytes, session_id: bytes, *, key_id: bytes, signers: Sequence[str],
+        reservation: bytes | None = None,
+    ) -> bytes:
         """Mark one presignature consumed - durably, in one transaction - then return it.
 
-        Raises :class:`PresignatureUnavailable` if it is already consumed: the caller must
-        then not sign. Nothing is returned until the commit is on disk."""
+        The presignature must be what the sign session says it is: of ``key_id``, made for
+        exactly ``signers`` (the session's participants), of the key's current epoch, and either
+        available or reserved for this very session (``reserved_for`` = ``session_id``, or the
+        caller's own ``reservation`` tag - the coordinator's, for a session it proposed itself).
+        Otherwise :class:`PresignatureUnavailable` is raised and *nothing* changes: a proposal
+        naming the wrong key or signer set, or someone else's reservation, must not burn it.
+        Raises it too if the presignature is already consumed: the caller must then not sign.
+        Nothing is returned until the commit is on disk."""
+        short = presig_id.hex()[:16] + "…"
         with self._write() as w:
-            row = w.execute("SELECT state, data FROM presignatures WHERE presig_id = ?", (presig_id,)).fetchone()
+            row = w.execute(
+                "SELECT p.state, p.data, p.key_id, p.signers, p.epoch, p.reserved_for, k.epoch "
+                "FROM presignatures AS p LEFT JOIN key_shares AS k ON k.key_id = p.key_id WHERE p.presig_id = ?",
+                (presig_id,),
+            ).fetchone()
             if row is None:
                 raise NotFound(f"no presignature {presig_id.hex()}")
-            if row[0] == "consumed":
-                raise PresignatureUnavailable(f"presignature {presig_id.hex()[:16]}… is already consumed")
-            plaintext = self.unseal("presignatures", presig_id, row[1])
+            state, data, row_key, row_signers, row_epoch, reserved_for, key_epoch = row
+            if state == "consumed":
+                raise PresignatureUnavailable(f"presignature {short} is already consumed")
+            if bytes(row_key) != key_id:
+                raise PresignatureUnavailable(f"presignature {short} belongs to another key, not {key_id.hex()}")
+            if row_signers != _parties_text(sorted(signers)):
+                raise PresignatureUnavailable(
+                    f"presignature {short} was made for signers {', '.join(json.loads(row_signers))}, "
+                    f"not {', '.join(sorted(signers))}")
+            if key_epoch is None or row_epoch != key_epoch:
+                raise PresignatureUnavailable(
+                    f"presignature {short} is of epoch {row_epoch}, the key's current epoch is {key_epoch}")
+            if state == "reserved":
+                allowed = {session_id} | ({reservation} if reservation is not None else set())
+                if reserved_for is None or bytes(reserved_for) not in allowed:
+                    raise PresignatureUnavailable(f"presignature {short} is reserved for another sign session")
+            elif state != "available":
+                raise PresignatureUnavailable(f"presignature {short} is {state}")
+            plaintext = self.unseal("presignatures", presig_id, data)
             self._mark_consumed(w, presig_id, session_id)
         return plaintext
 

@@ -70,7 +70,7 @@ def test_new_version_becomes_current_and_erases_old_presignatures_atomically(tmp
         assert (counts.available, counts.reserved, counts.consumed) == (0, 0, 4)
         for pid in old_ids:
             with pytest.raises(PresignatureUnavailable):
-                store.consume_presignature(pid, b"t" * 32)
+                store.consume_presignature(pid, b"t" * 32, key_id=KEY_ID, signers=PARTIES[:2])
         with pytest.raises(PresignatureUnavailable):
             store.consume_next_presignature(KEY_ID, PARTIES[:2], b"t" * 32)
         # A presign that raced the refresh (made with the old share) cannot be stored.
@@ -240,7 +240,7 @@ def test_old_aux_secrets_are_erased_once_no_presignature_needs_them(tmp_path, mo
         assert store.get_aux_info(old_aux) == b"OLD-PAILLIER-SECRET"
         sign_session = b"sign" * 8
         store.session_started(sign_session, phase="sign", coordinator="node1", participants=PARTIES[:2])
-        store.consume_presignature(b"2" * 32, sign_session)
+        store.consume_presignature(b"2" * 32, sign_session, key_id=other, signers=PARTIES[:2])
         assert store.prune_aux_info() == 0, "kept while the sign session runs: it may need it to blame"
         store.session_finished(sign_session, state="done")
         assert store.prune_aux_info() == 1
@@ -255,7 +255,7 @@ def test_old_aux_secrets_are_erased_once_no_presignature_needs_them(tmp_path, mo
         store.put_presignature(b"3" * 32, key_id=other, signers=PARTIES[:2], data=b"P", epoch=0, aux_id=new_aux)
         store.put_aux_info(b"C" * 16, parties=PARTIES, level="test-2048", aux=b"NEWER")
         store.session_started(b"dead" * 8, phase="sign", coordinator="node1", participants=PARTIES[:2])
-        store.consume_presignature(b"3" * 32, b"dead" * 8)
+        store.consume_presignature(b"3" * 32, b"dead" * 8, key_id=other, signers=PARTIES[:2])
         assert store.prune_aux_info() == 0
         monkeypatch.setattr(storage_module, "AUX_GRACE_SECONDS", 0.0)
         assert store.prune_aux_info() == 1 and store.latest_aux_info(PARTIES) == b"C" * 16

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from fusion_prime.node.storage import (
+    COORDINATOR_RESERVATION,
     SCHEMA_VERSION,
     KeyMaterial,
+    NotFound,
     PresignatureUnavailable,
     Storage,
     StorageError,
@@ -65,7 +67,7 @@ def test_ciphertext_moved_to_another_row_does_not_open(tmp_path):
         db.commit()
         db.close()
         with pytest.raises(StorageError, match="does not authenticate"):
-            store.consume_presignature(b, b"s" * 32)
+            store.consume_presignature(b, b"s" * 32, key_id=KEY_ID, signers=SIGNERS)
 
 
 def _fingerprint(path: Path) -> str:
@@ -133,7 +135,7 @@ def test_presignature_consumed_exactly_once_under_thread_race(tmp_path):
             barrier.wait()
             try:
                 if i % 2:  # half race for one specific presignature, half take "the next one"
-                    data = store.consume_presignature(ids[0], b"s%031d" % i)
+                    data = store.consume_presignature(ids[0], b"s%031d" % i, key_id=KEY_ID, signers=SIGNERS)
                     got = ids[0]
                 else:
                     got, data = store.consume_next_presignature(KEY_ID, SIGNERS, b"s%031d" % i)
@@ -153,12 +155,12 @@ def test_presignature_consumed_exactly_once_under_thread_race(tmp_path):
         assert len(failures) == 12 - 5
         assert store.presignature_counts(KEY_ID, SIGNERS).consumed == 5
         with pytest.raises(PresignatureUnavailable):
-            store.consume_presignature(ids[0], b"late" * 8)
+            store.consume_presignature(ids[0], b"late" * 8, key_id=KEY_ID, signers=SIGNERS)
 
 
 def _consume_and_die(path: str, presig_id: bytes, conn) -> None:
     store = Storage(Path(path), PASS, node_id="alice", **WEAK)
-    data = store.consume_presignature(presig_id, b"c" * 32)
+    data = store.consume_presignature(presig_id, b"c" * 32, key_id=KEY_ID, signers=SIGNERS)
     conn.send(data)  # the "partial signature" leaves the process...
     os.kill(os.getpid(), signal.SIGKILL)  # ...and the node crashes without any cleanup
 
@@ -182,18 +184,73 @@ def test_consumed_presignature_never_returns_after_crash(tmp_path):
         assert released == 1  # the reservation (never signed with) returns to the pool
         assert store.presignature_state(used) == "consumed"
         with pytest.raises(PresignatureUnavailable):
-            store.consume_presignature(used, b"d" * 32)
+            store.consume_presignature(used, b"d" * 32, key_id=KEY_ID, signers=SIGNERS)
         got, _ = store.consume_next_presignature(KEY_ID, SIGNERS, b"e" * 32)
         assert got == reserved
         with pytest.raises(PresignatureUnavailable, match="empty"):
             store.consume_next_presignature(KEY_ID, SIGNERS, b"f" * 32)
 
 
+def test_a_mismatched_sign_proposal_refuses_without_consuming(tmp_path):
+    """A proposal naming a presignature with the wrong key, signer set or epoch, or one reserved
+    for another session, is refused and the presignature stays exactly as it was."""
+    path = tmp_path / "db"
+    with open_store(path) as store:
+        free, held, own = fill(store, 3)
+        other_key = b"o" * 32
+        store.put_key_share(other_key, parties=SIGNERS, threshold=1, level="test-2048", share=b"OTHER")
+        db = sqlite3.connect(path)
+        db.execute("UPDATE presignatures SET state = 'reserved', reserved_for = ? WHERE presig_id = ?",
+                   (b"mine" * 8, held))
+        db.execute("UPDATE presignatures SET state = 'reserved', reserved_for = ? WHERE presig_id = ?",
+                   (COORDINATOR_RESERVATION, own))
+        db.commit()
+        db.close()
+        before = _fingerprint(path)
+        attempts = [
+            (free, dict(key_id=other_key, signers=SIGNERS), "another key"),
+            (free, dict(key_id=KEY_ID, signers=["alice", "carol"]), "made for signers alice, bob"),
+            (free, dict(key_id=KEY_ID, signers=["alice", "bob", "carol"]), "made for signers"),
+            (free, dict(key_id=KEY_ID, signers=["alice"]), "made for signers"),
+            (held, dict(key_id=KEY_ID, signers=SIGNERS), "reserved for another sign session"),
+            (held, dict(key_id=KEY_ID, signers=SIGNERS, reservation=COORDINATOR_RESERVATION), "reserved for another"),
+            (own, dict(key_id=KEY_ID, signers=SIGNERS), "reserved for another sign session"),
+        ]
+        for pid, kw, reason in attempts:
+            with pytest.raises(PresignatureUnavailable, match=reason):
+                store.consume_presignature(pid, b"evil" * 8, **kw)
+        assert _fingerprint(path) == before, "nothing consumed, nothing logged"
+        assert [store.presignature_state(p) for p in (free, held, own)] == ["available", "reserved", "reserved"]
+
+        # Of an epoch that is no longer the key's current one: refused too.
+        db = sqlite3.connect(path)
+        db.execute("UPDATE key_shares SET epoch = 1 WHERE key_id = ?", (KEY_ID,))
+        db.commit()
+        db.close()
+        with pytest.raises(PresignatureUnavailable, match="epoch 0, the key's current epoch is 1"):
+            store.consume_presignature(free, b"evil" * 8, key_id=KEY_ID, signers=SIGNERS)
+        assert store.presignature_state(free) == "available"
+        db = sqlite3.connect(path)
+        db.execute("UPDATE key_shares SET epoch = 0 WHERE key_id = ?", (KEY_ID,))
+        db.commit()
+        db.close()
+
+        # The right session takes each: any signer order (the stored text is canonical), the
+        # reservation's own session id, and the coordinator's own reservation tag.
+        assert store.consume_presignature(free, b"a" * 32, key_id=KEY_ID, signers=["bob", "alice"]) == b"PRESIG-0"
+        assert store.consume_presignature(held, b"mine" * 8, key_id=KEY_ID, signers=SIGNERS) == b"PRESIG-1"
+        assert store.consume_presignature(own, b"c" * 32, key_id=KEY_ID, signers=SIGNERS,
+                                          reservation=COORDINATOR_RESERVATION) == b"PRESIG-2"
+        assert store.presignature_counts(KEY_ID).consumed == 3
+        with pytest.raises(NotFound):
+            store.consume_presignature(b"x" * 32, b"d" * 32, key_id=KEY_ID, signers=SIGNERS)
+
+
 def test_consumed_state_is_final_even_for_raw_sql(tmp_path):
     path = tmp_path / "db"
     with open_store(path) as store:
         (pid,) = fill(store, 1)
-        store.consume_presignature(pid, b"s" * 32)
+        store.consume_presignature(pid, b"s" * 32, key_id=KEY_ID, signers=SIGNERS)
     db = sqlite3.connect(path)
     with pytest.raises(sqlite3.IntegrityError, match="final"):
         db.execute("UPDATE presignatures SET state = 'available' WHERE presig_id = ?", (pid,))
