@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from fp_network import committee, identities, presign_with, roster
 
-from fusion_prime.node.phases import SignPhase
+from fusion_prime.node.phases import PresignPhase, SignPhase
 from fusion_prime.node.session import Refuse, SessionContext
 from fusion_prime.node.storage import COORDINATOR_RESERVATION, KeyMaterial, Storage
 from fusion_prime.proto.generated import peer_pb2
+from fusion_prime.protocol.presign import PresignMachine
 from fusion_prime.protocol.sign import SignMachine
 
 NODES = ["node1", "node2", "node3"]
@@ -97,3 +98,27 @@ def test_a_bad_sign_proposal_burns_no_presignature(tmp_path, material):
             assert store.presignature_state(presig_id) == "consumed"
         with pytest.raises(Refuse, match="already consumed"):
             SignPhase().build(context(store, sign_proposal("node1", ["node1", "node2"], key_id, pid)))
+
+
+def test_presign_only_with_the_newest_aux_info_of_the_committee(tmp_path, material):
+    store, key_id, _ = node1_store(tmp_path / "node1.sqlite3", material)
+    aux = material[1][1]
+    old_aux = bytes.fromhex(aux.aux_id)
+    with store:
+        # Newer aux info for the committee (as a refresh or a new aux-info session leaves it).
+        newer = b"N" * 16
+        store.put_aux_info(newer, parties=NODES, level=aux.level, aux=aux.to_bytes())
+        assert store.latest_aux_info(NODES) == newer
+
+        def proposal(aux_id: bytes) -> peer_pb2.SessionProposal:
+            p = peer_pb2.SessionProposal(phase="presign", coordinator="node2", participants=["node1", "node2"],
+                                         session_id=secrets.token_bytes(32))
+            p.presign.key_id, p.presign.aux_id, p.presign.epoch = key_id, aux_id, 0
+            return p
+
+        # A coordinator keeping the old Paillier key in use: refused, nothing built.
+        with pytest.raises(Refuse, match=f"aux info {old_aux.hex()} is not the newest .* \\(that is {newer.hex()}\\)"):
+            PresignPhase().build(context(store, proposal(old_aux)))
+        with pytest.raises(Refuse, match="is not the newest"):
+            PresignPhase().build(context(store, proposal(b"U" * 16)))  # unknown here
+        assert isinstance(PresignPhase().build(context(store, proposal(newer))), PresignMachine)
