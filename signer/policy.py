@@ -6,8 +6,11 @@ how many operator approvals a request needs and whose approvals count. Nothing i
 or from another node can widen it.
 
 State that must survive restarts — which requests were authorised (idempotency: one request
-id, one signature, whatever the coordinator does) and how much of each window is used — lives
-in the node's own SQLite file next to its data, written before the node agrees to sign.
+id, one charge to the window, whatever the coordinator does), for which sign sessions, and how
+much of each window is used — lives in the node's own SQLite file next to its data, written
+before the node agrees to sign. One sign request may run in at most MAX_SESSIONS_PER_REQUEST
+distinct sign sessions (the coordinator retries a failed sign with another signer set): a
+compromised coordinator cannot turn one request into any number of signatures.
 
 Example::
 
@@ -37,6 +40,11 @@ from pathlib import Path
 
 from ..protocol.errors import InvalidInput
 from .requests import ADMIN_KINDS, KIND_SIGN, VerifiedRequest
+
+# Sign sessions one client request may be authorised for: the coordinator's attempts (Node.sign
+# retries a failed session with another signer set, attempts=3). Asked again for a session it
+# was already authorised for, a node answers as before (idempotent).
+MAX_SESSIONS_PER_REQUEST = 3
 
 
 class PolicyRefusal(Exception):
@@ -125,10 +133,22 @@ class PolicyEnforcer:
                 "body BLOB NOT NULL, key_id BLOB NOT NULL, at REAL NOT NULL, result BLOB, "
                 "PRIMARY KEY (client, request_id))"
             )
+            # Added later; the file has no schema version: an older file simply gains the table
+            # (its requests have no sessions recorded yet and count from zero).
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS authorised_sessions (client BLOB NOT NULL, request_id TEXT NOT NULL, "
+                "session_id BLOB NOT NULL, at REAL NOT NULL, PRIMARY KEY (client, request_id, session_id))"
+            )
 
-    def check(self, request: VerifiedRequest, *, now: float | None = None) -> bool:
+    def check(self, request: VerifiedRequest, *, now: float | None = None, session_id: bytes | None = None) -> bool:
         """Authorise (and durably record) a request; True when it was already authorised with
-        the same body (an idempotent repeat). Raises PolicyRefusal with the reason otherwise."""
+        the same body (an idempotent repeat). Raises PolicyRefusal with the reason otherwise.
+
+        ``session_id`` names the sign session the request is checked for (a participant's
+        check of a proposal): a sign request is authorised for at most
+        MAX_SESSIONS_PER_REQUEST distinct sessions, and the same session asked again is an
+        idempotent repeat. Without it (the coordinator's check before any session exists)
+        nothing is bound to a session."""
         body = request.body
         now = time.time() if now is None else now
         if body.kind in ADMIN_KINDS:  # create, refresh, reshare: key administration
@@ -142,9 +162,12 @@ class PolicyEnforcer:
         approved = len(request.approvers & policy.approvers)
         if approved < policy.approvals_required:
             raise PolicyRefusal(f"{approved} of {policy.approvals_required} required operator approvals")
-        return self._record(request, now, count_against=policy if body.kind == KIND_SIGN else None)
+        sign = body.kind == KIND_SIGN
+        return self._record(request, now, count_against=policy if sign else None,
+                            session_id=session_id if sign else None)
 
-    def _record(self, request: VerifiedRequest, now: float, count_against: KeyPolicy | None) -> bool:
+    def _record(self, request: VerifiedRequest, now: float, count_against: KeyPolicy | None,
+                session_id: bytes | None = None) -> bool:
         body = request.body
         encoded = body.identity()
         with self._lock:
@@ -153,9 +176,11 @@ class PolicyEnforcer:
                 row = self._db.execute("SELECT body FROM authorised WHERE client = ? AND request_id = ?",
                                        (body.client, body.request_id)).fetchone()
                 if row is not None:
-                    self._db.execute("COMMIT")
                     if bytes(row[0]) != encoded:
                         raise PolicyRefusal("request id already used for a different request")
+                    if session_id is not None:
+                        self._bind_session(body.client, body.request_id, session_id, now)
+                    self._db.execute("COMMIT")
                     return True
                 if count_against is not None:
                     since = now - count_against.window_seconds
@@ -168,12 +193,36 @@ class PolicyEnforcer:
                             f"{count_against.window_seconds} s")
                 self._db.execute("INSERT INTO authorised (client, request_id, body, key_id, at) VALUES (?,?,?,?,?)",
                                  (body.client, body.request_id, encoded, body.key_id, now))
+                if session_id is not None:
+                    self._bind_session(body.client, body.request_id, session_id, now)
                 self._db.execute("COMMIT")
                 return False
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def _bind_session(self, client: bytes, request_id: str, session_id: bytes, now: float) -> None:
+        """Record that this request is authorised for ``session_id`` (inside _record's
+        transaction), refusing a session beyond MAX_SESSIONS_PER_REQUEST."""
+        key = (client, request_id)
+        if self._db.execute("SELECT 1 FROM authorised_sessions WHERE client = ? AND request_id = ? "
+                            "AND session_id = ?", (*key, session_id)).fetchone():
+            return  # the same session asked again: idempotent
+        used = self._db.execute("SELECT COUNT(*) FROM authorised_sessions WHERE client = ? AND request_id = ?",
+                                key).fetchone()[0]
+        if used >= MAX_SESSIONS_PER_REQUEST:
+            raise PolicyRefusal(f"request {request_id!r} was already authorised for {used} sign sessions "
+                                f"(at most {MAX_SESSIONS_PER_REQUEST}); the client must send a new request")
+        self._db.execute("INSERT INTO authorised_sessions (client, request_id, session_id, at) VALUES (?,?,?,?)",
+                         (*key, session_id, now))
+
+    def sessions_of(self, client: bytes, request_id: str) -> list[bytes]:
+        """The sign sessions a request was authorised for, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT session_id FROM authorised_sessions WHERE client = ? AND request_id = ? "
+                                    "ORDER BY at, session_id", (client, request_id)).fetchall()
+        return [bytes(r[0]) for r in rows]
 
     def store_result(self, request: VerifiedRequest, result: bytes) -> None:
         with self._lock:

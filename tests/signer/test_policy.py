@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
 
 from fusion_prime.protocol.errors import InvalidInput
 from fusion_prime.protocol.identity import PartyIdentity
-from fusion_prime.signer.policy import PolicyBook, PolicyEnforcer, PolicyRefusal
+from fusion_prime.signer.policy import MAX_SESSIONS_PER_REQUEST, PolicyBook, PolicyEnforcer, PolicyRefusal
 from fusion_prime.signer.requests import (
     KIND_CREATE_KEY,
     KIND_SIGN,
@@ -63,6 +64,60 @@ def test_window_limit_and_idempotency_survive_a_restart(tmp_path) -> None:  # ty
     with pytest.raises(PolicyRefusal, match="already used"):
         again.check(_sign(CLIENT, "1", digest=b"\x02" * 32))
     assert again.check(_sign(CLIENT, "3"), now=time.time() + 3600) is False  # a new window
+
+
+def test_one_request_is_authorised_for_a_bounded_number_of_sign_sessions(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A coordinator may retry a failed sign with another signer set, but a forwarded client
+    request must not buy any number of signatures: at most MAX_SESSIONS_PER_REQUEST distinct
+    sign sessions, the same session asked again being an idempotent repeat - across restarts."""
+    assert MAX_SESSIONS_PER_REQUEST == 3
+    db = tmp_path / "p.sqlite3"
+    coordinator = PolicyEnforcer(_book(tmp_path, limit=10), db)
+    request = _sign(CLIENT, "once")
+    assert coordinator.check(request) is False  # the Sign RPC, before any session exists
+    sessions = [bytes([i]) * 32 for i in range(1, 5)]
+    for sid in sessions[:3]:
+        assert coordinator.check(request, session_id=sid) is True  # its own proposal of each attempt
+    assert coordinator.check(request, session_id=sessions[1]) is True  # the same session: idempotent
+    with pytest.raises(PolicyRefusal, match=r"already authorised for 3 sign sessions \(at most 3\)"):
+        coordinator.check(request, session_id=sessions[3])
+    assert coordinator.sessions_of(CLIENT.public_key, "once") == sessions[:3]
+    coordinator.close()
+    again = PolicyEnforcer(_book(tmp_path, limit=10), db)
+    with pytest.raises(PolicyRefusal, match="already authorised for 3"):
+        again.check(request, session_id=sessions[3])
+    assert again.check(request, session_id=sessions[0]) is True
+    assert again.check(request) is True  # without a session: the old idempotent answer
+    assert again.sessions_of(CLIENT.public_key, "once") == sessions[:3]
+
+    # A participant meets the request first in a proposal; its window is charged once only.
+    participant = PolicyEnforcer(_book(tmp_path, limit=2), tmp_path / "participant.sqlite3")
+    assert participant.check(request, session_id=sessions[0]) is False
+    assert participant.check(request, session_id=sessions[1]) is True
+    assert participant.check(request, session_id=sessions[2]) is True
+    with pytest.raises(PolicyRefusal, match="already authorised for 3"):
+        participant.check(request, session_id=sessions[3])
+    assert participant.check(_sign(CLIENT, "second", digest=b"\x01" * 32), session_id=sessions[3]) is False
+    with pytest.raises(PolicyRefusal, match="limit"):  # two requests, two charges: the limit is 2
+        participant.check(_sign(CLIENT, "third", digest=b"\x02" * 32), session_id=b"\x09" * 32)
+    assert participant.sessions_of(CLIENT.public_key, "third") == [], "a refusal binds no session"
+
+
+def test_a_policy_file_from_before_session_binding_opens_and_binds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db_path = tmp_path / "p.sqlite3"
+    request = _sign(CLIENT, "old")
+    old = sqlite3.connect(db_path)
+    old.execute("CREATE TABLE authorised (client BLOB NOT NULL, request_id TEXT NOT NULL, body BLOB NOT NULL, "
+                "key_id BLOB NOT NULL, at REAL NOT NULL, result BLOB, PRIMARY KEY (client, request_id))")
+    old.execute("INSERT INTO authorised (client, request_id, body, key_id, at) VALUES (?,?,?,?,?)",
+                (CLIENT.public_key, "old", request.body.identity(), KEY, time.time()))
+    old.commit()
+    old.close()
+    enforcer = PolicyEnforcer(_book(tmp_path), db_path)
+    for i in range(3):
+        assert enforcer.check(request, session_id=bytes([i]) * 32) is True
+    with pytest.raises(PolicyRefusal, match="already authorised for 3"):
+        enforcer.check(request, session_id=b"\xff" * 32)
 
 
 def test_clients_and_key_creation_rights(tmp_path) -> None:  # type: ignore[no-untyped-def]
