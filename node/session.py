@@ -6,8 +6,9 @@ envelopes the transport hands it, routes the machine's outgoing messages, and en
 deadline per round with a cancel scope. When a round times out the session ends with a
 result that names the parties whose messages are missing - the same answer every honest
 participant reaches, because "missing" is computed from the round's expected shape (the
-engine's hooks say who owes this node which message in each round), not from timing: a peer
-that sent nothing is named before peers that merely lack their echo.
+engine's hooks say who owes this node which message in each round) and from the messages the
+machine accepted (signature-checked; an envelope that merely arrived proves nothing), not
+from timing: a peer that sent nothing valid is named before peers that merely lack their echo.
 
 CPU-heavy work (``start()`` and ``receive()``: Paillier, proofs, prime generation) runs in a
 worker thread via ``trio.to_thread.run_sync`` under a shared capacity limiter, so the event
@@ -35,7 +36,6 @@ import inspect
 import logging
 import secrets
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,7 +46,7 @@ import trio
 from ..proto.generated import peer_pb2
 from ..protocol.errors import InvalidInput, ProtocolError
 from ..protocol.identity import PartyIdentity
-from ..protocol.machine import BROADCAST, KIND_ECHO, ProtocolMessage, RoundMachine, Status
+from ..protocol.machine import BROADCAST, ProtocolMessage, RoundMachine, Status
 from .logs import log_event
 from .metrics import NodeMetrics
 from .storage import Storage
@@ -179,8 +179,6 @@ class SessionDriver:
         self.phase = ctx.proposal.phase
         self.node_of = {i: n for n, i in ctx.index_of.items()}
         self.peers = [n for n in ctx.index_of if n != ctx.node_id]
-        self._mains: dict[tuple[int, str], int] = defaultdict(int)  # (round, sender) -> main messages
-        self._echoes: set[tuple[int, str]] = set()
         self._rejected_seen = 0
         self._sends_failed: set[str] = set()
         self._send_scopes: set[trio.CancelScope] = set()
@@ -228,20 +226,28 @@ class SessionDriver:
                       phase=self.phase, reason=reason)
         self._rejected_seen = len(self.machine.rejected)
 
-    def _expected_mains(self, r: int, peer: str) -> int:
-        """How many main messages ``peer`` owes this node in round ``r``: its broadcast if it is
-        a broadcaster, its private message if this node is one of its receivers. The engine's
-        round-shape hooks are the single source of truth (some phases, like resharing, have
-        rounds where only some parties speak), so the node asks them rather than guessing."""
+    def _owed_mains(self, r: int, peer: str) -> list[tuple[int, int]]:
+        """The main-message slots (sender, receiver) ``peer`` owes this node in round ``r``: its
+        broadcast if it is a broadcaster, its private message if this node is one of its
+        receivers. The engine's round-shape hooks are the single source of truth (some phases,
+        like resharing, have rounds where only some parties speak), so the node asks them
+        rather than guessing."""
         m, j = self.machine, self.ctx.index_of[peer]
-        return int(j in m._broadcasters(r)) + int(m.me in m._private_receivers(r, j))
+        return ([(j, BROADCAST)] if j in m._broadcasters(r) else []) + (
+            [(j, m.me)] if m.me in m._private_receivers(r, j) else [])
 
     def missing(self, r: int) -> list[str]:
-        """Peers that have not sent what round ``r`` requires (main messages first, then echoes)."""
-        lacking_main = [p for p in self.peers if self._mains[(r, p)] < self._expected_mains(r, p)]
+        """Peers that have not sent what round ``r`` requires (main messages first, then echoes).
+
+        Judged from what the machine *accepted* (``RoundMachine.accepted``: signature, session
+        and round checked), never from envelopes that merely arrived: a participant that sends
+        garbage under its own name in place of its real messages is the one missing, and the
+        honest parties that could not echo its absent message are not blamed for it."""
+        mains, echoes = self.machine.accepted(r)
+        lacking_main = [p for p in self.peers if any(slot not in mains for slot in self._owed_mains(r, p))]
         if lacking_main:
             return sorted(lacking_main)
-        return sorted(p for p in self.peers if (r, p) not in self._echoes)
+        return sorted(p for p in self.peers if self.ctx.index_of[p] not in echoes)
 
     def _outcome(self, status: str, started: float, culprits: Iterable[str] = (), reason: str = "",
                  output: Any = None) -> SessionOutcome:
@@ -296,10 +302,6 @@ class SessionDriver:
                 self.transport.count_reject("envelope-payload-mismatch", peer=inbound.sender,
                                             session_id=inbound.session_id)
                 continue
-            if msg.kind == KIND_ECHO:
-                self._echoes.add((msg.round, inbound.sender))
-            else:
-                self._mains[(msg.round, inbound.sender)] += 1
             self._route(sends, await self._step(m.receive, inbound.payload))
             self._note_rejections()
         if m.status is Status.DONE:

@@ -235,6 +235,20 @@ class RoundMachine(ABC):
             return []
         return self._guarded(lambda: self._accept(msg))
 
+    def accepted(self, r: int) -> tuple[frozenset[tuple[int, int]], frozenset[int]]:
+        """What this machine has *accepted* for round ``r``: the (sender, receiver) slots of its
+        main messages (receiver ``BROADCAST`` for a broadcast) and the senders of its echoes.
+
+        Only messages that passed the session, phase, roster, round and signature checks are
+        here - what ``receive`` dropped into ``rejected`` never is. A driver that must say who
+        failed to speak (a round deadline) asks this, so that a peer sending garbage in another
+        party's place, or unsigned noise under its own name, cannot make honest parties look
+        silent. Read-only; includes this party's own broadcast."""
+        st = self._state.get(r)
+        if st is None:
+            return frozenset(), frozenset()
+        return frozenset(st.main), frozenset(st.echo)
+
     def result(self) -> Any:
         """The output, or raise SessionAborted naming the culprits."""
         if self.status is Status.ABORTED and self.abort is not None:

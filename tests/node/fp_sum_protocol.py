@@ -16,7 +16,7 @@ from typing import Any
 
 from fusion_prime.proto.generated import peer_pb2
 from fusion_prime.protocol.encoding import Decoder, Encoder
-from fusion_prime.protocol.machine import Blame, RoundMachine
+from fusion_prime.protocol.machine import Blame, ProtocolMessage, RoundMachine
 
 
 class SumMachine(RoundMachine):
@@ -96,8 +96,42 @@ class MuteSumMachine(SumMachine):
         return []
 
 
+class GarbageSumMachine(SumMachine):
+    """Sends, in place of each of its real messages, garbage under its own name with the right
+    round and kind: a broken signature (``garble = "signature"``) or a properly signed message
+    for another session (``garble = "session"``). Its real messages never leave. The machines
+    receiving them drop them without blame (nothing proves who made them)."""
+
+    garble = "signature"
+
+    def _garbled(self, out: list[bytes]) -> list[bytes]:
+        bad = []
+        for raw in out:
+            m = ProtocolMessage.from_bytes(raw)
+            if self.garble == "signature":
+                sig = m.signature[:-1] + bytes([m.signature[-1] ^ 1])
+                bad.append(ProtocolMessage(m.session_id, m.phase, m.round, m.kind, m.sender, m.receiver, m.payload,
+                                           sig).to_bytes())
+            else:
+                other = ProtocolMessage(hashlib.sha256(m.session_id).digest(), m.phase, m.round, m.kind, m.sender,
+                                        m.receiver, m.payload)
+                bad.append(ProtocolMessage(other.session_id, m.phase, m.round, m.kind, m.sender, m.receiver,
+                                           m.payload, self._identity.sign(other.digest())).to_bytes())
+        return bad
+
+    def start(self) -> list[bytes]:
+        return self._garbled(super().start())
+
+    def receive(self, data: bytes) -> list[bytes]:
+        return self._garbled(super().receive(data))
+
+
+class OtherSessionSumMachine(GarbageSumMachine):
+    garble = "session"
+
+
 class SumPhase:
-    """PhaseHandler for the sum protocol; ``behaviour`` picks honest, cheating or mute."""
+    """PhaseHandler for the sum protocol; ``behaviour`` picks honest, cheating, mute or garbage."""
 
     phase = "sum"
 
@@ -108,7 +142,8 @@ class SumPhase:
         self.failures: list[Any] = []
 
     def build(self, ctx):
-        cls = {"honest": SumMachine, "cheat": CheatingSumMachine, "mute": MuteSumMachine}[self.behaviour]
+        cls = {"honest": SumMachine, "cheat": CheatingSumMachine, "mute": MuteSumMachine,
+               "garbage": GarbageSumMachine, "other-session": OtherSessionSumMachine}[self.behaviour]
         return cls(ctx.session_id, ctx.me, ctx.parties, ctx.identity, ctx.roster, slow=self.slow)
 
     def finish(self, ctx, output):

@@ -72,6 +72,33 @@ def test_cheater_is_blamed_by_everyone_and_excluded(devnet3):
     trio.run(main)
 
 
+@pytest.mark.parametrize("garbage", ["garbage", "other-session"])
+def test_garbage_sender_is_named_not_the_honest_nodes(devnet3, garbage):
+    """node3 sends, in place of each of its messages, one with its name, the right round and
+    kind but a broken signature (or signed for another session); its valid messages never
+    leave. The honest machines drop the garbage without blame and wait for node3's round-1
+    messages until the deadline: every honest node must name node3, and neither may name the
+    other because it could not echo node3's missing message."""
+    nodes, phases = nodes_with(devnet3, ["honest", "honest", garbage])
+
+    async def main():
+        async with running_nodes(*nodes):
+            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1, round_deadline=5.0)
+            assert outcome.status == "timeout", outcome
+            assert outcome.culprits == ("node3",), outcome
+            with trio.fail_after(30):  # node2's own deadline, then its record
+                while nodes[1].storage.session_state(outcome.session_id) in (None, "running"):
+                    await trio.sleep(0.05)
+            assert [f.culprits for f in phases[1].failures] == [("node3",)], "node2 names node3, not node1"
+            for n in nodes[:2]:
+                events = [e for e in n.storage.audit_log() if e["event"] == "session-timeout"]
+                assert [e["detail"]["culprits"] for e in events] == [["node3"]], n.cfg.node_id
+            # what was dropped was counted, not blamed
+            assert counter_value(nodes[0].metrics, "fp_envelopes_rejected_total", reason="machine") >= 1
+
+    trio.run(main)
+
+
 def test_policy_refusal_is_reported_and_another_set_is_tried(devnet3):
     seen = []
 
