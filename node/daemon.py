@@ -34,7 +34,7 @@ from .metrics import HealthServer, NodeMetrics
 from .phases import PrimeSource, RefreshParams, ReshareParams, cggmp21_phases, load_key_share
 from .primepool import PrimePool
 from .session import Authorizer, PhaseHandler, SessionManager, SessionOutcome, allow_all
-from .storage import KeyMaterial, Storage
+from .storage import COORDINATOR_RESERVATION, KeyMaterial, Storage
 from .tls import RosterTrust, TLSError
 from .transport import PeerInfo, Transport
 
@@ -260,7 +260,7 @@ class Node:
                     "no presignature for a healthy signer set that includes this node"))
             signers = sets[0]
             presig_id = await trio.to_thread.run_sync(self.storage.reserve_presignature, key_id, signers,
-                                                      b"sign-request")
+                                                      COORDINATOR_RESERVATION)
             if presig_id is None:
                 continue
 

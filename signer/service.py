@@ -91,7 +91,8 @@ class WalletAuthorizer:
         if mismatch:
             return False, f"the proposal does not match what the client signed: {mismatch}"
         try:
-            self.enforcer.check(verified)
+            # With the session id: one request, at most MAX_SESSIONS_PER_REQUEST sign sessions.
+            self.enforcer.check(verified, session_id=proposal.session_id)
         except PolicyRefusal as exc:
             return False, str(exc)
         return True, ""
