@@ -27,7 +27,7 @@ async def serve(config: Path, policy: Path, wallet_listen: str, *, port_file: Pa
     cfg = load_config(config)
     book = PolicyBook.load(policy)  # a bad policy file stops the node before it opens anything
     authorizer = WalletAuthorizer(None)
-    node = Node(cfg, storage_key(cfg, dict(os.environ)), authorize=authorizer)  # creates the data dir
+    node = Node(cfg, storage_key(cfg, dict(os.environ)), authorize=authorizer.in_thread)  # creates the data dir
     enforcer = PolicyEnforcer(book, cfg.data_dir / "wallet-policy.sqlite3")
     authorizer.enforcer = enforcer
     server = None

@@ -75,6 +75,11 @@ class WalletAuthorizer:
     def __init__(self, enforcer: PolicyEnforcer | None) -> None:
         self.enforcer = enforcer
 
+    async def in_thread(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
+        """The hook as the node should call it: signature checks and the policy's fsynced SQLite
+        write happen in a worker thread, never on the node's event loop."""
+        return await trio.to_thread.run_sync(self, proposal)
+
     def __call__(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
         if self.enforcer is None:
             return False, "wallet policy not loaded yet"
