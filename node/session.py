@@ -50,7 +50,7 @@ from ..protocol.machine import BROADCAST, ProtocolMessage, RoundMachine, Status
 from .logs import log_event
 from .metrics import NodeMetrics
 from .storage import Storage
-from .transport import Inbound, PeerInfo, Transport, TransportError
+from .transport import PeerInfo, SessionInbox, Transport, TransportError
 from .wire import derive_session_id, fresh_nonce, params_encoding, sign_proposal, sign_withdrawal
 
 log = logging.getLogger("fusion_prime.node.session")
@@ -164,7 +164,7 @@ class SessionDriver:
         ctx: SessionContext,
         machine: RoundMachine,
         transport: Transport,
-        inbox: trio.MemoryReceiveChannel[Inbound],
+        inbox: SessionInbox,
         round_deadline: float,
         cpu_limiter: trio.CapacityLimiter,
         metrics: NodeMetrics,

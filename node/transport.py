@@ -33,9 +33,38 @@ certificate is a pinned roster certificate and belongs to the envelope's sender;
 receiver is this node; the signature verifies under the sender's roster identity key; the
 (epoch, sequence) pair is new (per-sender sliding window; an older epoch is a replay); and
 the session is running with that phase and lists the sender as a participant. Envelopes for
-a session not yet known are buffered (bounded in total and per sender, with a TTL) until
-the session opens, and dropped when they expire. Each rejection is logged (structured,
+a session not yet known are buffered (bounded in total and per sender, in envelopes and in
+bytes, with a TTL) until the session opens, and dropped when they expire. A session's inbox
+is bounded the same way (envelopes and bytes). Each rejection is logged (structured,
 without payload) and counted in ``fp_envelopes_rejected_total{reason}``.
+
+Memory budgets
+--------------
+An envelope may carry up to ``MAX_PAYLOAD`` (4 MiB), so a bound in envelopes alone lets one
+roster peer park gigabytes. Every queue is therefore also bounded in payload bytes. The
+largest legitimate CGGMP21 messages at the 128-bit level (measured with the in-process
+runner, 3072-bit Paillier): aux-info / key-refresh rounds 2 and 3 broadcasts with Π^prm and
+Π^mod, ~101 KB each, independent of n; the identification rounds grow with the committee,
+about 4 KB + 18 KB·n (presign round 4: 40 KB at n = 3, 59 KB at n = 4) and 21 KB·n (sign
+round 2: 43 KB / 64 KB); an echo carrying complaints forwards at most n − 1 private
+messages of ≤ 16 KB (presign round 2). Everything else is below 16 KB.
+
+* Early buffer: ``BUFFER_BYTES_PER_SENDER`` = 32 MiB and ``BUFFER_BYTES`` = 128 MiB, i.e.
+  128 KB (more than any legitimate message up to n ≈ 6, and far more than the round-1
+  messages, the only ones that can legitimately precede a session: round 2 needs this
+  node's own echo) times the envelope limits (256 per sender, 1024 in total). The byte
+  budget never binds before the envelope limit for honest traffic; a flood of 4 MiB
+  envelopes stops at 32 MiB per peer and 128 MiB overall instead of 1 GiB / 4 GiB.
+* Session inbox: ``SESSION_INBOX_BYTES`` = 32 MiB per session. A session legitimately
+  queues at most (rounds × (broadcast + private + echo)) per peer - ~330 KB per peer for aux
+  info, less than 1 MB per peer for an identification run at n = 16 - so 32 MiB is a wide
+  margin for the committees this network runs, while a participant flooding a session is
+  stopped there.
+
+Over budget, the envelope is refused with ``RESOURCE_EXHAUSTED`` (the sender backs off and
+retries until its deadline, as for a full count) and counted with reason ``buffer-bytes-full``
+or ``inbox-bytes-full``; the bytes are released when the session takes the envelope, when it
+expires unclaimed, or when the session closes.
 
 Delivery is retried with exponential backoff and jitter until the caller's deadline (the
 round deadline). The same signed envelope is resent, so a retry whose first attempt did
@@ -68,6 +97,10 @@ from .wire import proposal_session_id, sign_envelope, verify_envelope, verify_pr
 log = logging.getLogger("fusion_prime.node.transport")
 
 MAX_MESSAGE_BYTES = MAX_PAYLOAD + (64 << 10)
+# Byte budgets, payload bytes (see "Memory budgets" above for the measured sizes behind them).
+BUFFER_BYTES_PER_SENDER = 32 << 20
+BUFFER_BYTES = 128 << 20
+SESSION_INBOX_BYTES = 32 << 20
 RPC_TIMEOUT = 5.0
 INITIAL_BACKOFF, MAX_BACKOFF = 0.05, 1.0
 Ack = peer_pb2.Ack
@@ -146,6 +179,29 @@ class _Session:
     phase: str
     participants: frozenset[str]
     send: trio.MemorySendChannel[Inbound]
+    queued_bytes: int = 0  # payload bytes sent into the inbox and not yet received by the driver
+
+
+class SessionInbox:
+    """The receiving end of one session's inbox: a trio memory channel that also gives the
+    payload bytes of each envelope it hands out back to the session's byte budget."""
+
+    def __init__(self, session: _Session, receive: trio.MemoryReceiveChannel[Inbound]) -> None:
+        self._session = session
+        self._receive = receive
+
+    def _took(self, inbound: Inbound) -> Inbound:
+        self._session.queued_bytes -= len(inbound.payload)
+        return inbound
+
+    async def receive(self) -> Inbound:
+        return self._took(await self._receive.receive())
+
+    def receive_nowait(self) -> Inbound:
+        return self._took(self._receive.receive_nowait())
+
+    def close(self) -> None:
+        self._receive.close()
 
 
 @dataclass
@@ -260,6 +316,9 @@ class Transport:
         buffer_per_sender: int = 256,
         buffer_ttl: float = 30.0,
         session_inbox: int = 1024,
+        buffer_bytes: int = BUFFER_BYTES,
+        buffer_bytes_per_sender: int = BUFFER_BYTES_PER_SENDER,
+        session_inbox_bytes: int = SESSION_INBOX_BYTES,
         rpc_threads: int = 16,
         replay_window: int = 4096,
     ) -> None:
@@ -277,6 +336,11 @@ class Transport:
         self.withdrawal_handler: WithdrawalHandler | None = None
         self.buffer_limit, self.buffer_per_sender, self.buffer_ttl = buffer_limit, buffer_per_sender, buffer_ttl
         self.session_inbox = session_inbox
+        if min(buffer_bytes, buffer_bytes_per_sender, session_inbox_bytes) < MAX_PAYLOAD:
+            # a smaller budget would refuse a legitimate maximal message forever
+            raise TransportError(f"byte budgets must be at least one maximal payload ({MAX_PAYLOAD} bytes)")
+        self.buffer_bytes, self.buffer_bytes_per_sender = buffer_bytes, buffer_bytes_per_sender
+        self.session_inbox_bytes = session_inbox_bytes
         self.trio_token: trio.lowlevel.TrioToken | None = None
         self.port: int | None = None
         self._rpc_threads = rpc_threads
@@ -287,6 +351,8 @@ class Transport:
         self._held: OrderedDict[int, _Held] = OrderedDict()
         self._held_ids = itertools.count()
         self._held_per_sender: dict[str, int] = {}
+        self._held_bytes = 0
+        self._held_bytes_per_sender: dict[str, int] = {}
         self._closed: set[bytes] = set()
         self._closed_order: deque[bytes] = deque()
         self._closed_limit = 4096
@@ -369,9 +435,13 @@ class Transport:
             ):
                 self.count_reject("buffer-full", **fields)
                 raise _Transient("early-message buffer full; retry later")
-            self._held[next(self._held_ids)] = _Held(inbound, trio.current_time() + self.buffer_ttl)
-            self._held_per_sender[inbound.sender] = self._held_per_sender.get(inbound.sender, 0) + 1
-            self.metrics.buffered.set(len(self._held))
+            size = len(inbound.payload)
+            if self._held_bytes + size > self.buffer_bytes or self._held_bytes_per_sender.get(
+                inbound.sender, 0
+            ) + size > self.buffer_bytes_per_sender:
+                self.count_reject("buffer-bytes-full", bytes=size, **fields)
+                raise _Transient("early-message buffer byte budget exhausted; retry later")
+            self._hold(inbound)
             window.record(epoch, sequence)
             self.metrics.envelopes_received.labels(peer=inbound.sender, outcome="buffered").inc()
             log_event(log, logging.DEBUG, "envelope buffered for an unknown session", **fields)
@@ -380,17 +450,49 @@ class Transport:
         if problem is not None:
             self.count_reject(problem[0], detail=problem[1], **fields)
             return Ack.REJECTED, problem[1]
-        try:
-            session.send.send_nowait(inbound)
-        except trio.WouldBlock:
-            self.count_reject("inbox-full", **fields)
-            raise _Transient("session inbox full; retry later") from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        verdict = self._enqueue(session, inbound)
+        if verdict in ("inbox-full", "inbox-bytes-full"):
+            self.count_reject(verdict, bytes=len(inbound.payload), **fields)
+            raise _Transient(f"session {'inbox' if verdict == 'inbox-full' else 'inbox byte budget'} full; "
+                             "retry later")
+        if verdict == "session-closed":
             self.count_reject("session-closed", level=logging.INFO, **fields)
             return Ack.REJECTED, "session already finished"
         window.record(epoch, sequence)
         self.metrics.envelopes_received.labels(peer=inbound.sender, outcome="accepted").inc()
         return Ack.ACCEPTED, ""
+
+    def _enqueue(self, session: _Session, inbound: Inbound) -> str | None:
+        """Into the session's inbox within its byte budget: None, or the reason it was not."""
+        size = len(inbound.payload)
+        if session.queued_bytes + size > self.session_inbox_bytes:
+            return "inbox-bytes-full"
+        try:
+            session.send.send_nowait(inbound)
+        except trio.WouldBlock:
+            return "inbox-full"
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return "session-closed"
+        session.queued_bytes += size
+        return None
+
+    def _hold(self, inbound: Inbound) -> None:
+        size = len(inbound.payload)
+        self._held[next(self._held_ids)] = _Held(inbound, trio.current_time() + self.buffer_ttl)
+        self._held_per_sender[inbound.sender] = self._held_per_sender.get(inbound.sender, 0) + 1
+        self._held_bytes += size
+        self._held_bytes_per_sender[inbound.sender] = self._held_bytes_per_sender.get(inbound.sender, 0) + size
+        self.metrics.buffered.set(len(self._held))
+
+    def _release(self, key: int) -> _Held:
+        held = self._held.pop(key)
+        sender, size = held.inbound.sender, len(held.inbound.payload)
+        self._held_per_sender[sender] -= 1
+        self._held_bytes -= size
+        self._held_bytes_per_sender[sender] -= size
+        if not self._held_per_sender[sender]:  # no empty entries left behind by departed peers
+            del self._held_per_sender[sender], self._held_bytes_per_sender[sender]
+        return held
 
     @staticmethod
     def _session_problem(session: _Session, inbound: Inbound) -> tuple[str, str] | None:
@@ -400,9 +502,7 @@ class Transport:
             return "not-a-participant", f"{inbound.sender!r} is not a participant of this session"
         return None
 
-    def open_session(
-        self, session_id: bytes, phase: str, participants: Iterable[str]
-    ) -> trio.MemoryReceiveChannel[Inbound]:
+    def open_session(self, session_id: bytes, phase: str, participants: Iterable[str]) -> SessionInbox:
         """Register a session and hand over envelopes that arrived before it existed."""
         if session_id in self._sessions or session_id in self._closed:
             raise TransportError("session id already used")
@@ -410,23 +510,22 @@ class Transport:
         session = _Session(phase, frozenset(participants) - {self.node_id}, send)
         self._sessions[session_id] = session
         for key in [k for k, h in self._held.items() if h.inbound.session_id == session_id]:
-            held = self._held.pop(key)
-            self._held_per_sender[held.inbound.sender] -= 1
+            held = self._release(key)
             problem = self._session_problem(session, held.inbound)
             if problem is not None:
                 self.count_reject(problem[0], detail=problem[1], peer=held.inbound.sender, session_id=session_id)
                 continue
-            try:
-                send.send_nowait(held.inbound)
-            except trio.WouldBlock:
-                self.count_reject("inbox-full", peer=held.inbound.sender, session_id=session_id)
+            verdict = self._enqueue(session, held.inbound)
+            if verdict is not None:
+                self.count_reject(verdict, peer=held.inbound.sender, session_id=session_id,
+                                  bytes=len(held.inbound.payload))
         self.metrics.buffered.set(len(self._held))
-        return receive
+        return SessionInbox(session, receive)
 
     def close_session(self, session_id: bytes) -> None:
         session = self._sessions.pop(session_id, None)
         if session is not None:
-            session.send.close()
+            session.send.close()  # its queued bytes leave the accounting with the session
         if session_id not in self._closed:
             self._closed.add(session_id)
             self._closed_order.append(session_id)
@@ -437,6 +536,19 @@ class Transport:
     def buffered_count(self) -> int:
         return len(self._held)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Payload bytes held in the early-message buffer."""
+        return self._held_bytes
+
+    def buffered_bytes_from(self, sender: str) -> int:
+        return self._held_bytes_per_sender.get(sender, 0)
+
+    @property
+    def inbox_bytes(self) -> int:
+        """Payload bytes queued in the inboxes of running sessions, not yet taken by their drivers."""
+        return sum(s.queued_bytes for s in self._sessions.values())
+
     async def _sweep(self) -> None:
         """Drop early envelopes whose session never appeared."""
         while True:
@@ -444,8 +556,7 @@ class Transport:
             now = trio.current_time()
             expired = [k for k, h in self._held.items() if h.expires_at <= now]
             for key in expired:
-                held = self._held.pop(key)
-                self._held_per_sender[held.inbound.sender] -= 1
+                held = self._release(key)
                 self.count_reject("expired-unknown-session", peer=held.inbound.sender,
                                   session_id=held.inbound.session_id, round=held.inbound.round)
             if expired:

@@ -210,3 +210,128 @@ def test_replay_window_accepts_reordering_and_refuses_old():
     assert w.classify(1, 1) == "replay-outside-window"
     assert w.classify(0, 50) == "replay-old-epoch"
     assert w.classify(2, 1) == "new"
+
+
+# byte budgets ---------------------------------------------------------------------------------
+MiB = 1 << 20
+
+
+def _sid(tag: str, i: int) -> bytes:
+    return f"{tag}-{i}".encode().ljust(32, b".")
+
+
+async def _buffer(t, receiver, session_id, size):
+    """One envelope of ``size`` payload bytes for an unknown session: True if buffered, False
+    if refused as over budget (RESOURCE_EXHAUSTED)."""
+    env = t.make_envelope(receiver, session_id=session_id, phase="test", round=1, broadcast=True,
+                          payload=b"\x01" * size)
+    try:
+        ack = await t.deliver_once(env, 30)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+        return False
+    assert ack.status == Ack.BUFFERED, ack
+    return True
+
+
+def test_early_buffer_is_bounded_in_bytes_per_sender_and_in_total(devnet3):
+    """A peer cannot park more than its byte budget of early envelopes, well before the count
+    limit; the total budget bounds all peers together; opening a session gives the bytes back."""
+    async def main():
+        t1, t3 = make_transport(devnet3[0].config_path), make_transport(devnet3[2].config_path)
+        t2 = make_transport(devnet3[1].config_path, buffer_ttl=600, buffer_bytes_per_sender=8 * MiB,
+                            buffer_bytes=12 * MiB)
+        async with running(t1, t2, t3):
+            assert [await _buffer(t1, "node2", _sid("a", i), MiB) for i in range(9)] == [True] * 8 + [False]
+            assert not await _buffer(t1, "node2", _sid("tiny", 0), 1), "the byte budget binds, not the count"
+            assert t2.buffered_bytes_from("node1") == 8 * MiB and t2.buffered_count == 8
+            # node3 has its own budget, but only 4 MiB of the 12 MiB total is left.
+            assert [await _buffer(t3, "node2", _sid("c", i), MiB) for i in range(5)] == [True] * 4 + [False]
+            assert t2.buffered_bytes == 12 * MiB
+            assert counter_value(t2.metrics, "fp_envelopes_rejected_total", reason="buffer-bytes-full") == 3
+
+            # The session of one of node1's envelopes opens: its bytes move to the inbox...
+            inbox = t2.open_session(_sid("a", 0), "test", ["node1", "node2"])
+            assert t2.buffered_bytes_from("node1") == 7 * MiB and t2.inbox_bytes == MiB
+            assert len((await inbox.receive()).payload) == MiB
+            assert t2.inbox_bytes == 0  # ... and leave the accounting once the session took it
+            assert await _buffer(t1, "node2", _sid("a", 9), MiB), "room again for node1"
+            # Opening every session empties the buffer, and closing them leaves nothing counted.
+            t2.close_session(_sid("a", 0))
+            for i in range(1, 10):
+                t2.open_session(_sid("a", i), "test", ["node1", "node2"])
+            for i in range(4):
+                t2.open_session(_sid("c", i), "test", ["node3", "node2"])
+            assert t2.buffered_bytes == 0 and t2.buffered_count == 0
+            assert t2.inbox_bytes == 12 * MiB
+            for i in range(1, 10):
+                t2.close_session(_sid("a", i))
+            for i in range(4):
+                t2.close_session(_sid("c", i))
+            assert t2.inbox_bytes == 0
+
+    trio.run(main)
+
+
+def test_expired_early_envelopes_give_their_bytes_back(devnet3):
+    async def main():
+        t1 = make_transport(devnet3[0].config_path)
+        t2 = make_transport(devnet3[1].config_path, buffer_ttl=1.0, buffer_bytes_per_sender=4 * MiB)
+        async with running(t1, t2):
+            for i in range(3):
+                await _buffer(t1, "node2", _sid("x", i), MiB)  # whether or not it already expired
+            with trio.fail_after(30):  # the sweep runs every ttl/4; generous for a loaded machine
+                while t2.buffered_bytes or t2.buffered_count:
+                    await trio.sleep(0.1)
+            assert t2.buffered_bytes_from("node1") == 0
+            assert counter_value(t2.metrics, "fp_envelopes_rejected_total", reason="expired-unknown-session") >= 1
+            # The whole budget is available again.
+            assert [await _buffer(t1, "node2", _sid("y", i), MiB) for i in range(4)] == [True] * 4
+
+    trio.run(main)
+
+
+def test_session_inbox_is_bounded_in_bytes(devnet3):
+    """A participant flooding a running session stops at the inbox byte budget (refused with
+    RESOURCE_EXHAUSTED, counted); the budget frees as the driver reads, and a closed session
+    leaves nothing counted."""
+    async def main():
+        t1 = make_transport(devnet3[0].config_path)
+        t2 = make_transport(devnet3[1].config_path, session_inbox_bytes=4 * MiB)
+        async with running(t1, t2):
+            inbox = t2.open_session(SID, "test", ["node1", "node2"])
+
+            async def one(size):
+                env = t1.make_envelope("node2", session_id=SID, phase="test", round=1, broadcast=True,
+                                       payload=b"\x02" * size)
+                try:
+                    return (await t1.deliver_once(env, 30)).status == Ack.ACCEPTED
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                    return False
+
+            assert [await one(MiB) for _ in range(5)] == [True] * 4 + [False]
+            assert not await one(1)
+            assert t2.inbox_bytes == 4 * MiB
+            assert counter_value(t2.metrics, "fp_envelopes_rejected_total", reason="inbox-bytes-full") == 2
+            await inbox.receive()
+            assert t2.inbox_bytes == 3 * MiB
+            assert await one(MiB)
+            t2.close_session(SID)
+            assert t2.inbox_bytes == 0
+            # Delivery with retries to a full inbox gives up at its deadline instead of crashing anything.
+            other = b"O" * 32
+            t2.open_session(other, "test", ["node1", "node2"])
+            assert await t1.send("node2", session_id=other, phase="test", round=1, broadcast=True,
+                                 payload=b"\x03" * (4 * MiB - 1), deadline=trio.current_time() + 30)
+            assert not await t1.send("node2", session_id=other, phase="test", round=1, broadcast=True,
+                                     payload=b"\x03" * 2, deadline=trio.current_time() + 1)
+
+    trio.run(main)
+
+
+def test_byte_budgets_below_one_payload_are_refused(devnet3):
+    from fusion_prime.node.transport import TransportError
+
+    with pytest.raises(TransportError, match="byte budgets"):
+        make_transport(devnet3[0].config_path, session_inbox_bytes=1024)
