@@ -23,8 +23,9 @@ A machine is only ever touched by one thread at a time: the driver awaits each s
   proposes a signed :class:`SessionProposal` to each, and starts once everyone accepted; on
   refusal, timeout or abort it retries with a fresh session id and another set, excluding the
   refusers, the unresponsive and the blamed.
-* **participant**: validates the proposal (roster, freshness, binding session id, phase
-  supported, own participation), asks the node's policy hook ``authorize(proposal)`` - the
+* **participant**: validates the proposal (roster and roster order, freshness, binding
+  session id, phase supported, own participation, a round deadline long enough for the
+  phase), asks the node's policy hook ``authorize(proposal)`` - the
   seam where the wallet API and the bridge plug in their checks - and only then builds the
   machine and joins.
 """
@@ -74,6 +75,11 @@ PENDING_WAIT = 2.0  # well inside PROPOSE_TIMEOUT
 # takes milliseconds. One deadline for both would either detect a dead signer slowly or time
 # out an honest node that is still computing, so these get a multiple of the configured one.
 HEAVY_PHASE_DEADLINE_FACTOR = {"aux-info": 4.0, "key-refresh": 4.0, "reshare": 4.0}
+# A participant refuses a heavy-phase proposal whose round deadline is shorter than this: two
+# 1536-bit safe primes take seconds even from a warm pool's fallback, so a shorter deadline
+# would let a coordinator time out honest nodes mid-generation and have them blamed. The
+# coordinator never proposes less (round_deadline_for).
+MIN_HEAVY_ROUND_DEADLINE_MS = 5_000
 
 
 # -------------------------------------------------------------------------------------------
@@ -405,10 +411,17 @@ class SessionManager:
         unknown = [n for n in participants if n not in self.peers]
         if unknown:
             return f"participants not in the roster: {', '.join(unknown)}"
+        indices = [self.peers[n].index for n in participants]
+        if indices != sorted(indices):
+            # The list is stored and compared as text elsewhere: one order, the roster's.
+            return "participants are not in roster index order"
         if self.node_id not in participants or p.coordinator not in participants:
             return "this node or the coordinator is not a participant"
         if not 50 <= p.round_deadline_ms <= 3_600_000:
             return "round deadline out of range"
+        if p.phase in HEAVY_PHASE_DEADLINE_FACTOR and p.round_deadline_ms < MIN_HEAVY_ROUND_DEADLINE_MS:
+            return (f"round deadline {p.round_deadline_ms} ms is below the {MIN_HEAVY_ROUND_DEADLINE_MS} ms minimum "
+                    f"for {p.phase} (prime generation)")
         if p.expires_at_ms < time.time() * 1000:
             return "proposal expired"
         if p.session_id in self._active or (self.storage and self.storage.session_state(p.session_id)):
@@ -675,8 +688,11 @@ class SessionManager:
             del self._health[gone]
 
     def round_deadline_for(self, phase: str) -> float:
-        """The round deadline this node proposes for ``phase`` (see HEAVY_PHASE_DEADLINE_FACTOR)."""
-        return self.round_deadline * HEAVY_PHASE_DEADLINE_FACTOR.get(phase, 1.0)
+        """The round deadline this node proposes for ``phase`` (see HEAVY_PHASE_DEADLINE_FACTOR;
+        never below MIN_HEAVY_ROUND_DEADLINE_MS for a heavy phase, which participants refuse)."""
+        if phase in HEAVY_PHASE_DEADLINE_FACTOR:
+            return max(self.round_deadline * HEAVY_PHASE_DEADLINE_FACTOR[phase], MIN_HEAVY_ROUND_DEADLINE_MS / 1000)
+        return self.round_deadline
 
     async def coordinate(
         self,

@@ -8,7 +8,7 @@ import time
 import pytest
 import trio
 from fp_node_helpers import counter_value, make_node, running_nodes
-from fp_sum_protocol import FastSumPhase, SumPhase, fill_sum
+from fp_sum_protocol import FastSumPhase, SumMachine, SumPhase, fill_sum
 
 
 def nodes_with(devnet, behaviours, **kw):
@@ -224,6 +224,85 @@ def test_heavy_phases_get_a_longer_round_deadline(devnet3):
     assert node.sessions.round_deadline_for("presign") == base
     for phase in ("aux-info", "key-refresh", "reshare"):
         assert node.sessions.round_deadline_for(phase) == 4 * base
+    # never below the minimum participants insist on for heavy phases
+    node.sessions.round_deadline = 0.5
+    assert node.sessions.round_deadline_for("sign") == 0.5
+    assert node.sessions.round_deadline_for("aux-info") == 5.0
+
+
+class _HeavySumPhase(SumPhase):
+    """The sum protocol under a heavy phase's name, to exercise the heavy-phase rules cheaply."""
+
+    phase = "aux-info"
+
+    def build(self, ctx):
+        class HeavySum(SumMachine):
+            phase = "aux-info"
+
+        return HeavySum(ctx.session_id, ctx.me, ctx.parties, ctx.identity, ctx.roster)
+
+
+def _crafted_proposal(node, phase, participants, round_deadline_ms):
+    """A proposal as a (malicious or buggy) coordinator may build it: correctly signed, with a
+    session id that binds exactly what it says - only the contents are off."""
+    from fusion_prime.node.session import PROPOSAL_TTL_MS
+    from fusion_prime.node.wire import derive_session_id, fresh_nonce, params_encoding, sign_proposal
+    from fusion_prime.proto.generated import peer_pb2
+
+    p = peer_pb2.SessionProposal(phase=phase, coordinator=node.cfg.node_id, participants=participants,
+                                 nonce=fresh_nonce(), round_deadline_ms=round_deadline_ms,
+                                 expires_at_ms=int(time.time() * 1000) + PROPOSAL_TTL_MS)
+    fill_sum(p)
+    p.session_id = derive_session_id(phase, p.coordinator, participants, p.nonce, params_encoding(p),
+                                     p.round_deadline_ms)
+    return sign_proposal(p, node.sessions.identity)
+
+
+def test_participants_out_of_roster_order_are_refused(devnet3):
+    nodes, _ = nodes_with(devnet3, ["honest"] * 3)
+
+    async def main():
+        async with running_nodes(*nodes):
+            bad = _crafted_proposal(nodes[0], "sum", ["node2", "node1"], 10_000)
+            reply = await nodes[0].transport.propose("node2", bad, 10)
+            assert not reply.accepted and "roster index order" in reply.reason
+            assert nodes[1].sessions.active_sessions == 0
+            refused = [e for e in nodes[1].storage.audit_log() if e["event"] == "session-refused"]
+            assert "roster index order" in refused[-1]["detail"]["reason"]
+            # the same parties in roster order are fine
+            good = _crafted_proposal(nodes[0], "sum", ["node1", "node2", "node3"], 10_000)
+            assert nodes[1].sessions._validate(good) is None
+            swapped = _crafted_proposal(nodes[0], "sum", ["node1", "node3", "node2"], 10_000)
+            assert nodes[1].sessions._validate(swapped) == "participants are not in roster index order"
+
+    trio.run(main)
+
+
+def test_heavy_phase_round_deadline_has_a_minimum(devnet3):
+    """A coordinator cannot make honest nodes time out (and be blamed) while they generate
+    primes by proposing a tiny round deadline for aux-info, key refresh or resharing."""
+    heavy = ("aux-info", "key-refresh", "reshare")  # only aux-info's handler is ever built here
+    nodes = [make_node(d, phases={**dict.fromkeys(heavy, _HeavySumPhase()), "sum": SumPhase()}, fill_pool=False)
+             for d in devnet3]
+
+    async def main():
+        async with running_nodes(*nodes):
+            short = _crafted_proposal(nodes[0], "aux-info", ["node1", "node2"], 4_999)
+            reply = await nodes[0].transport.propose("node2", short, 10)
+            assert not reply.accepted and "minimum" in reply.reason and "aux-info" in reply.reason
+            assert nodes[1].sessions.active_sessions == 0
+            for phase in ("key-refresh", "reshare"):
+                assert "minimum" in nodes[1].sessions._validate(_crafted_proposal(nodes[0], phase, ["node1", "node2"],
+                                                                                  1_000))
+            # light phases keep the configured range (a sign round takes milliseconds)
+            assert nodes[1].sessions._validate(_crafted_proposal(nodes[0], "sum", ["node1", "node2"], 1_000)) is None
+            # our own coordinator refuses to propose it too; at the minimum the session runs
+            own = await nodes[0].sessions.coordinate("aux-info", 2, fill_sum, round_deadline=1.0, attempts=1)
+            assert own.status == "refused" and "minimum" in own.reason
+            ok = await nodes[0].sessions.coordinate("aux-info", 2, fill_sum, round_deadline=5.0, attempts=1)
+            assert ok.ok, ok
+
+    trio.run(main)
 
 
 def test_test_level_is_refused_by_a_production_node(devnet3):
