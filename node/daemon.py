@@ -35,8 +35,8 @@ from .phases import PrimeSource, RefreshParams, ReshareParams, cggmp21_phases, l
 from .primepool import PrimePool
 from .session import Authorizer, PhaseHandler, SessionManager, SessionOutcome, allow_all
 from .storage import COORDINATOR_RESERVATION, KeyMaterial, Storage
-from .tls import RosterTrust, TLSError
-from .transport import PeerInfo, Transport
+from .tls import TLSError
+from .transport import Transport
 
 log = logging.getLogger("fusion_prime.node.daemon")
 VERSION = "0.1.0"
@@ -175,12 +175,10 @@ class Node:
             if members:
                 raise ValueError(f"cannot remove {', '.join(members)}: member of key {key_id.hex()}'s committee; "
                                  "reshare the key away from it first")
-        trust = RosterTrust.from_files((e.node_id, e.tls_cert) for e in new.roster)
-        tls = self.material.tls.with_trust(trust)
-        peers = {e.node_id: PeerInfo(e.node_id, e.index, e.address, e.identity_public_key) for e in new.roster}
-        self.sessions.update_peers(peers)  # may refuse: nothing has changed yet
-        self.transport.update_roster(peers, tls)
-        self.material = dataclasses.replace(self.material, tls=tls, peers=peers)
+        material = self.material.with_roster(new)
+        self.sessions.update_peers(material.peers)  # may refuse: nothing has changed yet
+        self.transport.update_roster(material.peers, material.tls)
+        self.material = material
         self.cfg = dataclasses.replace(self.cfg, roster=new.roster)
         return RosterChange(
             added=tuple(sorted(fresh.keys() - old.keys())), removed=tuple(removed),

@@ -31,10 +31,20 @@ class NodeMaterial:
                 f"{cfg.identity_key} holds identity key {identity.public_key.hex()[:16]}…, but the roster lists "
                 f"{cfg.me.identity_public_key.hex()[:16]}… for {cfg.node_id!r}"
             )
-        trust = RosterTrust.from_files((e.node_id, e.tls_cert) for e in cfg.roster)
+        trust, peers = roster_of(cfg)
         tls = TLSMaterial.load(cfg.node_id, cfg.tls_cert, cfg.tls_key, trust)
-        peers = {e.node_id: PeerInfo(e.node_id, e.index, e.address, e.identity_public_key) for e in cfg.roster}
         return cls(identity, tls, peers)
+
+    def with_roster(self, cfg: NodeConfig) -> NodeMaterial:
+        """The same identity and certificate against the roster of ``cfg`` (a reloaded config)."""
+        trust, peers = roster_of(cfg)
+        return NodeMaterial(self.identity, self.tls.with_trust(trust), peers)
+
+
+def roster_of(cfg: NodeConfig) -> tuple[RosterTrust, dict[str, PeerInfo]]:
+    """The pinned trust store and the peer table of a config's roster."""
+    trust = RosterTrust.from_files((e.node_id, e.tls_cert) for e in cfg.roster)
+    return trust, {e.node_id: PeerInfo(e.node_id, e.index, e.address, e.identity_public_key) for e in cfg.roster}
 
 
 def storage_key(cfg: NodeConfig, environ: dict[str, str]) -> KeyMaterial:

@@ -131,18 +131,19 @@ class PresignPhase:
     def build(self, ctx: SessionContext) -> RoundMachine:
         storage = _storage(ctx)
         params = ctx.proposal.presign
-        key_share = load_key_share(storage, params.key_id)
+        info = storage.key_info(params.key_id)
+        if info is not None:  # checked from the public record, before the share is decrypted
+            if info["epoch"] != params.epoch:
+                # A refresh or resharing has finished on one side only: refuse, blame nobody.
+                raise Refuse(f"key {params.key_id.hex()} is at epoch {info['epoch']} here, not {params.epoch}")
+            # Only the committee's newest aux info: presignatures tied to an older one would keep
+            # its Paillier secret key alive (storage erases old aux info once nothing needs it).
+            latest = storage.latest_aux_info(info["parties"])
+            if params.aux_id != latest:
+                raise Refuse(f"aux info {params.aux_id.hex()} is not the newest of key {params.key_id.hex()}'s "
+                             f"committee on this node (that is {latest.hex() if latest else 'none'})")
+        key_share = load_key_share(storage, params.key_id)  # refuses an unknown key
         check_level(key_share.level, ctx.test_mode)
-        if key_share.epoch != params.epoch:
-            # A refresh or resharing has finished on one side only: refuse, blame nobody.
-            raise Refuse(f"key {params.key_id.hex()} is at epoch {key_share.epoch} here, not {params.epoch}")
-        # Only the committee's newest aux info: presignatures tied to an older one would keep
-        # its Paillier secret key alive (storage erases old aux info only once nothing needs it).
-        info = storage.key_info(params.key_id) or {}
-        latest = storage.latest_aux_info(info.get("parties", []))
-        if params.aux_id != latest:
-            raise Refuse(f"aux info {params.aux_id.hex()} is not the newest of key {params.key_id.hex()}'s "
-                         f"committee on this node (that is {latest.hex() if latest else 'none'})")
         try:
             aux = AuxInfo.from_bytes(storage.get_aux_info(params.aux_id))
         except NotFound:

@@ -791,12 +791,10 @@ class Storage:
             if key_epoch is None or row_epoch != key_epoch:
                 raise PresignatureUnavailable(
                     f"presignature {short} is of epoch {row_epoch}, the key's current epoch is {key_epoch}")
-            if state == "reserved":
+            if state == "reserved":  # otherwise 'available' (the table's CHECK allows only these)
                 allowed = {session_id} | ({reservation} if reservation is not None else set())
                 if reserved_for is None or bytes(reserved_for) not in allowed:
                     raise PresignatureUnavailable(f"presignature {short} is reserved for another sign session")
-            elif state != "available":
-                raise PresignatureUnavailable(f"presignature {short} is {state}")
             plaintext = self.unseal("presignatures", presig_id, data)
             self._mark_consumed(w, presig_id, session_id)
         return plaintext

@@ -372,20 +372,6 @@ def witness_program(script: bytes) -> tuple[int, bytes] | None:
     return None
 
 
-def _segwit_decode(hrp: str, addr: str) -> tuple[int, bytes]:
-    try:
-        return segwit_decode(hrp, addr)
-    except InvalidInput as exc:
-        raise BitcoinError(str(exc)) from None
-
-
-def _b58check_decode(text: str) -> bytes:
-    try:
-        return b58check_decode(text)
-    except InvalidInput as exc:
-        raise BitcoinError(str(exc)) from None
-
-
 def address_to_script(address: str, network: str = "regtest") -> bytes:
     """The scriptPubKey an address pays (segwit v0/v1+, P2PKH, P2SH); clear errors otherwise."""
     if network not in BECH32_HRP:
@@ -393,15 +379,18 @@ def address_to_script(address: str, network: str = "regtest") -> bytes:
     if not isinstance(address, str) or not address:
         raise BitcoinError("address must be a non-empty string")
     hrp = BECH32_HRP[network]
-    if address.lower().startswith(hrp + "1"):
-        version, prog = _segwit_decode(hrp, address)
-        return bytes([OP_0 if version == 0 else OP_1 + version - 1, len(prog)]) + prog
-    for other, other_hrp in BECH32_HRP.items():
-        if other_hrp != hrp and address.lower().startswith(other_hrp + "1"):
-            raise BitcoinError(f"{address!r} is a {other} address, not a {network} one (wrong network)")
-    if any(c not in _B58 for c in address):
-        raise BitcoinError(f"{address!r} is not a valid {network} address")
-    raw = _b58check_decode(address)
+    try:  # the shared strict decoders (protocol.addresses) say what is wrong
+        if address.lower().startswith(hrp + "1"):
+            version, prog = segwit_decode(hrp, address)
+            return bytes([OP_0 if version == 0 else OP_1 + version - 1, len(prog)]) + prog
+        for other, other_hrp in BECH32_HRP.items():
+            if other_hrp != hrp and address.lower().startswith(other_hrp + "1"):
+                raise BitcoinError(f"{address!r} is a {other} address, not a {network} one (wrong network)")
+        if any(c not in _B58 for c in address):
+            raise BitcoinError(f"{address!r} is not a valid {network} address")
+        raw = b58check_decode(address)
+    except InvalidInput as exc:
+        raise BitcoinError(str(exc)) from None
     p2pkh, p2sh = _B58_PREFIX[network]
     if len(raw) == 21 and raw[0] == p2pkh:
         return bytes([OP_DUP, OP_HASH160, 20]) + raw[1:] + bytes([OP_EQUALVERIFY, OP_CHECKSIG])

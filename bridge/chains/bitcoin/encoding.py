@@ -16,8 +16,9 @@ from enum import StrEnum
 
 # One implementation of the byte-level primitives: the signer's (the bridge may use the signer,
 # never the reverse). Re-exported here under the names the chain code has always used.
-from ....protocol.addresses import b58check, bech32_segwit
+from ....protocol.addresses import b58check as b58check_encode
 from ....protocol.addresses import b58check_decode as _b58check_decode
+from ....protocol.addresses import bech32_segwit as segwit_encode
 from ....protocol.addresses import segwit_decode as _segwit_decode
 from ....protocol.errors import InvalidInput
 from ....signer.bitcoin import Reader
@@ -79,11 +80,6 @@ def parse_hash_hex(value: object, what: str = "hash") -> bytes:
 
 # --------------------------------------------------------------------------- bech32 / bech32m
 
-def segwit_encode(hrp: str, version: int, program: bytes) -> str:
-    """Encode a segwit address (BIP173 for v0, BIP350 bech32m for v1+)."""
-    return bech32_segwit(hrp, version, program)
-
-
 def segwit_decode(hrp: str, addr: str) -> tuple[int, bytes] | None:
     """Decode a segwit address for ``hrp``; None if it is not a valid one (Core's
     DecodeDestination falls through to Base58 then)."""
@@ -94,10 +90,6 @@ def segwit_decode(hrp: str, addr: str) -> tuple[int, bytes] | None:
 
 
 # --------------------------------------------------------------------------- base58
-
-
-def b58check_encode(payload: bytes) -> str:
-    return b58check(payload)
 
 
 def b58check_decode(text: str) -> bytes | None:
