@@ -34,8 +34,39 @@ What is stored, and how:
 * **Schema migrations** are ordered functions; ``schema_version`` records which ran. A
   database from a newer build is refused rather than misread.
 
-Connections are per thread (SQLite connections must not be shared across threads without
-serialising every call); WAL lets readers proceed while one writer commits.
+**Connections** come from a small bounded pool (at most ``max_connections``, default
+:data:`MAX_CONNECTIONS`), never from the thread: trio and grpcio replace their worker threads
+all the time, and a connection per thread leaked three file descriptors (database, ``-wal``,
+``-shm``) for every thread that ever touched storage, until SQLite could not open the file.
+
+* A connection is *checked out* for exactly one unit of work and *returned* at once: one read
+  statement (:meth:`Storage._conn` hands out a reader whose ``execute`` checks out, runs the
+  statement, fetches every row, and returns the connection before the caller sees the rows),
+  or one write transaction (:meth:`Storage._write`). So no connection is ever tied to a thread,
+  and file handles and memory stay flat whatever threads come and go.
+* Inside a write transaction, the thread's reads use the transaction's connection (they see
+  its uncommitted rows, as before), and a nested ``_write`` reuses it too (SQLite refuses the
+  nested ``BEGIN``, exactly as it did with per-thread connections).
+* Writers queue on a process-wide re-entrant lock *before* checking out, so a connection is
+  never parked in SQLite's busy loop while other writers of this process wait, and at most
+  one pooled connection is held by a writer; readers (WAL lets them run beside the writer)
+  share the rest. A thread that finds every connection busy waits for one to come back.
+* Every connection gets the same PRAGMAs (``foreign_keys``, ``busy_timeout``,
+  ``synchronous = FULL``, ``secure_delete``); ``BEGIN IMMEDIATE`` write semantics are
+  unchanged. A connection returned with an open transaction (a failed ``COMMIT``) is rolled
+  back, or closed if even that fails - the next user never inherits a transaction.
+* :meth:`Storage.close` closes the idle connections and marks the busy ones, which are closed
+  when they come back; a storage used after ``close()`` opens fresh ones (as before).
+
+**Faults** are refused at open: the file must be a fusion-prime database (never initialise
+over an existing non-empty file), pass ``PRAGMA quick_check``, and have an intact ``meta``
+table whose key check opens with the supplied key - all before anything is written, so a
+damaged or foreign file is a clear :class:`StorageError` at start with nothing changed. Later
+damage is translated too: SQLite's "malformed"/"not a database" errors become
+:class:`DatabaseDamaged`, I/O failures :class:`StorageUnavailable`, and a row whose ciphertext
+does not authenticate :class:`RecordCorrupt` - each a :class:`StorageError` (and still an
+``sqlite3.Error`` where it came from SQLite) whose message names the file or the row, never
+a secret.
 """
 
 from __future__ import annotations
@@ -89,6 +120,47 @@ class NotFound(StorageError):
 
 class PresignatureUnavailable(StorageError):
     """No presignature to consume: none left, or this one is already consumed."""
+
+
+class StorageFault(StorageError):
+    """The database file or a row in it is damaged or unreadable: an operator must look
+    (restore from a backup, free disk space, fix permissions). Never retried silently."""
+
+
+class DatabaseDamaged(StorageFault, sqlite3.DatabaseError):
+    """SQLite found the file malformed, not a database, or failing its integrity check."""
+
+
+class StorageUnavailable(StorageFault, sqlite3.OperationalError):
+    """SQLite could not read or write the file (I/O error, disk full, cannot open)."""
+
+
+class RecordCorrupt(StorageFault):
+    """A sealed row (key share, aux info, presignature, prime) does not authenticate under
+    this database's key: its bytes were changed, or it was copied from another row."""
+
+
+MAX_CONNECTIONS = 4
+# A thread waits at most this long for a pooled connection (reads take milliseconds; a write
+# transaction waits at most busy_timeout = 30 s for the file lock).
+POOL_WAIT_SECONDS = 120.0
+# SQLite's primary result codes (the low byte of sqlite_errorcode) that mean the file itself
+# is in trouble, as opposed to a constraint, a busy lock or a bug in a statement.
+_DAMAGED_CODES = {11: "SQLITE_CORRUPT", 26: "SQLITE_NOTADB"}
+_UNAVAILABLE_CODES = {10: "SQLITE_IOERR", 13: "SQLITE_FULL", 14: "SQLITE_CANTOPEN", 8: "SQLITE_READONLY"}
+
+
+def _translate(exc: BaseException, path: Path) -> BaseException:
+    """The StorageFault for a SQLite error that means the file is damaged or unreachable
+    (``exc`` itself otherwise). The message names the file and SQLite's reason only."""
+    if isinstance(exc, StorageError) or not isinstance(exc, sqlite3.Error):
+        return exc
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in _DAMAGED_CODES or (code == 0 and type(exc) is sqlite3.DatabaseError):
+        return DatabaseDamaged(f"{path}: the database file is damaged ({exc}); restore it from a backup")
+    if code in _UNAVAILABLE_CODES:
+        return StorageUnavailable(f"{path}: cannot read or write the database ({exc})")
+    return exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,8 +391,41 @@ def _parties_text(parties: Sequence[Any]) -> str:
     return json.dumps(list(parties), separators=(",", ":"))
 
 
+class _Rows(list):  # type: ignore[type-arg]
+    """One read's rows, fetched in full: the connection is back in the pool already."""
+
+    def fetchone(self) -> Any:
+        return self[0] if self else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self)
+
+
+class _PooledReader:
+    """What :meth:`Storage._conn` returns outside a write transaction: every ``execute`` is
+    one statement on a connection checked out of the pool for just that statement."""
+
+    __slots__ = ("_storage",)
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> _Rows:
+        with self._storage._borrow() as db:
+            cursor = db.execute(sql, parameters)
+            try:
+                return _Rows(cursor.fetchall())
+            finally:
+                cursor.close()
+
+    def backup(self, target: sqlite3.Connection, **kwargs: Any) -> None:
+        with self._storage._borrow() as db:
+            db.backup(target, **kwargs)
+
+
 class Storage:
-    """One node's database. Thread-safe: every thread gets its own connection."""
+    """One node's database. Thread-safe: connections come from a bounded pool (module
+    docstring, "Connections"), never one per thread."""
 
     def __init__(
         self,
@@ -331,35 +436,77 @@ class Storage:
         scrypt_log2_n: int = PRODUCTION_SCRYPT_LOG2_N,
         allow_weak_kdf: bool = False,
         create: bool = True,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        if max_connections < 2:
+            raise ValueError("max_connections must be at least 2 (one writer, one reader)")
         self.path = Path(path)
         self._allow_weak = allow_weak_kdf
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._conn_lock = threading.Lock()
+        self.max_connections = max_connections
+        self._pool = threading.Condition()
+        self._idle: list[sqlite3.Connection] = []
+        self._generation_of: dict[sqlite3.Connection, int] = {}  # every open connection
+        self._opening = 0  # slots taken by connections being opened
+        self._generation = 0  # close() bumps it: older connections are closed when they come back
+        self._held = threading.local()  # the connection this thread is using (inside _borrow)
+        self._write_lock = threading.RLock()
+        self._reader = _PooledReader(self)
         self._check_kdf(scrypt_log2_n)
         existed = self.path.exists()
         if not existed and not create:
             raise StorageError(f"{self.path}: no database here")
         if not existed:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open_database(key, node_id, scrypt_log2_n, existed)
+        except BaseException as exc:
+            self.close()
+            translated = _translate(exc, self.path)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def _open_database(self, key: KeyMaterial, node_id: str | None, log2_n: int, existed: bool) -> None:
+        """Refuse a damaged or foreign file before anything is written (module docstring, "Faults")."""
         db = self._conn()
+        if existed:
+            if self.path.stat().st_size == 0:
+                raise DatabaseDamaged(f"{self.path} is empty: not a fusion-prime database; restore it from a "
+                                      "backup, or remove it to create a new one; nothing was changed")
+            self._quick_check(db)
         has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
         if has_meta:
             self._key = self._unlock(db, key)
             stored_node = self.meta("node_id")
-            if node_id is not None and stored_node is not None and stored_node.decode() != node_id:
-                self.close()
-                raise StorageError(f"{self.path} belongs to node {stored_node.decode()!r}, not {node_id!r}")
+            if node_id is not None and stored_node is not None and stored_node != node_id.encode():
+                shown = stored_node.decode("utf-8", "replace")
+                raise StorageError(f"{self.path} belongs to node {shown!r}, not {node_id!r}")
             self._migrate(db)
+        elif existed:
+            raise DatabaseDamaged(f"{self.path} is not a fusion-prime database (it has no meta table); "
+                                  "refusing to initialise over it; nothing was changed")
         else:
-            self._key = self._initialise(db, key, node_id, scrypt_log2_n)
+            self._key = self._initialise(db, key, node_id, log2_n)
+
+    def _quick_check(self, db: Any) -> None:
+        rows = db.execute("PRAGMA quick_check").fetchall()
+        problems = [str(row[0]) for row in rows]
+        if problems != ["ok"]:
+            first = (problems[0] if problems else "no answer")[:160]
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DatabaseDamaged(f"{self.path}: the database file is damaged - SQLite's quick_check says: "
+                                  f"{first}{more}; refusing to open it; restore it from a backup; nothing was changed")
 
     # connections ---------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+    def _conn(self) -> Any:
+        """The connection of this thread's unit of work (inside :meth:`_write`: its
+        transaction), else a reader that checks a pooled connection out per statement."""
+        held = getattr(self._held, "db", None)
+        return held if held is not None else self._reader
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        try:
             db.execute("PRAGMA foreign_keys = ON")
             db.execute("PRAGMA busy_timeout = 30000")
             # FULL: a commit is on disk when it returns. With NORMAL, WAL may lose the last
@@ -368,17 +515,86 @@ class Storage:
             # Deleted and overwritten rows (old key-share versions, retired shares, taken primes,
             # consumed presignatures) are zeroed in the file, not left in free pages.
             db.execute("PRAGMA secure_delete = ON")
-            self._local.db = db
-            with self._conn_lock:
-                self._connections.append(db)
+        except BaseException:
+            db.close()
+            raise
         return db
 
+    def _checkout(self) -> sqlite3.Connection:
+        with self._pool:
+            while not self._idle and len(self._generation_of) + self._opening >= self.max_connections:
+                if not self._pool.wait(timeout=POOL_WAIT_SECONDS):
+                    raise StorageUnavailable(f"{self.path}: every database connection stayed busy for "
+                                             f"{POOL_WAIT_SECONDS:.0f} s")
+            if self._idle:
+                return self._idle.pop()
+            self._opening += 1
+            generation = self._generation
+        try:
+            db = self._connect()
+        except BaseException:
+            with self._pool:
+                self._opening -= 1
+                self._pool.notify()
+            raise
+        with self._pool:
+            self._opening -= 1
+            self._generation_of[db] = generation
+        return db
+
+    def _checkin(self, db: sqlite3.Connection) -> None:
+        healthy = True
+        if db.in_transaction:  # a failed COMMIT or ROLLBACK: never hand a transaction to the next user
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                healthy = False
+        with self._pool:
+            if healthy and self._generation_of.get(db) == self._generation:
+                self._idle.append(db)
+                self._pool.notify()
+                return
+            self._generation_of.pop(db, None)
+            self._pool.notify()
+        db.close()
+
+    @contextmanager
+    def _borrow(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one unit of work; re-entrant within a thread (a read inside a
+        write transaction uses the transaction's connection). SQLite errors that mean the
+        file is damaged or unreachable leave as :class:`StorageFault`."""
+        held = getattr(self._held, "db", None)
+        if held is not None:
+            yield held
+            return
+        db = self._checkout()
+        self._held.db = db
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            translated = _translate(exc, self.path)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            self._held.db = None
+            self._checkin(db)
+
+    def connection_count(self) -> int:
+        """Open connections (idle and in use): never more than ``max_connections``."""
+        with self._pool:
+            return len(self._generation_of) + self._opening
+
     def close(self) -> None:
-        with self._conn_lock:
-            for db in self._connections:
-                db.close()
-            self._connections.clear()
-        self._local = threading.local()
+        """Close the idle connections now and the busy ones when they come back."""
+        with self._pool:
+            idle, self._idle = self._idle, []
+            for db in idle:
+                self._generation_of.pop(db, None)
+            self._generation += 1
+            self._pool.notify_all()
+        for db in idle:
+            db.close()
 
     def __enter__(self) -> Storage:
         return self
@@ -388,15 +604,22 @@ class Storage:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction holding SQLite's write lock from the start."""
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        """One write transaction holding SQLite's write lock from the start (``BEGIN
+        IMMEDIATE``). This process's writers queue on ``_write_lock`` first, so only one of
+        them holds a pooled connection at a time; a nested ``_write`` in the same thread gets
+        the same connection and SQLite refuses its ``BEGIN``, as it always did."""
+        with self._write_lock, self._borrow() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # _checkin closes a connection it cannot roll back
+                raise
+            db.execute("COMMIT")
 
     # key handling --------------------------------------------------------------------------
     def _check_kdf(self, log2_n: int) -> None:
@@ -426,28 +649,33 @@ class Storage:
         self.append_audit("storage-created", detail={"schema_version": SCHEMA_VERSION, "kdf": key.kind})
         return derived
 
-    def _unlock(self, db: sqlite3.Connection, key: KeyMaterial) -> bytes:
-        """Derive the key and check it *before* writing anything."""
-        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-        kdf = meta.get("kdf", b"").decode()
+    def _unlock(self, db: Any, key: KeyMaterial) -> bytes:
+        """Derive the key and check it *before* writing anything. A ``meta`` table that
+        cannot be read (missing rows, bytes that are not what this code wrote) is damage,
+        not a wrong key; the caller (``__init__``) closes the connections on any error."""
+        try:
+            meta = {str(name): bytes(value) for name, value in db.execute("SELECT name, value FROM meta").fetchall()}
+            kdf = meta["kdf"].decode("ascii")
+            log2_n = int(meta["scrypt_log2_n"].decode("ascii"))
+            salt, key_check = meta["kdf_salt"], meta["key_check"]
+        except (KeyError, ValueError, TypeError):  # UnicodeDecodeError is a ValueError
+            raise DatabaseDamaged(f"{self.path}: the meta table is damaged (key settings unreadable); "
+                                  "restore it from a backup; nothing was changed") from None
+        if kdf not in ("scrypt", "keyfile") or not 1 <= log2_n <= 30 or len(salt) != 16:
+            raise DatabaseDamaged(f"{self.path}: the meta table is damaged (key settings out of range); "
+                                  "restore it from a backup; nothing was changed")
         if kdf != key.kind:
-            self.close()
             expected = "a passphrase" if kdf == "scrypt" else "a key file"
             raise WrongKey(f"{self.path} is encrypted with {expected}; supply that instead")
-        log2_n = int(meta["scrypt_log2_n"])
         if kdf == "scrypt":
-            try:
-                self._check_kdf(log2_n)
-            except StorageError:
-                self.close()
-                raise
-        derived = key.derive(meta["kdf_salt"], log2_n)
+            self._check_kdf(log2_n)
+        derived = key.derive(salt, log2_n)
         try:
-            _unseal(derived, meta["key_check"], _aad("meta", b"key_check"))
+            _unseal(derived, key_check, _aad("meta", b"key_check"))
         except ValueError:
-            self.close()
             what = "passphrase" if kdf == "scrypt" else "key file"
-            raise WrongKey(f"wrong {what} for {self.path}: the key check failed; nothing was changed") from None
+            raise WrongKey(f"wrong {what} for {self.path}: the key check failed (or its record is damaged); "
+                           "nothing was changed") from None
         return derived
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -475,7 +703,8 @@ class Storage:
         try:
             return _unseal(self._key, blob, _aad(table, row_id))
         except ValueError:
-            raise StorageError(f"{table} row {row_id.hex()[:16]}…: ciphertext does not authenticate") from None
+            raise RecordCorrupt(f"{self.path}: {table} row {row_id.hex()[:16]}…: the sealed value does not "
+                                "authenticate (damaged or copied from another row); restore from a backup") from None
 
     # meta ----------------------------------------------------------------------------------
     def meta(self, name: str) -> bytes | None:
