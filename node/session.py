@@ -51,12 +51,33 @@ from ..protocol.machine import BROADCAST, ProtocolMessage, RoundMachine, Status
 from .logs import log_event
 from .metrics import NodeMetrics
 from .storage import Storage
-from .transport import PeerInfo, SessionInbox, Transport, TransportError
+from .transport import PeerInfo, ProposalLimited, SessionInbox, Transport, TransportError
 from .wire import derive_session_id, fresh_nonce, params_encoding, sign_proposal, sign_withdrawal
 
 log = logging.getLogger("fusion_prime.node.session")
 
 PROPOSAL_TTL_MS = 30_000
+
+# Per-coordinator admission limits (issue: a roster peer opened 100 presign sessions in 8 s and
+# every one was accepted). A peer over a limit is answered RESOURCE_EXHAUSTED, counted as a
+# rejected envelope with reason "proposal-limit", and may try again later; the limits are far
+# above what an honest coordinator needs (its own pool refill runs a few presigns at a time,
+# and a burst of signs is bounded by its wallet queue).
+MAX_SESSIONS_PER_PEER = 64
+MAX_PHASE_SESSIONS_PER_PEER = {"presign": 8, "keygen": 2, "aux-info": 2, "key-refresh": 2, "reshare": 2}
+PROPOSAL_RATE_PER_PEER = 100.0  # proposals per second, sustained
+PROPOSAL_BURST_PER_PEER = 200.0
+
+
+def internal_error(exc: BaseException) -> str:
+    """What an unexpected exception may say in a log or an audit record: its type and where it
+    was raised - never its message, which could carry a value (a share, a nonce) that a
+    careless ``raise ValueError(f"...{x}")`` put there."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__name__}{where}"
 
 
 def _call_releasing_gil(fn: Callable[..., list[bytes]], *args: Any) -> list[bytes]:
@@ -273,6 +294,11 @@ class SessionDriver:
             outcome = await self._drive(sends, started)
         except ProtocolError as exc:  # a bug-level failure in the machine: end this session only
             outcome = self._outcome("aborted", started, (), f"protocol error: {exc}")
+        except Exception as exc:  # any machine bug ends this session, never the node
+            where = internal_error(exc)
+            log_event(log, logging.ERROR, "session machine raised an unexpected exception",
+                      session_id=self.ctx.session_id, phase=self.phase, error=where)
+            outcome = self._outcome("aborted", started, (), f"internal error: {where}")
         if outcome.status != "done":
             # Undelivered messages of a failed session help nobody: stop retrying them.
             self.cancel_sends()
@@ -369,6 +395,8 @@ class SessionManager:
         self._health: dict[str, tuple[float, frozenset[str]]] = {}
         self._refreshing: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, at)
+        self._admitting: list[tuple[str, str]] = []  # (coordinator, phase) of proposals being admitted
         transport.proposal_handler = self.handle_proposal
         transport.health_provider = self.health_reply
         transport.withdrawal_handler = self.handle_withdrawal
@@ -499,6 +527,13 @@ class SessionManager:
             self.transport.close_session(proposal.session_id)
             await self._refused(proposal, str(exc))
             return None, str(exc)
+        except Exception as exc:  # a handler bug refuses this session, never kills the node
+            self.transport.close_session(proposal.session_id)
+            problem = f"internal error: {internal_error(exc)}"
+            log_event(log, logging.ERROR, "phase handler raised an unexpected exception",
+                      session_id=proposal.session_id, phase=proposal.phase, error=problem)
+            await self._refused(proposal, problem)
+            return None, problem
         except BaseException:
             self.transport.close_session(proposal.session_id)
             raise
@@ -561,8 +596,11 @@ class SessionManager:
                     outcome = SessionOutcome(outcome.session_id, outcome.phase, "done", outcome.participants,
                                              result, (), "", outcome.duration)
                 except Exception as exc:  # a failure to store aborts this session, never crashes the manager
+                    # Handlers raise ValueError with a reason written to be public (_stored);
+                    # anything else is a bug whose message is not shown.
+                    why = str(exc) if isinstance(exc, ValueError) else internal_error(exc)
                     outcome = SessionOutcome(outcome.session_id, outcome.phase, "aborted", outcome.participants,
-                                             None, (), f"could not store the output: {exc}", outcome.duration)
+                                             None, (), f"could not store the output: {why}", outcome.duration)
         finally:
             if outcome is None:  # cancelled: shutdown
                 outcome = SessionOutcome(active.ctx.session_id, driver.phase, "cancelled", tuple(active.ctx.index_of),
@@ -570,7 +608,11 @@ class SessionManager:
                 self.transport.close_session(active.ctx.session_id)
             with trio.CancelScope(shield=True):
                 if not outcome.ok:
-                    handler.failed(active.ctx, outcome)
+                    try:
+                        handler.failed(active.ctx, outcome)
+                    except Exception as exc:  # cleanup bugs must not stop the manager
+                        log_event(log, logging.ERROR, "phase cleanup raised an unexpected exception",
+                                  session_id=active.ctx.session_id, phase=driver.phase, error=internal_error(exc))
                 await self._record(outcome)
                 active.outcome = outcome
                 self._active.pop(active.ctx.session_id, None)
@@ -594,9 +636,41 @@ class SessionManager:
             await self._db(self.storage.session_finished, outcome.session_id, state=state,
                            culprits=outcome.culprits, reason=outcome.reason)
 
+    def _check_limits(self, proposal: peer_pb2.SessionProposal) -> None:
+        """Raise :class:`ProposalLimited` if the proposing peer is over its rate or its number of
+        concurrent sessions here (overall, or of this phase). Checked before anything is
+        decoded, stored or built, so an over-limit proposal costs a dictionary lookup."""
+        peer = proposal.coordinator
+        now = trio.current_time()
+        tokens, at = self._buckets.get(peer, (PROPOSAL_BURST_PER_PEER, now))
+        tokens = min(PROPOSAL_BURST_PER_PEER, tokens + (now - at) * PROPOSAL_RATE_PER_PEER)
+        if tokens < 1.0:
+            self._buckets[peer] = (tokens, now)
+            raise ProposalLimited(f"{peer} is over its proposal rate ({PROPOSAL_RATE_PER_PEER:g}/s)")
+        self._buckets[peer] = (tokens - 1.0, now)
+        # Sessions being admitted count too: admission awaits the policy and a worker thread,
+        # so a burst would otherwise pass the check before any of it is running.
+        theirs = [a.ctx.proposal.phase for a in self._active.values() if a.ctx.proposal.coordinator == peer]
+        theirs += [ph for (who, ph) in self._admitting if who == peer]
+        if len(theirs) >= MAX_SESSIONS_PER_PEER:
+            raise ProposalLimited(f"{peer} already runs {len(theirs)} sessions here (limit {MAX_SESSIONS_PER_PEER})")
+        cap = MAX_PHASE_SESSIONS_PER_PEER.get(proposal.phase)
+        if cap is not None and theirs.count(proposal.phase) >= cap:
+            raise ProposalLimited(f"{peer} already runs {cap} {proposal.phase} sessions here (limit {cap})")
+
     async def handle_proposal(self, proposal: peer_pb2.SessionProposal) -> peer_pb2.ProposalReply:
         """Transport entry point for ``Propose`` (runs on the trio thread)."""
-        active, reason = await self._join(proposal)
+        try:
+            self._check_limits(proposal)
+        except ProposalLimited:
+            self.metrics.proposals.labels(phase=proposal.phase, decision="limited").inc()
+            raise
+        slot = (proposal.coordinator, proposal.phase)
+        self._admitting.append(slot)
+        try:
+            active, reason = await self._join(proposal)
+        finally:
+            self._admitting.remove(slot)
         if active is None:
             log_event(log, logging.WARNING, "proposal refused", session_id=proposal.session_id,
                       phase=proposal.phase, coordinator=proposal.coordinator, reason=reason)

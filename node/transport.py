@@ -118,6 +118,12 @@ class _Transient(Exception):
     """Raised inside the trio-side admission to make the gRPC handler answer RESOURCE_EXHAUSTED."""
 
 
+class ProposalLimited(Exception):
+    """Raised by a proposal handler when the proposing peer is over its session limits: the
+    ``Propose`` call then answers RESOURCE_EXHAUSTED (the coordinator backs off or picks another
+    set) instead of a refusal that reads like a policy decision."""
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     node_id: str
@@ -271,6 +277,9 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
             return trio.from_thread.run(handler, request, trio_token=token)
         except trio.RunFinishedError:
             return refuse("node is shutting down")
+        except ProposalLimited as exc:
+            self.t.count_reject("proposal-limit", peer=peer, session_id=request.session_id, detail=str(exc))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
     def Withdraw(self, request: peer_pb2.SessionWithdrawal, context: grpc.ServicerContext) -> peer_pb2.Ack:
         peer = self._peer(context)
