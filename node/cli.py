@@ -8,8 +8,11 @@ Commands
   restore   restore a backup into a fresh data directory
   devnet    create configs for N nodes on loopback; with --run, run them as separate processes
 
-Errors an operator can fix (bad config, wrong passphrase, missing file) are printed as one
-clear message and exit with status 2; nothing is printed that contains secret material.
+Errors an operator can fix (bad config, wrong passphrase, missing file) and every storage
+fault (a damaged, truncated or foreign database file, a row that does not authenticate) are
+printed as one clear line and exit with status 2; ``run`` also logs them. The database is
+checked before anything is written, so a refused start changes nothing on disk; nothing is
+printed that contains secret material.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .config import (
 )
 from .identity import IdentityError, create_identity
 from .material import storage_key
-from .storage import KeyMaterial, Storage, StorageError, database_summary
+from .storage import KeyMaterial, Storage, StorageError, check_key, database_summary
 from .tls import TLSError, create_certificate_files
 
 EXIT_USAGE = 2
@@ -104,6 +107,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not cfg.database_path.exists():
         return _fail(f"no database at {cfg.database_path} (run init or restore first)")
     doc: dict[str, object] = {"config": str(cfg.path), "database": database_summary(cfg.database_path)}
+    # The storage key, if this process can have it (a key file, or the passphrase variable set),
+    # is checked against the database's key check - read-only, nothing is decrypted or written.
+    environ = dict(os.environ)
+    if cfg.storage.key_file is not None or environ.get(cfg.storage.passphrase_env or ""):
+        check_key(cfg.database_path, storage_key(cfg, environ), allow_weak_kdf=cfg.test_mode)
+        doc["storage_key"] = "ok"
+    else:
+        doc["storage_key"] = f"not checked (${cfg.storage.passphrase_env} is not set)"
     if cfg.metrics_listen:
         host, port = parse_address(cfg.metrics_listen)
         try:
@@ -198,12 +209,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OPERATOR_ERRORS = (ConfigError, StorageError, IdentityError, TLSError, ValueError, OSError)
+
+
+def operator_error(exc: BaseException) -> BaseException | None:
+    """The error an operator can act on (a storage fault, a bad config, a missing file...)
+    in ``exc`` - looking inside exception groups, which is how a fault inside the trio
+    nursery arrives - or None if ``exc`` is something else (a bug: it keeps its traceback).
+    A storage error wins over the others it came with."""
+    if isinstance(exc, BaseExceptionGroup):
+        found = [e for e in (operator_error(inner) for inner in exc.exceptions) if e is not None]
+        return next((e for e in found if isinstance(e, StorageError)), found[0] if found else None)
+    return exc if isinstance(exc, OPERATOR_ERRORS) else None
+
+
+def fail_logged(exc: BaseException, logger_name: str) -> int:
+    """Log ``exc`` (type and message, no traceback, no secrets) if logging is configured, and
+    print one clear line on stderr; exit status 2."""
+    import logging
+
+    from .logs import log_event
+
+    what = "storage fault" if isinstance(exc, StorageError) else "cannot run"
+    log_event(logging.getLogger(logger_name), logging.ERROR, what, error=type(exc).__name__,
+              exc_info=(type(exc), exc, None))
+    return _fail(_one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StorageError, IdentityError, TLSError, ValueError) as exc:
-        return _fail(str(exc))
+    except BaseException as exc:
+        known = operator_error(exc)
+        if known is None:
+            raise
+        if args.command == "run":
+            return fail_logged(known, "fusion_prime.node.cli")
+        return _fail(_one_line(known))
 
 
 if __name__ == "__main__":

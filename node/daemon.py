@@ -68,30 +68,36 @@ class Node:
         self.material = NodeMaterial.load(cfg)
         self.storage = Storage(cfg.database_path, key, node_id=cfg.node_id,
                                scrypt_log2_n=cfg.storage.scrypt_log2_n, allow_weak_kdf=cfg.test_mode)
-        released = self.storage.recover_after_restart()
-        self.metrics = NodeMetrics(cfg.node_id)
-        # Safe primes for aux info and key refresh, generated ahead in a separate process.
-        self.prime_pool: PrimePool | None = None
-        if primes is None and prime_pool and cfg.prime_pool_depth > 0:
-            self.prime_pool = PrimePool(self.storage, cfg.level.prime_bits, cfg.prime_pool_depth)
-            primes = self.prime_pool.take
-        self.transport = Transport(
-            node_id=cfg.node_id, identity=self.material.identity, peers=self.material.peers, tls=self.material.tls,
-            listen=cfg.listen, epoch=self.storage.next_transport_epoch(), metrics=self.metrics,
-            buffer_ttl=max(2 * cfg.round_deadline_seconds, 5.0),
-        )
-        self.sessions = SessionManager(
-            node_id=cfg.node_id, identity=self.material.identity, peers=self.material.peers,
-            transport=self.transport, phases=phases if phases is not None else cggmp21_phases(primes),
-            storage=self.storage, authorize=authorize, metrics=self.metrics,
-            round_deadline=cfg.round_deadline_seconds, test_mode=cfg.test_mode, version=VERSION,
-        )
-        self.fill_pool = fill_pool
-        self._stop = trio.Event()
-        self._health_server: HealthServer | None = None
-        self.health_port: int | None = None
+        try:
+            released = self.storage.recover_after_restart()
+            self.metrics = NodeMetrics(cfg.node_id)
+            # Safe primes for aux info and key refresh, generated ahead in a separate process.
+            self.prime_pool: PrimePool | None = None
+            if primes is None and prime_pool and cfg.prime_pool_depth > 0:
+                self.prime_pool = PrimePool(self.storage, cfg.level.prime_bits, cfg.prime_pool_depth)
+                primes = self.prime_pool.take
+            self.transport = Transport(
+                node_id=cfg.node_id, identity=self.material.identity, peers=self.material.peers, tls=self.material.tls,
+                listen=cfg.listen, epoch=self.storage.next_transport_epoch(), metrics=self.metrics,
+                buffer_ttl=max(2 * cfg.round_deadline_seconds, 5.0),
+            )
+            self.sessions = SessionManager(
+                node_id=cfg.node_id, identity=self.material.identity, peers=self.material.peers,
+                transport=self.transport, phases=phases if phases is not None else cggmp21_phases(primes),
+                storage=self.storage, authorize=authorize, metrics=self.metrics,
+                round_deadline=cfg.round_deadline_seconds, test_mode=cfg.test_mode, version=VERSION,
+            )
+            self.fill_pool = fill_pool
+            self._stop = trio.Event()
+            self._health_server: HealthServer | None = None
+            self.health_port: int | None = None
+        except BaseException:
+            # Nothing half-open is left behind: the database closes (its pooled connections
+            # with it) whatever failed after it opened - a damaged row, a busy port.
+            self.storage.close()
+            raise
         log_event(log, logging.INFO, "node opened", node=cfg.node_id, reservations_released=released,
-                  test_mode=cfg.test_mode, level=cfg.security_level)
+                  test_mode=cfg.test_mode, security_level=cfg.security_level)
 
     # lifecycle -----------------------------------------------------------------------------
     async def run(self, *, handle_signals: bool = False,

@@ -1,7 +1,8 @@
 """Structured JSON logs that cannot carry secrets by accident.
 
 Every log line is one JSON object: ``ts``, ``level``, ``logger``, ``event`` and the event's
-fields. Code logs through :func:`log_event`, which applies two rules before anything is
+fields (a field with one of those names is written as ``field_<name>``: the log level is never
+overwritten). Code logs through :func:`log_event`, which applies two rules before anything is
 formatted:
 
 * a field whose *name* suggests secret material (``payload``, ``share``, ``secret``,
@@ -47,11 +48,26 @@ def _sanitize(name: str, value: Any) -> Any:
     return str(value)
 
 
-def log_event(logger: logging.Logger, level: int, event: str, /, **fields: Any) -> None:
-    """Log ``event`` with sanitized structured ``fields``."""
+# The keys every line has (and ``exception``, added for a logged exception): a field of an
+# event never replaces them. ``level`` is the log level, never a security level.
+RESERVED_KEYS = frozenset({"ts", "level", "logger", "event", "exception"})
+
+
+def _field_name(name: str) -> str:
+    """``name``, or ``field_<name>`` for a reserved key (repeated until it is free)."""
+    while name in RESERVED_KEYS:
+        name = f"field_{name}"
+    return name
+
+
+def log_event(logger: logging.Logger, level: int, event: str, /, exc_info: Any = None, **fields: Any) -> None:
+    """Log ``event`` with sanitized structured ``fields``. A field named like one of the
+    line's own keys (:data:`RESERVED_KEYS`) is renamed ``field_<name>``, so it can never
+    overwrite the log level, time, logger or event. ``exc_info`` is passed to the logger (the
+    formatter prints the exception's type and message, never a traceback)."""
     if logger.isEnabledFor(level):
-        clean = {k: _sanitize(k, v) for k, v in fields.items()}
-        logger.log(level, event, extra={"fp_fields": clean})
+        clean = {_field_name(k): _sanitize(k, v) for k, v in fields.items()}
+        logger.log(level, event, exc_info=exc_info, extra={"fp_fields": clean})
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,7 +78,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        doc.update(getattr(record, "fp_fields", {}))
+        for name, value in getattr(record, "fp_fields", {}).items():
+            doc[_field_name(name)] = value  # fields passed some other way cannot overwrite either
         if record.exc_info and record.exc_info[0] is not None:
             # The type and message only: tracebacks print local variables in some handlers.
             doc["exception"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"

@@ -150,6 +150,37 @@ _DAMAGED_CODES = {11: "SQLITE_CORRUPT", 26: "SQLITE_NOTADB"}
 _UNAVAILABLE_CODES = {10: "SQLITE_IOERR", 13: "SQLITE_FULL", 14: "SQLITE_CANTOPEN", 8: "SQLITE_READONLY"}
 
 
+def _derive_checked(path: Path, db: Any, key: KeyMaterial, allow_weak_kdf: bool) -> bytes:
+    """The storage key of the database ``db`` (at ``path``), verified against its key check.
+    A ``meta`` table that cannot be read (missing rows, bytes that are not what this code
+    wrote, settings out of range) is damage, not a wrong key. Reads only."""
+    try:
+        meta = {str(name): bytes(value) for name, value in db.execute("SELECT name, value FROM meta").fetchall()}
+        kdf = meta["kdf"].decode("ascii")
+        log2_n = int(meta["scrypt_log2_n"].decode("ascii"))
+        salt, key_check = meta["kdf_salt"], meta["key_check"]
+    except (KeyError, ValueError, TypeError):  # UnicodeDecodeError is a ValueError
+        raise DatabaseDamaged(f"{path}: the meta table is damaged (key settings unreadable); "
+                              "restore it from a backup; nothing was changed") from None
+    if kdf not in ("scrypt", "keyfile") or not 1 <= log2_n <= 30 or len(salt) != 16:
+        raise DatabaseDamaged(f"{path}: the meta table is damaged (key settings out of range); "
+                              "restore it from a backup; nothing was changed")
+    if kdf != key.kind:
+        expected = "a passphrase" if kdf == "scrypt" else "a key file"
+        raise WrongKey(f"{path} is encrypted with {expected}; supply that instead")
+    if kdf == "scrypt" and log2_n < PRODUCTION_SCRYPT_LOG2_N and not allow_weak_kdf:
+        raise StorageError(f"{path}: scrypt N = 2^{log2_n} is below the production minimum "
+                           f"2^{PRODUCTION_SCRYPT_LOG2_N}; weaker settings exist only for tests")
+    derived = key.derive(salt, log2_n)
+    try:
+        _unseal(derived, key_check, _aad("meta", b"key_check"))
+    except ValueError:
+        what = "passphrase" if kdf == "scrypt" else "key file"
+        raise WrongKey(f"wrong {what} for {path}: the key check failed (or its record is damaged); "
+                       "nothing was changed") from None
+    return derived
+
+
 def _quick_check_problem(db: Any) -> str | None:
     """None if ``PRAGMA quick_check`` finds the file sound, else its first findings on one line."""
     lines = [line.strip() for row in db.execute("PRAGMA quick_check").fetchall() for line in str(row[0]).splitlines()]
@@ -679,33 +710,9 @@ class Storage:
         return derived
 
     def _unlock(self, db: Any, key: KeyMaterial) -> bytes:
-        """Derive the key and check it *before* writing anything. A ``meta`` table that
-        cannot be read (missing rows, bytes that are not what this code wrote) is damage,
-        not a wrong key; the caller (``__init__``) closes the connections on any error."""
-        try:
-            meta = {str(name): bytes(value) for name, value in db.execute("SELECT name, value FROM meta").fetchall()}
-            kdf = meta["kdf"].decode("ascii")
-            log2_n = int(meta["scrypt_log2_n"].decode("ascii"))
-            salt, key_check = meta["kdf_salt"], meta["key_check"]
-        except (KeyError, ValueError, TypeError):  # UnicodeDecodeError is a ValueError
-            raise DatabaseDamaged(f"{self.path}: the meta table is damaged (key settings unreadable); "
-                                  "restore it from a backup; nothing was changed") from None
-        if kdf not in ("scrypt", "keyfile") or not 1 <= log2_n <= 30 or len(salt) != 16:
-            raise DatabaseDamaged(f"{self.path}: the meta table is damaged (key settings out of range); "
-                                  "restore it from a backup; nothing was changed")
-        if kdf != key.kind:
-            expected = "a passphrase" if kdf == "scrypt" else "a key file"
-            raise WrongKey(f"{self.path} is encrypted with {expected}; supply that instead")
-        if kdf == "scrypt":
-            self._check_kdf(log2_n)
-        derived = key.derive(salt, log2_n)
-        try:
-            _unseal(derived, key_check, _aad("meta", b"key_check"))
-        except ValueError:
-            what = "passphrase" if kdf == "scrypt" else "key file"
-            raise WrongKey(f"wrong {what} for {self.path}: the key check failed (or its record is damaged); "
-                           "nothing was changed") from None
-        return derived
+        """Derive the key and check it *before* writing anything (:func:`_derive_checked`);
+        the caller (``__init__``) closes the connections on any error."""
+        return _derive_checked(self.path, db, key, self._allow_weak)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute(
@@ -1333,6 +1340,23 @@ def database_summary(path: Path) -> dict[str, Any]:
         if path.stat().st_size == 0:
             raise DatabaseDamaged(f"{path} is empty: not a fusion-prime database")
         return _summary(path)
+    except sqlite3.Error as exc:
+        translated = _translate(exc, path)
+        if translated is exc:
+            translated = DatabaseDamaged(f"{path}: cannot read the database ({exc})")
+        raise translated from exc
+
+
+def check_key(path: Path, key: KeyMaterial, *, allow_weak_kdf: bool = False) -> None:
+    """Raise :class:`WrongKey` (or :class:`DatabaseDamaged`) unless ``key`` opens the database
+    at ``path``; opened read-only, nothing is written (``cli status``)."""
+    path = Path(path)
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            _derive_checked(path, db, key, allow_weak_kdf)
+        finally:
+            db.close()
     except sqlite3.Error as exc:
         translated = _translate(exc, path)
         if translated is exc:

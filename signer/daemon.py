@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from ..node.cli import fail_logged, operator_error
 from ..node.config import load_config
 from ..node.daemon import Node
 from ..node.logs import configure_logging
@@ -59,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(lambda: serve(args.config, args.policy, args.wallet_listen, port_file=args.port_file))
     except KeyboardInterrupt:
         return 0
+    except BaseException as exc:
+        # A storage fault (damaged, truncated or foreign database, wrong key, a row that does
+        # not authenticate), a bad config or policy, a missing file: logged, one clear line on
+        # stderr, exit status 2 - no traceback. The database is checked at open before
+        # anything is written, so a refused start changed nothing on disk. Anything else is a
+        # bug and keeps its traceback.
+        known = operator_error(exc)
+        if known is None:
+            raise
+        return fail_logged(known, "fusion_prime.signer.daemon")
     return 0
 
 
