@@ -108,11 +108,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _fail(f"no database at {cfg.database_path} (run init or restore first)")
     doc: dict[str, object] = {"config": str(cfg.path), "database": database_summary(cfg.database_path)}
     # The storage key, if this process can have it (a key file, or the passphrase variable set),
-    # is checked against the database's key check - read-only, nothing is decrypted or written.
+    # is checked against the database's key check and every sealed row is authenticated -
+    # read-only, nothing is written and no plaintext is kept or shown.
     environ = dict(os.environ)
     if cfg.storage.key_file is not None or environ.get(cfg.storage.passphrase_env or ""):
-        check_key(cfg.database_path, storage_key(cfg, environ), allow_weak_kdf=cfg.test_mode)
-        doc["storage_key"] = "ok"
+        verified = check_key(cfg.database_path, storage_key(cfg, environ), allow_weak_kdf=cfg.test_mode)
+        doc["storage_key"] = f"ok ({verified} sealed rows authenticate)"
     else:
         doc["storage_key"] = f"not checked (${cfg.storage.passphrase_env} is not set)"
     if cfg.metrics_listen:

@@ -60,7 +60,8 @@ all the time, and a connection per thread leaked three file descriptors (databas
 
 **Faults** are refused at open: the file must be a fusion-prime database (never initialise
 over an existing non-empty file), pass ``PRAGMA quick_check``, and have an intact ``meta``
-table whose key check opens with the supplied key - all before anything is written, so a
+table whose key check opens with the supplied key, and every long-lived sealed row (shares,
+aux info, primes: :data:`SEALED_COLUMNS`) must authenticate - all before anything is written, so a
 damaged or foreign file is a clear :class:`StorageError` at start with nothing changed. Later
 damage is translated too: SQLite's "malformed"/"not a database" errors become
 :class:`DatabaseDamaged`, I/O failures :class:`StorageUnavailable`, and a row whose ciphertext
@@ -179,6 +180,41 @@ def _derive_checked(path: Path, db: Any, key: KeyMaterial, allow_weak_kdf: bool)
         raise WrongKey(f"wrong {what} for {path}: the key check failed (or its record is damaged); "
                        "nothing was changed") from None
     return derived
+
+
+def _share_aad_id(key_id: bytes, epoch: int) -> bytes:
+    return Storage._share_row_id(key_id, epoch)
+
+
+# The long-lived sealed columns verified at open: (table, query giving the row id, the sealed
+# value and what else the AAD needs, how the AAD row id is made). Tables added later with
+# long-lived sealed columns belong here. Presignatures are not in the list: they are
+# short-lived, consumed once, and a damaged one is found (RecordCorrupt) when it is consumed.
+SEALED_COLUMNS: tuple[tuple[str, str, Callable[[Any], bytes]], ...] = (
+    ("key_shares", "SELECT key_id, share, epoch FROM key_shares", lambda r: _share_aad_id(bytes(r[0]), r[2])),
+    ("aux_info", "SELECT aux_id, aux FROM aux_info", lambda r: bytes(r[0])),
+    ("prime_pool", "SELECT prime_id, prime FROM prime_pool", lambda r: bytes(r[0])),
+)
+
+
+def _verify_sealed_rows(path: Path, db: Any, key: bytes) -> int:
+    """Open every value of :data:`SEALED_COLUMNS` (AES-GCM verification, microseconds per row); raise
+    :class:`RecordCorrupt` naming the first that does not authenticate. Returns the count."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    verified = 0
+    for table, sql, row_id in SEALED_COLUMNS:
+        if table not in tables:
+            continue
+        for row in db.execute(sql):
+            rid = row_id(row)
+            try:
+                _unseal(key, bytes(row[1]), _aad(table, rid))
+            except ValueError:
+                raise RecordCorrupt(f"{path}: {table} row {rid.hex()[:16]}…: the sealed value does not "
+                                    "authenticate (damaged or copied from another row); restore from a backup"
+                                    ) from None
+            verified += 1
+    return verified
 
 
 def _quick_check_problem(db: Any) -> str | None:
@@ -537,25 +573,11 @@ class Storage:
                                   f"{problem}; refusing to open it; restore it from a backup; nothing was changed")
 
     def _verify_sealed(self) -> None:
-        """Open every sealed value once (AES-GCM verification, microseconds per row): a
-        flipped byte in a share, aux info, presignature or prime is refused at start as
-        :class:`RecordCorrupt`, not found by the first session that needs it. Tables added
-        later with sealed columns belong in this list."""
-        checks: tuple[tuple[str, str, Callable[[Any], bytes]], ...] = (
-            ("key_shares", "SELECT key_id, share, epoch FROM key_shares",
-             lambda r: self._share_row_id(bytes(r[0]), r[2])),
-            ("aux_info", "SELECT aux_id, aux FROM aux_info", lambda r: bytes(r[0])),
-            ("presignatures", "SELECT presig_id, data FROM presignatures WHERE data IS NOT NULL",
-             lambda r: bytes(r[0])),
-            ("prime_pool", "SELECT prime_id, prime FROM prime_pool", lambda r: bytes(r[0])),
-        )
+        """Open every long-lived sealed value once (:func:`_verify_sealed_rows`), so a flipped
+        byte in a share, aux info or prime is refused at start as :class:`RecordCorrupt`, not
+        found by the first session that needs it."""
         with self._borrow() as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            for table, sql, row_id in checks:
-                if table not in tables:
-                    continue
-                for row in db.execute(sql):
-                    self.unseal(table, row_id(row), bytes(row[1]))
+            _verify_sealed_rows(self.path, db, self._key)
 
     # connections ---------------------------------------------------------------------------
     def _conn(self) -> Any:
@@ -1347,14 +1369,15 @@ def database_summary(path: Path) -> dict[str, Any]:
         raise translated from exc
 
 
-def check_key(path: Path, key: KeyMaterial, *, allow_weak_kdf: bool = False) -> None:
-    """Raise :class:`WrongKey` (or :class:`DatabaseDamaged`) unless ``key`` opens the database
-    at ``path``; opened read-only, nothing is written (``cli status``)."""
+def check_key(path: Path, key: KeyMaterial, *, allow_weak_kdf: bool = False) -> int:
+    """Raise :class:`WrongKey` unless ``key`` opens the database at ``path``, and
+    :class:`RecordCorrupt` if a sealed row does not authenticate; returns how many sealed rows
+    were verified. Opened read-only, nothing is written (``cli status``)."""
     path = Path(path)
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            _derive_checked(path, db, key, allow_weak_kdf)
+            return _verify_sealed_rows(path, db, _derive_checked(path, db, key, allow_weak_kdf))
         finally:
             db.close()
     except sqlite3.Error as exc:

@@ -14,10 +14,11 @@ node's trio loop with ``trio.from_thread.run`` (the node owns all session state)
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..node.daemon import Node
 from ..node.logs import log_event
 from ..node.phases import RefreshParams, ReshareParams, load_key_share
 from ..node.session import Refuse
+from ..node.storage import StorageError, StorageFault
 from ..proto.generated import peer_pb2, wallet_pb2, wallet_pb2_grpc
 from ..protocol.addresses import ethereum_address, p2wpkh_address
 from ..protocol.ecdsa import Signature
@@ -49,11 +51,19 @@ from .requests import (
 
 log = logging.getLogger("fusion_prime.signer.service")
 
-# A Status stream for an id this node has not seen ends after this grace (the request may be
-# a moment behind its Status call); any stream ends after STATUS_MAX_SECONDS. Both keep the
-# server's thread pool from being held by streams that will never end.
-STATUS_UNKNOWN_GRACE = 3.0
-STATUS_MAX_SECONDS = 900.0
+# Status is unauthenticated (anyone may name any client key and request id), and each open
+# stream holds one of the server's WALLET_SERVER_THREADS threads, so:
+# * an id this node does not know is answered NOT_FOUND at once (never waited on);
+# * a stream for a known, unfinished request waits on a condition (no polling) for at most
+#   STATUS_MAX_SECONDS, then ends with DEADLINE_EXCEEDED ("ask again");
+# * at most STATUS_MAX_STREAMS such waiting streams exist at once, and at most
+#   STATUS_MAX_STREAMS_PER_CLIENT per client key; beyond either, RESOURCE_EXHAUSTED at once.
+#   So Status can never hold more than STATUS_MAX_STREAMS of the threads: the rest stay free
+#   for Sign, ListKeys and the others.
+WALLET_SERVER_THREADS = 16
+STATUS_MAX_SECONDS = 60.0
+STATUS_MAX_STREAMS = 4
+STATUS_MAX_STREAMS_PER_CLIENT = 2
 # Status history kept in memory (oldest entries are dropped first).
 STATUS_HISTORY = 10_000
 
@@ -157,12 +167,67 @@ def decode_signature(data: bytes) -> tuple[bytes, bytes, int, bytes]:
     return compact[:32], compact[32:], rec, pub
 
 
+def _storage_error(exc: BaseException) -> StorageError | None:
+    """The storage error in ``exc`` (looking inside exception groups: a fault in a session's
+    nursery arrives as one), or None."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _storage_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _aborted(exc: BaseException, context: grpc.ServicerContext) -> bool:
+    """True if ``exc`` is grpcio's own signal that the handler called ``context.abort``."""
+    code = getattr(context, "code", lambda: None)()
+    return code is not None and type(exc) is Exception and not exc.args
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Every unary RPC: a storage fault (damaged file, a row that does not authenticate)
+    answers DATA_LOSS with its message (no secrets: storage messages never carry any), another
+    storage error INTERNAL with its message, and anything unexpected INTERNAL without details -
+    each logged through the node's JSON log (grpcio's own logger has only a NullHandler, so
+    without this the node said nothing and the client saw UNKNOWN)."""
+
+    @functools.wraps(method)
+    def handler(self: WalletServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except BaseException as exc:
+            if _aborted(exc, context) or not isinstance(exc, Exception):
+                raise
+            fault = _storage_error(exc)
+            if fault is not None:
+                code = grpc.StatusCode.DATA_LOSS if isinstance(fault, StorageFault) else grpc.StatusCode.INTERNAL
+                log_event(log, logging.ERROR, "wallet rpc storage error", rpc=method.__name__,
+                          error=type(fault).__name__, exc_info=(type(fault), fault, None))
+                context.abort(code, f"storage error on this node: {' '.join(str(fault).split())}")
+            log_event(log, logging.ERROR, "wallet rpc failed", rpc=method.__name__, error=type(exc).__name__,
+                      exc_info=(type(exc), exc, None))
+            context.abort(grpc.StatusCode.INTERNAL, "internal error on this node (logged there)")
+            raise  # not reached: abort raises
+
+    return handler
+
+
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
-    def __init__(self, node: Node, enforcer: PolicyEnforcer, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(self, node: Node, enforcer: PolicyEnforcer, token: trio.lowlevel.TrioToken, *,
+                 status_max_seconds: float = STATUS_MAX_SECONDS, status_max_streams: int = STATUS_MAX_STREAMS,
+                 status_max_streams_per_client: int = STATUS_MAX_STREAMS_PER_CLIENT) -> None:
         self.node, self.enforcer, self.token = node, enforcer, token
         self._in_flight: set[tuple[bytes, str]] = set()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified on every status update
         self._status: dict[tuple[bytes, str], list[wallet_pb2.StatusUpdate]] = {}
+        self.status_max_seconds = status_max_seconds
+        self.status_max_streams = status_max_streams
+        self.status_max_streams_per_client = status_max_streams_per_client
+        self._streams = 0  # Status streams waiting right now
+        self._streams_of: dict[bytes, int] = {}  # ... per client key
 
     # helpers -------------------------------------------------------------------------------
     def _verify(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext, kind: str) -> VerifiedRequest:
@@ -183,11 +248,13 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             self._status.setdefault((verified.body.client, verified.body.request_id), []).append(update)
             while len(self._status) > STATUS_HISTORY:
                 del self._status[next(iter(self._status))]
+            self._changed.notify_all()
 
     def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return trio.from_thread.run(lambda: fn(*args, **kwargs), trio_token=self.token)
 
     # RPCs ----------------------------------------------------------------------------------
+    @_guarded
     def Sign(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext) -> wallet_pb2.SignResponse:
         verified = self._verify(request, context, KIND_SIGN)
         body = verified.body
@@ -208,13 +275,19 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             self._in_flight.add(slot)
         try:
             self._note(verified, "running")
-            outcome = self._run(self.node.sign, body.key_id, body.digest, body.path, client_request=verified.raw)
+            try:
+                outcome = self._run(self.node.sign, body.key_id, body.digest, body.path, client_request=verified.raw)
+            except BaseException:
+                self._note(verified, "failed", "error on this node")  # Status streams end, not wait
+                raise
         finally:
             with self._lock:
                 self._in_flight.discard(slot)
         if not outcome.ok:
             self._note(verified, "failed", outcome.reason, outcome.culprits)
-            context.abort(grpc.StatusCode.ABORTED,
+            # "exhausted": the node's sign queue is full or its bounded wait ran out - retry later
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if outcome.status == "exhausted" else grpc.StatusCode.ABORTED
+            context.abort(code,
                           f"signing failed: {outcome.reason} (culprits: {', '.join(outcome.culprits) or 'none'})")
         sig: Signature = outcome.output
         self.enforcer.store_result(verified, encode_signature(sig))
@@ -224,6 +297,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                                        s=sig.s.to_bytes(32, "big"), recovery_id=sig.recovery_id,
                                        public_key=sig.public_key.to_bytes())
 
+    @_guarded
     def CreateKey(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext
                   ) -> wallet_pb2.CreateKeyResponse:
         verified = self._verify(request, context, KIND_CREATE_KEY)
@@ -250,6 +324,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                                             group_public_key=bytes(info.get("public_key") or b""),
                                             threshold=int(info.get("threshold", 0)), parties=info.get("parties", []))
 
+    @_guarded
     def ListKeys(self, request: wallet_pb2.ListKeysRequest, context: grpc.ServicerContext
                  ) -> wallet_pb2.ListKeysResponse:
         out = wallet_pb2.ListKeysResponse()
@@ -261,6 +336,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                          presignatures_available=available)
         return out
 
+    @_guarded
     def GetPublicKey(self, request: wallet_pb2.PublicKeyRequest, context: grpc.ServicerContext
                      ) -> wallet_pb2.PublicKeyResponse:
         try:
@@ -290,10 +366,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         return wallet_pb2.StatusUpdate(request_id=verified.body.request_id, state=state, detail=outcome.reason,
                                        culprits=list(outcome.culprits))
 
+    @_guarded
     def Refresh(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext) -> wallet_pb2.StatusUpdate:
         verified = self._verify(request, context, KIND_REFRESH)
         return self._administer(verified, context, self.node.refresh, verified.body.key_id)
 
+    @_guarded
     def Reshare(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext) -> wallet_pb2.StatusUpdate:
         verified = self._verify(request, context, KIND_RESHARE)
         body = verified.body
@@ -302,33 +380,83 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
     def Status(self, request: wallet_pb2.StatusRequest, context: grpc.ServicerContext
                ) -> Iterator[wallet_pb2.StatusUpdate]:
-        slot = (bytes(request.client_public_key), request.request_id)
-        sent = 0
-        started = time.monotonic()
-        while context.is_active():
-            with self._lock:
-                updates = list(self._status.get(slot, []))
-            yield from updates[sent:]
-            sent = len(updates)
-            if updates and updates[-1].state in ("done", "failed", "refused"):
-                return
-            if not updates and self.enforcer.stored_result(*slot) is not None:
+        """What this node knows of a request: its updates so far, then each new one until it
+        ends. Bounded (see STATUS_MAX_STREAMS): an unknown id is NOT_FOUND at once; a waiting
+        stream takes a per-client and a global slot or is RESOURCE_EXHAUSTED, and ends after
+        ``status_max_seconds``."""
+        client = bytes(request.client_public_key)
+        slot = (client, request.request_id)
+        with self._lock:
+            updates = list(self._status.get(slot, []))
+        if not updates:
+            if self.enforcer.stored_result(*slot) is not None:  # finished before this process started
                 yield wallet_pb2.StatusUpdate(request_id=request.request_id, state="done")
                 return
-            waited = time.monotonic() - started
-            if not updates and waited > STATUS_UNKNOWN_GRACE:
-                # Nothing under this id here: say so rather than hold a server thread for ever.
-                context.abort(grpc.StatusCode.NOT_FOUND, "no request with this id from this client on this node")
-            if waited > STATUS_MAX_SECONDS:
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "status stream lasted too long; ask again")
-            threading.Event().wait(0.05)
+            context.abort(grpc.StatusCode.NOT_FOUND, "no request with this id from this client on this node")
+        yield from updates
+        if updates[-1].state in _FINAL_STATES:
+            return
+        sent = len(updates)
+        with self._lock:
+            if self._streams >= self.status_max_streams or \
+                    self._streams_of.get(client, 0) >= self.status_max_streams_per_client:
+                busy = True
+            else:
+                busy = False
+                self._streams += 1
+                self._streams_of[client] = self._streams_of.get(client, 0) + 1
+        if busy:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "too many status streams open on this node; ask again later")
+        try:
+            # A cancelled or expired call wakes the wait at once instead of holding the thread.
+            context.add_callback(self._wake)
+            deadline = time.monotonic() + self.status_max_seconds
+            while True:
+                with self._lock:
+                    while context.is_active() and len(self._status.get(slot, [])) <= sent:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._changed.wait(left)
+                    updates = list(self._status.get(slot, []))
+                if not context.is_active():
+                    return
+                if len(updates) < sent:  # dropped from the history (STATUS_HISTORY): start over
+                    sent = 0
+                yield from updates[sent:]
+                sent = len(updates)
+                if updates and updates[-1].state in _FINAL_STATES:
+                    return
+                if time.monotonic() >= deadline:
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "status stream lasted too long; ask again")
+        finally:
+            with self._lock:
+                self._streams -= 1
+                left_open = self._streams_of.get(client, 0) - 1
+                if left_open > 0:
+                    self._streams_of[client] = left_open
+                else:
+                    self._streams_of.pop(client, None)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._changed.notify_all()
+
+    def status_streams(self) -> int:
+        """Status streams waiting right now (never more than ``status_max_streams``)."""
+        with self._lock:
+            return self._streams
+
+
+_FINAL_STATES = ("done", "failed", "refused")
 
 
 def start_wallet_server(
     servicer: WalletServicer, listen: str, cert_pem: bytes, key_pem: bytes
 ) -> tuple[grpc.Server, int]:
     """TLS server (clients pin the node's certificate; they authenticate by signed requests)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="wallet"))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=WALLET_SERVER_THREADS, thread_name_prefix="wallet"))
     wallet_pb2_grpc.add_WalletServiceServicer_to_server(servicer, server)
     port = server.add_secure_port(listen, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
     if port == 0:
