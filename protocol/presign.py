@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gmpy2 import mpz
+from gmpy2 import gcd, mpz
 
 from .aux_info import AuxInfo
 from .curve import Point, Q, random_scalar, scalar_from_bytes, scalar_to_bytes
@@ -122,23 +122,65 @@ def identification_y_bits(level_mta_bits: int, signers: int) -> int:
     return level_mta_bits + (2 * signers).bit_length() + 1
 
 
-def open_round2_message(raw: bytes, session_id: bytes, sender: int, receiver: int,
-                        roster: Mapping[int, bytes]) -> tuple[mpz, mpz, mpz, mpz]:
+Round2Ciphertexts = tuple[mpz, mpz, mpz, mpz]  # (D, F, D̂, F̂) of one presign round-2 message
+
+
+class InvalidRevealedElement(InvalidInput):
+    """A *genuine* presign round-2 message (its sender's signature checks) revealed in an
+    identification round, whose content is invalid. Both its signer and its revealer are at
+    fault: the signer signed an invalid element, and the revealer — its receiver — verified
+    exactly these ciphertexts with Π^aff-g in round 2 and would have complained then had it been
+    honest (or it reveals a message it never received). Raised by ``open_round2_message``; the
+    identification rounds name ``signer`` and ``revealer`` together."""
+
+    def __init__(self, signer: int, revealer: int, reason: str) -> None:
+        super().__init__(f"the presign round-2 message party {signer} signed for party {revealer}, revealed by "
+                         f"party {revealer}, is invalid: {reason}")
+        self.signer, self.revealer = signer, revealer
+
+
+def open_round2_message(raw: bytes, session_id: bytes, sender: int, receiver: int, roster: Mapping[int, bytes],
+                        keys: Mapping[int, PaillierPublicKey]) -> Round2Ciphertexts:
     """Check that ``raw`` is the presign round-2 message ``sender`` signed for ``receiver`` in
-    session ``session_id`` and return its ciphertexts (D, F, D̂, F̂). Identification rounds rely
-    on it: a party reveals what it received and cannot change a byte of it."""
-    msg = ProtocolMessage.from_bytes(raw)
+    session ``session_id`` and return its ciphertexts (D, F, D̂, F̂), each validated like any
+    received element (``check_round2_ciphertexts``). Identification rounds rely on it: a party
+    reveals what it received and cannot change a byte of it.
+
+    Raises ``InvalidInput`` if the message is not genuine (the revealer alone is to blame) and
+    ``InvalidRevealedElement`` if it is genuine but its content is invalid (signer and revealer)."""
+    try:
+        msg = ProtocolMessage.from_bytes(raw)
+    except InvalidInput as exc:
+        raise InvalidInput(f"not a presign round-2 message: {exc}") from exc
     genuine = (msg.session_id == session_id and msg.phase == PresignMachine.phase and msg.round == 2
                and msg.kind == KIND_MAIN and msg.sender == sender and msg.receiver == receiver
                and sender in roster and verify_signature(roster[sender], msg.digest(), msg.signature))
     if not genuine:
         raise InvalidInput(f"not a presign round-2 message signed by party {sender} for party {receiver}")
-    return round2_ciphertexts(msg.payload)
+    try:
+        return check_round2_ciphertexts(round2_ciphertexts(msg.payload), keys[sender], keys[receiver])
+    except InvalidInput as exc:
+        raise InvalidRevealedElement(sender, receiver, str(exc)) from exc
 
 
-def round2_ciphertexts(payload: bytes) -> tuple[mpz, mpz, mpz, mpz]:
+def round2_ciphertexts(payload: bytes) -> Round2Ciphertexts:
+    """The four ciphertexts at the head of a round-2 private payload, *unvalidated*: only for
+    messages this party made or already verified (``check_round2_ciphertexts`` otherwise)."""
     d = Decoder(payload, "presign round 2 private")
     return mpz(d.uint()), mpz(d.uint()), mpz(d.uint()), mpz(d.uint())
+
+
+def check_round2_ciphertexts(cts: Round2Ciphertexts, sender_key: PaillierPublicKey,
+                             receiver_key: PaillierPublicKey) -> Round2Ciphertexts:
+    """m(j→i) = (D_{i,j}, F_{i,j}, D̂_{i,j}, F̂_{i,j}): D and D̂ are MtA outputs under the
+    receiver's N_i, F and F̂ encrypt j's masks under the sender's N_j (CGGMP21 Fig. 7, round 2).
+    Each must lie in Z*_{N²} of its key — 0, ≥ N², or sharing a factor with N are refused (an
+    identification round inverts F and F̂, which a non-unit would crash)."""
+    keys = (receiver_key, sender_key, receiver_key, sender_key)
+    for name, key, c in zip(("D", "F", "D̂", "F̂"), keys, cts, strict=True):
+        if not 0 < c < key.n2 or gcd(c, key.n) != 1:
+            raise InvalidInput(f"{name} is not a ciphertext in Z*_{{N^2}} of its key")
+    return cts
 
 
 class PresignMachine(RoundMachine):
@@ -190,6 +232,7 @@ class PresignMachine(RoundMachine):
         self._H: dict[int, int] = {}
         self._mul_proofs: dict[int, mul.MulProof] = {}
         self._dec_proofs: dict[int, list[dec.DecProof]] = {}
+        self._bad_reveals: dict[tuple[int, int], str] = {}  # (signer, revealer) -> why, judged at round end
 
     def _ctx(self, prover: int) -> ProofContext:
         return ProofContext(self.ssid, prover)
@@ -315,7 +358,8 @@ class PresignMachine(RoundMachine):
         if r == 2:
             d = Decoder(payload, "presign round 2 private")
             bits = 2 * max(N_recv.bits, N_send.bits)
-            D, F, D_hat, F_hat = (mpz(d.uint(bits)) for _ in range(4))
+            D, F, D_hat, F_hat = check_round2_ciphertexts(
+                (mpz(d.uint(bits)), mpz(d.uint(bits)), mpz(d.uint(bits)), mpz(d.uint(bits))), N_send, N_recv)
             psi = aff_g.AffGProof.from_bytes(d.bytes(), lv)
             psi_hat = aff_g.AffGProof.from_bytes(d.bytes(), lv)
             psi_log = log_star.LogStarProof.from_bytes(d.bytes(), lv)
@@ -389,6 +433,14 @@ class PresignMachine(RoundMachine):
         return payload.finish(), {}
 
     def _take_identification(self, sender: int, payload: bytes) -> None:
+        """Parse and validate ``sender``'s identification broadcast. Everything in it is
+        validated before use: H ∈ Z*_{N²}, the proofs' encodings, the count and order of the
+        revealed messages (one per other signer, in signer order), each one genuine (signed by
+        its sender for ``sender`` in this session's round 2) and each of its ciphertexts in
+        Z*_{N²} of its key. A message that is not genuine blames ``sender`` at once; a genuine
+        one with an invalid element is remembered and judged at the end of the round (after the
+        echoes, so every honest party judges the same broadcasts), naming its signer and
+        ``sender`` — see ``InvalidRevealedElement``."""
         lv = self.level
         others = [j for j in self.parties if j != sender]
         d = Decoder(payload, "presign identification")
@@ -399,7 +451,10 @@ class PresignMachine(RoundMachine):
         d.finish()
         for j, raw in zip(others, received, strict=True):
             try:
-                D, F, _, _ = open_round2_message(raw, self.session_id, j, sender, self._roster)
+                D, F, _, _ = open_round2_message(raw, self.session_id, j, sender, self._roster, self._N)
+            except InvalidRevealedElement as exc:
+                self._bad_reveals[(j, sender)] = str(exc)
+                continue
             except InvalidInput as exc:
                 raise Blame(sender, f"revealed evidence is not genuine: {exc}") from exc
             self._round2[(j, sender)] = (D, F)
@@ -408,6 +463,11 @@ class PresignMachine(RoundMachine):
         self._dec_proofs[sender] = proofs
 
     def _judge_identification(self) -> None:
+        if self._bad_reveals:
+            # Nothing of the δ-ciphertexts can be computed from invalid elements; the parties
+            # who produced them are provably malicious, so they are named and nobody else.
+            named = {p for pair in self._bad_reveals for p in pair}
+            raise Blame(named, "identification: " + "; ".join(v for _, v in sorted(self._bad_reveals.items())))
         culprits: dict[int, str] = {}
         for i in self.peers:
             try:

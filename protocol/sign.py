@@ -1,7 +1,33 @@
-"""Online signing, one round (CGGMP21 Fig. 8), with Groth–Shoup re-randomisation.
+"""Online signing (CGGMP21 Fig. 8), with Groth–Shoup re-randomisation and a consume-then-release
+round in front of it.
 
-With a presignature (R = k^-1·G, k_i, χ_i; Σχ_i = k·x) and a digest m, each signer sends
-σ_i and the group's signature is s = Σ σ_j.
+With a presignature (R = k^-1·G, k_i, χ_i; Σχ_i = k·x) and a digest m, each signer sends σ_i
+and the group's signature is s = Σ σ_j.
+
+Rounds (each is a main step and an echo step, see ``machine``):
+
+Round 1  **consumption acknowledgement** (not in the paper). Every signer broadcasts a signed
+         ``ConsumptionAck``: "I have durably marked presignature ``presign_id`` of key ``key_id``
+         at ``epoch`` consumed, and use it with these signers for this digest and this derived
+         key". A peer's ack that names anything else blames that peer.
+Round 2  σ_i (CGGMP21 Fig. 8, round 1), computed and sent only now, after every signer's ack
+         and every echo of round 1 is in.
+Round 3  identification (Fig. 8, "Output", step 2) — only if the combined signature fails.
+
+Why round 1 exists (DESIGN.md §3, "Presignature pool"): the paper assumes every party keeps its
+state, so a presignature is used once. A real node can lose that memory — its database rolled
+back by a lost WAL or a restored file copy — and see a consumed presignature as available
+again. Had it released σ_i for a second digest with the same (k_i, χ_i), a peer holding both
+partial signatures of that party solves two linear equations for k_i and χ_i; with the other
+signers' own values that gives k and k·x, hence x (issue 12 reproduced it with two signers).
+The node builds this machine only after durably consuming the presignature itself
+(``node.phases.SignPhase``), so a signer's ack states a fact, not an intention; and because
+σ_i leaves only after *every* signer's ack, a presignature is released only if every
+participant has consumed it. A rolled-back node's peers still remember the presignature as
+consumed, refuse the session, never ack, and the rolled-back node's σ_i never leaves. Reusing
+a presignature takes a rollback of every participant's database, not one. The cost is one
+extra round (two message delays) on the online path. The signed acks are evidence a node can
+keep to notice that its own database went backwards (``SignMachine.acknowledgements``).
 
 Derived keys (BIP32, ``hd``) have private key x' = x + τ. Groth & Shoup (eprint 2021/1330,
 §7) show that presignatures whose R is fixed before the message and tweak are chosen can be
@@ -12,14 +38,14 @@ public scalar ρ = H(presignature, X', τ, m):
     σ_i = ρ^-1 · ( k_i·(m + r·τ) + r·χ_i )         so that  Σσ_i = k'·(m + r·x')
 
 The combined signature is verified against X' before it is returned, normalised to low-S,
-with the recovery id of R'. A presignature must be used at most once: the node marks it
-consumed durably before this machine's σ_i leaves the process.
+with the recovery id of R'.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from gmpy2 import mpz
 
@@ -29,12 +55,19 @@ from .ecdsa import Signature, normalize, verify
 from .encoding import Decoder, Encoder
 from .errors import InvalidInput, InvalidProof
 from .hd import derive
-from .identity import PartyIdentity
+from .identity import PartyIdentity, verify_signature
 from .keygen import KeyShare
 from .levels import SecurityLevel, level_by_name
-from .machine import Blame, ProtocolMessage, RoundMachine, bind_session
-from .paillier import sample_unit
-from .presign import Presignature, identification_y_bits, open_round2_message, round2_ciphertexts
+from .machine import BROADCAST, KIND_MAIN, Blame, ProtocolMessage, RoundMachine, bind_session
+from .paillier import PaillierPublicKey, sample_unit
+from .presign import (
+    InvalidRevealedElement,
+    Presignature,
+    Round2Ciphertexts,
+    identification_y_bits,
+    open_round2_message,
+    round2_ciphertexts,
+)
 from .vss import lagrange_coefficient
 from .zk import dec, mul_star
 from .zk.common import ProofContext
@@ -54,9 +87,67 @@ def rerandomizer(presignature: Presignature, public_key: Point, tweak: int, dige
         counter += 1
 
 
+ACK_TAG = b"fusion-prime/sign/presignature-consumed/v1"
+ACK_ROUND, SIGMA_ROUND, IDENTIFICATION_ROUND = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ConsumptionAck:
+    """A signer's round-1 statement: it has durably consumed presignature ``presign_id`` and
+    uses it only for this signature. Every field is something all signers of the session must
+    agree on — the presignature (its id binds the presign session, signer set, group key, aux
+    info and epoch), the key and its epoch, the signer set, the digest, the derivation path and
+    the derived public key — so an ack that differs in any field shows that its sender is not
+    signing the same thing with the same presignature, and it is blamed before any σ_i exists.
+    Signed as a protocol message, it is also evidence a node can keep and show: "party j said
+    in session s that presignature p is consumed"."""
+
+    presign_id: bytes
+    key_id: str
+    epoch: int
+    signers: tuple[int, ...]
+    digest: bytes
+    path: tuple[int, ...]
+    public_key: Point  # the derived key X' the signature must verify under
+
+    def to_bytes(self) -> bytes:
+        return (
+            Encoder().bytes(ACK_TAG).bytes(self.presign_id).bytes(self.key_id.encode()).uint(self.epoch)
+            .uints(self.signers).bytes(self.digest).uints(self.path).bytes(self.public_key.to_bytes()).finish()
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ConsumptionAck:
+        d = Decoder(data, "presignature consumption ack")
+        if d.bytes() != ACK_TAG:
+            raise InvalidInput("not a presignature consumption ack")
+        presign_id, key_id = d.bytes(32), d.bytes()
+        epoch, signers, digest = d.uint(32), tuple(d.uints(max_bits=32)), d.bytes(32)
+        path, public_key = tuple(d.uints(max_bits=32)), Point.from_bytes(d.bytes(33))
+        d.finish()
+        try:
+            key_text = key_id.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput("ack key id is not ASCII") from exc
+        return cls(presign_id, key_text, epoch, signers, digest, path, public_key)
+
+
+def open_consumption_ack(raw: bytes, roster: Mapping[int, bytes]) -> tuple[bytes, int, ConsumptionAck]:
+    """Verify a signed round-1 message of a sign session (as kept from
+    ``SignMachine.acknowledgements``) and return (session id, signer, ack). Raises InvalidInput
+    if it is not a sign ack signed by a roster member."""
+    msg = ProtocolMessage.from_bytes(raw)
+    genuine = (msg.phase == SignMachine.phase and msg.round == ACK_ROUND and msg.kind == KIND_MAIN
+               and msg.receiver == BROADCAST and msg.sender in roster
+               and verify_signature(roster[msg.sender], msg.digest(), msg.signature))
+    if not genuine:
+        raise InvalidInput("not a signed presignature consumption ack")
+    return msg.session_id, msg.sender, ConsumptionAck.from_bytes(msg.payload)
+
+
 class SignMachine(RoundMachine):
     phase = "sign"
-    rounds = 2  # the second, identification, runs only when the combined signature fails
+    rounds = 3  # ack, σ, and identification - which runs only when the combined signature fails
 
     def __init__(
         self,
@@ -72,7 +163,10 @@ class SignMachine(RoundMachine):
         path: str | Sequence[int] = (),
         aux_info: AuxInfo | Callable[[], AuxInfo] | None = None,
     ) -> None:
-        """``aux_info`` is needed only to identify a culprit when the combined signature fails.
+        """Build the machine only after ``presignature`` is durably consumed: its first message
+        is this party's acknowledgement that it is.
+
+        ``aux_info`` is needed only to identify a culprit when the combined signature fails.
         It may be a zero-argument loader instead of the object: the happy path then never pays
         for it (parsing a party's aux secrets costs a full-size modular exponentiation), and
         the loader runs - once - only if identification starts."""
@@ -90,6 +184,8 @@ class SignMachine(RoundMachine):
         self.ssid = bind_session(
             session_id, self.phase, Encoder().bytes(presignature.presign_id).bytes(digest).uints(self.derived.path)
         )
+        self._ack = ConsumptionAck(presignature.presign_id, presignature.key_id, presignature.epoch,
+                                   tuple(self.parties), digest, self.derived.path, self.derived.public_key)
         rho = rerandomizer(presignature, self.derived.public_key, self.derived.tweak, digest)
         self._R = presignature.R * rho
         self._r = self._R.x % Q
@@ -100,8 +196,8 @@ class SignMachine(RoundMachine):
         rho_inv = pow(rho, -1, Q)
         # σ_i = a·k_i + b·χ_i with public a = ρ^-1·(m + r·τ), b = ρ^-1·r (mod q)
         self._a, self._b = rho_inv * (m + self._r * tau) % Q, rho_inv * self._r % Q
-        self._sigma = (self._a * presignature.k + self._b * presignature.chi) % Q
-        self._sigmas: dict[int, int] = {me: self._sigma}
+        self._sigma: int | None = None  # computed in round 2, once every signer has acknowledged
+        self._sigmas: dict[int, int] = {}
         self._signature: Signature | None = None
         self._presignature, self._key_share = presignature, key_share
         self._aux: AuxInfo | None = None
@@ -111,7 +207,20 @@ class SignMachine(RoundMachine):
         elif aux_info is not None:
             self._aux = self._checked_aux(aux_info)
         self._identifying = False
+        # identification: per signer (Ĥ_i, Π^mul* list, revealed raw messages, Π^dec list)
         self._evidence: dict[int, tuple[int, list[bytes], list[bytes], list[bytes]]] = {}
+        self._revealed: dict[tuple[int, int], Round2Ciphertexts] = {}  # (a, b) -> m(a→b), from b's reveal
+        self._bad_reveals: dict[tuple[int, int], str] = {}  # (signer, revealer) -> why
+
+    @property
+    def acknowledgements(self) -> dict[int, bytes]:
+        """Every peer's signed consumption ack (raw protocol messages, ``open_consumption_ack``
+        reads them), once round 1 is complete; empty before. What a node can keep as proof that
+        its peers consumed the presignature."""
+        if self.round <= ACK_ROUND:  # round 2 starts only when round 1 is complete everywhere
+            return {}
+        main = self._st(ACK_ROUND).main
+        return {j: main[(j, BROADCAST)].to_bytes() for j in self.peers}
 
     def _round_broadcasts(self, r: int) -> bool:
         return True
@@ -120,20 +229,40 @@ class SignMachine(RoundMachine):
         return False
 
     def _is_last_round(self, r: int) -> bool:
-        return r == 2 or not self._identifying
+        return r == IDENTIFICATION_ROUND or (r == SIGMA_ROUND and not self._identifying)
 
     def _make_round(self, r: int) -> tuple[bytes | None, dict[int, bytes]]:
-        if r == 2:
-            return self._identify_round(), {}
-        return Encoder().bytes(scalar_to_bytes(self._sigma)).finish(), {}
+        if r == ACK_ROUND:
+            return self._ack.to_bytes(), {}
+        if r == SIGMA_ROUND:
+            # Every signer's ack and every echo of round 1 is in (the engine starts round 2 only
+            # then): every participant has consumed the presignature, σ_i may leave.
+            self._sigma = self._partial_signature()
+            self._sigmas[self.me] = self._sigma
+            return Encoder().bytes(scalar_to_bytes(self._sigma)).finish(), {}
+        return self._identify_round(), {}
+
+    def _partial_signature(self) -> int:
+        """σ_i = a·k_i + b·χ_i (CGGMP21 Fig. 8 round 1, re-randomised as in the module doc)."""
+        return (self._a * self._presignature.k + self._b * self._presignature.chi) % Q
 
     def _take_broadcast(self, r: int, sender: int, payload: bytes) -> None:
-        if r == 2:
+        if r == ACK_ROUND:
+            self._take_ack(sender, payload)
+        elif r == SIGMA_ROUND:
+            d = Decoder(payload, "sign round 2 (σ)")
+            self._sigmas[sender] = scalar_from_bytes(d.bytes(32), allow_zero=True)
+            d.finish()
+        else:
             self._take_identification(sender, payload)
-            return
-        d = Decoder(payload, "sign round 1")
-        self._sigmas[sender] = scalar_from_bytes(d.bytes(32), allow_zero=True)
-        d.finish()
+
+    def _take_ack(self, sender: int, payload: bytes) -> None:
+        ack = ConsumptionAck.from_bytes(payload)
+        mine = self._ack
+        for name in ("presign_id", "key_id", "epoch", "signers", "digest", "path", "public_key"):
+            if getattr(ack, name) != getattr(mine, name):
+                raise Blame(sender, f"acknowledged a presignature consumption for a different {name}: it is not "
+                                    f"signing the same digest with the same presignature")
 
     def _take_private(self, r: int, sender: int, payload: bytes) -> None:  # never called: no private rounds
         raise Blame(sender, "signing has no private messages")
@@ -142,8 +271,10 @@ class SignMachine(RoundMachine):
         raise Blame(sender, "signing has no private messages")
 
     def _end_round(self, r: int) -> None:
-        if r == 2:
-            self._judge_identification()
+        if r == ACK_ROUND:
+            return
+        if r == IDENTIFICATION_ROUND:
+            self._judge_identification()  # always raises: names the culprits
         s = sum(self._sigmas.values()) % Q
         if s == 0 or not verify(self.derived.public_key, self.digest, self._r, s):
             self._load_aux()
@@ -170,7 +301,7 @@ class SignMachine(RoundMachine):
             raise Blame((), f"the combined signature does not verify, and this party's aux info could not be "
                             f"loaded to identify the culprit: {exc}") from exc
 
-    # identification (round 2) ------------------------------------------------------------------
+    # identification (round 3) ------------------------------------------------------------------
     # σ_i = a·k_i + b·χ_i and χ_i = dec_i(Ĉ_i), Ĉ_i = Ĥ_i·∏_j D̂_{i,j}·∏_j F̂_{j,i}^-1, where
     # Ĥ_i = K_i^(w_i)·ρ^N encrypts k_i·w_i (Π^mul* against W_i). Each signer publishes Ĥ_i, the
     # signed presign round-2 messages it received, and Π^dec proofs that
@@ -187,8 +318,12 @@ class SignMachine(RoundMachine):
     def _W(self, i: int) -> Point:
         return self._key_share.public_shares[i] * lagrange_coefficient(i, self.parties)
 
-    def _identify_round(self) -> bytes:
+    def _paillier_keys(self) -> dict[int, PaillierPublicKey]:
         assert self._aux is not None
+        return {j: self._aux.public[j].paillier for j in self.parties}
+
+    def _identify_round(self) -> bytes:
+        assert self._aux is not None and self._sigma is not None
         me, aux, pre = self.me, self._aux, self._presignature
         level = level_by_name(aux.level)
         paillier = aux.paillier_secret
@@ -200,6 +335,9 @@ class SignMachine(RoundMachine):
                       for j in self.peers]
         received = [pre.received_round2[j] for j in self.peers]
         self._evidence[me] = (H, [], received, [])
+        for j in self.peers:  # what we received and sent in presign round 2, verified there
+            self._revealed[(j, me)] = round2_ciphertexts(ProtocolMessage.from_bytes(pre.received_round2[j]).payload)
+            self._revealed[(me, j)] = round2_ciphertexts(pre.sent_round2[j])
         c = self._sigma_ciphertext(me)
         y, rho_c = paillier.decrypt(c), paillier.recover_randomness(c)
         dec_proofs = [dec.prove(self._ctx(me), level, dec.DecStatement(paillier, c, self._sigma),
@@ -208,40 +346,53 @@ class SignMachine(RoundMachine):
         return Encoder().uint(H).list_of_bytes(mul_proofs).list_of_bytes(received).list_of_bytes(dec_proofs).finish()
 
     def _take_identification(self, sender: int, payload: bytes) -> None:
+        """Parse and validate ``sender``'s identification broadcast: Ĥ ∈ Z*_{N²}, one Π^mul*,
+        one revealed message and one Π^dec per other signer (in signer order), each revealed
+        message genuine (signed by its sender for ``sender`` in the presign session's round 2)
+        and each of its ciphertexts in Z*_{N²} of its key. Not genuine blames ``sender`` now;
+        genuine but invalid is judged at the end of the round, naming signer and ``sender``
+        (``InvalidRevealedElement``). The proofs themselves are parsed and checked by
+        ``_judge_identification``, where a malformed one names its prover."""
         assert self._aux is not None
         others = [j for j in self.parties if j != sender]
+        key = self._aux.public[sender].paillier
         d = Decoder(payload, "sign identification")
-        H = self._aux.public[sender].paillier.validate_ciphertext(mpz(d.uint()))
+        H = key.validate_ciphertext(mpz(d.uint(2 * key.bits)))
         mul_proofs, received, dec_proofs = d.list_of_bytes(len(others)), d.list_of_bytes(len(others)), \
             d.list_of_bytes(len(others))
         d.finish()
+        keys = self._paillier_keys()
         for j, raw in zip(others, received, strict=True):
             try:
-                open_round2_message(raw, self._presignature.session_id, j, sender, self._roster)
+                self._revealed[(j, sender)] = open_round2_message(raw, self._presignature.session_id, j, sender,
+                                                                  self._roster, keys)
+            except InvalidRevealedElement as exc:
+                self._bad_reveals[(j, sender)] = str(exc)
             except InvalidInput as exc:
                 raise Blame(sender, f"revealed evidence is not genuine: {exc}") from exc
         self._evidence[sender] = (H, mul_proofs, received, dec_proofs)
 
-    def _round2(self, sender: int, receiver: int) -> tuple[mpz, mpz, mpz, mpz]:
-        """Ciphertexts of the presign message m(sender→receiver), from the receiver's reveal."""
-        _, _, received, _ = self._evidence[receiver]
-        others = [j for j in self.parties if j != receiver]
-        return round2_ciphertexts(ProtocolMessage.from_bytes(received[others.index(sender)]).payload)
-
     def _sigma_ciphertext(self, i: int) -> mpz:
+        """K_i^a · Ĉ_i^b under N_i, Ĉ_i = Ĥ_i · ∏_j D̂_{i,j} · ∏_j F̂_{j,i}^-1, where D̂_{i,j} is
+        in m(j→i) (revealed by i) and F̂_{j,i} in m(i→j) (revealed by j; our own we know). Every
+        element was validated on receipt, so the inversions cannot fail."""
         assert self._aux is not None
         Ni = self._aux.paillier_secret if i == self.me else self._aux.public[i].paillier
         c = self._evidence[i][0]
         for j in self.parties:
             if j != i:
-                D_hat_ij = self._round2(j, i)[2]
-                # m(i→j) as j revealed it; our own messages we know without anyone's reveal
-                sent = round2_ciphertexts(self._presignature.sent_round2[j]) if i == self.me else self._round2(i, j)
-                c = c * D_hat_ij * Ni.pow_n2(sent[3], -1) % Ni.n2
+                D_hat_ij = self._revealed[(j, i)][2]
+                F_hat_ji = self._revealed[(i, j)][3]
+                c = c * D_hat_ij * Ni.pow_n2(F_hat_ji, -1) % Ni.n2
         return Ni.pow_n2(self._presignature.K[i], self._a) * Ni.pow_n2(c, self._b) % Ni.n2
 
     def _judge_identification(self) -> None:
         assert self._aux is not None
+        if self._bad_reveals:
+            # Provably malicious signer/revealer pairs; nothing can be computed from their
+            # elements, so they are named and nobody else.
+            named = {p for pair in self._bad_reveals for p in pair}
+            raise Blame(named, "identification: " + "; ".join(v for _, v in sorted(self._bad_reveals.items())))
         level = level_by_name(self._aux.level)
         culprits: dict[int, str] = {}
         for i in self.peers:

@@ -58,6 +58,13 @@ def test_honest_runs_skip_the_identification_round() -> None:
 
 
 # signing ------------------------------------------------------------------------------------------
+def _lie_about_sigma(machine, offset: int = 1) -> None:  # type: ignore[no-untyped-def]
+    """σ_i is computed in the σ round (after every signer's consumption ack): the liar's own
+    machine computes σ_i + offset there and proves that consistently, so only its Π^dec fails."""
+    honest = machine._partial_signature
+    machine._partial_signature = lambda: (honest() + offset) % Q
+
+
 def _sign_with_liar(signers, liar, path=(), offset=1):  # type: ignore[no-untyped-def]
     import secrets
 
@@ -66,8 +73,7 @@ def _sign_with_liar(signers, liar, path=(), offset=1):  # type: ignore[no-untype
     shares, aux = committee(2, 3)
     pre, _ = presign_with(shares, aux, signers)
     ms = sign_machines_with(shares, pre, secrets.token_bytes(32), path, aux)
-    ms[liar]._sigma = (ms[liar]._sigma + offset) % Q
-    ms[liar]._sigmas[liar] = ms[liar]._sigma
+    _lie_about_sigma(ms[liar], offset)
     return run(ms), ms
 
 
@@ -97,8 +103,7 @@ def test_revealing_forged_evidence_is_named() -> None:
 
     pre[2] = dataclasses.replace(pre[2], received_round2=forged)
     ms = sign_machines_with(shares, pre, secrets.token_bytes(32), (), aux)
-    ms[2]._sigma = (ms[2]._sigma + 1) % Q
-    ms[2]._sigmas[2] = ms[2]._sigma
+    _lie_about_sigma(ms[2], 1)
     run(ms)
     assert aborts(ms, (1, 3)) == {1: (2,), 3: (2,)}
 
@@ -130,8 +135,7 @@ def test_lazy_aux_info_is_never_loaded_on_the_happy_path() -> None:
 
 def test_lazy_aux_info_still_identifies_the_liar() -> None:
     ms, calls = _lazy_sign_machines((1, 2, 3), lambda aux, i: aux[i])
-    ms[3]._sigma = (ms[3]._sigma + 1) % Q
-    ms[3]._sigmas[3] = ms[3]._sigma
+    _lie_about_sigma(ms[3], 1)
     assert run(ms) == {}
     assert aborts(ms, (1, 2)) == {1: (3,), 2: (3,)}
     assert sorted(calls) == [1, 2, 3], "each party loads its aux info once, only when identification starts"
@@ -139,8 +143,7 @@ def test_lazy_aux_info_still_identifies_the_liar() -> None:
 
 def test_lazy_aux_info_of_another_party_leaves_the_abort_unattributed() -> None:
     ms, _ = _lazy_sign_machines((1, 2), lambda aux, i: aux[3 - i])  # parties 1 and 2 get each other's
-    ms[2]._sigma = (ms[2]._sigma + 1) % Q
-    ms[2]._sigmas[2] = ms[2]._sigma
+    _lie_about_sigma(ms[2], 1)
     assert run(ms) == {}
     for i in (1, 2):
         assert ms[i].status is Status.ABORTED
