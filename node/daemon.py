@@ -10,6 +10,33 @@ Shutdown (SIGTERM/SIGINT, or :meth:`Node.stop`): the node answers health checks 
 proposals as *draining*, gives running sessions up to one round deadline to finish, cancels
 whatever is left (recorded in the audit log as aborted by shutdown), stops gRPC with a short
 grace period and closes the database.
+
+Presignature pool (see node/README.md, "Presignatures"):
+
+* **Leader rule.** Every presignature has a *leader*: the node that coordinated its presign
+  session (stored with it, ``storage._migration_6``). Only the leader may propose a sign
+  session with it; a participant refuses any other coordinator (``NOT_PRESIGNATURE_LEADER``)
+  before consuming anything, and such a refusal names nobody as culprit. Coordinators on
+  different nodes therefore never collide on one presignature.
+* **Pools per leader.** Each node leads a pool of ``presign_pool_depth`` presignatures per key
+  for one signer set: itself plus the next ``t - 1`` *healthy* members of the key's committee
+  in roster ring order (so the load spreads over the committee). When a member of that set is
+  down, the next pool pass (every ``POOL_INTERVAL`` s) builds the pool for a set of healthy
+  nodes instead.
+* **On demand, queued.** A sign with no usable presignature runs a presign on demand (at most
+  ``ON_DEMAND_PRESIGNS`` at a time on this node; the pool refills behind it) and signs with
+  exactly the presignature it made. Requests queue for at most ``SIGN_WAIT_SECONDS``, at most
+  ``SIGN_QUEUE_LIMIT`` per key and ``MAX_SIGN_SESSIONS`` sign sessions at a time; only a full
+  queue or an expired wait answers ``exhausted`` (the wallet API's RESOURCE_EXHAUSTED).
+* **Rollback detection, quarantine and resync.** A database that went backwards (lost WAL,
+  restored file copy) holds presignatures as available that its peers consumed. At every start,
+  and whenever a peer refuses a sign proposal with ``PRESIGNATURE_CONSUMED``, the node resyncs:
+  it asks the other signers of each presignature it holds (``PresignatureStatus``, mTLS-pinned
+  like every peer RPC) and discards what any of them reports consumed or unknown. Until every
+  co-signer has confirmed it, a presignature held at start is not used. Evidence of a rollback
+  (a presignature this node leads, consumed at a peer) puts the node in *quarantine* (persisted
+  in storage, one ERROR log line, ``health()["pool"]``, ``fp_pool_quarantined``): it neither
+  coordinates nor joins sign sessions until a full resync pass has run after that.
 """
 
 from __future__ import annotations
@@ -18,10 +45,12 @@ import dataclasses
 import logging
 import secrets
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
+from prometheus_client import Counter, Gauge
 
 from ..proto.generated import peer_pb2
 from ..protocol.levels import level_by_name
@@ -41,6 +70,17 @@ from .transport import Transport
 log = logging.getLogger("fusion_prime.node.daemon")
 VERSION = "0.1.0"
 POOL_INTERVAL = 2.0
+SIGN_WAIT_SECONDS = 60.0  # longest a sign request waits for a presignature (pool or on demand)
+SIGN_QUEUE_LIMIT = 512  # sign requests waiting for a presignature, per key
+ON_DEMAND_PRESIGNS = 4  # presign sessions run for waiting signs at a time (participants allow 8 per coordinator)
+MAX_SIGN_SESSIONS = 32  # sign sessions this node coordinates at a time (participants allow 64 per coordinator)
+ON_DEMAND_FAILURES = 3  # failed on-demand presigns before a sign request gives up
+RESYNC_RETRY_SECONDS = 5.0  # a resync pass repeats this often while some presignature is unverified
+RESYNC_RPC_TIMEOUT = 2.0
+Refusal = peer_pb2.ProposalReply
+PresigState = peer_pb2.PresignatureStates
+_STATE_CODES = {"available": PresigState.AVAILABLE, "reserved": PresigState.RESERVED,
+                "consumed": PresigState.CONSUMED}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +129,7 @@ class Node:
             )
             self.fill_pool = fill_pool
             self._stop = trio.Event()
+            self._init_pool_state()
             self._health_server: HealthServer | None = None
             self.health_port: int | None = None
         except BaseException:
@@ -113,6 +154,8 @@ class Node:
                 await nursery.start(self.sessions.run)
                 if handle_signals:
                     nursery.start_soon(self._signals)
+                if "sign" in self.sessions.phases:
+                    nursery.start_soon(self._sync_loop)
                 if self.fill_pool and self.cfg.presign_pool_depth > 0 and "presign" in self.sessions.phases:
                     nursery.start_soon(self._pool_loop)
                 if self.prime_pool is not None and {"aux-info", "key-refresh"} & set(self.sessions.phases):
@@ -199,6 +242,7 @@ class Node:
             "buffered_envelopes": self.transport.buffered_count,
             "phases": sorted(self.sessions.phases),
             "version": VERSION,
+            "pool": self.pool_status(),
         }
 
     # coordinator operations ----------------------------------------------------------------
@@ -249,39 +293,156 @@ class Node:
 
     async def sign(self, key_id: bytes, digest: bytes, path: Sequence[int] = (), *, attempts: int = 3,
                    client_request: bytes = b"") -> SessionOutcome:
-        """Sign with a presignature from the pool of a healthy signer set that includes this node."""
+        """Sign with a presignature this node leads, for a healthy signer set that includes it;
+        with none usable, one is made on demand (see the module docstring: slower, never a
+        failure while ``t`` nodes are healthy). A request waits at most ``SIGN_WAIT_SECONDS``;
+        ``status == "exhausted"`` only when the queue is full or that wait ran out. At most
+        ``attempts`` sign sessions are proposed (a wallet participant accepts 3 per request)."""
+        info = self.storage.key_info(key_id)
+        if info is None:
+            return SessionOutcome(b"", "sign", "refused", reason=f"no key {key_id.hex()} on this node")
+        queue = self._queues.setdefault(key_id, _KeyQueue())
+        if queue.waiting >= SIGN_QUEUE_LIMIT:
+            return SessionOutcome(b"", "sign", "exhausted", reason=(
+                f"{queue.waiting} sign requests already wait for key {key_id.hex()} (limit {SIGN_QUEUE_LIMIT})"))
+        deadline = trio.current_time() + SIGN_WAIT_SECONDS
         excluded: set[str] = set()
-        last = SessionOutcome(b"", "sign", "refused", reason="no presignature available")
-        for _ in range(attempts):
-            healthy = set(await self.sessions.healthy_peers("sign")) | {self.cfg.node_id}
-            available = await trio.to_thread.run_sync(self.storage.presignature_sets, key_id)
-            sets = [s for s, _ in available
-                    if self.cfg.node_id in s and set(s) <= healthy and not set(s) & excluded]
-            if not sets:
-                if last.session_id:  # an attempt ran: its reason (e.g. a policy refusal) is the news
+        last: SessionOutcome | None = None
+        queue.waiting += 1
+        self._sign_waiting.inc()
+        try:
+            for _ in range(attempts):
+                async with self._sign_slots:
+                    if not await self._wait_pool_ready(deadline):
+                        return SessionOutcome(b"", "sign", "exhausted", reason=(
+                            "this node is quarantined until its presignature pool is resynchronised with its peers "
+                            f"({(self._quarantine or {}).get('reason', 'first resync pending')})"))
+                    taken = await self._take_presignature(key_id, info, excluded, deadline)
+                    if isinstance(taken, SessionOutcome):
+                        # an attempt ran: its reason (e.g. a policy refusal) is the news
+                        return last if last is not None and last.session_id else taken
+                    presig_id, signers = taken
+                    self._sign_waiting.dec()
+                    try:
+                        last, refusals = await self._sign_with(key_id, presig_id, signers, digest, path,
+                                                               client_request)
+                    finally:
+                        self._sign_waiting.inc()
+                if last.ok:
                     return last
-                return SessionOutcome(b"", "sign", "refused", culprits=last.culprits, reason=(
-                    "no presignature for a healthy signer set that includes this node"))
-            signers = sets[0]
-            presig_id = await trio.to_thread.run_sync(self.storage.reserve_presignature, key_id, signers,
-                                                      COORDINATOR_RESERVATION)
-            if presig_id is None:
-                continue
-
-            def fill(p: peer_pb2.SessionProposal, presig_id: bytes = presig_id) -> None:
-                p.sign.key_id, p.sign.presignature_id, p.sign.digest = key_id, presig_id, digest
-                p.sign.path.extend(path)
-                p.sign.client_request = client_request  # every participant re-checks it (wallet policy)
-
-            last = await self.sessions.coordinate("sign", len(signers), fill, required=signers, attempts=1)
-            if self.storage.presignature_state(presig_id) == "reserved":
-                # Never used (this node refused before consuming it): back to the pool.
-                await trio.to_thread.run_sync(self.storage.release_presignature, presig_id)
-            if last.ok:
-                return last
-            excluded.update(c for c in last.culprits if c != self.cfg.node_id)
-            self.sessions.forget_health(last.culprits)
+                excluded.update(c for c in last.culprits if c != self.cfg.node_id)
+                # refused without blame (quarantined, say): not for this request, not a culprit
+                excluded.update(p for p, code in refusals.items() if code == Refusal.POOL_QUARANTINED)
+                self.sessions.forget_health(last.culprits)
+        finally:
+            queue.waiting -= 1
+            self._sign_waiting.dec()
+        assert last is not None
         return last
+
+    async def _sign_with(self, key_id: bytes, presig_id: bytes, signers: list[str], digest: bytes,
+                         path: Sequence[int], client_request: bytes) -> tuple[SessionOutcome, dict[str, int]]:
+        """One sign session with a presignature reserved here. Refusals that carry a code
+        (``ProposalReply.Refusal``) are acted on and never count as culprits."""
+
+        def fill(p: peer_pb2.SessionProposal) -> None:
+            p.sign.key_id, p.sign.presignature_id, p.sign.digest = key_id, presig_id, digest
+            p.sign.path.extend(path)
+            p.sign.client_request = client_request  # every participant re-checks it (wallet policy)
+
+        try:
+            outcome = await self.sessions.coordinate("sign", len(signers), fill, required=signers, attempts=1)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                # cancelled mid-proposal: a peer may have consumed it, so it is never used again
+                await trio.to_thread.run_sync(self.storage.discard_presignature, presig_id,
+                                              "sign request cancelled while proposing")
+            raise
+        replies = self._sign_replies.pop(outcome.session_id, {}) if outcome.session_id else {}
+        refusals = {p: r.refusal for p, r in replies.items() if not r.accepted and r.refusal}
+        codes = set(refusals.values())
+        if await trio.to_thread.run_sync(self.storage.presignature_state, presig_id) == "reserved":
+            # This node never consumed it. If a peer did (accepted, or says so), it is gone.
+            if any(r.accepted for r in replies.values()) or codes & {
+                    Refusal.PRESIGNATURE_CONSUMED, Refusal.PRESIGNATURE_UNKNOWN}:
+                await trio.to_thread.run_sync(self.storage.discard_presignature, presig_id,
+                                              "consumed or unknown at a peer")
+            else:
+                await trio.to_thread.run_sync(self.storage.release_presignature, presig_id)
+        consumed_at = sorted(p for p, code in refusals.items() if code == Refusal.PRESIGNATURE_CONSUMED)
+        if consumed_at:
+            await self._enter_quarantine(
+                f"{', '.join(consumed_at)} refused presignature {presig_id.hex()[:16]} as already consumed, which "
+                "this node held as available: its database went backwards (lost WAL or restored copy)")
+        if refusals:
+            outcome = dataclasses.replace(outcome, culprits=tuple(c for c in outcome.culprits if c not in refusals))
+        return outcome, refusals
+
+    async def _take_presignature(self, key_id: bytes, info: dict[str, Any], excluded: set[str],
+                                 deadline: float) -> tuple[bytes, list[str]] | SessionOutcome:
+        """Reserve a usable presignature led by this node, or make one on demand."""
+        me = self.cfg.node_id
+        failures = 0
+        with trio.move_on_at(deadline):
+            while True:
+                healthy = (set(await self.sessions.healthy_peers("sign")) - excluded) | {me}
+                got = await trio.to_thread.run_sync(self._reserve_led, key_id, healthy)
+                if got is not None:
+                    return got
+                async with self._presign_slots:
+                    got = await trio.to_thread.run_sync(self._reserve_led, key_id, healthy)
+                    if got is not None:
+                        return got
+                    healthy = set(await self.sessions.healthy_peers("presign")) - excluded
+                    signers = self._signer_set(info, healthy)
+                    if signers is None:
+                        return SessionOutcome(b"", "sign", "refused", reason=(
+                            f"no healthy signer set of {info['threshold']} that includes this node (healthy peers: "
+                            f"{', '.join(sorted(healthy)) or 'none'}; "
+                            f"excluded: {', '.join(sorted(excluded)) or 'none'})"))
+                    self._on_demand.inc()
+                    outcome = await self.presign(key_id, signers)
+                    if outcome.ok:
+                        made = outcome.output["presignature_id"]
+                        if await trio.to_thread.run_sync(self.storage.reserve_presignature_id, made,
+                                                          COORDINATOR_RESERVATION):
+                            return made, signers
+                        continue
+                failures += 1
+                excluded.update(c for c in outcome.culprits if c != me)
+                self.sessions.forget_health(outcome.culprits)
+                log_event(log, logging.WARNING, "on-demand presign failed", key_id=key_id, status=outcome.status,
+                          culprits=list(outcome.culprits), reason=outcome.reason)
+                if failures >= ON_DEMAND_FAILURES:
+                    return SessionOutcome(outcome.session_id, "sign", "refused", outcome.participants,
+                                          culprits=outcome.culprits,
+                                          reason=f"no presignature: presigning on demand failed ({outcome.reason})")
+        return SessionOutcome(b"", "sign", "exhausted", reason=(
+            f"no presignature for key {key_id.hex()} within {SIGN_WAIT_SECONDS:g} s; the pool is refilling"))
+
+    def _reserve_led(self, key_id: bytes, allowed: set[str]) -> tuple[bytes, list[str]] | None:
+        """(worker thread) Reserve the oldest verified presignature this node leads whose signer
+        set is within ``allowed``."""
+        for presig_id, signers in self.storage.led_presignatures(key_id, self.cfg.node_id):
+            if presig_id in self._unverified or not set(signers) <= allowed:
+                continue
+            if self.storage.reserve_presignature_id(presig_id, COORDINATOR_RESERVATION):
+                return presig_id, signers
+        return None
+
+    def _signer_set(self, info: dict[str, Any], healthy: set[str]) -> list[str] | None:
+        """This node and the next ``t - 1`` healthy committee members in roster ring order."""
+        order = self.material.peers
+        me = self.cfg.node_id
+        members = sorted((p for p in info["parties"] if p in order), key=lambda n: order[n].index)
+        if me not in members:
+            return None
+        at = members.index(me)
+        others = [p for p in members[at + 1:] + members[:at] if p in healthy]
+        need = int(info["threshold"]) - 1
+        if len(others) < need:
+            return None
+        return sorted([me, *others[:need]], key=lambda n: order[n].index)
 
     async def refresh(self, key_id: bytes, *, client_request: bytes = b"") -> SessionOutcome:
         """Proactive refresh of a key by its whole committee: same group key and addresses,
@@ -346,8 +507,208 @@ class Node:
         return dataclasses.replace(outcome, output={**outcome.output, "aux_id": aux_id})
 
     # presignature pool -----------------------------------------------------------------------
+    def _init_pool_state(self) -> None:
+        r = self.metrics.registry
+        self._quarantined_gauge = Gauge("fp_pool_quarantined", "1 while the node is quarantined (rollback evidence)",
+                                        registry=r)
+        self._unverified_gauge = Gauge(
+            "fp_presignatures_unverified", "Presignatures held since start not yet confirmed by their co-signers",
+            registry=r)
+        self._rollbacks = Counter("fp_pool_rollbacks_detected_total",
+                                  "Times a peer's answer showed this node's database went backwards", registry=r)
+        self._discarded = Counter(
+            "fp_presignatures_discarded_total", "Presignatures discarded: a peer reported them consumed or unknown",
+            registry=r)
+        self._on_demand = Counter("fp_presign_on_demand_total", "Presign sessions run for a waiting sign request",
+                                  registry=r)
+        self._sign_waiting = Gauge("fp_sign_requests_waiting", "Sign requests waiting for a presignature", registry=r)
+        self._queues: dict[bytes, _KeyQueue] = {}
+        self._presign_slots = trio.Semaphore(ON_DEMAND_PRESIGNS)
+        self._sign_slots = trio.Semaphore(MAX_SIGN_SESSIONS)
+        self._sign_replies: dict[bytes, dict[str, peer_pb2.ProposalReply]] = {}
+        # Presignatures held when this node started cannot be trusted until their co-signers
+        # confirm them: a restored file copy or a lost WAL looks like a normal start.
+        self._unverified: set[bytes] = {row[0] for row in self.storage.held_presignatures()}
+        self._unverified_gauge.set(len(self._unverified))
+        self._quarantine: dict[str, Any] | None = self.storage.pool_quarantine()
+        self._quarantine_generation = 0
+        self._synced = trio.Event()
+        self._resync_wanted = trio.Event()
+        if "sign" not in self.sessions.phases:
+            self._synced.set()
+        if self._quarantine is not None:
+            self._quarantined_gauge.set(1)
+            log_event(log, logging.ERROR, "node starts quarantined: presignature pool resync pending",
+                      node=self.cfg.node_id, reason=self._quarantine.get("reason", ""))
+        self.transport.proposal_reply_observer = self._observe_reply
+        self.transport.presignature_status_provider = self._presignature_states
+        self.transport.proposal_handler = self._answer_proposal
+
+    def pool_status(self) -> dict[str, Any]:
+        """For health/status: synced, syncing (first resync after start) or quarantined."""
+        state = "quarantined" if self._quarantine is not None else "synced" if self._synced.is_set() else "syncing"
+        doc: dict[str, Any] = {"state": state, "unverified_presignatures": len(self._unverified)}
+        if self._quarantine is not None:
+            doc["quarantine_reason"] = self._quarantine.get("reason", "")
+            doc["quarantined_since"] = self._quarantine.get("since", 0.0)
+        return doc
+
+    @property
+    def quarantined(self) -> bool:
+        return self._quarantine is not None
+
+    def _pool_ready(self) -> bool:
+        return self._synced.is_set() and self._quarantine is None
+
+    async def _wait_pool_ready(self, deadline: float) -> bool:
+        while not self._pool_ready():
+            with trio.move_on_at(deadline) as scope:
+                await self._synced.wait()
+            if scope.cancelled_caught:
+                return False
+            if self._quarantine is not None:  # entered again meanwhile: wait for the next pass
+                await trio.sleep(0.05)
+        return True
+
+    def _observe_reply(self, peer: str, proposal: peer_pb2.SessionProposal, reply: peer_pb2.ProposalReply) -> None:
+        if proposal.phase == "sign" and proposal.coordinator == self.cfg.node_id:
+            self._sign_replies.setdefault(proposal.session_id, {})[peer] = reply
+            while len(self._sign_replies) > 4096:  # a session whose outcome was never collected
+                del self._sign_replies[next(iter(self._sign_replies))]
+
+    async def _answer_proposal(self, proposal: peer_pb2.SessionProposal) -> peer_pb2.ProposalReply:
+        """Participant side, around the session manager: a quarantined node joins no sign
+        session, and a sign refusal says *why* in ``refusal`` when the coordinator must act."""
+        if proposal.phase == "sign" and self._quarantine is not None:
+            reason = "this node is quarantined until its presignature pool is resynchronised with its peers"
+            log_event(log, logging.WARNING, "proposal refused", session_id=proposal.session_id, phase=proposal.phase,
+                      coordinator=proposal.coordinator, reason=reason)
+            return Refusal(accepted=False, reason=reason, node_id=self.cfg.node_id, refusal=Refusal.POOL_QUARANTINED)
+        reply = await self.sessions.handle_proposal(proposal)
+        if not reply.accepted and proposal.phase == "sign" and proposal.WhichOneof("params") == "sign":
+            reply.refusal = await trio.to_thread.run_sync(self._sign_refusal, proposal)
+        return reply
+
+    def _sign_refusal(self, proposal: peer_pb2.SessionProposal) -> int:
+        row = self.storage.presignature_row(proposal.sign.presignature_id)
+        if row is None:
+            return Refusal.PRESIGNATURE_UNKNOWN
+        state, _signers, leader, consumed_for = row
+        if state == "consumed" and consumed_for != proposal.session_id:
+            return Refusal.PRESIGNATURE_CONSUMED
+        if leader is not None and leader != proposal.coordinator:
+            return Refusal.NOT_PRESIGNATURE_LEADER
+        return Refusal.REFUSAL_UNSPECIFIED
+
+    def _presignature_states(self, peer: str, presig_ids: list[bytes]) -> list[int]:
+        """(gRPC thread) ``PresignatureStatus``: only presignatures the asker signs with."""
+        views = self.storage.presignature_views(presig_ids)
+        out = []
+        for presig_id in presig_ids:
+            view = views.get(presig_id)
+            out.append(PresigState.UNKNOWN if view is None or peer not in view[1] else _STATE_CODES[view[0]])
+        return out
+
+    async def _enter_quarantine(self, reason: str) -> None:
+        """Rollback evidence: stop signing until a full resync pass has run after this."""
+        first = self._quarantine is None
+        self._quarantine = {"reason": reason, "since": time.time()}
+        self._quarantine_generation += 1
+        if self._synced.is_set():
+            self._synced = trio.Event()
+        held = await trio.to_thread.run_sync(self.storage.held_presignatures)
+        self._unverified |= {row[0] for row in held if row[4] == "available"}
+        self._unverified_gauge.set(len(self._unverified))
+        self._rollbacks.inc()
+        self._quarantined_gauge.set(1)
+        await trio.to_thread.run_sync(self.storage.set_pool_quarantine, reason)
+        if first:
+            log_event(log, logging.ERROR, "database rollback detected: node quarantined until its presignature pool "
+                      "is resynchronised with its peers", node=self.cfg.node_id, reason=reason)
+        self._resync_wanted.set()
+
+    async def _sync_loop(self) -> None:
+        """Resync at start, after every quarantine, and while presignatures are unverified."""
+        while True:
+            self._resync_wanted = trio.Event()
+            await self._resync()
+            if self._resync_wanted.is_set():
+                continue
+            wait = RESYNC_RETRY_SECONDS if self._unverified else float("inf")
+            with trio.move_on_after(wait):
+                await self._resync_wanted.wait()
+
+    async def resync(self) -> None:
+        """One resync pass now (see :meth:`_resync`)."""
+        await self._resync()
+
+    async def _resync(self) -> None:
+        """Ask the co-signers of every unverified presignature held here whether they still hold
+        it; discard what any reports consumed or unknown; a presignature every co-signer holds
+        becomes usable; one whose co-signer did not answer stays unusable until a later pass.
+        A quarantine entered before the pass began is lifted at its end."""
+        me = self.cfg.node_id
+        generation = self._quarantine_generation
+        held = await trio.to_thread.run_sync(self.storage.held_presignatures)
+        self._unverified &= {row[0] for row in held}
+        todo = [row for row in held if row[0] in self._unverified and row[4] == "available"]
+        asks: dict[str, list[bytes]] = {}
+        for presig_id, _key, signers, _leader, _state in todo:
+            for peer in signers:
+                if peer != me and peer in self.material.peers:
+                    asks.setdefault(peer, []).append(presig_id)
+        answers: dict[str, dict[bytes, int]] = {}
+
+        async def ask(peer: str, ids: list[bytes]) -> None:
+            got: dict[bytes, int] = {}
+            for at in range(0, len(ids), 1024):
+                chunk = ids[at:at + 1024]
+                states = await self.transport.presignature_status(peer, chunk, RESYNC_RPC_TIMEOUT)
+                if states is None:
+                    return
+                got.update(zip(chunk, states, strict=True))
+            answers[peer] = got
+
+        async with trio.open_nursery() as nursery:
+            for peer, ids in asks.items():
+                nursery.start_soon(ask, peer, ids)
+        rolled_back: list[bytes] = []
+        verified = discarded = pending = 0
+        for presig_id, _key, signers, leader, _state in todo:
+            said = [answers.get(p, {}).get(presig_id) for p in signers if p != me]
+            if PresigState.CONSUMED in said or PresigState.UNKNOWN in said:
+                why = "consumed at a peer" if PresigState.CONSUMED in said else "unknown at a peer"
+                if await trio.to_thread.run_sync(self.storage.discard_presignature, presig_id, f"pool resync: {why}"):
+                    discarded += 1
+                    self._discarded.inc()
+                if PresigState.CONSUMED in said and leader == me:
+                    rolled_back.append(presig_id)
+                self._unverified.discard(presig_id)
+            elif all(s in (PresigState.AVAILABLE, PresigState.RESERVED) for s in said):
+                self._unverified.discard(presig_id)
+                verified += 1
+            else:
+                pending += 1
+        self._unverified_gauge.set(len(self._unverified))
+        if rolled_back:
+            await self._enter_quarantine(
+                f"{len(rolled_back)} presignature(s) this node leads are consumed at its peers but were available "
+                "here: its database went backwards (lost WAL or restored copy)")
+        detail = {"verified": verified, "discarded": discarded, "unconfirmed": pending,
+                  "peers_answered": sorted(answers)}
+        if self._quarantine is not None and self._quarantine_generation == generation:
+            await trio.to_thread.run_sync(self.storage.clear_pool_quarantine, detail)
+            self._quarantine = None
+            self._quarantined_gauge.set(0)
+            log_event(log, logging.WARNING, "quarantine lifted: presignature pool resynchronised with peers",
+                      node=me, **detail)
+        elif todo:
+            log_event(log, logging.INFO, "presignature pool resynchronised", node=me, **detail)
+        if self._quarantine is None:
+            self._synced.set()
+
     async def _pool_loop(self) -> None:
-        """Keep ``presign_pool_depth`` presignatures per key for one signer set led by this node."""
+        """Keep ``presign_pool_depth`` presignatures per key for a healthy signer set led here."""
         while True:
             await trio.sleep(POOL_INTERVAL + secrets.randbelow(1000) / 1000)
             if self.sessions.draining:
@@ -358,27 +719,28 @@ class Node:
             await trio.to_thread.run_sync(self.storage.prune_aux_info)
 
     async def _refill(self, key_id: bytes) -> None:
+        """Top up the pool of this node's preferred healthy signer set (see _signer_set): when a
+        member of the previous set is down, this is already a set without it."""
         info = self.storage.key_info(key_id)
         if info is None or self.storage.latest_aux_info(info["parties"]) is None:
             return
-        me = self.cfg.node_id
-        mine = [(s, n) for s, n in self.storage.presignature_sets(key_id) if s and s[0] == me]
-        signers = mine[0][0] if mine else None
-        have = mine[0][1] if mine else 0
-        while have < self.cfg.presign_pool_depth and not self.sessions.draining:
+        while not self.sessions.draining:
             healthy = set(await self.sessions.healthy_peers("presign"))
-            if signers is not None and not set(signers) - {me} <= healthy:
-                signers = None  # a member is down: build a pool for another set
+            signers = self._signer_set(info, healthy)
             if signers is None:
-                others = sorted((p for p in info["parties"] if p in healthy and p > me),
-                                key=lambda n: self.material.peers[n].index)
-                if len(others) < info["threshold"] - 1:
-                    return
-                signers = [me, *others[: info["threshold"] - 1]]
+                return
+            led = await trio.to_thread.run_sync(self.storage.led_presignatures, key_id, self.cfg.node_id)
+            have = sum(1 for presig_id, s in led if s == sorted(signers) and presig_id not in self._unverified)
+            if have >= self.cfg.presign_pool_depth:
+                return
             outcome = await self.presign(key_id, signers)
             if not outcome.ok:
                 log_event(log, logging.WARNING, "presignature refill failed", key_id=key_id,
                           status=outcome.status, culprits=list(outcome.culprits), reason=outcome.reason)
                 return
-            have += 1
             self.metrics.presignatures.labels(state="available").set(self.storage.presignature_counts().available)
+
+
+@dataclasses.dataclass
+class _KeyQueue:
+    waiting: int = 0

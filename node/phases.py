@@ -24,8 +24,9 @@ can decode them with the same classes. A failure to store any output is reported
 The sign handler consumes the presignature - durably, in storage - *inside* ``build``, i.e.
 before the machine exists and therefore before ``start()`` can emit this node's σ_i. If the
 presignature is already consumed, belongs to another key, signer set or epoch, or is reserved
-for another session, the node refuses the session - and in those last cases it stays unused. A refused or failed sign
-session loses the presignature; it never makes it usable again.
+for another session, or led by another node than the proposal's coordinator (only a presignature's leader - the
+node that coordinated its presign - may sign with it), the node refuses the session - and in those last cases it
+stays unused. A refused or failed sign session loses the presignature; it never makes it usable again.
 
 Security levels: a proposal names its level; a test-only level (small Paillier moduli) is
 refused unless the node runs in test mode, whatever the coordinator asks for.
@@ -156,7 +157,7 @@ class PresignPhase:
         # Refused if a refresh or resharing made another share version current meanwhile.
         _stored("the presignature", _storage(ctx).put_presignature, output.presign_id, key_id=key_id,
                 signers=_participants(ctx), data=output.to_bytes(), epoch=output.epoch,
-                aux_id=ctx.proposal.presign.aux_id)
+                aux_id=ctx.proposal.presign.aux_id, leader=ctx.proposal.coordinator)
         return {"presignature_id": output.presign_id, "key_id": key_id}
 
     def failed(self, ctx: SessionContext, outcome: SessionOutcome) -> None:
@@ -177,10 +178,13 @@ class SignPhase:
             # participants, and not reserved for another session: a bad proposal burns nothing.
             # A session this node coordinates takes the presignature it reserved for it (the
             # proposal's coordinator is authenticated: a peer cannot propose in our name).
+            # Only the presignature's leader (the coordinator of its presign) may sign with it, so
+            # coordinators on different nodes never collide on one: any other is refused before
+            # anything is consumed, and nobody is blamed for it.
             own = ctx.proposal.coordinator == ctx.node_id
             raw = storage.consume_presignature(
                 params.presignature_id, ctx.session_id, key_id=params.key_id, signers=_participants(ctx),
-                reservation=COORDINATOR_RESERVATION if own else None)
+                reservation=COORDINATOR_RESERVATION if own else None, coordinator=ctx.proposal.coordinator)
         except (NotFound, PresignatureUnavailable) as exc:
             raise Refuse(str(exc)) from None
         presignature = Presignature.from_bytes(raw)

@@ -123,6 +123,11 @@ class PresignatureUnavailable(StorageError):
     """No presignature to consume: none left, or this one is already consumed."""
 
 
+class NotPresignatureLeader(PresignatureUnavailable):
+    """A sign proposal's coordinator is not the presignature's leader (the node that
+    coordinated its presign): refused, nothing consumed, nobody to blame."""
+
+
 class StorageFault(StorageError):
     """The database file or a row in it is damaged or unreadable: an operator must look
     (restore from a backup, free disk space, fix permissions). Never retried silently."""
@@ -443,8 +448,23 @@ def _migration_5(db: sqlite3.Connection) -> None:
     _execute_script(db, "ALTER TABLE presignatures ADD COLUMN aux_id BLOB;")
 
 
+def _migration_6(db: sqlite3.Connection) -> None:
+    """Each presignature's *leader*: the node that coordinated its presign session, the only
+    node that may propose a sign session with it (so coordinators on different nodes never
+    collide on one). Rows from before get the first signer of their (name-sorted) set - the
+    node whose pool loop made them under the old rule - identically on every node."""
+    _execute_script(
+        db,
+        """
+        ALTER TABLE presignatures ADD COLUMN leader TEXT;
+        UPDATE presignatures SET leader = json_extract(signers, '$[0]') WHERE state != 'consumed';
+        CREATE INDEX presignatures_leader ON presignatures (key_id, leader, state, created_at);
+        """,
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5)
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
 # At most this long a consumed presignature's aux info stays while its sign session has not
 # finished (a crash can leave a session 'running' for ever): that session may still need the
 # aux secrets to name a cheater (sign round 2 identification).
@@ -999,11 +1019,12 @@ class Storage:
     # presignatures -------------------------------------------------------------------------
     def put_presignature(
         self, presig_id: bytes, *, key_id: bytes, signers: Sequence[str], data: bytes, epoch: int | None = None,
-        aux_id: bytes | None = None,
+        aux_id: bytes | None = None, leader: str | None = None,
     ) -> None:
         """Store a fresh presignature. With ``epoch``, refuse one made with a share version that
         is no longer current (a presign that raced a refresh): it could never be used. ``aux_id``
-        names the aux info it was made with (kept while the presignature may be used)."""
+        names the aux info it was made with (kept while the presignature may be used). ``leader``
+        is the node that coordinated the presign: the only one that may propose signing with it."""
         with self._write() as w:
             if epoch is not None:
                 row = w.execute("SELECT epoch FROM key_shares WHERE key_id = ?", (key_id,)).fetchone()
@@ -1012,10 +1033,10 @@ class Storage:
                         f"presignature for key {key_id.hex()} epoch {epoch} is stale: the current share is "
                         f"{'gone' if row is None else f'epoch {row[0]}'}")
             w.execute(
-                "INSERT INTO presignatures (presig_id, key_id, signers, state, created_at, data, epoch, aux_id) "
-                "VALUES (?, ?, ?, 'available', ?, ?, ?, ?)",
+                "INSERT INTO presignatures (presig_id, key_id, signers, state, created_at, data, epoch, aux_id, "
+                "leader) VALUES (?, ?, ?, 'available', ?, ?, ?, ?, ?)",
                 (presig_id, key_id, _parties_text(sorted(signers)), time.time(),
-                 self.seal("presignatures", presig_id, data), epoch or 0, aux_id),
+                 self.seal("presignatures", presig_id, data), epoch or 0, aux_id, leader),
             )
 
     def reserve_presignature(self, key_id: bytes, signers: Sequence[str], session_id: bytes) -> bytes | None:
@@ -1045,7 +1066,7 @@ class Storage:
 
     def consume_presignature(
         self, presig_id: bytes, session_id: bytes, *, key_id: bytes, signers: Sequence[str],
-        reservation: bytes | None = None,
+        reservation: bytes | None = None, coordinator: str | None = None,
     ) -> bytes:
         """Mark one presignature consumed - durably, in one transaction - then return it.
 
@@ -1056,17 +1077,19 @@ class Storage:
         Otherwise :class:`PresignatureUnavailable` is raised and *nothing* changes: a proposal
         naming the wrong key or signer set, or someone else's reservation, must not burn it.
         Raises it too if the presignature is already consumed: the caller must then not sign.
-        Nothing is returned until the commit is on disk."""
+        With ``coordinator`` (the sign session's), the presignature must be led by it (the node
+        that coordinated its presign; see ``_migration_6``), else :class:`NotPresignatureLeader`
+        and nothing changes. Nothing is returned until the commit is on disk."""
         short = presig_id.hex()[:16] + "…"
         with self._write() as w:
             row = w.execute(
-                "SELECT p.state, p.data, p.key_id, p.signers, p.epoch, p.reserved_for, k.epoch "
+                "SELECT p.state, p.data, p.key_id, p.signers, p.epoch, p.reserved_for, k.epoch, p.leader "
                 "FROM presignatures AS p LEFT JOIN key_shares AS k ON k.key_id = p.key_id WHERE p.presig_id = ?",
                 (presig_id,),
             ).fetchone()
             if row is None:
                 raise NotFound(f"no presignature {presig_id.hex()}")
-            state, data, row_key, row_signers, row_epoch, reserved_for, key_epoch = row
+            state, data, row_key, row_signers, row_epoch, reserved_for, key_epoch, leader = row
             if state == "consumed":
                 raise PresignatureUnavailable(f"presignature {short} is already consumed")
             if bytes(row_key) != key_id:
@@ -1075,6 +1098,9 @@ class Storage:
                 raise PresignatureUnavailable(
                     f"presignature {short} was made for signers {', '.join(json.loads(row_signers))}, "
                     f"not {', '.join(sorted(signers))}")
+            if coordinator is not None and leader is not None and leader != coordinator:
+                raise NotPresignatureLeader(
+                    f"presignature {short} is led by {leader}: only its leader may sign with it, not {coordinator}")
             if key_epoch is None or row_epoch != key_epoch:
                 raise PresignatureUnavailable(
                     f"presignature {short} is of epoch {row_epoch}, the key's current epoch is {key_epoch}")
@@ -1136,6 +1162,98 @@ class Storage:
             (key_id,),
         ).fetchall()
         return [(json.loads(r[0]), r[1]) for r in rows]
+
+    # presignature leaders, pool resync and quarantine (issue 12) ---------------------------
+    def led_presignatures(self, key_id: bytes, leader: str) -> list[tuple[bytes, list[str]]]:
+        """Available presignatures of ``key_id`` led by ``leader``, oldest first: (id, signers)."""
+        rows = self._conn().execute(
+            "SELECT presig_id, signers FROM presignatures WHERE key_id = ? AND leader = ? AND state = 'available' "
+            "ORDER BY created_at, presig_id",
+            (key_id, leader),
+        ).fetchall()
+        return [(bytes(r[0]), json.loads(r[1])) for r in rows]
+
+    def reserve_presignature_id(self, presig_id: bytes, session_id: bytes) -> bool:
+        """Coordinator side: reserve this one presignature if it is still available."""
+        with self._write() as w:
+            cur = w.execute(
+                "UPDATE presignatures SET state = 'reserved', reserved_at = ?, reserved_for = ? "
+                "WHERE presig_id = ? AND state = 'available'",
+                (time.time(), session_id, presig_id),
+            )
+            return cur.rowcount == 1
+
+    def held_presignatures(self) -> list[tuple[bytes, bytes, list[str], str | None, str]]:
+        """Every presignature not consumed: (id, key id, signers, leader, state)."""
+        rows = self._conn().execute(
+            "SELECT presig_id, key_id, signers, leader, state FROM presignatures WHERE state != 'consumed' "
+            "ORDER BY created_at, presig_id"
+        ).fetchall()
+        return [(bytes(r[0]), bytes(r[1]), json.loads(r[2]), r[3], r[4]) for r in rows]
+
+    def presignature_views(self, presig_ids: Sequence[bytes]) -> dict[bytes, tuple[str, list[str], str | None]]:
+        """For the resync RPC: (state, signers, leader) of each id held here (absent: unknown)."""
+        out: dict[bytes, tuple[str, list[str], str | None]] = {}
+        ids = list(presig_ids)
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            rows = self._conn().execute(
+                "SELECT presig_id, state, signers, leader FROM presignatures WHERE presig_id IN "  # noqa: S608
+                f"({', '.join('?' * len(chunk))})",  # placeholders only: the ids are bound
+                chunk,
+            ).fetchall()
+            for r in rows:
+                out[bytes(r[0])] = (r[1], json.loads(r[2]), r[3])
+        return out
+
+    def presignature_row(self, presig_id: bytes) -> tuple[str, list[str], str | None, bytes | None] | None:
+        """(state, signers, leader, consumed_for) of one presignature, or None."""
+        r = self._conn().execute(
+            "SELECT state, signers, leader, consumed_for FROM presignatures WHERE presig_id = ?", (presig_id,)
+        ).fetchone()
+        return None if r is None else (r[0], json.loads(r[1]), r[2], None if r[3] is None else bytes(r[3]))
+
+    def discard_presignature(self, presig_id: bytes, reason: str) -> bool:
+        """Mark a presignature consumed without a session (its ciphertext erased, audited): a
+        peer reported it consumed or unknown, or a sign session may have used it elsewhere.
+        False if it was already consumed or is not held here."""
+        with self._write() as w:
+            cur = w.execute(
+                "UPDATE presignatures SET state = 'consumed', consumed_at = ?, consumed_for = NULL, data = NULL "
+                "WHERE presig_id = ? AND state != 'consumed'",
+                (time.time(), presig_id),
+            )
+            if cur.rowcount != 1:
+                return False
+            self._audit(w, "presignature-discarded", None, {"presignature": presig_id.hex(), "reason": reason})
+            return True
+
+    def pool_quarantine(self) -> dict[str, Any] | None:
+        """The persisted pool quarantine (``{"reason", "since"}``), or None."""
+        raw = self.meta("pool_quarantine")
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return {"reason": "unreadable quarantine record", "since": 0.0}
+        return doc if isinstance(doc, dict) else {"reason": "unreadable quarantine record", "since": 0.0}
+
+    def set_pool_quarantine(self, reason: str) -> None:
+        """Persist a quarantine (rollback evidence): survives a restart until a resync lifts it."""
+        doc = json.dumps({"reason": reason, "since": time.time()}, separators=(",", ":")).encode()
+        with self._write() as w:
+            w.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('pool_quarantine', ?)", (doc,))
+            self._audit(w, "pool-quarantined", None, {"reason": reason})
+
+    def clear_pool_quarantine(self, detail: dict[str, Any]) -> bool:
+        """Lift a persisted quarantine after a completed resync; False if there was none."""
+        with self._write() as w:
+            cur = w.execute("DELETE FROM meta WHERE name = 'pool_quarantine'")
+            if cur.rowcount != 1:
+                return False
+            self._audit(w, "pool-resynchronised", None, detail)
+            return True
 
     def recover_after_restart(self) -> int:
         """Return reservations to the pool (no partial signature was released from a reserved

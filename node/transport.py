@@ -108,6 +108,11 @@ Ack = peer_pb2.Ack
 ProposalHandler = Callable[[peer_pb2.SessionProposal], Awaitable[peer_pb2.ProposalReply]]
 WithdrawalHandler = Callable[[peer_pb2.SessionWithdrawal], tuple[bool, str]]
 HealthProvider = Callable[[], peer_pb2.HealthReply]
+# (asking peer, presignature ids) -> one PresignatureStates.State per id; runs in a gRPC thread.
+PresignatureStatusProvider = Callable[[str, list[bytes]], list[int]]
+# Sees every reply to a proposal this node sent: (peer, proposal, reply).
+ProposalReplyObserver = Callable[[str, peer_pb2.SessionProposal, peer_pb2.ProposalReply], None]
+MAX_PRESIGNATURE_QUERY = 1024
 
 
 class TransportError(RuntimeError):
@@ -295,6 +300,25 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "node is shutting down")
         return Ack(status=Ack.ACCEPTED if done else Ack.REJECTED, reason=reason)
 
+    def PresignatureStatus(self, request: peer_pb2.PresignatureQuery, context: grpc.ServicerContext
+                           ) -> peer_pb2.PresignatureStates:
+        """Pool resync (read-only): the state here of each presignature the caller asks about.
+        Authenticated like every peer RPC (pinned TLS certificate = a roster node); the provider
+        answers only for presignatures whose signer set includes the caller."""
+        peer = self._peer(context)
+        ids = list(request.presignature_ids)
+        if len(ids) > MAX_PRESIGNATURE_QUERY or any(len(i) > 64 for i in ids):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_PRESIGNATURE_QUERY} presignature ids")
+        provider = self.t.presignature_status_provider
+        if provider is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "this node keeps no presignatures")
+        try:
+            states = provider(peer, ids)
+        except Exception as exc:  # storage trouble: the asker keeps its presignatures unverified
+            log_event(log, logging.WARNING, "presignature status failed", peer=peer, error=type(exc).__name__)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "presignature status unavailable")
+        return peer_pb2.PresignatureStates(node_id=self.t.node_id, states=states)
+
     def Health(self, request: peer_pb2.HealthRequest, context: grpc.ServicerContext) -> peer_pb2.HealthReply:
         self._peer(context)
         provider = self.t.health_provider
@@ -343,6 +367,8 @@ class Transport:
         self.proposal_handler = proposal_handler
         self.health_provider = health_provider
         self.withdrawal_handler: WithdrawalHandler | None = None
+        self.presignature_status_provider: PresignatureStatusProvider | None = None
+        self.proposal_reply_observer: ProposalReplyObserver | None = None
         self.buffer_limit, self.buffer_per_sender, self.buffer_ttl = buffer_limit, buffer_per_sender, buffer_ttl
         self.session_inbox = session_inbox
         if min(buffer_bytes, buffer_bytes_per_sender, session_inbox_bytes) < MAX_PAYLOAD:
@@ -659,10 +685,13 @@ class Transport:
         self, peer: str, proposal: peer_pb2.SessionProposal, timeout: float
     ) -> peer_pb2.ProposalReply:
         try:
-            return await self._call(self._stub(peer).Propose, proposal, timeout)
+            reply = await self._call(self._stub(peer).Propose, proposal, timeout)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
-            return peer_pb2.ProposalReply(accepted=False, reason=f"unreachable ({code})", node_id=peer)
+            reply = peer_pb2.ProposalReply(accepted=False, reason=f"unreachable ({code})", node_id=peer)
+        if self.proposal_reply_observer is not None:
+            self.proposal_reply_observer(peer, proposal, reply)
+        return reply
 
     async def withdraw(self, peer: str, withdrawal: peer_pb2.SessionWithdrawal, timeout: float) -> bool:
         try:
@@ -670,6 +699,18 @@ class Transport:
         except grpc.RpcError:
             return False
         return ack.status == Ack.ACCEPTED
+
+    async def presignature_status(self, peer: str, presig_ids: list[bytes], timeout: float = RPC_TIMEOUT
+                                  ) -> list[int] | None:
+        """Ask ``peer`` for the state of each presignature (None if unreachable or malformed)."""
+        try:
+            reply = await self._call(self._stub(peer).PresignatureStatus,
+                                     peer_pb2.PresignatureQuery(presignature_ids=presig_ids), timeout)
+        except grpc.RpcError:
+            return None
+        if reply.node_id != peer or len(reply.states) != len(presig_ids):
+            return None
+        return list(reply.states)
 
     async def health(self, peer: str, timeout: float = 2.0) -> peer_pb2.HealthReply | None:
         try:

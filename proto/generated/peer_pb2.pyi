@@ -128,14 +128,28 @@ class SessionProposal(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., phase: _Optional[str] = ..., coordinator: _Optional[str] = ..., participants: _Optional[_Iterable[str]] = ..., nonce: _Optional[bytes] = ..., round_deadline_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., keygen: _Optional[_Union[KeygenParams, _Mapping]] = ..., aux_info: _Optional[_Union[AuxInfoParams, _Mapping]] = ..., presign: _Optional[_Union[PresignParams, _Mapping]] = ..., sign: _Optional[_Union[SignParams, _Mapping]] = ..., opaque: _Optional[_Union[OpaqueParams, _Mapping]] = ..., signature: _Optional[bytes] = ..., client_request: _Optional[bytes] = ...) -> None: ...
 
 class ProposalReply(_message.Message):
-    __slots__ = ("accepted", "reason", "node_id")
+    __slots__ = ("accepted", "reason", "node_id", "refusal")
+    class Refusal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        REFUSAL_UNSPECIFIED: _ClassVar[ProposalReply.Refusal]
+        PRESIGNATURE_CONSUMED: _ClassVar[ProposalReply.Refusal]
+        PRESIGNATURE_UNKNOWN: _ClassVar[ProposalReply.Refusal]
+        NOT_PRESIGNATURE_LEADER: _ClassVar[ProposalReply.Refusal]
+        POOL_QUARANTINED: _ClassVar[ProposalReply.Refusal]
+    REFUSAL_UNSPECIFIED: ProposalReply.Refusal
+    PRESIGNATURE_CONSUMED: ProposalReply.Refusal
+    PRESIGNATURE_UNKNOWN: ProposalReply.Refusal
+    NOT_PRESIGNATURE_LEADER: ProposalReply.Refusal
+    POOL_QUARANTINED: ProposalReply.Refusal
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     reason: str
     node_id: str
-    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    refusal: ProposalReply.Refusal
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., node_id: _Optional[str] = ..., refusal: _Optional[_Union[ProposalReply.Refusal, str]] = ...) -> None: ...
 
 class SessionWithdrawal(_message.Message):
     __slots__ = ("session_id", "coordinator", "reason", "signature")
@@ -174,3 +188,29 @@ class HealthReply(_message.Message):
     version: str
     phases: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, node_id: _Optional[str] = ..., status: _Optional[_Union[HealthReply.ServingStatus, str]] = ..., active_sessions: _Optional[int] = ..., version: _Optional[str] = ..., phases: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PresignatureQuery(_message.Message):
+    __slots__ = ("presignature_ids",)
+    PRESIGNATURE_IDS_FIELD_NUMBER: _ClassVar[int]
+    presignature_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, presignature_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class PresignatureStates(_message.Message):
+    __slots__ = ("node_id", "states")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[PresignatureStates.State]
+        AVAILABLE: _ClassVar[PresignatureStates.State]
+        RESERVED: _ClassVar[PresignatureStates.State]
+        CONSUMED: _ClassVar[PresignatureStates.State]
+        UNKNOWN: _ClassVar[PresignatureStates.State]
+    STATE_UNSPECIFIED: PresignatureStates.State
+    AVAILABLE: PresignatureStates.State
+    RESERVED: PresignatureStates.State
+    CONSUMED: PresignatureStates.State
+    UNKNOWN: PresignatureStates.State
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    states: _containers.RepeatedScalarFieldContainer[PresignatureStates.State]
+    def __init__(self, node_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[PresignatureStates.State, str]]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class PeerStub:
                 request_serializer=peer__pb2.HealthRequest.SerializeToString,
                 response_deserializer=peer__pb2.HealthReply.FromString,
                 _registered_method=True)
+        self.PresignatureStatus = channel.unary_unary(
+                '/fusionprime.peer.v1.Peer/PresignatureStatus',
+                request_serializer=peer__pb2.PresignatureQuery.SerializeToString,
+                response_deserializer=peer__pb2.PresignatureStates.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -83,6 +88,12 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PresignatureStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +116,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=peer__pb2.HealthRequest.FromString,
                     response_serializer=peer__pb2.HealthReply.SerializeToString,
+            ),
+            'PresignatureStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.PresignatureStatus,
+                    request_deserializer=peer__pb2.PresignatureQuery.FromString,
+                    response_serializer=peer__pb2.PresignatureStates.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +231,33 @@ class Peer:
             '/fusionprime.peer.v1.Peer/Health',
             peer__pb2.HealthRequest.SerializeToString,
             peer__pb2.HealthReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PresignatureStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fusionprime.peer.v1.Peer/PresignatureStatus',
+            peer__pb2.PresignatureQuery.SerializeToString,
+            peer__pb2.PresignatureStates.FromString,
             options,
             channel_credentials,
             insecure,
