@@ -17,8 +17,12 @@ import {StrictECDSA} from "./lib/StrictECDSA.sol";
 ///      3. while `block.timestamp <= deadline` and both legs are in, anyone may {settle}: the trade is
 ///         marked settled first, then each leg goes to the counterparty — one transaction, so both
 ///         legs move or the whole call reverts and neither does;
-///      4. otherwise, after the deadline (or after a {cancel} signed by both), each funded leg can only
-///         go back to the party that funded it, exactly once, via {refund}.
+///      4. otherwise, after the deadline (or after a {cancel} signed by both, or an {abort} by either
+///         party while a leg is still missing), each funded leg can only go back to the party that
+///         funded it, exactly once ({refund}; {abort} returns the funded leg itself).
+///      A deadline is at most `MAX_TRADE_DURATION` after opening, and until both legs are in either
+///      party may {abort}: nobody can lock a counterparty's funded leg for long, and a first funder
+///      does not hand the other side a free option while it waits for the second leg.
 ///      Settlement and refund are the only ways value leaves a trade, and each marks its legs as
 ///      released before transferring, so no sequence of calls releases a leg twice or one leg
 ///      without the other.
@@ -71,6 +75,11 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
     /// @dev EIP-712 nested type: the referenced struct's type string is appended.
     bytes32 public constant CANCEL_TYPEHASH = keccak256(abi.encodePacked("CancelTrade(Trade trade)", TRADE_TYPE));
 
+    /// @notice Longest a trade may run: `open` refuses a deadline further than this from now, so a
+    ///         funded leg is never locked for longer (a first funder would otherwise give the
+    ///         counterparty a free option for as long as it signed).
+    uint256 public constant MAX_TRADE_DURATION = 30 days;
+
     /// @notice Gas forwarded with a native-ETH delivery: enough for a smart-contract wallet's
     ///         receive hook, too little for a recipient to grief the caller by burning gas.
     uint256 public constant ETH_PUSH_GAS = 50_000;
@@ -88,6 +97,8 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
     event LegFunded(bytes32 indexed tradeId, address indexed party, address asset, uint256 amount);
     event TradeSettled(bytes32 indexed tradeId, address indexed partyA, address indexed partyB);
     event TradeCancelled(bytes32 indexed tradeId);
+    /// @notice `by` (a party) withdrew from a trade whose other leg was not yet funded.
+    event TradeAborted(bytes32 indexed tradeId, address indexed by);
     event LegRefunded(bytes32 indexed tradeId, address indexed party, address asset, uint256 amount);
     event EthCredited(address indexed account, uint256 amount);
     event EthWithdrawn(address indexed account, uint256 amount);
@@ -95,6 +106,9 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
     error InvalidTrade();
     error TradeExpired(bytes32 tradeId, uint256 deadline);
     error TradeNotExpired(bytes32 tradeId, uint256 deadline);
+    error DeadlineTooFar(uint256 deadline, uint256 latest);
+    error BothLegsFunded(bytes32 tradeId);
+    error AlreadyReleased(bytes32 tradeId);
     error WrongStatus(bytes32 tradeId, Status status);
     error InvalidSignature(address party);
     error NotAParty(address caller);
@@ -105,6 +119,7 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
     error AmountNotReceived(uint256 received, uint256 expected);
     error NothingOwed();
     error EthTransferFailed();
+    error ZeroRecipient();
 
     constructor() EIP712("Fusion Prime Settlement", "1") {}
 
@@ -130,6 +145,9 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
         }
         id = tradeId(t);
         if (block.timestamp > t.deadline) revert TradeExpired(id, t.deadline);
+        if (t.deadline > block.timestamp + MAX_TRADE_DURATION) {
+            revert DeadlineTooFar(t.deadline, block.timestamp + MAX_TRADE_DURATION);
+        }
         TradeState storage st = trades[id];
         if (st.status != Status.None) revert WrongStatus(id, st.status);
         _requireSignature(t.partyA, id, sigA);
@@ -170,6 +188,9 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
         if (st.status != Status.Open) revert WrongStatus(id, st.status);
         if (block.timestamp > t.deadline) revert TradeExpired(id, t.deadline);
         if (!st.fundedA || !st.fundedB) revert LegNotFunded(id);
+        // Unreachable while refund only runs after the deadline or a cancellation; kept so that no
+        // future edit of those rules can pay out a leg that already left.
+        if (st.releasedA || st.releasedB) revert AlreadyReleased(id);
         st.status = Status.Settled;
         st.releasedA = true;
         st.releasedB = true;
@@ -192,6 +213,28 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
         _requireSignature(t.partyB, digest, sigB);
         st.status = Status.Cancelled;
         emit TradeCancelled(id);
+    }
+
+    /// @notice Withdraw from an open trade while at least one leg is still unfunded (either party
+    ///         may; the counterparty could equally just never fund). The trade is cancelled and the
+    ///         funded leg, if any, goes straight back to its funder.
+    function abort(Trade calldata t) external nonReentrant {
+        bytes32 id = tradeId(t);
+        TradeState storage st = trades[id];
+        if (st.status != Status.Open) revert WrongStatus(id, st.status);
+        if (msg.sender != t.partyA && msg.sender != t.partyB) revert NotAParty(msg.sender);
+        if (st.fundedA && st.fundedB) revert BothLegsFunded(id);
+        st.status = Status.Cancelled;
+        emit TradeAborted(id, msg.sender);
+        if (st.fundedA) {
+            st.releasedA = true;
+            _payOut(t.assetA, t.partyA, t.amountA);
+            emit LegRefunded(id, t.partyA, t.assetA, t.amountA);
+        } else if (st.fundedB) {
+            st.releasedB = true;
+            _payOut(t.assetB, t.partyB, t.amountB);
+            emit LegRefunded(id, t.partyB, t.assetB, t.amountB);
+        }
     }
 
     /// @notice Return `party`'s own leg to `party`: after the deadline of an unsettled trade, or
@@ -223,13 +266,14 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
 
     /// @notice Withdraw native ETH that was credited to you because a push to you failed.
     function withdrawEth() external nonReentrant {
-        uint256 amount = ethOwed[msg.sender];
-        if (amount == 0) revert NothingOwed();
-        ethOwed[msg.sender] = 0;
-        totalEthOwed -= amount;
-        (bool ok,) = msg.sender.call{value: amount}("");
-        if (!ok) revert EthTransferFailed();
-        emit EthWithdrawn(msg.sender, amount);
+        _withdrawEth(payable(msg.sender));
+    }
+
+    /// @notice Withdraw your ETH credit to another address — for a contract party that cannot
+    ///         receive ETH itself (the reason it was credited in the first place).
+    function withdrawEthTo(address payable to) external nonReentrant {
+        if (to == address(0)) revert ZeroRecipient();
+        _withdrawEth(to);
     }
 
     // ------------------------------------------------------------------------------------------
@@ -284,6 +328,17 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
         token.safeTransferFrom(msg.sender, address(this), amount);
         uint256 received = token.balanceOf(address(this)) - before;
         if (received != amount) revert AmountNotReceived(received, amount);
+    }
+
+    /// @dev Pay the caller's whole ETH credit to `to` (effects first: the credit is gone before the call).
+    function _withdrawEth(address payable to) private {
+        uint256 amount = ethOwed[msg.sender];
+        if (amount == 0) revert NothingOwed();
+        ethOwed[msg.sender] = 0;
+        totalEthOwed -= amount;
+        (bool ok,) = to.call{value: amount}("");
+        if (!ok) revert EthTransferFailed();
+        emit EthWithdrawn(msg.sender, amount);
     }
 
     /// @dev Deliver `amount` of `asset` to `to`; a refused ETH push is credited, not reverted.

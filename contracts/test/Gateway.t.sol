@@ -26,13 +26,18 @@ contract GatewayMintTest is GatewayBase {
         Gateway.MintOrder memory o = order(TXID, 3, 1e8);
         assertEq(gateway.hashMintOrder(o), orderStructHash(o), "struct hash");
         assertEq(gateway.mintOrderDigest(o), orderDigest(o), "digest");
+        Gateway.RefundBurn memory r = refundOf(7, address(btc), alice, 5e7);
+        assertEq(gateway.hashRefundBurn(r), refundStructHash(r), "refund struct hash");
+        assertEq(gateway.refundDigest(r), digestOf(refundStructHash(r)), "refund digest");
+        Gateway.AssetConfig memory c = btcConfig();
+        assertEq(gateway.hashConfigureAsset(address(btc), c, 3, 4), configStructHash(address(btc), c, 3, 4), "config");
     }
 
     // ---- the happy path ----
 
     function test_mintByGroupKeyRelayedByAnyone() public {
         Gateway.MintOrder memory o = order(TXID, 0, 1.5e8);
-        bytes32 depositId = keccak256(abi.encode(o.sourceChainId, o.sourceTxId, o.vout));
+        bytes32 depositId = keccak256(abi.encode(o.sourceChain, o.sourceTxId, o.vout));
         vm.expectEmit(true, true, true, true, address(gateway));
         emit Gateway.Minted(
             depositId, address(btc), alice, 1.5e8, BTC_CHAIN, TXID, 0, o.nonce, orderDigest(o), group
@@ -50,7 +55,7 @@ contract GatewayMintTest is GatewayBase {
         Gateway.MintOrder memory o = order(TXID, 0, 1e8);
         bytes memory sig = signOrder(GROUP_PK, o);
         bytes32 digest = gateway.mint(o, sig);
-        bytes32 depositId = gateway.depositIdOf(o.sourceChainId, o.sourceTxId, o.vout);
+        bytes32 depositId = gateway.depositIdOf(o.sourceChain, o.sourceTxId, o.vout);
         vm.expectRevert(abi.encodeWithSelector(Gateway.DepositAlreadyMinted.selector, depositId, digest));
         gateway.mint(o, sig);
         assertEq(btc.totalSupply(), 1e8, "minted once");
@@ -97,7 +102,7 @@ contract GatewayMintTest is GatewayBase {
     }
 
     function test_orderForAnotherGatewayReverts() public {
-        Gateway other = new Gateway(group, guardian, ROTATION_DELAY, RETENTION);
+        Gateway other = new Gateway(group, guardian, ADMIN_DELAY, GUARDIAN_DELAY, LARGE_MINT_DELAY, RETENTION);
         Gateway.MintOrder memory o = order(TXID, 0, 1e8);
         bytes memory sig = signPacked(GROUP_PK, typedDigest(domainOf(address(other), block.chainid), orderStructHash(o)));
         vm.expectPartialRevert(Gateway.UnauthorizedSigner.selector);
@@ -108,20 +113,26 @@ contract GatewayMintTest is GatewayBase {
     /// the signed hash (including the asset to mint).
     function testFuzz_everyFieldIsSigned(uint8 field, uint256 delta) public {
         WrappedAsset eth = new WrappedAsset("Fusion Prime ETH", "fpETH", 18, address(gateway));
-        configure(address(eth), 1000 ether, WINDOW, 0);
+        Gateway.AssetConfig memory c = ethConfig();
+        c.sourceChain = BTC_CAIP2; // same chain, so only the signature can tell the assets apart
+        c.destinationKind = Gateway.DestinationKind.BitcoinAddress;
+        configure(GROUP_PK, address(eth), c);
         Gateway.MintOrder memory o = order(TXID, 2, 1e8);
+        o.deadline = block.timestamp + 1 hours;
         bytes memory sig = signOrder(GROUP_PK, o);
         uint256 d = bound(delta, 1, 1e6);
-        field = uint8(bound(field, 0, 7));
+        field = uint8(bound(field, 0, 8));
         if (field == 0) o.asset = address(eth);
-        else if (field == 1) o.sourceChainId += d;
+        else if (field == 1) o.sourceChain = bytes32(uint256(o.sourceChain) ^ d);
         else if (field == 2) o.sourceTxId = bytes32(uint256(o.sourceTxId) ^ d);
         // forge-lint: disable-next-line(unsafe-typecast) d <= 1e6 fits
         else if (field == 3) o.vout += uint32(d);
         // forge-lint: disable-next-line(unsafe-typecast) d <= 1e6 fits
         else if (field == 4) o.recipient = address(uint160(o.recipient) ^ uint160(d));
         else if (field == 5) o.amount += d;
-        else if (field == 6) o.nonce += d;
+        // forge-lint: disable-next-line(unsafe-typecast) d <= 1e6 fits
+        else if (field == 6) o.signerEpoch += uint32(d);
+        else if (field == 7) o.nonce += d;
         else o.deadline += d;
         vm.expectPartialRevert(Gateway.UnauthorizedSigner.selector);
         gateway.mint(o, sig);
@@ -197,7 +208,7 @@ contract GatewayMintTest is GatewayBase {
         gateway.mint(o, signOrder(pk, o));
     }
 
-    // ---- caps ----
+    // ---- rate limit (token bucket), ceiling ----
 
     function test_orderOverWindowCapReverts() public {
         mintAs(GROUP_PK, order(TXID, 0, CAP - 1e8));
@@ -205,59 +216,118 @@ contract GatewayMintTest is GatewayBase {
         bytes memory sig = signOrder(GROUP_PK, o);
         vm.expectRevert(abi.encodeWithSelector(Gateway.WindowCapExceeded.selector, address(btc), 1e8 + 1, 1e8));
         gateway.mint(o, sig);
-        // Exactly filling the window is fine; the next window starts from zero.
+        // Exactly filling the cap is fine; it then refills at CAP per WINDOW.
         mintAs(GROUP_PK, order(TXID, 2, 1e8));
-        (,,, uint256 used, uint256 remaining) = gateway.assetState(address(btc));
-        assertEq(used, CAP, "window full");
+        (, uint256 remaining,,) = gateway.assetState(address(btc));
         assertEq(remaining, 0, "nothing left");
-        vm.warp((block.timestamp / WINDOW + 1) * WINDOW);
+        vm.warp(block.timestamp + WINDOW / 4);
+        (, remaining,,) = gateway.assetState(address(btc));
+        assertEq(remaining, CAP / 4, "a quarter refilled after a quarter window");
+        vm.warp(block.timestamp + WINDOW);
         mintAs(GROUP_PK, order(TXID, 3, CAP));
         assertEq(btc.totalSupply(), 2 * CAP, "two windows' worth");
     }
 
-    function test_singleOrderAboveCapReverts() public {
+    /// An order above the cap is above the large-mint threshold too: it queues, and can never execute.
+    function test_singleOrderAboveCapNeverMints() public {
         Gateway.MintOrder memory o = order(TXID, 0, CAP + 1);
-        bytes memory sig = signOrder(GROUP_PK, o);
+        mintAs(GROUP_PK, o);
+        vm.warp(block.timestamp + LARGE_MINT_DELAY);
         vm.expectRevert(abi.encodeWithSelector(Gateway.WindowCapExceeded.selector, address(btc), CAP + 1, CAP));
-        gateway.mint(o, sig);
+        gateway.executeMint(o);
     }
 
-    /// Whatever sequence of orders arrives within one window, the total minted never exceeds the
-    /// cap, and an order succeeds exactly when it fits.
-    function testFuzz_windowCapHolds(uint64[8] memory amounts) public {
-        // forge-lint: disable-next-line(divide-before-multiply) rounding down to the window start is the point
-        uint256 start = (block.timestamp / WINDOW) * WINDOW;
+    /// Whatever sequence of orders arrives at whatever times, an order succeeds exactly when it fits
+    /// the bucket (modelled here independently), and over any span the total minted is at most
+    /// CAP + CAP * span / WINDOW.
+    function testFuzz_rateLimitHolds(uint64[8] memory amounts, uint32[8] memory gaps) public {
+        uint256 start = block.timestamp;
+        uint256 levelAtLast; // the model's bucket level at its last charge
+        uint256 last = block.timestamp;
         uint256 minted;
         for (uint256 i = 0; i < amounts.length; i++) {
-            vm.warp(start + i * 1 hours);
-            uint256 amount = bound(amounts[i], 1, CAP / 2);
+            vm.warp(block.timestamp + bound(gaps[i], 0, WINDOW / 2));
+            uint256 drained = CAP * (block.timestamp - last) / WINDOW;
+            uint256 level = levelAtLast > drained ? levelAtLast - drained : 0;
+            uint256 amount = bound(amounts[i], 1, CAP);
             // forge-lint: disable-next-line(unsafe-typecast) i < 8
             Gateway.MintOrder memory o = order(TXID, uint32(i), amount);
             bytes memory sig = signOrder(GROUP_PK, o);
-            if (minted + amount <= CAP) {
+            if (level + amount <= CAP) {
                 gateway.mint(o, sig);
                 minted += amount;
+                levelAtLast = level + amount;
+                last = block.timestamp;
             } else {
                 vm.expectPartialRevert(Gateway.WindowCapExceeded.selector);
                 gateway.mint(o, sig);
             }
-            assertTrue(btc.totalSupply() <= CAP, "cap exceeded");
+            assertTrue(btc.totalSupply() <= CAP + CAP * (block.timestamp - start) / WINDOW, "rate exceeded");
         }
         assertEq(btc.totalSupply(), minted, "supply = accepted orders");
     }
 
-    function test_reconfiguringDoesNotResetTheWindow() public {
+    /// Changing the window length (or the cap) takes effect from now on: what was used stays used.
+    function test_reconfiguringDoesNotResetTheLimit() public {
         mintAs(GROUP_PK, order(TXID, 0, CAP));
-        configure(address(btc), CAP, WINDOW, MIN_BURN);
+        // A longer window tightens: applied at once, and the bucket is still full.
+        Gateway.AssetConfig memory c = btcConfig();
+        c.windowLength = 2 * WINDOW;
+        (, bool applied,,) = proposeConfig(GROUP_PK, address(btc), c);
+        assertTrue(applied, "tightening applies at once");
+        (, uint256 remaining,,) = gateway.assetState(address(btc));
+        assertEq(remaining, 0, "still full after the change");
         Gateway.MintOrder memory o = order(TXID, 1, 1);
         o.deadline = block.timestamp + 30 days;
         bytes memory sig = signOrder(GROUP_PK, o);
         vm.expectPartialRevert(Gateway.WindowCapExceeded.selector);
         gateway.mint(o, sig);
-        // Lowering the cap to zero halts the asset.
-        configure(address(btc), 0, WINDOW, MIN_BURN);
         vm.warp(block.timestamp + WINDOW);
+        (, remaining,,) = gateway.assetState(address(btc));
+        assertEq(remaining, CAP / 2, "refills at the new, slower rate");
+
+        // A shorter window loosens: queued; at execution the bucket carries over too.
+        c.windowLength = 1 hours;
+        (, bool applied2, uint256 n, uint256 d) = proposeConfig(GROUP_PK, address(btc), c);
+        assertTrue(!applied2, "loosening is queued");
+        vm.warp(block.timestamp + ADMIN_DELAY);
+        mintAs(GROUP_PK, order(TXID, 2, CAP));
+        gateway.executeConfigureAsset(address(btc), c, n, d);
+        (, remaining,,) = gateway.assetState(address(btc));
+        assertEq(remaining, 0, "executing the change does not reset the bucket");
+        vm.warp(block.timestamp + 360);
+        (, remaining,,) = gateway.assetState(address(btc));
+        assertEq(remaining, CAP / 10, "then refills per the new window");
+
+        // A cap of zero halts the asset at once.
+        c.mintCap = 0;
+        (, bool applied3,,) = proposeConfig(GROUP_PK, address(btc), c);
+        assertTrue(applied3, "halting applies at once");
+        vm.warp(block.timestamp + 30 days);
+        o = order(TXID, 9, 1);
+        sig = signOrder(GROUP_PK, o);
         vm.expectPartialRevert(Gateway.WindowCapExceeded.selector);
+        gateway.mint(o, sig);
+    }
+
+    function test_supplyCeilingHoldsAcrossWindows() public {
+        Gateway.AssetConfig memory c = btcConfig();
+        c.supplyCeiling = 150e8;
+        configure(GROUP_PK, address(btc), c); // lower: applies at once
+        mintAs(GROUP_PK, order(TXID, 0, CAP));
+        vm.warp(block.timestamp + WINDOW);
+        mintAs(GROUP_PK, order(TXID, 1, 50e8));
+        vm.warp(block.timestamp + WINDOW);
+        Gateway.MintOrder memory o = order(TXID, 2, 1);
+        bytes memory sig = signOrder(GROUP_PK, o);
+        vm.expectRevert(abi.encodeWithSelector(Gateway.SupplyCeilingExceeded.selector, address(btc), 150e8 + 1, 150e8));
+        gateway.mint(o, sig);
+        (uint256 supply, uint256 remaining,,) = gateway.assetState(address(btc));
+        assertEq(supply, 150e8, "supply tracked");
+        assertEq(remaining, 0, "the ceiling bounds what can be minted now");
+        // Burning makes room again.
+        vm.prank(alice);
+        gateway.burn(address(btc), 1e8, bytes("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"));
         gateway.mint(o, sig);
     }
 
@@ -274,18 +344,86 @@ contract GatewayMintTest is GatewayBase {
         WrappedAsset foreign = new WrappedAsset("Foreign", "F", 18, address(0xdead));
         uint256 n = gateway.adminNonce();
         uint256 deadline = block.timestamp + 1 hours;
-        bytes32 h = keccak256(
-            abi.encode(gateway.CONFIGURE_ASSET_TYPEHASH(), address(foreign), CAP, WINDOW, MIN_BURN, n, deadline)
-        );
-        bytes memory sig = adminSig(GROUP_PK, h);
+        Gateway.AssetConfig memory c = ethConfig();
+        bytes memory sig = adminSig(GROUP_PK, configStructHash(address(foreign), c, n, deadline));
         vm.expectRevert(abi.encodeWithSelector(Gateway.NotThisGateway.selector, address(foreign), address(0xdead)));
-        gateway.configureAsset(address(foreign), CAP, WINDOW, MIN_BURN, n, deadline, sig);
+        gateway.configureAsset(address(foreign), c, n, deadline, sig);
+    }
+
+    // ---- canonical deposit ids ----
+
+    /// The order must name the asset's own source chain in its one canonical encoding: another
+    /// encoding of the same chain (the bare EIP-155 number, a CAIP-2 variant) is refused, so a
+    /// deposit cannot be minted twice under two ids.
+    function test_depositOnlyUnderTheAssetsCanonicalChainKey() public {
+        mintAs(GROUP_PK, order(TXID, 0, 1e8));
+        bytes32[3] memory variants = [
+            bytes32(uint256(1)),
+            keccak256("bip122:000000000019D6689C085AE165831E93"),
+            keccak256("bip122:000000000019d6689c085ae165831e93 ")
+        ];
+        for (uint256 i = 0; i < variants.length; i++) {
+            Gateway.MintOrder memory o = order(TXID, 0, 1e8);
+            o.sourceChain = variants[i];
+            bytes memory sig = signOrder(GROUP_PK, o);
+            vm.expectRevert(abi.encodeWithSelector(Gateway.WrongSourceChain.selector, address(btc), variants[i], BTC_CHAIN));
+            gateway.mint(o, sig);
+        }
+        assertEq(btc.totalSupply(), 1e8, "minted once");
+    }
+
+    function test_chainKeysAreCanonical() public {
+        assertEq(gateway.chainKeyOf(BTC_CAIP2), BTC_CHAIN, "bitcoin mainnet");
+        assertEq(gateway.chainKeyOf("eip155:1"), keccak256("eip155:1"), "ethereum");
+        assertEq(gateway.chainKeyOf("eip155:8453"), keccak256("eip155:8453"), "base");
+        assertEq(gateway.chainKeyOf("cosmos:cosmoshub-4"), keccak256("cosmos:cosmoshub-4"), "generic namespace");
+        string[10] memory bad = [
+            "eip155:01",
+            "eip155:0",
+            "eip155:0x1",
+            "EIP155:1",
+            "bip122:000000000019D6689C085AE165831E93",
+            "bip122:000000000019d6689c085ae165831e9",
+            "bip122:000000000019d6689c085ae165831e93a",
+            "eip155",
+            "ab:1",
+            "cosmos:cosmos hub"
+        ];
+        for (uint256 i = 0; i < bad.length; i++) {
+            vm.expectRevert(Gateway.InvalidChainId.selector);
+            gateway.chainKeyOf(bad[i]);
+        }
+    }
+
+    /// The first vector of contracts/test-vectors/deposit_ids.json (the Python test checks all of
+    /// them against the contract): Bitcoin mainnet's genesis coinbase, output 0.
+    function test_depositIdTestVector() public view {
+        bytes32 id = gateway.depositIdOf(
+            gateway.chainKeyOf(BTC_CAIP2), 0x4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b, 0
+        );
+        assertEq(id, keccak256(abi.encode(BTC_CHAIN, bytes32(0x4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b), uint32(0))), "vector");
+    }
+
+    function test_sourceChainIsFixedByTheFirstConfiguration() public {
+        Gateway.AssetConfig memory c = btcConfig();
+        c.sourceChain = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328"; // regtest
+        uint256 n = gateway.adminNonce();
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = adminSig(GROUP_PK, configStructHash(address(btc), c, n, deadline));
+        vm.expectRevert(abi.encodeWithSelector(Gateway.SourceChainFixed.selector, address(btc)));
+        gateway.configureAsset(address(btc), c, n, deadline, sig);
+        c = btcConfig();
+        c.destinationKind = Gateway.DestinationKind.EvmAddress;
+        sig = adminSig(GROUP_PK, configStructHash(address(btc), c, n, deadline));
+        vm.expectRevert(abi.encodeWithSelector(Gateway.SourceChainFixed.selector, address(btc)));
+        gateway.configureAsset(address(btc), c, n, deadline, sig);
     }
 
     // ---- pause ----
 
     function test_mintWhilePausedReverts() public {
         Gateway.MintOrder memory o = order(TXID, 0, 1e8);
+        o.deadline = block.timestamp + 30 days;
         bytes memory sig = signOrder(GROUP_PK, o);
         vm.prank(guardian);
         gateway.pause();
@@ -304,7 +442,7 @@ contract GatewayMintTest is GatewayBase {
         uint256 guardianPk = uint256(keccak256(bytes("guardian")));
         uint256 n = gateway.adminNonce();
         uint256 deadline = block.timestamp + 1 hours;
-        bytes memory sig = pauseOrUnpauseSig(guardianPk, false, n, deadline);
+        bytes memory sig = unpauseSig(guardianPk, n, deadline);
         vm.expectRevert(abi.encodeWithSelector(Gateway.UnauthorizedSigner.selector, guardian));
         gateway.unpause(n, deadline, sig);
         assertTrue(gateway.paused(), "still paused");
@@ -321,25 +459,66 @@ contract GatewayMintTest is GatewayBase {
         gateway.pause();
         assertTrue(gateway.paused(), "direct");
         unpauseAs(GROUP_PK);
+        uint256 deadline = block.timestamp + 30 days;
+        bytes memory sig = pauseSig(GROUP_PK, 1, deadline);
+        vm.prank(relayer);
+        gateway.pauseWithSignature(1, deadline, sig);
+        assertTrue(gateway.paused(), "relayed signature");
+        // Idempotent: relaying it again while paused is harmless, and uses no nonce.
+        uint256 nonceBefore = gateway.adminNonce();
+        gateway.pauseWithSignature(1, deadline, sig);
+        assertEq(gateway.adminNonce(), nonceBefore, "no admin nonce used");
+        // After the next unpause the same signature is spent: it cannot undo a deliberate reopening.
+        unpauseAs(GROUP_PK);
+        vm.expectRevert(abi.encodeWithSelector(Gateway.StalePause.selector, 1, 2));
+        gateway.pauseWithSignature(1, deadline, sig);
+    }
+
+    /// Issue 13, defect 3: an earlier-signed administrative message relayed first must not make the
+    /// emergency pause fail.
+    function test_pauseIsNeverBlockedByAnAdminNonce() public {
         uint256 n = gateway.adminNonce();
         uint256 deadline = block.timestamp + 1 hours;
-        bytes memory sig = pauseOrUnpauseSig(GROUP_PK, true, n, deadline);
+        Gateway.AssetConfig memory c = btcConfig();
+        c.mintCap = CAP / 2;
+        bytes memory configSig = adminSig(GROUP_PK, configStructHash(address(btc), c, n, deadline));
+        bytes memory pSig = pauseSig(GROUP_PK, gateway.unpauseCount(), deadline);
         vm.prank(relayer);
-        gateway.pauseWithSignature(n, deadline, sig);
-        assertTrue(gateway.paused(), "relayed signature");
-        // Replaying the same signed pause after an unpause fails: admin nonces are single-use.
-        unpauseAs(GROUP_PK);
-        vm.expectRevert(abi.encodeWithSelector(Gateway.BadAdminNonce.selector, n, n + 2));
-        gateway.pauseWithSignature(n, deadline, sig);
+        gateway.configureAsset(address(btc), c, n, deadline, configSig); // relayed first by anyone
+        gateway.pauseWithSignature(gateway.unpauseCount(), deadline, pSig);
+        assertTrue(gateway.paused(), "paused regardless");
+    }
+
+    function test_noOpUnpauseIsRefusedWithoutUsingTheNonce() public {
+        uint256 n = gateway.adminNonce();
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory sig = unpauseSig(GROUP_PK, n, deadline);
+        vm.expectRevert(Gateway.NotPaused.selector);
+        gateway.unpause(n, deadline, sig);
+        assertEq(gateway.adminNonce(), n, "nonce unused");
+    }
+
+    function test_unpauseWaitsAndTheGuardianCanVetoIt() public {
+        vm.prank(guardian);
+        gateway.pause();
+        (bytes32 id, uint256 n, uint256 d) = proposeUnpause(GROUP_PK);
+        vm.warp(block.timestamp + ADMIN_DELAY - 1);
+        vm.expectRevert(abi.encodeWithSelector(Gateway.ActionNotReady.selector, id, block.timestamp + 1));
+        gateway.executeUnpause(n, d);
+        vm.prank(guardian);
+        gateway.veto(id);
+        vm.warp(block.timestamp + 1);
+        vm.expectRevert(abi.encodeWithSelector(Gateway.ActionNotQueued.selector, id, Gateway.ActionStatus.Vetoed));
+        gateway.executeUnpause(n, d);
+        assertTrue(gateway.paused(), "still paused");
     }
 
     function test_expiredAdminSignatureReverts() public {
-        uint256 n = gateway.adminNonce();
         uint256 deadline = block.timestamp + 1 hours;
-        bytes memory sig = pauseOrUnpauseSig(GROUP_PK, true, n, deadline);
+        bytes memory sig = pauseSig(GROUP_PK, 0, deadline);
         vm.warp(deadline + 1);
         vm.expectPartialRevert(Gateway.AuthorizationExpired.selector);
-        gateway.pauseWithSignature(n, deadline, sig);
+        gateway.pauseWithSignature(0, deadline, sig);
     }
 
     // ---- token access ----
@@ -379,16 +558,86 @@ contract GatewayBurnTest is GatewayBase {
         vm.startPrank(alice);
         vm.expectRevert(abi.encodeWithSelector(Gateway.BurnBelowMinimum.selector, MIN_BURN - 1, MIN_BURN));
         gateway.burn(address(btc), MIN_BURN - 1, DEST);
-        vm.expectRevert(abi.encodeWithSelector(Gateway.InvalidDestinationLength.selector, 0));
-        gateway.burn(address(btc), 1e8, "");
-        vm.expectRevert(abi.encodeWithSelector(Gateway.InvalidDestinationLength.selector, 129));
-        gateway.burn(address(btc), 1e8, new bytes(129));
         vm.expectRevert(abi.encodeWithSelector(Gateway.AssetNotConfigured.selector, address(0xbeef)));
         gateway.burn(address(0xbeef), 1e8, DEST);
         vm.expectRevert(); // ERC20InsufficientBalance: nobody burns more than they hold
         gateway.burn(address(btc), 6e8, DEST);
         vm.stopPrank();
         assertEq(gateway.burnCount(), 0, "no burn recorded");
+    }
+
+    /// A Bitcoin asset's destination is 26-90 ASCII letters and digits; anything else is refused.
+    function test_bitcoinDestinationsAreChecked() public {
+        bytes[6] memory bad = [
+            bytes(""),
+            new bytes(20), // 20 zero bytes: an EVM-style address is no Bitcoin destination
+            bytes("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5md "), // a space
+            bytes("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq\n"),
+            bytes("1BoatSLRHtKNngkdXEeobR76b53L"), // 28 chars: fine, checked below as good
+            new bytes(91)
+        ];
+        for (uint256 i = 0; i < bad.length; i++) {
+            if (i == 4) continue;
+            vm.prank(alice);
+            vm.expectRevert(
+                abi.encodeWithSelector(
+                    Gateway.InvalidDestination.selector, Gateway.DestinationKind.BitcoinAddress, bad[i].length
+                )
+            );
+            gateway.burn(address(btc), 1e8, bad[i]);
+        }
+        bytes memory longest = new bytes(90);
+        for (uint256 i = 0; i < 90; i++) longest[i] = "q";
+        vm.startPrank(alice);
+        gateway.burn(address(btc), 1e8, longest);
+        gateway.burn(address(btc), 1e8, bad[4]);
+        gateway.burn(address(btc), 1e8, bytes("bcrt1q6rhpng9evdsfnn833a4f4vej0asu6dk5srld6x"));
+        vm.stopPrank();
+    }
+
+    /// An EVM asset's destination is exactly 20 bytes, not zero and not a precompile.
+    function test_evmDestinationsAreChecked() public {
+        WrappedAsset eth = new WrappedAsset("Fusion Prime ETH", "fpETH", 18, address(gateway));
+        configure(GROUP_PK, address(eth), ethConfig());
+        Gateway.MintOrder memory o = order(keccak256("eth-deposit"), 0, 1 ether);
+        o.asset = address(eth);
+        o.sourceChain = keccak256("eip155:1");
+        mintAs(GROUP_PK, o);
+        bytes[5] memory bad = [
+            abi.encodePacked(address(0)), // the issue's 20 zero bytes
+            abi.encodePacked(address(0x1)), // ecrecover precompile
+            abi.encodePacked(address(0xffff)),
+            DEST, // a Bitcoin address for an ETH payout
+            abi.encodePacked(bytes32(uint256(uint160(alice)))) // 32 bytes
+        ];
+        for (uint256 i = 0; i < bad.length; i++) {
+            vm.prank(alice);
+            vm.expectRevert(
+                abi.encodeWithSelector(Gateway.InvalidDestination.selector, Gateway.DestinationKind.EvmAddress, bad[i].length)
+            );
+            gateway.burn(address(eth), 0.1 ether, bad[i]);
+        }
+        vm.prank(alice);
+        gateway.burn(address(eth), 0.1 ether, abi.encodePacked(alice));
+        assertEq(eth.balanceOf(alice), 0.9 ether, "burned once");
+    }
+
+    /// Payouts are bounded on-chain: at most BURN_CAP per WINDOW (refilling continuously).
+    function test_burnRateLimit() public {
+        // 5e8 minted in setUp; give alice enough to hit the burn cap.
+        mintAs(GROUP_PK, order(keccak256("more"), 0, CAP - 5e8));
+        vm.warp(block.timestamp + WINDOW);
+        mintAs(GROUP_PK, order(keccak256("more"), 1, 50e8));
+        vm.startPrank(alice);
+        gateway.burn(address(btc), BURN_CAP - 1e8, DEST);
+        vm.expectRevert(abi.encodeWithSelector(Gateway.BurnCapExceeded.selector, address(btc), 1e8 + 1, 1e8));
+        gateway.burn(address(btc), 1e8 + 1, DEST);
+        gateway.burn(address(btc), 1e8, DEST);
+        vm.warp(block.timestamp + WINDOW / 10);
+        (,, uint256 burnRemaining,) = gateway.assetState(address(btc));
+        assertEq(burnRemaining, BURN_CAP / 10, "refills continuously");
+        gateway.burn(address(btc), BURN_CAP / 10, DEST);
+        vm.stopPrank();
     }
 
     function test_burnWhilePausedReverts() public {
@@ -443,117 +692,3 @@ contract GatewayBurnTest is GatewayBase {
     }
 }
 
-contract GatewayRotationTest is GatewayBase {
-    uint256 internal activatesAt;
-
-    function setUp() public override {
-        super.setUp();
-        rotate(GROUP_PK, nextGroup);
-        activatesAt = block.timestamp + ROTATION_DELAY;
-    }
-
-    function test_newKeyRefusedBeforeDelayAcceptedAfter() public {
-        Gateway.MintOrder memory o = order(keccak256("d"), 0, 1e8);
-        o.deadline = block.timestamp + 30 days;
-        bytes memory sig = signOrder(NEXT_GROUP_PK, o);
-        vm.warp(activatesAt - 1);
-        vm.expectRevert(abi.encodeWithSelector(Gateway.UnauthorizedSigner.selector, nextGroup));
-        gateway.mint(o, sig);
-        assertEq(gateway.activeSigner(), group, "old key still active");
-
-        vm.warp(activatesAt);
-        assertEq(gateway.activeSigner(), nextGroup, "new key active");
-        gateway.mint(o, sig);
-    }
-
-    function test_pendingKeyCannotAdministerBeforeActivation() public {
-        uint256 n = gateway.adminNonce();
-        uint256 deadline = block.timestamp + 1 hours;
-        bytes memory sig = pauseOrUnpauseSig(NEXT_GROUP_PK, true, n, deadline);
-        vm.expectRevert(abi.encodeWithSelector(Gateway.UnauthorizedSigner.selector, nextGroup));
-        gateway.pauseWithSignature(n, deadline, sig);
-    }
-
-    function test_oldKeyWorksDuringRetentionNotAfter() public {
-        Gateway.MintOrder memory during = order(keccak256("in-flight"), 0, 1e8);
-        during.deadline = activatesAt + 30 days;
-        Gateway.MintOrder memory afterwards = order(keccak256("late"), 0, 1e8);
-        afterwards.deadline = activatesAt + 30 days;
-
-        vm.warp(activatesAt + RETENTION - 1);
-        gateway.mint(during, signOrder(GROUP_PK, during));
-        assertEq(btc.balanceOf(alice), 1e8, "old key minted during retention");
-
-        vm.warp(activatesAt + RETENTION);
-        bytes memory sig = signOrder(GROUP_PK, afterwards);
-        vm.expectRevert(abi.encodeWithSelector(Gateway.UnauthorizedSigner.selector, group));
-        gateway.mint(afterwards, sig);
-        // and the new key is what works now
-        gateway.mint(afterwards, signOrder(NEXT_GROUP_PK, afterwards));
-    }
-
-    /// The schedule as a function of time, checked against its definition at any instant.
-    function testFuzz_rotationSchedule(uint256 dt) public {
-        dt = bound(dt, 0, ROTATION_DELAY + RETENTION + 10 days);
-        vm.warp(block.timestamp + dt);
-        bool activated = block.timestamp >= activatesAt;
-        assertEq(gateway.acceptsMintSigner(nextGroup), activated, "new key iff activated");
-        assertEq(
-            gateway.acceptsMintSigner(group), block.timestamp < activatesAt + RETENTION, "old key until retention ends"
-        );
-        assertEq(gateway.acceptsMintSigner(vm.addr(0xE11)), false, "strangers never");
-        // Recording the activation (by anyone) changes nothing observable.
-        gateway.activateSigner();
-        assertEq(gateway.acceptsMintSigner(nextGroup), activated, "after settle: new key");
-        assertEq(gateway.acceptsMintSigner(group), block.timestamp < activatesAt + RETENTION, "after settle: old key");
-    }
-
-    function test_retiredKeyCannotAdministerDuringRetention() public {
-        vm.warp(activatesAt + 1);
-        uint256 n = gateway.adminNonce();
-        uint256 deadline = block.timestamp + 1 hours;
-        bytes memory sig = rotateSig(GROUP_PK, vm.addr(0xBAD), n, deadline);
-        vm.expectRevert(abi.encodeWithSelector(Gateway.UnauthorizedSigner.selector, group));
-        gateway.rotateSigner(vm.addr(0xBAD), n, deadline, sig);
-    }
-
-    function test_rotationMustBeSignedByCurrentKey() public {
-        uint256 n = gateway.adminNonce();
-        uint256 deadline = block.timestamp + 1 hours;
-        bytes memory sig = rotateSig(0xBAD, vm.addr(0xBAD), n, deadline);
-        vm.expectRevert(abi.encodeWithSelector(Gateway.UnauthorizedSigner.selector, vm.addr(0xBAD)));
-        gateway.rotateSigner(vm.addr(0xBAD), n, deadline, sig);
-    }
-
-    function test_cancelledRotationNeverActivates() public {
-        uint256 n = gateway.adminNonce();
-        uint256 deadline = block.timestamp + 1 hours;
-        bytes32 h = keccak256(abi.encode(gateway.CANCEL_ROTATION_TYPEHASH(), nextGroup, n, deadline));
-        gateway.cancelSignerRotation(nextGroup, n, deadline, adminSig(GROUP_PK, h));
-        vm.warp(activatesAt + RETENTION + 1);
-        assertEq(gateway.activeSigner(), group, "still the original key");
-        assertEq(gateway.acceptsMintSigner(nextGroup), false, "cancelled key refused");
-    }
-
-    function test_newProposalReplacesPendingAndRestartsDelay() public {
-        vm.warp(block.timestamp + 1 days);
-        address third = vm.addr(0x3333);
-        rotate(GROUP_PK, third);
-        vm.warp(activatesAt);
-        assertEq(gateway.activeSigner(), group, "replaced proposal did not activate");
-        vm.warp(block.timestamp + 1 days);
-        assertEq(gateway.activeSigner(), third, "new proposal activates after its own delay");
-    }
-
-    function test_activationIsRecordedWithItsTrueTime() public {
-        vm.warp(activatesAt + 5 hours);
-        vm.expectEmit(true, true, true, true, address(gateway));
-        emit Gateway.SignerActivated(nextGroup, group, activatesAt, activatesAt + RETENTION);
-        gateway.activateSigner();
-        (address active, address previous, uint256 until, address pending,) = gateway.signerSchedule();
-        assertEq(active, nextGroup, "active");
-        assertEq(previous, group, "previous");
-        assertEq(until, activatesAt + RETENTION, "retention measured from activation");
-        assertEq(pending, address(0), "nothing pending");
-    }
-}

@@ -11,18 +11,29 @@ import {WrappedAsset} from "../src/WrappedAsset.sol";
 abstract contract GatewayBase is Test {
     uint256 internal constant GROUP_PK = 0xA11CE;
     uint256 internal constant NEXT_GROUP_PK = 0xB0B;
-    uint256 internal constant ROTATION_DELAY = 2 days;
+    uint256 internal constant ADMIN_DELAY = 2 days;
+    uint256 internal constant GUARDIAN_DELAY = 14 days;
+    uint256 internal constant LARGE_MINT_DELAY = 3 hours;
     uint256 internal constant RETENTION = 1 days;
     uint256 internal constant WINDOW = 1 days;
     uint256 internal constant CAP = 100e8; // 100 BTC per day
+    uint256 internal constant BURN_CAP = 100e8;
+    uint256 internal constant CEILING = 1_000e8;
     uint256 internal constant MIN_BURN = 10_000; // sats
-    uint256 internal constant BTC_CHAIN = uint256(keccak256("bip122:000000000019d6689c085ae165831e93"));
+    string internal constant BTC_CAIP2 = "bip122:000000000019d6689c085ae165831e93";
+    bytes32 internal constant BTC_CHAIN = keccak256("bip122:000000000019d6689c085ae165831e93");
+    string internal constant ETH_CAIP2 = "eip155:1";
 
     bytes32 internal constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
     bytes32 internal constant ORDER_TYPEHASH = keccak256(
-        "MintOrder(address asset,uint256 sourceChainId,bytes32 sourceTxId,uint32 vout,address recipient,uint256 amount,uint256 nonce,uint256 deadline)"
+        "MintOrder(address asset,bytes32 sourceChain,bytes32 sourceTxId,uint32 vout,address recipient,uint256 amount,uint32 signerEpoch,uint256 nonce,uint256 deadline)"
     );
+    bytes32 internal constant REFUND_TYPEHASH = keccak256(
+        "RefundBurn(uint256 burnNonce,address asset,address burner,uint256 amount,uint32 signerEpoch,uint256 deadline)"
+    );
+    string internal constant CONFIG_TYPE =
+        "AssetConfig(string sourceChain,uint8 destinationKind,uint256 mintCap,uint256 burnCap,uint256 windowLength,uint256 supplyCeiling,uint256 largeMintThreshold,uint256 minBurn)";
 
     Gateway internal gateway;
     WrappedAsset internal btc;
@@ -39,9 +50,9 @@ abstract contract GatewayBase is Test {
         guardian = makeAddr("guardian");
         alice = makeAddr("alice");
         relayer = makeAddr("relayer");
-        gateway = new Gateway(group, guardian, ROTATION_DELAY, RETENTION);
+        gateway = new Gateway(group, guardian, ADMIN_DELAY, GUARDIAN_DELAY, LARGE_MINT_DELAY, RETENTION);
         btc = new WrappedAsset("Fusion Prime BTC", "fpBTC", 8, address(gateway));
-        configure(address(btc), CAP, WINDOW, MIN_BURN);
+        configure(GROUP_PK, address(btc), btcConfig());
     }
 
     // ---- EIP-712, computed from the standard ----
@@ -62,16 +73,21 @@ abstract contract GatewayBase is Test {
         return keccak256(abi.encodePacked(hex"1901", domain, structHash));
     }
 
+    function digestOf(bytes32 structHash) internal view returns (bytes32) {
+        return typedDigest(domainOf(address(gateway), block.chainid), structHash);
+    }
+
     function orderStructHash(Gateway.MintOrder memory o) internal pure returns (bytes32) {
         return keccak256(
             abi.encode(
                 ORDER_TYPEHASH,
                 o.asset,
-                o.sourceChainId,
+                o.sourceChain,
                 o.sourceTxId,
                 o.vout,
                 o.recipient,
                 o.amount,
+                o.signerEpoch,
                 o.nonce,
                 o.deadline
             )
@@ -79,21 +95,26 @@ abstract contract GatewayBase is Test {
     }
 
     function orderDigest(Gateway.MintOrder memory o) internal view returns (bytes32) {
-        return typedDigest(domainOf(address(gateway), block.chainid), orderStructHash(o));
+        return digestOf(orderStructHash(o));
     }
 
     function signOrder(uint256 pk, Gateway.MintOrder memory o) internal view returns (bytes memory) {
         return signPacked(pk, orderDigest(o));
     }
 
+    function epoch() internal view returns (uint32 e) {
+        (, e,,) = gateway.signerSchedule();
+    }
+
     function order(bytes32 txid, uint32 vout, uint256 amount) internal view returns (Gateway.MintOrder memory) {
         return Gateway.MintOrder({
             asset: address(btc),
-            sourceChainId: BTC_CHAIN,
+            sourceChain: BTC_CHAIN,
             sourceTxId: txid,
             vout: vout,
             recipient: alice,
             amount: amount,
+            signerEpoch: epoch(),
             nonce: uint256(txid) ^ vout,
             deadline: block.timestamp + 1 hours
         });
@@ -105,69 +126,178 @@ abstract contract GatewayBase is Test {
         return gateway.mint(o, sig);
     }
 
-    // ---- administrative messages ----
-
-    function adminSig(uint256 pk, bytes32 structHash) internal view returns (bytes memory) {
-        return signPacked(pk, typedDigest(domainOf(address(gateway), block.chainid), structHash));
+    function refundStructHash(Gateway.RefundBurn memory r) internal pure returns (bytes32) {
+        return keccak256(
+            abi.encode(REFUND_TYPEHASH, r.burnNonce, r.asset, r.burner, r.amount, r.signerEpoch, r.deadline)
+        );
     }
 
-    function configure(address asset, uint256 cap, uint256 window, uint256 minBurn) internal {
-        uint256 n = gateway.adminNonce();
-        uint256 deadline = block.timestamp + 1 hours;
-        bytes32 h = keccak256(
+    function refundOf(uint256 burnNonce, address asset, address burner, uint256 amount)
+        internal
+        view
+        returns (Gateway.RefundBurn memory)
+    {
+        return Gateway.RefundBurn({
+            burnNonce: burnNonce,
+            asset: asset,
+            burner: burner,
+            amount: amount,
+            signerEpoch: epoch(),
+            deadline: block.timestamp + 1 hours
+        });
+    }
+
+    function signRefund(uint256 pk, Gateway.RefundBurn memory r) internal view returns (bytes memory) {
+        return signPacked(pk, digestOf(refundStructHash(r)));
+    }
+
+    // ---- asset configuration ----
+
+    function btcConfig() internal pure returns (Gateway.AssetConfig memory) {
+        return Gateway.AssetConfig({
+            sourceChain: BTC_CAIP2,
+            destinationKind: Gateway.DestinationKind.BitcoinAddress,
+            mintCap: CAP,
+            burnCap: BURN_CAP,
+            windowLength: WINDOW,
+            supplyCeiling: CEILING,
+            largeMintThreshold: CAP, // nothing waits by default; tests that need it lower it
+            minBurn: MIN_BURN
+        });
+    }
+
+    function ethConfig() internal pure returns (Gateway.AssetConfig memory) {
+        return Gateway.AssetConfig({
+            sourceChain: ETH_CAIP2,
+            destinationKind: Gateway.DestinationKind.EvmAddress,
+            mintCap: 1_000 ether,
+            burnCap: 1_000 ether,
+            windowLength: WINDOW,
+            supplyCeiling: 10_000 ether,
+            largeMintThreshold: 1_000 ether,
+            minBurn: 0.001 ether
+        });
+    }
+
+    function configStructHash(address asset, Gateway.AssetConfig memory c, uint256 nonce, uint256 deadline)
+        internal
+        pure
+        returns (bytes32)
+    {
+        bytes32 inner = keccak256(
+            abi.encode(
+                keccak256(bytes(CONFIG_TYPE)),
+                keccak256(bytes(c.sourceChain)),
+                uint8(c.destinationKind),
+                c.mintCap,
+                c.burnCap,
+                c.windowLength,
+                c.supplyCeiling,
+                c.largeMintThreshold,
+                c.minBurn
+            )
+        );
+        return keccak256(
             abi.encode(
                 keccak256(
-                    "ConfigureAsset(address asset,uint256 windowCap,uint256 windowLength,uint256 minBurn,uint256 nonce,uint256 deadline)"
+                    abi.encodePacked(
+                        "ConfigureAsset(address asset,AssetConfig config,uint256 nonce,uint256 deadline)", CONFIG_TYPE
+                    )
                 ),
                 asset,
-                cap,
-                window,
-                minBurn,
-                n,
+                inner,
+                nonce,
                 deadline
             )
         );
-        gateway.configureAsset(asset, cap, window, minBurn, n, deadline, adminSig(GROUP_PK, h));
     }
 
-    function rotateSig(uint256 pk, address newSigner, uint256 nonce, uint256 deadline)
+    /// Sign and submit a configuration; returns the action id, whether it applied at once, and the
+    /// nonce/deadline needed to execute it if it was queued.
+    function proposeConfig(uint256 pk, address asset, Gateway.AssetConfig memory c)
         internal
-        view
-        returns (bytes memory)
+        returns (bytes32 id, bool applied, uint256 nonce, uint256 deadline)
     {
-        return adminSig(
-            pk,
-            keccak256(
-                abi.encode(
-                    keccak256("RotateSigner(address newSigner,uint256 nonce,uint256 deadline)"),
-                    newSigner,
-                    nonce,
-                    deadline
-                )
+        nonce = gateway.adminNonce();
+        deadline = block.timestamp + 1 hours;
+        bytes memory sig = signPacked(pk, digestOf(configStructHash(asset, c, nonce, deadline)));
+        (id, applied) = gateway.configureAsset(asset, c, nonce, deadline, sig);
+    }
+
+    /// Configure, waiting out the delay if the change is queued.
+    function configure(uint256 pk, address asset, Gateway.AssetConfig memory c) internal {
+        (, bool applied, uint256 nonce, uint256 deadline) = proposeConfig(pk, asset, c);
+        if (!applied) {
+            vm.warp(block.timestamp + ADMIN_DELAY);
+            gateway.executeConfigureAsset(asset, c, nonce, deadline);
+        }
+    }
+
+    // ---- administrative messages ----
+
+    function adminSig(uint256 pk, bytes32 structHash) internal view returns (bytes memory) {
+        return signPacked(pk, digestOf(structHash));
+    }
+
+    function rotateHash(address newSigner, uint256 nonce, uint256 deadline) internal pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                keccak256("RotateSigner(address newSigner,uint256 nonce,uint256 deadline)"), newSigner, nonce, deadline
             )
         );
     }
 
-    function rotate(uint256 pk, address newSigner) internal {
-        uint256 n = gateway.adminNonce();
-        uint256 deadline = block.timestamp + 1 hours;
-        gateway.rotateSigner(newSigner, n, deadline, rotateSig(pk, newSigner, n, deadline));
+    /// Propose a rotation from the key `pk` to the key `newPk` (both sign the same digest).
+    function proposeRotation(uint256 pk, uint256 newPk) internal returns (bytes32 id, uint256 nonce, uint256 deadline) {
+        nonce = gateway.adminNonce();
+        deadline = block.timestamp + 1 hours;
+        address newSigner = vm.addr(newPk);
+        bytes32 h = rotateHash(newSigner, nonce, deadline);
+        id = gateway.rotateSigner(newSigner, nonce, deadline, adminSig(pk, h), adminSig(newPk, h));
     }
 
-    function pauseOrUnpauseSig(uint256 pk, bool pause_, uint256 nonce, uint256 deadline)
-        internal
-        view
-        returns (bytes memory)
-    {
-        bytes32 typehash = pause_
-            ? keccak256("Pause(uint256 nonce,uint256 deadline)")
-            : keccak256("Unpause(uint256 nonce,uint256 deadline)");
-        return adminSig(pk, keccak256(abi.encode(typehash, nonce, deadline)));
+    /// Propose, wait out the delay, execute.
+    function rotate(uint256 pk, uint256 newPk) internal {
+        (, uint256 nonce, uint256 deadline) = proposeRotation(pk, newPk);
+        vm.warp(block.timestamp + ADMIN_DELAY);
+        gateway.executeRotation(vm.addr(newPk), nonce, deadline);
     }
 
+    function pauseSig(uint256 pk, uint256 unpauses, uint256 deadline) internal view returns (bytes memory) {
+        return adminSig(pk, keccak256(abi.encode(keccak256("Pause(uint256 unpauseCount,uint256 deadline)"), unpauses, deadline)));
+    }
+
+    function unpauseSig(uint256 pk, uint256 nonce, uint256 deadline) internal view returns (bytes memory) {
+        return adminSig(pk, keccak256(abi.encode(keccak256("Unpause(uint256 nonce,uint256 deadline)"), nonce, deadline)));
+    }
+
+    function proposeUnpause(uint256 pk) internal returns (bytes32 id, uint256 nonce, uint256 deadline) {
+        nonce = gateway.adminNonce();
+        deadline = block.timestamp + 1 hours;
+        id = gateway.unpause(nonce, deadline, unpauseSig(pk, nonce, deadline));
+    }
+
+    /// Propose an unpause, wait out the delay, execute.
     function unpauseAs(uint256 pk) internal {
-        uint256 n = gateway.adminNonce();
-        uint256 deadline = block.timestamp + 1 hours;
-        gateway.unpause(n, deadline, pauseOrUnpauseSig(pk, false, n, deadline));
+        (, uint256 nonce, uint256 deadline) = proposeUnpause(pk);
+        vm.warp(block.timestamp + ADMIN_DELAY);
+        gateway.executeUnpause(nonce, deadline);
+    }
+
+    function guardianHash(address newGuardian, uint256 nonce, uint256 deadline) internal pure returns (bytes32) {
+        return keccak256(
+            abi.encode(
+                keccak256("SetGuardian(address guardian,uint256 nonce,uint256 deadline)"), newGuardian, nonce, deadline
+            )
+        );
+    }
+
+    function proposeGuardian(uint256 pk, address newGuardian)
+        internal
+        returns (bytes32 id, uint256 nonce, uint256 deadline)
+    {
+        nonce = gateway.adminNonce();
+        deadline = block.timestamp + 1 hours;
+        id = gateway.setGuardian(newGuardian, nonce, deadline, adminSig(pk, guardianHash(newGuardian, nonce, deadline)));
     }
 }
