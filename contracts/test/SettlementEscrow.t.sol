@@ -188,6 +188,100 @@ contract SettlementEscrowTest is EscrowBase {
         escrow.settle(t);
     }
 
+    /// Issue 13, defect 5: in the deadline second a trade can still settle, so it must not be
+    /// refundable yet (refund and settle in the same second would pay a leg twice).
+    function test_refundAtTheDeadlineSecondReverts() public {
+        SettlementEscrow.Trade memory t = defaultTrade();
+        bytes32 id = openTrade(t);
+        fundLeg(t, true);
+        fundLeg(t, false);
+        vm.warp(t.deadline);
+        vm.expectRevert(abi.encodeWithSelector(SettlementEscrow.TradeNotExpired.selector, id, t.deadline));
+        escrow.refund(t, partyA);
+        escrow.settle(t);
+        assertEq(wbtc.balanceOf(partyB), t.amountA, "settled once");
+    }
+
+    /// The same race, with a second trade's collateral in the escrow that a double payout would take.
+    function test_refundThenSettleInTheDeadlineSecondCannotDrainAnotherTrade() public {
+        SettlementEscrow.Trade memory t = defaultTrade();
+        SettlementEscrow.Trade memory other = defaultTrade();
+        other.salt = 43;
+        openTrade(t);
+        openTrade(other);
+        fundLeg(t, true);
+        fundLeg(t, false);
+        fundLeg(other, true);
+        vm.warp(t.deadline);
+        try escrow.refund(t, partyA) {} catch {}
+        try escrow.settle(t) {} catch {}
+        assertEq(wbtc.balanceOf(address(escrow)), other.amountA, "the other trade's leg is untouched");
+    }
+
+    // ---- leaving a trade ----
+
+    function test_deadlineIsBounded() public {
+        SettlementEscrow.Trade memory t = defaultTrade();
+        t.deadline = block.timestamp + 100 * 365 days;
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                SettlementEscrow.DeadlineTooFar.selector, t.deadline, block.timestamp + escrow.MAX_TRADE_DURATION()
+            )
+        );
+        escrow.open(t, "", "");
+        t.deadline = block.timestamp + escrow.MAX_TRADE_DURATION();
+        openTrade(t);
+    }
+
+    /// A funded party whose counterparty never funds leaves at once, without waiting for the deadline.
+    function test_fundedPartyAbortsWhenTheOtherNeverFunds() public {
+        SettlementEscrow.Trade memory t = defaultTrade();
+        bytes32 id = openTrade(t);
+        fundLeg(t, true);
+        vm.prank(partyA);
+        escrow.abort(t);
+        assertEq(wbtc.balanceOf(partyA), t.amountA, "A's leg back");
+        assertTrue(status(id) == SettlementEscrow.Status.Cancelled, "cancelled");
+        // B can no longer fund, nothing settles, and nothing is refunded twice.
+        usdc.mint(partyB, t.amountB);
+        vm.startPrank(partyB);
+        usdc.approve(address(escrow), t.amountB);
+        vm.expectRevert(abi.encodeWithSelector(SettlementEscrow.WrongStatus.selector, id, SettlementEscrow.Status.Cancelled));
+        escrow.fund(t);
+        vm.stopPrank();
+        vm.expectRevert(abi.encodeWithSelector(SettlementEscrow.NothingToRefund.selector, id, partyA));
+        escrow.refund(t, partyA);
+    }
+
+    function test_abortRules() public {
+        SettlementEscrow.Trade memory t = defaultTrade();
+        bytes32 id = openTrade(t);
+        address stranger = makeAddr("stranger");
+        vm.prank(stranger);
+        vm.expectRevert(abi.encodeWithSelector(SettlementEscrow.NotAParty.selector, stranger));
+        escrow.abort(t);
+        fundLeg(t, true);
+        fundLeg(t, false);
+        vm.prank(partyB);
+        vm.expectRevert(abi.encodeWithSelector(SettlementEscrow.BothLegsFunded.selector, id));
+        escrow.abort(t);
+        escrow.settle(t);
+        vm.prank(partyA);
+        vm.expectRevert(abi.encodeWithSelector(SettlementEscrow.WrongStatus.selector, id, SettlementEscrow.Status.Settled));
+        escrow.abort(t);
+    }
+
+    /// The unfunded side may abort too (it could equally never fund): the funded leg goes home.
+    function test_unfundedPartyAbortReturnsTheFundedLeg() public {
+        SettlementEscrow.Trade memory t = defaultTrade();
+        openTrade(t);
+        fundLeg(t, false);
+        vm.prank(partyA);
+        escrow.abort(t);
+        assertEq(usdc.balanceOf(partyB), t.amountB, "B's leg back to B");
+        assertEq(usdc.balanceOf(address(escrow)), 0, "nothing held");
+    }
+
     // ---- funding rules ----
 
     function test_fundingRules() public {
@@ -422,5 +516,41 @@ contract SettlementEscrowTest is EscrowBase {
         desk.withdrawEth(escrow);
         assertEq(address(desk).balance, 5 ether, "desk withdrew");
         assertEq(escrow.totalEthOwed(), 0, "nothing owed");
+    }
+
+    /// A contract party that can never take ETH withdraws its credit to another address.
+    function test_withdrawEthToAnotherAddress() public {
+        uint256 ownerPk = 0xD35C;
+        DeskWallet desk = new DeskWallet(vm.addr(ownerPk));
+        SettlementEscrow.Trade memory t = SettlementEscrow.Trade({
+            partyA: partyA,
+            assetA: address(0),
+            amountA: 5 ether,
+            partyB: address(desk),
+            assetB: address(usdc),
+            amountB: 15_000e6,
+            deadline: block.timestamp + 1 days,
+            salt: 2
+        });
+        bytes32 d = tradeDigest(escrow, t);
+        escrow.open(t, signPacked(A_PK, d), signPacked(ownerPk, d));
+        fundLeg(t, true);
+        usdc.mint(address(desk), t.amountB);
+        desk.approve(usdc, address(escrow), t.amountB);
+        desk.fund(escrow, t);
+        escrow.settle(t);
+        vm.expectRevert(SettlementEscrow.EthTransferFailed.selector);
+        desk.withdrawEth(escrow); // it still refuses ETH
+        address payable treasury = payable(makeAddr("treasury"));
+        vm.expectRevert(SettlementEscrow.ZeroRecipient.selector);
+        desk.withdrawEthTo(escrow, payable(address(0)));
+        vm.expectEmit(true, true, true, true, address(escrow));
+        emit SettlementEscrow.EthWithdrawn(address(desk), 5 ether);
+        desk.withdrawEthTo(escrow, treasury);
+        assertEq(treasury.balance, 5 ether, "paid to the named address");
+        assertEq(escrow.ethOwed(address(desk)), 0, "credit gone");
+        vm.prank(partyA);
+        vm.expectRevert(SettlementEscrow.NothingOwed.selector);
+        escrow.withdrawEthTo(treasury);
     }
 }

@@ -86,6 +86,14 @@ contract DeskWallet is IERC1271 {
         escrow.withdrawEth();
     }
 
+    function withdrawEthTo(SettlementEscrow escrow, address payable to) external {
+        escrow.withdrawEthTo(to);
+    }
+
+    function abort(SettlementEscrow escrow, SettlementEscrow.Trade calldata t) external {
+        escrow.abort(t);
+    }
+
     /// @dev Accepting costs real gas (a cold storage write), like a smart-contract wallet's hook.
     uint256 public received;
 
