@@ -2,8 +2,11 @@
 
 Why it looks like this: TSSHOCK's "α-shuffle" attack forged proofs in libraries that hashed a
 plain concatenation of numbers, where (12, 3) and (1, 23) hash alike. Here every value enters
-the hash as ``label || type || value``, each part length-prefixed, so the byte string fed to
-the hash is an injective function of the sequence of (label, value) pairs. Every challenge is
+the hash as ``label || type || value``, label and value length-prefixed and the type from a
+prefix-free set of tags, so the byte string fed to the hash is an injective function of the
+sequence of (label, typed value) pairs. A list's type names its element type too (``li``,
+``lp``): an empty list of integers and an empty list of points are different values and hash
+differently, whatever label they carry. Every challenge is
 derived from everything appended before it, then appended itself, so repeated challenges
 (the m rounds of Π^mod and Π^prm) are distinct and each depends on all previous ones.
 
@@ -27,7 +30,9 @@ _LEN = struct.Struct(">Q")
 T_BYTES = b"b"
 T_INT = b"i"
 T_POINT = b"p"
-T_LIST = b"l"
+T_LIST = b"l"  # always followed by the element type: T_LIST_INTS or T_LIST_POINTS
+T_LIST_INTS = T_LIST + T_INT
+T_LIST_POINTS = T_LIST + T_POINT
 T_CHALLENGE = b"c"
 
 
@@ -87,6 +92,8 @@ class Transcript:
         return clone
 
     def _append(self, label: str, kind: bytes, data: bytes) -> Transcript:
+        # ``kind`` is one of b, i, p, c, li, lp: no tag is a prefix of another, so it needs no
+        # length prefix for the encoding to stay injective.
         self._h.update(_lp(label.encode()) + kind + _lp(data))
         return self
 
@@ -97,13 +104,13 @@ class Transcript:
         return self._append(label, T_INT, encode_int(value))
 
     def append_ints(self, label: str, values: Iterable[int]) -> Transcript:
-        return self._append(label, T_LIST, b"".join(_lp(encode_int(v)) for v in values))
+        return self._append(label, T_LIST_INTS, b"".join(_lp(encode_int(v)) for v in values))
 
     def append_point(self, label: str, point: Point) -> Transcript:
         return self._append(label, T_POINT, point.to_bytes())
 
     def append_points(self, label: str, points: Iterable[Point]) -> Transcript:
-        return self._append(label, T_LIST, b"".join(_lp(p.to_bytes()) for p in points))
+        return self._append(label, T_LIST_POINTS, b"".join(_lp(p.to_bytes()) for p in points))
 
     # challenges -------------------------------------------------------------------------------
     def _stream(self, label: str) -> _Stream:

@@ -100,3 +100,55 @@ def test_decoder_rejects_non_canonical_and_truncated() -> None:
         Decoder(good).int()
     with pytest.raises(InvalidInput, match="exceeds"):
         Decoder(Encoder().uint(2**70).finish()).uint(64)
+
+
+# lists carry their element type (issue 11, item 6) ------------------------------------------------
+def test_empty_int_list_and_empty_point_list_hash_differently() -> None:
+    from fusion_prime.protocol.curve import Point
+
+    ints = Transcript("test").append_ints("xs", []).challenge_bytes("c")
+    points = Transcript("test").append_points("xs", []).challenge_bytes("c")
+    assert ints != points
+    assert ints == Transcript("test").append_ints("xs", ()).challenge_bytes("c")
+    assert points == Transcript("test").append_points("xs", iter([])).challenge_bytes("c")
+    # and non-empty lists of either type still differ from the other type's empty list
+    assert Transcript("test").append_points("xs", [Point.generator()]).challenge_bytes("c") != points
+
+
+def _absorb_typed(items: list[tuple[str, str, object]]) -> bytes:
+    tr = Transcript("test")
+    for label, kind, value in items:
+        if kind == "points":
+            tr.append_points(label, value)  # type: ignore[arg-type]
+        elif kind == "point":
+            tr.append_point(label, value)  # type: ignore[arg-type]
+        elif kind == "ints":
+            tr.append_ints(label, value)  # type: ignore[arg-type]
+        else:
+            tr.append_bytes(label, value)  # type: ignore[arg-type]
+    return tr.challenge_bytes("c", 32)
+
+
+def _point(k: int):  # type: ignore[no-untyped-def]
+    from fusion_prime.protocol.curve import Point
+
+    return Point.base_mul(k)
+
+
+typed_item = st.one_of(
+    st.tuples(st.sampled_from(["", "a"]), st.just("ints"), st.lists(st.integers(1, 5), max_size=2)),
+    st.tuples(st.sampled_from(["", "a"]), st.just("points"), st.lists(st.integers(1, 5).map(_point), max_size=2)),
+    st.tuples(st.sampled_from(["", "a"]), st.just("point"), st.integers(1, 5).map(_point)),
+    st.tuples(st.sampled_from(["", "a"]), st.just("bytes"), st.binary(max_size=4)),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(typed_item, max_size=3), st.lists(typed_item, max_size=3))
+def test_transcript_is_injective_across_list_types(a: list, b: list) -> None:
+    """Equal (label, type, value) sequences hash alike, and any difference - including only the
+    element type of an empty list - changes the hash."""
+    if a != b:
+        assert _absorb_typed(a) != _absorb_typed(b)
+    else:
+        assert _absorb_typed(a) == _absorb_typed(b)
