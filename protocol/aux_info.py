@@ -58,13 +58,23 @@ class AuxInfo:
     public: Mapping[int, PartyAux]
 
     @property
-    def aux_id(self) -> str:
-        h = hashlib.sha256()
+    def aux_digest(self) -> bytes:
+        """SHA-256 of an injective encoding of the level, the parties and every party's full
+        public parameters (N_j, s_j, t_j). This is what a presign session binds, so two parties
+        agree on a presign transcript only if they hold the same moduli and ring-Pedersen
+        parameters, every bit of them (it used to go through a 64-bit fingerprint of (s, t))."""
+        enc = Encoder().bytes(b"fusion-prime/aux-id/v2").bytes(self.level.encode()).uints(self.parties)
         for p in self.parties:
             pa = self.public[p]
-            h.update(int(pa.paillier.n).to_bytes((pa.paillier.bits + 7) // 8, "big"))
-            h.update(pa.ring_pedersen.fingerprint().encode())
-        return h.hexdigest()[:32]
+            enc.uints((pa.paillier.n, pa.ring_pedersen.n, pa.ring_pedersen.s, pa.ring_pedersen.t))
+        return hashlib.sha256(enc.finish()).digest()
+
+    @property
+    def aux_id(self) -> str:
+        """The storage name of this aux info: ``aux_digest`` in hex, cut to 32 characters (the
+        length node storage and proposals have always carried). A name, not a commitment:
+        sessions bind the full ``aux_digest``."""
+        return self.aux_digest.hex()[:32]
 
     def to_bytes(self) -> bytes:
         ps, rs = self.paillier_secret, self.ring_pedersen_secret

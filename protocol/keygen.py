@@ -101,14 +101,20 @@ class KeyShare:
                 f"parties={list(self.parties)}, epoch={self.epoch})")
 
 
-@dataclass
+@dataclass(repr=False)
 class _Peer:
+    """What this party knows of one participant during key generation. ``share_to_me`` is a
+    secret (f_j(me)), so the repr shows only which steps have arrived."""
+
     commitment: bytes = b""
     rid: bytes = b""
     coefficients: list[Point] = field(default_factory=list)
     schnorr_A: Point | None = None
     chain: bytes = b""
     share_to_me: int = 0
+
+    def __repr__(self) -> str:
+        return f"_Peer(committed={bool(self.commitment)}, decommitted={bool(self.coefficients)})"
 
 
 class KeygenMachine(RoundMachine):

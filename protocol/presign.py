@@ -205,7 +205,7 @@ class PresignMachine(RoundMachine):
         self.ssid = bind_session(
             session_id,
             self.phase,
-            Encoder().uints(signers).bytes(key_share.group_key.to_bytes()).bytes(aux_info.aux_id.encode())
+            Encoder().uints(signers).bytes(key_share.group_key.to_bytes()).bytes(aux_info.aux_digest)
             .uint(key_share.epoch),
         )
         self._paillier = aux_info.paillier_secret
