@@ -83,8 +83,17 @@ def load_key_share(storage: Storage, key_id: bytes) -> KeyShare:
         raise Refuse(f"no share of key {key_id.hex()} on this node") from None
 
 
+def _stage(ctx: SessionContext, data: bytes) -> None:
+    """Durably store this session's output as pending before this node confirms it (see
+    ``Storage.stage_output``): the session's machine confirms only after this returns."""
+    _stored("the staged output", _storage(ctx).stage_output, ctx.session_id, ctx.proposal.phase, data)
+
+
 class KeygenPhase:
     phase = "keygen"
+
+    def stage(self, ctx: SessionContext, output: KeyShare) -> None:
+        _stage(ctx, output.to_bytes())
 
     def build(self, ctx: SessionContext) -> RoundMachine:
         params = ctx.proposal.keygen
@@ -105,6 +114,9 @@ class KeygenPhase:
 
 class AuxInfoPhase:
     phase = "aux-info"
+
+    def stage(self, ctx: SessionContext, output: AuxInfo) -> None:
+        _stage(ctx, output.to_bytes())
 
     def __init__(self, primes: PrimeSource | None = None) -> None:
         # Safe-prime generation dominates aux info; a node may feed primes from a pool.
@@ -128,6 +140,9 @@ class AuxInfoPhase:
 
 class PresignPhase:
     phase = "presign"
+
+    def stage(self, ctx: SessionContext, output: Presignature) -> None:
+        _stage(ctx, output.to_bytes())
 
     def build(self, ctx: SessionContext) -> RoundMachine:
         storage = _storage(ctx)
@@ -165,6 +180,9 @@ class PresignPhase:
 
 
 class SignPhase:
+    """No ``stage``: a signature is publicly verifiable and nothing durable changes at the end
+    of a sign session (the presignature was consumed before it started)."""
+
     phase = "sign"
 
     def build(self, ctx: SessionContext) -> RoundMachine:
@@ -302,6 +320,9 @@ class KeyRefreshPhase:
     def __init__(self, primes: PrimeSource | None = None) -> None:
         self.primes = primes
 
+    def stage(self, ctx: SessionContext, output: RefreshResult) -> None:
+        _stage(ctx, Encoder().bytes(output.key_share.to_bytes()).bytes(output.aux_info.to_bytes()).finish())
+
     def build(self, ctx: SessionContext) -> RoundMachine:
         storage = _storage(ctx)
         params: RefreshParams = _opaque(ctx, RefreshParams.decode)
@@ -340,6 +361,11 @@ class ResharePhase:
     lose their old-epoch presignatures in the same commit); dealers that leave retire the key."""
 
     phase = "reshare"
+
+    def stage(self, ctx: SessionContext, output: KeyShare | RetiredShare) -> None:
+        # A leaving dealer stages its retirement: its share is deleted only with the
+        # certificate, i.e. once every new member has stored its new share.
+        _stage(ctx, b"retired" if isinstance(output, RetiredShare) else output.to_bytes())
 
     def build(self, ctx: SessionContext) -> RoundMachine:
         storage = _storage(ctx)

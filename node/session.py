@@ -32,6 +32,7 @@ A machine is only ever touched by one thread at a time: the driver awaits each s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -47,7 +48,7 @@ import trio
 from ..proto.generated import peer_pb2
 from ..protocol.errors import InvalidInput, ProtocolError
 from ..protocol.identity import PartyIdentity
-from ..protocol.machine import BROADCAST, ProtocolMessage, RoundMachine, Status
+from ..protocol.machine import BROADCAST, KIND_ABORT, ProtocolMessage, RoundMachine, Status
 from .logs import log_event
 from .metrics import NodeMetrics
 from .storage import Storage
@@ -120,6 +121,9 @@ class SessionOutcome:
     culprits: tuple[str, ...] = ()
     reason: str = ""
     duration: float = 0.0
+    # Pairs the evidence cannot tell apart (one says it never got what the other sent):
+    # neither is a culprit; a retry avoids both.
+    disputes: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -169,6 +173,14 @@ class PhaseHandler(Protocol):
     def failed(self, ctx: SessionContext, outcome: SessionOutcome) -> None: ...
 
 
+class StagingHandler(PhaseHandler, Protocol):
+    """A phase whose output the node keeps: ``stage`` stores it durably as *pending* (nothing
+    usable changes, nothing is erased) before this node confirms; ``finish`` runs only once
+    every participant confirmed (the machine's certificate) and makes it current."""
+
+    def stage(self, ctx: SessionContext, output: Any) -> None: ...
+
+
 Authorizer = Callable[[peer_pb2.SessionProposal], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]
 
 
@@ -195,9 +207,13 @@ class SessionDriver:
         round_deadline: float,
         cpu_limiter: trio.CapacityLimiter,
         metrics: NodeMetrics,
+        stage: Callable[[Any], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.machine = machine
+        self.stage = stage
+        if stage is not None:
+            machine.require_confirmation()
         self.transport = transport
         self.inbox = inbox
         self.round_deadline = round_deadline
@@ -227,10 +243,14 @@ class SessionDriver:
                 nursery.start_soon(self._send, node, msg, raw, deadline)
 
     async def _send(self, node: str, msg: ProtocolMessage, raw: bytes, deadline: float) -> None:
+        # An abort notice is the last thing a failed session says, and the peers need it to
+        # reach the same verdict: it is never called off with the session's other sends.
+        final = msg.kind == KIND_ABORT
         with trio.CancelScope() as scope:
-            if self._sends_cancelled:  # scheduled just before the session failed
+            if self._sends_cancelled and not final:  # scheduled just before the session failed
                 return
-            self._send_scopes.add(scope)
+            if not final:
+                self._send_scopes.add(scope)
             try:
                 ok = await self.transport.send(
                     node, session_id=self.ctx.session_id, phase=self.phase, round=msg.round,
@@ -263,6 +283,11 @@ class SessionDriver:
         return ([(j, BROADCAST)] if j in m._broadcasters(r) else []) + (
             [(j, m.me)] if m.me in m._private_receivers(r, j) else [])
 
+    def _notice_grace(self) -> float:
+        """How long a node that timed out keeps listening for its peers' timeout notices before
+        it decides: their deadlines fire at about the same moment as ours."""
+        return min(2.0, max(0.2, self.round_deadline / 4))
+
     def missing(self, r: int) -> list[str]:
         """Peers that have not sent what round ``r`` requires (main messages first, then echoes).
 
@@ -277,9 +302,10 @@ class SessionDriver:
         return sorted(p for p in self.peers if self.ctx.index_of[p] not in echoes)
 
     def _outcome(self, status: str, started: float, culprits: Iterable[str] = (), reason: str = "",
-                 output: Any = None) -> SessionOutcome:
+                 output: Any = None, disputes: Iterable[tuple[str, str]] = ()) -> SessionOutcome:
         return SessionOutcome(self.ctx.session_id, self.phase, status, tuple(self.ctx.index_of), output,
-                              tuple(sorted(set(culprits))), reason, trio.current_time() - started)
+                              tuple(sorted(set(culprits))), reason, trio.current_time() - started,
+                              tuple(sorted(set(disputes))))
 
     async def run(self, sends: trio.Nursery | None = None) -> SessionOutcome:
         """Drive the machine to its end. Delivery tasks run in ``sends``: when the caller
@@ -309,38 +335,82 @@ class SessionDriver:
         m = self.machine
         self._route(sends, await self._step(m.start))
         self._note_rejections()
-        current, round_started = m.round, trio.current_time()
+        current, round_started = (m.round, m.awaiting_store), trio.current_time()
         while m.status is Status.RUNNING:
-            if m.round != current:
-                current, round_started = m.round, trio.current_time()
+            if m.awaiting_store and self.stage is not None and not m._stored:
+                # The last round is done: store the output as pending, durably, and only then
+                # confirm it. Nothing usable changes until every participant has confirmed.
+                try:
+                    await trio.to_thread.run_sync(self.stage, m.output)
+                except Exception as exc:  # a disk or storage fault: this session ends, nobody is blamed
+                    why = str(exc) if isinstance(exc, ValueError) else internal_error(exc)
+                    self._route(sends, m.store_failed(why))
+                    break
+                self._route(sends, await self._step(m.stored))
+                self._note_rejections()
+                continue
+            if (m.round, m.awaiting_store) != current:
+                current, round_started = (m.round, m.awaiting_store), trio.current_time()
             with trio.move_on_at(round_started + self.round_deadline) as scope:
                 try:
                     inbound = await self.inbox.receive()
                 except trio.EndOfChannel:
                     return self._outcome("cancelled", started, (), "transport closed the session")
             if scope.cancelled_caught:
-                missing = self.missing(current)
-                self.metrics.round_timeouts.labels(phase=self.phase).inc()
-                return self._outcome("timeout", started, missing,
-                                     f"round {current} deadline ({self.round_deadline:g}s) passed without messages "
-                                     f"from {', '.join(missing) or 'nobody identifiable'}")
-            try:
-                msg = ProtocolMessage.from_bytes(inbound.payload)
-            except InvalidInput as exc:
-                self.transport.count_reject("malformed-payload", peer=inbound.sender, session_id=inbound.session_id,
-                                            detail=str(exc))
-                continue
-            if msg.sender != self.ctx.index_of.get(inbound.sender) or msg.round != inbound.round:
-                self.transport.count_reject("envelope-payload-mismatch", peer=inbound.sender,
-                                            session_id=inbound.session_id)
+                return await self._timed_out(sends, started)
+            msg = self._checked(inbound)
+            if msg is None:
                 continue
             self._route(sends, await self._step(m.receive, inbound.payload))
             self._note_rejections()
+        return self._final(started)
+
+    def _checked(self, inbound: Any) -> ProtocolMessage | None:
+        try:
+            msg = ProtocolMessage.from_bytes(inbound.payload)
+        except InvalidInput as exc:
+            self.transport.count_reject("malformed-payload", peer=inbound.sender, session_id=inbound.session_id,
+                                        detail=str(exc))
+            return None
+        if msg.sender != self.ctx.index_of.get(inbound.sender) or msg.round != inbound.round:
+            self.transport.count_reject("envelope-payload-mismatch", peer=inbound.sender,
+                                        session_id=inbound.session_id)
+            return None
+        return msg
+
+    def _final(self, started: float) -> SessionOutcome:
+        m = self.machine
         if m.status is Status.DONE:
             return self._outcome("done", started, output=m.output)
         abort = m.abort
         culprits = [self.node_of.get(i, str(i)) for i in (abort.culprits if abort else ())]
-        return self._outcome("aborted", started, culprits, abort.reason if abort else "aborted")
+        disputes = [(self.node_of.get(a, str(a)), self.node_of.get(b, str(b))) for a, b in
+                    (abort.disputes if abort else ())]
+        return self._outcome("aborted", started, culprits, abort.reason if abort else "aborted", disputes=disputes)
+
+    async def _timed_out(self, sends: trio.Nursery, started: float) -> SessionOutcome:
+        """A deadline passed: say whom we wait for (a signed timeout notice), listen a moment
+        for the peers' notices and for abort evidence, then let the machine decide who is
+        silent and which pairs are in dispute - so that a node that was starved of a private
+        message is not the one its peers name for the silence that followed."""
+        m = self.machine
+        self.metrics.round_timeouts.labels(phase=self.phase).inc()
+        waiting = m.waiting_for()
+        self._route(sends, m.timeout_notice(waiting))
+        with trio.move_on_after(self._notice_grace()):
+            while m.status is Status.RUNNING:
+                try:
+                    inbound = await self.inbox.receive()
+                except trio.EndOfChannel:
+                    break
+                msg = self._checked(inbound)
+                if msg is not None and msg.kind == KIND_ABORT:
+                    self._route(sends, await self._step(m.receive, inbound.payload))
+        m.conclude_timeout(waiting)
+        outcome = self._final(started)
+        if m.abort is not None and m.abort.reason.startswith("round deadline passed"):
+            return dataclasses.replace(outcome, status="timeout")
+        return outcome
 
 
 # -------------------------------------------------------------------------------------------
@@ -540,9 +610,10 @@ class SessionManager:
         self.metrics.proposals.labels(phase=proposal.phase, decision="accepted").inc()
         active = _Active(ctx)
         self._active[proposal.session_id] = active
+        stage = getattr(handler, "stage", None)
         driver = SessionDriver(ctx=ctx, machine=machine, transport=self.transport, inbox=inbox,
                                round_deadline=proposal.round_deadline_ms / 1000, cpu_limiter=self.cpu_limiter,
-                               metrics=self.metrics)
+                               metrics=self.metrics, stage=functools.partial(stage, ctx) if stage else None)
         try:
             self._nursery.start_soon(self._run_driver, driver, handler, active)
         except RuntimeError:
@@ -593,6 +664,9 @@ class SessionManager:
             if outcome.ok:
                 try:
                     result = await trio.to_thread.run_sync(handler.finish, active.ctx, outcome.output)
+                    certificate = driver.machine.certificate
+                    if certificate is not None and self.storage is not None:
+                        await self._db(self.storage.output_confirmed, active.ctx.session_id, certificate.to_bytes())
                     outcome = SessionOutcome(outcome.session_id, outcome.phase, "done", outcome.participants,
                                              result, (), "", outcome.duration)
                 except Exception as exc:  # a failure to store aborts this session, never crashes the manager
@@ -607,6 +681,12 @@ class SessionManager:
                                          reason="node shut down during the session")
                 self.transport.close_session(active.ctx.session_id)
             with trio.CancelScope(shield=True):
+                if not outcome.ok and driver.machine._stored and self.storage is not None:
+                    try:  # staged but never confirmed by everyone: nothing current changed
+                        await self._db(self.storage.output_abandoned, active.ctx.session_id, outcome.reason[:500])
+                    except Exception as exc:
+                        log_event(log, logging.ERROR, "could not mark a staged output abandoned",
+                                  session_id=active.ctx.session_id, error=internal_error(exc))
                 if not outcome.ok:
                     try:
                         handler.failed(active.ctx, outcome)
@@ -630,7 +710,7 @@ class SessionManager:
         level = logging.INFO if outcome.ok else logging.WARNING
         log_event(log, level, "session finished", session_id=outcome.session_id, phase=outcome.phase,
                   status=outcome.status, culprits=list(outcome.culprits), reason=outcome.reason,
-                  seconds=round(outcome.duration, 4))
+                  disputes=[list(d) for d in outcome.disputes], seconds=round(outcome.duration, 4))
         if self.storage is not None:
             state = "aborted" if outcome.status == "cancelled" else outcome.status
             await self._db(self.storage.session_finished, outcome.session_id, state=state,
@@ -852,7 +932,10 @@ class SessionManager:
             if last.ok:
                 return last
             excluded.update(c for c in last.culprits if c != self.node_id)
+            # A dispute names a pair nobody can tell apart: the retry avoids both (or, if this
+            # node is one of them, the other one).
+            excluded.update(n for pair in last.disputes for n in pair if n != self.node_id)
             self.forget_health(last.culprits)
             log_event(log, logging.WARNING, "session failed, retrying with another set", session_id=last.session_id,
-                      status=last.status, culprits=list(last.culprits))
+                      status=last.status, culprits=list(last.culprits), disputes=[list(d) for d in last.disputes])
         return last

@@ -463,8 +463,29 @@ def _migration_6(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_7(db: sqlite3.Connection) -> None:
+    """Session outputs staged before their confirmation (see ``stage_output``): a node stores
+    what a session produced here, durably, *before* it confirms to its peers; the output
+    becomes current only with every participant's signed confirmation (the certificate, kept
+    with the row), so a crash or a peer that never confirms leaves the old state usable."""
+    _execute_script(
+        db,
+        """
+        CREATE TABLE session_outputs (
+            session_id   BLOB PRIMARY KEY,
+            phase        TEXT NOT NULL,
+            state        TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'abandoned')),
+            staged_at    REAL NOT NULL,
+            output       BLOB,
+            certificate  BLOB,
+            finished_at  REAL
+        );
+        """,
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6)
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7)
 # At most this long a consumed presignature's aux info stays while its sign session has not
 # finished (a crash can leave a session 'running' for ever): that session may still need the
 # aux secrets to name a cheater (sign round 2 identification).
@@ -1299,6 +1320,46 @@ class Storage:
         return primes
 
     # sessions ------------------------------------------------------------------------------
+    # staged session outputs ----------------------------------------------------------------
+    def stage_output(self, session_id: bytes, phase: str, output: bytes) -> None:
+        """Store a session's output durably as *pending* (sealed), before this node confirms
+        it: nothing current changes and nothing is erased until the certificate arrives."""
+        with self._write() as w:
+            w.execute(
+                "INSERT INTO session_outputs (session_id, phase, state, staged_at, output) "
+                "VALUES (?, ?, 'pending', ?, ?)",
+                (session_id, phase, time.time(), self.seal("session_outputs", session_id, output)),
+            )
+            self._audit(w, "output-staged", session_id, {"phase": phase})
+
+    def output_confirmed(self, session_id: bytes, certificate: bytes) -> None:
+        """Every participant confirmed (``certificate``) and the output is now current: keep
+        the certificate - what a peer that missed the end of the session can be shown - and
+        erase the staged copy (the current tables hold the output now)."""
+        with self._write() as w:
+            w.execute(
+                "UPDATE session_outputs SET state = 'confirmed', output = NULL, certificate = ?, finished_at = ? "
+                "WHERE session_id = ?", (certificate, time.time(), session_id))
+            self._audit(w, "output-confirmed", session_id, {})
+
+    def output_abandoned(self, session_id: bytes, reason: str) -> None:
+        """The session ended without a certificate here: the staged output stays (a peer may
+        hold the certificate) but is marked, and nothing current changed."""
+        with self._write() as w:
+            w.execute("UPDATE session_outputs SET state = 'abandoned', finished_at = ? WHERE session_id = ? "
+                      "AND state = 'pending'", (time.time(), session_id))
+            self._audit(w, "output-unconfirmed", session_id, {"reason": reason})
+
+    def staged_output(self, session_id: bytes) -> tuple[str, str, bytes | None, bytes | None] | None:
+        """(phase, state, output or None, certificate or None) of a staged session output."""
+        row = self._conn().execute(
+            "SELECT phase, state, output, certificate FROM session_outputs WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        output = self.unseal("session_outputs", session_id, row[2]) if row[2] is not None else None
+        return row[0], row[1], output, None if row[3] is None else bytes(row[3])
+
     def session_started(self, session_id: bytes, *, phase: str, coordinator: str, participants: Sequence[str]) -> None:
         with self._write() as w:
             w.execute(

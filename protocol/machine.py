@@ -22,6 +22,28 @@ next round. So every honest party aborts on the same faults and names the same c
 Anything that fails the signature or roster check is dropped and recorded in ``rejected``
 (it is not from who it claims, so nobody can be blamed for it); anything properly signed but
 wrong is a blame on its signer.
+
+Two additions make *outcomes* agree, not only broadcasts (neither is in the paper, which
+assumes every party outputs once the last round is consistent; a custody network must also
+survive a party that makes the last round end differently at different peers):
+
+* **Confirmation** (``require_confirmation()``; the node asks for it for every phase whose
+  output it stores). When the last round is done the machine does not finish: it exposes
+  ``awaiting_store``; the node stores the output durably as *pending* and calls ``stored()``,
+  which broadcasts a signed ``CONFIRM`` of the session transcript (every broadcast of every
+  round, by hash). Only with a confirmation from every party is the machine ``DONE``, holding
+  a :class:`Certificate` - signed evidence any party can show any other that everybody stored
+  the same output. Then, and only then, may the node make the output usable and erase what it
+  replaces. Whoever completes the certificate relays it once (``RELAY``), so a confirmation
+  sent to one peer only still reaches everybody through that peer.
+* **Abort notices**. A machine that aborts broadcasts a signed ``ABORT`` naming the culprits
+  and carrying the signed messages that prove it (a malformed or lying echo, an equivocation,
+  a message no round allows, a private message that fails third-party checks). A receiver
+  re-judges that evidence from its own state and names the same culprits; a notice whose
+  evidence proves nothing here names its sender once this party has seen the whole run succeed
+  (the sender stopped a run that was fine). A deadline becomes a ``timeout`` notice listing who
+  owed what: a party that says it never received a message another party provably sent can
+  only be told apart from that sender by nobody, so both are named together as a *dispute*.
 """
 
 from __future__ import annotations
@@ -40,7 +62,13 @@ from .identity import PartyIdentity, message_digest, verify_signature
 BROADCAST = 0
 KIND_MAIN = 0
 KIND_ECHO = 1
+KIND_CONFIRM = 2  # "I durably stored this session's output": the transcript digest, signed
+KIND_RELAY = 3  # every confirmation this party holds, forwarded once it holds them all
+KIND_ABORT = 4  # "I stopped": culprits, disputes, reason and the signed evidence
+CONTROL_KINDS = (KIND_CONFIRM, KIND_RELAY, KIND_ABORT)
 MAX_PAYLOAD = 4 << 20
+MAX_NOTICE_EVIDENCE = 64
+CONFIRM_TAG = b"fusion-prime/confirm/v1"
 
 
 @dataclass(frozen=True)
@@ -92,20 +120,76 @@ class ProtocolMessage:
 
 
 class Blame(ProtocolError):
-    """Raised inside a round handler: ``culprits`` sent something the protocol forbids."""
+    """Raised inside a round handler: ``culprits`` sent something the protocol forbids.
+    ``evidence``: the signed messages that prove it to a third party (sent in the abort notice)."""
 
-    def __init__(self, culprits: int | Iterable[int], reason: str) -> None:
+    def __init__(self, culprits: int | Iterable[int], reason: str,
+                 evidence: Iterable[ProtocolMessage] = ()) -> None:
         self.culprits = (culprits,) if isinstance(culprits, int) else tuple(sorted(set(culprits)))
         super().__init__(f"party {', '.join(map(str, self.culprits))}: {reason}")
         self.reason = reason
+        self.evidence = tuple(evidence)
 
 
 @dataclass(frozen=True)
 class Abort:
-    """How a session ended when it did not succeed: who is to blame and why."""
+    """How a session ended when it did not succeed: who is to blame and why. ``disputes`` are
+    pairs that the evidence cannot tell apart (one says it never received what the other
+    says it sent): neither is named culprit, and a retry avoids both."""
 
     culprits: tuple[int, ...]
     reason: str
+    disputes: tuple[tuple[int, int], ...] = ()
+
+
+def confirm_digest(session_id: bytes, phase: str, transcript: bytes) -> bytes:
+    return hashlib.sha256(
+        Encoder().bytes(CONFIRM_TAG).bytes(session_id).bytes(phase.encode()).bytes(transcript).finish()
+    ).digest()
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Every party's signed confirmation that it durably stored the output of one session
+    (the same transcript): what a node needs before it makes the output usable or erases what
+    the output replaces, and what it can show a peer that missed the end of the session."""
+
+    session_id: bytes
+    phase: str
+    transcript: bytes  # 32-byte digest of every round's broadcasts
+    confirmations: tuple[bytes, ...]  # the signed CONFIRM messages, one per party
+
+    def verify(self, parties: Sequence[int], roster: Mapping[int, bytes]) -> bool:
+        seen: set[int] = set()
+        for raw in self.confirmations:
+            try:
+                msg = ProtocolMessage.from_bytes(raw)
+            except InvalidInput:
+                return False
+            if (msg.session_id, msg.phase, msg.kind, msg.receiver) != (self.session_id, self.phase, KIND_CONFIRM,
+                                                                       BROADCAST):
+                return False
+            if msg.sender not in parties or msg.sender in seen or msg.payload != self.transcript:
+                return False
+            if not verify_signature(roster[msg.sender], msg.digest(), msg.signature):
+                return False
+            seen.add(msg.sender)
+        return seen == set(parties)
+
+    def to_bytes(self) -> bytes:
+        return (Encoder().bytes(self.session_id).bytes(self.phase.encode()).bytes(self.transcript)
+                .list_of_bytes(self.confirmations).finish())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Certificate:
+        dec = Decoder(data, "certificate")
+        session_id, phase, transcript = dec.bytes(), dec.bytes().decode("ascii", "replace"), dec.bytes(32)
+        confirmations = tuple(dec.list_of_bytes())
+        dec.finish()
+        return cls(session_id, phase, transcript, confirmations)
+
+    def __repr__(self) -> str:
+        return f"Certificate(phase={self.phase}, confirmations={len(self.confirmations)})"
 
 
 class Status(enum.Enum):
@@ -166,6 +250,17 @@ class RoundMachine(ABC):
         self.output: Any = None
         self.abort: Abort | None = None
         self.rejected: list[str] = []
+        # confirmation and notices (see the module docstring)
+        self._confirming = False  # require_confirmation() was called
+        self.awaiting_store = False  # the last round is done; the node must store, then call stored()
+        self._stored = False
+        self._transcript: bytes | None = None
+        self._confirms: dict[int, ProtocolMessage] = {}
+        self._relayed = False
+        self.certificate: Certificate | None = None
+        self._notices: dict[int, ProtocolMessage] = {}  # unverified abort notices, judged later
+        # timeout notices: what each party says it waits for, as (party, round, kind, private)
+        self.reported_missing: dict[int, list[tuple[int, int, int, bool]]] = {}
 
     # hooks --------------------------------------------------------------------------------
     @abstractmethod
@@ -249,6 +344,111 @@ class RoundMachine(ABC):
             return frozenset(), frozenset()
         return frozenset(st.main), frozenset(st.echo)
 
+    def require_confirmation(self) -> None:
+        """Finish only once every party confirmed it stored the output (call before start)."""
+        if self._round != 0:
+            raise ProtocolError("confirmation must be required before the machine starts")
+        self._confirming = True
+
+    def stored(self) -> list[bytes]:
+        """The node stored the output durably: broadcast our confirmation of the transcript."""
+        if not self.awaiting_store or self._stored:
+            raise ProtocolError("nothing is waiting to be stored")
+        return self._guarded(self._send_confirm)
+
+    def store_failed(self, reason: str) -> list[bytes]:
+        """The node could not store the output: abort (nobody is to blame) and say so."""
+        if self.status is not Status.RUNNING:
+            return []
+        return self._stop([], f"could not store the output: {reason}")
+
+    def waiting_for(self) -> list[tuple[int, int, int, bool]]:
+        """What this machine waits for, as (party, round, kind, private) slots: main messages
+        owed to us first (a party that sent nothing valid is named before parties that merely
+        lack their echo), then echoes; in the confirmation stage, confirmations. Judged from
+        what was *accepted* (signature-checked), never from what merely arrived."""
+        if self.status is not Status.RUNNING or self._round == 0:
+            return []
+        if self.awaiting_store:
+            return [(j, self.rounds + 1, KIND_CONFIRM, False) for j in self.peers if j not in self._confirms]
+        r = self._round
+        st = self._st(r)
+        broadcasters = self._broadcasters(r)
+        lacking = [(j, r, KIND_MAIN, False) for j in self.peers
+                   if j in broadcasters and (j, BROADCAST) not in st.main]
+        lacking += [(j, r, KIND_MAIN, True) for j in self.peers
+                    if self.me in self._private_receivers(r, j) and (j, self.me) not in st.main]
+        if not lacking:
+            lacking = [(j, r, KIND_ECHO, False) for j in self.peers if j not in st.echo]
+        return sorted(lacking)
+
+    def timeout_notice(self, waiting: Sequence[tuple[int, int, int, bool]]) -> list[bytes]:
+        """The node's round deadline passed: the signed ``timeout`` notice to broadcast, saying
+        what this party waits for. The machine keeps running so that the peers' notices can
+        still arrive; ``conclude_timeout`` ends it."""
+        if self.status is not Status.RUNNING:
+            return []
+        return [self._notice((), "round deadline passed", (), timeout=waiting)]
+
+    def conclude_timeout(self, waiting: Sequence[tuple[int, int, int, bool]]) -> None:
+        """End the machine with the culprits and disputes ``timeout_verdict`` computes."""
+        if self.status is not Status.RUNNING:
+            return
+        culprits, disputes = self.timeout_verdict(waiting)
+        reason = "round deadline passed; waiting for " + ", ".join(
+            f"party {j} (round {r} {('main', 'echo', 'confirm')[min(k, 2)]}{' private' if p else ''})"
+            for j, r, k, p in waiting)
+        if disputes:
+            reason += "; disputed: " + ", ".join(f"{a} and {b}" for a, b in disputes)
+        self.status = Status.ABORTED
+        self.abort = Abort(culprits, reason, disputes)
+
+    def timeout_verdict(
+        self, waiting: Sequence[tuple[int, int, int, bool]]
+    ) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+        """Who a deadline names, from what this party waits for and the timeout notices of the
+        others (``reported_missing``). Every party that reported is an *observer*, this one too.
+
+        * A party owed something that sent no notice is silent: a culprit.
+        * A party that is itself blocked at an earlier step than what it owes is excused
+          (a missing round-r echo from a party that never got a round-r message).
+        * A broadcast, echo or confirmation that *every* other observer (two at least) lacks
+          names its sender: an honest observer does not lie about what it lacks.
+        * Otherwise - a private message, or a broadcast only some lack - nobody can tell
+          whether the sender withheld it or the observer lies: each such pair is a *dispute*."""
+        observers: dict[int, list[tuple[int, int, int, bool]]] = {self.me: list(waiting)}
+        for k, entries in self.reported_missing.items():
+            observers.setdefault(k, list(entries))
+        blocked = {k: min((r, kind) for _, r, kind, _ in entries) for k, entries in observers.items() if entries}
+
+        def excused(j: int, r: int, kind: int) -> bool:
+            b = blocked.get(j)
+            if b is None:
+                return False
+            if kind == KIND_MAIN:
+                return b[0] < r
+            if kind == KIND_ECHO:
+                return b < (r, KIND_ECHO)
+            return b[0] <= self.rounds  # a confirmation is owed only by a party past every round
+
+        lack: dict[tuple[int, int, int, bool], set[int]] = {}
+        for o, entries in observers.items():
+            for slot in entries:
+                lack.setdefault(slot, set()).add(o)
+        culprits: set[int] = set()
+        disputes: set[tuple[int, int]] = set()
+        for (j, r, kind, private), who in sorted(lack.items()):
+            if j not in observers:
+                culprits.add(j)
+            elif excused(j, r, kind):
+                continue
+            elif not private and len(set(observers) - {j}) >= 2 and who >= set(observers) - {j}:
+                culprits.add(j)
+            else:
+                disputes.update((min(o, j), max(o, j)) for o in who if o != j)
+        disputes = {d for d in disputes if not set(d) & culprits}
+        return tuple(sorted(culprits)), tuple(sorted(disputes))
+
     def result(self) -> Any:
         """The output, or raise SessionAborted naming the culprits."""
         if self.status is Status.ABORTED and self.abort is not None:
@@ -266,13 +466,32 @@ class RoundMachine(ABC):
                 out.extend(step_out)
             out.extend(self._advance())
         except Blame as blame:
-            self._abort(blame.culprits, blame.reason)
+            out.extend(self._stop(blame.culprits, blame.reason, blame.evidence))
         return out
 
     def _abort(self, culprits: Iterable[int], reason: str) -> None:
         if self.status is Status.RUNNING:
             self.status = Status.ABORTED
             self.abort = Abort(tuple(sorted(set(culprits))), reason)
+
+    def _stop(self, culprits: Iterable[int], reason: str, evidence: Iterable[ProtocolMessage] = ()) -> list[bytes]:
+        """Abort and return the notice that tells every peer why, with the evidence."""
+        if self.status is not Status.RUNNING:
+            return []
+        culprits = tuple(sorted(set(culprits)))
+        self._abort(culprits, reason)
+        return [self._notice(culprits, reason, tuple(evidence))]
+
+    def _notice(self, culprits: Sequence[int], reason: str, evidence: Sequence[ProtocolMessage],
+                timeout: Sequence[tuple[int, int, int, bool]] = ()) -> bytes:
+        disputes = self.abort.disputes if self.abort else ()
+        flat_timeout = [x for j, r, k, p in timeout for x in (j, r, k, int(p))]
+        payload = (
+            Encoder().uints(culprits).uints(flat_timeout).uints([x for d in disputes for x in d])
+            .bytes(reason.encode()[:2048]).list_of_bytes(m.to_bytes() for m in evidence[:MAX_NOTICE_EVIDENCE])
+            .finish()
+        )
+        return self._sign(self.rounds + 1, KIND_ABORT, BROADCAST, payload)
 
     def _sign(self, r: int, kind: int, receiver: int, payload: bytes) -> bytes:
         msg = ProtocolMessage(self.session_id, self.phase, r, kind, self.me, receiver, payload)
@@ -313,18 +532,11 @@ class RoundMachine(ABC):
             self.rejected.append(f"bad signature on a message claiming to be from party {msg.sender}")
             return []
         # From here on the sender provably sent this message.
-        if not 1 <= msg.round <= self.rounds or msg.kind not in (KIND_MAIN, KIND_ECHO):
-            raise Blame(msg.sender, f"signed a message for round {msg.round} kind {msg.kind}, which does not exist")
-        if msg.kind == KIND_ECHO and msg.receiver != BROADCAST:
-            raise Blame(msg.sender, "sent an echo privately")
-        if msg.kind == KIND_MAIN:
-            if msg.receiver == BROADCAST:
-                expected = msg.sender in self._broadcasters(msg.round)
-            else:
-                expected = self.me in self._private_receivers(msg.round, msg.sender)
-            if not expected:
-                raise Blame(msg.sender, f"sent an unexpected {'broadcast' if msg.receiver == 0 else 'private'} "
-                            f"message in round {msg.round}")
+        if msg.kind in CONTROL_KINDS and msg.round == self.rounds + 1 and msg.receiver == BROADCAST:
+            return self._accept_control(msg)
+        problem = self._shape_problem(msg)
+        if problem is not None:
+            raise Blame(msg.sender, problem, evidence=(msg,))
         st = self._st(msg.round)
         slot: dict[Any, ProtocolMessage]
         key: Any
@@ -337,14 +549,197 @@ class RoundMachine(ABC):
             if previous.payload == msg.payload:
                 self.rejected.append(f"duplicate message from party {msg.sender}")
                 return []
-            raise Blame(msg.sender, f"signed two different messages for round {msg.round}")
-        if msg.round < self._round and msg.kind == KIND_MAIN:
-            raise Blame(msg.sender, f"sent a round {msg.round} message after that round ended")
+            raise Blame(msg.sender, f"signed two different messages for round {msg.round}", evidence=(previous, msg))
         slot[key] = msg
         return []
 
+    def _shape_problem(self, msg: ProtocolMessage) -> str | None:
+        """What is wrong with a signed message's header alone (checkable by anyone)."""
+        if not 1 <= msg.round <= self.rounds or msg.kind not in (KIND_MAIN, KIND_ECHO):
+            return f"signed a message for round {msg.round} kind {msg.kind}, which does not exist"
+        if msg.kind == KIND_ECHO and msg.receiver != BROADCAST:
+            return "sent an echo privately"
+        if msg.kind == KIND_MAIN:
+            if msg.receiver == BROADCAST:
+                expected = msg.sender in self._broadcasters(msg.round)
+            else:
+                expected = msg.receiver in self._private_receivers(msg.round, msg.sender)
+            if not expected:
+                return (f"sent an unexpected {'broadcast' if msg.receiver == 0 else 'private'} "
+                        f"message in round {msg.round}")
+        return None
+
+    # confirmation ----------------------------------------------------------------------------
+    def _transcript_digest(self) -> bytes:
+        """Every broadcast of every round that ran, by sender and hash: what the echo steps made
+        identical at every honest party, and from which the public output is computed."""
+        enc = Encoder()
+        for r in range(1, self._round + 1):
+            st = self._st(r)
+            for j in self._broadcasters(r):
+                enc.uint(r).uint(j).bytes(st.main[(j, BROADCAST)].payload_hash)
+        return hashlib.sha256(enc.finish()).digest()
+
+    def _send_confirm(self) -> list[bytes]:
+        self._stored = True
+        assert self._transcript is not None
+        mine = self._sign(self.rounds + 1, KIND_CONFIRM, BROADCAST, self._transcript)
+        self._confirms[self.me] = ProtocolMessage.from_bytes(mine)
+        return [mine]
+
+    def _accept_control(self, msg: ProtocolMessage) -> list[bytes]:
+        if msg.kind == KIND_CONFIRM:
+            previous = self._confirms.get(msg.sender)
+            if previous is not None and previous.payload != msg.payload:
+                raise Blame(msg.sender, "signed two different confirmations", evidence=(previous, msg))
+            if previous is None:
+                if not self._confirming:
+                    raise Blame(msg.sender, "sent a confirmation in a session that has none", evidence=(msg,))
+                self._confirms[msg.sender] = msg
+            return []
+        if msg.kind == KIND_RELAY:
+            try:
+                relayed = Decoder(msg.payload, "relay").list_of_bytes(len(self.parties))
+            except InvalidInput:
+                raise Blame(msg.sender, "sent a malformed relay", evidence=(msg,)) from None
+            for raw in relayed:
+                try:
+                    inner = ProtocolMessage.from_bytes(raw)
+                except InvalidInput:
+                    continue
+                if (inner.kind != KIND_CONFIRM or inner.sender == self.me or inner.sender not in self._roster
+                        or inner.session_id != self.session_id or inner.phase != self.phase
+                        or inner.round != self.rounds + 1 or inner.receiver != BROADCAST
+                        or not verify_signature(self._roster[inner.sender], inner.digest(), inner.signature)):
+                    continue  # not a confirmation its sender signed: proves nothing, blames nobody
+                self._accept_control(inner)
+            return []
+        self._notices.setdefault(msg.sender, msg)
+        return self._judge_notices()
+
+    def _check_confirms(self) -> list[bytes]:
+        """Called while waiting for confirmations: done once all are in and agree."""
+        if not self._stored or self.status is not Status.RUNNING:
+            return []
+        for j, c in self._confirms.items():
+            if c.payload != self._transcript:
+                # Echo made the broadcasts identical at every honest party, so an honest party's
+                # transcript equals ours: a different one is its sender's own doing.
+                raise Blame(j, "confirmed a different transcript", evidence=(c,))
+        if len(self._confirms) < len(self.parties):
+            return []
+        self.certificate = Certificate(self.session_id, self.phase, self._transcript or b"",
+                                       tuple(self._confirms[p].to_bytes() for p in self.parties))
+        self.status = Status.DONE
+        if self._relayed:
+            return []
+        self._relayed = True
+        return [self._sign(self.rounds + 1, KIND_RELAY, BROADCAST,
+                           Encoder().list_of_bytes(self.certificate.confirmations).finish())]
+
+    # abort notices ---------------------------------------------------------------------------
+    def _judge_notices(self) -> list[bytes]:
+        """Judge the abort notices received so far against this party's own view."""
+        if self.status is not Status.RUNNING:
+            return []
+        for k, notice in sorted(self._notices.items()):
+            try:
+                dec = Decoder(notice.payload, "abort notice")
+                claimed, timeout, flat = dec.uints(max_bits=32), dec.uints(max_bits=32), dec.uints(max_bits=32)
+                reason = dec.bytes().decode("utf-8", "replace")
+                evidence = dec.list_of_bytes()
+                dec.finish()
+            except (InvalidInput, UnicodeDecodeError):
+                raise Blame(k, "sent a malformed abort notice", evidence=(notice,)) from None
+            del claimed, flat  # what k claims is never taken on trust: only evidence counts
+            if timeout:
+                if len(timeout) % 4:
+                    raise Blame(k, "sent a malformed timeout notice", evidence=(notice,))
+                slots = [(timeout[i], timeout[i + 1], timeout[i + 2], bool(timeout[i + 3]))
+                         for i in range(0, len(timeout), 4)]
+                self.reported_missing[k] = [s for s in slots if s[0] in self._roster and s[0] != k]
+                continue
+            verdict, proof = self._judge_evidence(evidence)
+            if verdict:
+                why = "; ".join(f"party {j}: {w}" for j, w in sorted(verdict.items()))
+                raise Blame(verdict.keys(), f"{why} (evidence from party {k})", evidence=proof)
+            if self.awaiting_store or self._stored:
+                # Every round here completed and was echo-consistent, and k's evidence proves no
+                # fault: k stopped a run that was fine.
+                raise Blame(k, f"aborted a session that completed, without evidence: {reason[:200]}",
+                            evidence=(notice,))
+        return []
+
+    def _judge_evidence(self, evidence: Sequence[bytes]) -> tuple[dict[int, str], list[ProtocolMessage]]:
+        """Re-judge signed messages from a notice. Only faults that this party can verify from
+        the messages and its own state count; anything else proves nothing."""
+        verdict: dict[int, str] = {}
+        proof: list[ProtocolMessage] = []
+        msgs: list[ProtocolMessage] = []
+        for raw in evidence[:MAX_NOTICE_EVIDENCE]:
+            try:
+                m = ProtocolMessage.from_bytes(raw)
+            except InvalidInput:
+                continue
+            if (m.session_id != self.session_id or m.phase != self.phase or m.sender not in self._roster
+                    or not verify_signature(self._roster[m.sender], m.digest(), m.signature)):
+                continue
+            msgs.append(m)
+        for m in msgs:
+            if m.kind in CONTROL_KINDS:
+                if m.kind == KIND_CONFIRM and self._stored and m.payload != self._transcript:
+                    verdict[m.sender] = "confirmed a different transcript"
+                    proof.append(m)
+                continue
+            problem = self._shape_problem(m)
+            if problem is not None:
+                verdict[m.sender], _ = problem, proof.append(m)
+                continue
+            st = self._state.get(m.round)
+            mine = None
+            if st is not None:
+                mine = st.echo.get(m.sender) if m.kind == KIND_ECHO else st.main.get((m.sender, m.receiver))
+            if mine is not None and mine.payload != m.payload:
+                verdict[m.sender] = f"signed two different messages for round {m.round}"
+                proof.extend((mine, m))
+                continue
+            for other in msgs:
+                if (other is not m and (other.round, other.kind, other.sender, other.receiver)
+                        == (m.round, m.kind, m.sender, m.receiver) and other.payload != m.payload):
+                    verdict[m.sender] = f"signed two different messages for round {m.round}"
+                    proof.extend((m, other))
+            if m.sender in verdict or st is None or not st.validated:
+                continue  # a round this party has not validated yet cannot be judged here
+            if m.kind == KIND_ECHO:
+                found: dict[int, str] = {}
+                try:
+                    complaints = self._read_echo(m.round, m.sender, m.payload, found)
+                except InvalidInput as exc:
+                    found[m.sender] = f"malformed echo: {exc}"
+                    complaints = []
+                if not found:
+                    for complainer, accused, ev in complaints:
+                        self._judge_complaint(m.round, complainer, accused, ev, found)
+                if found:
+                    verdict.update(found)
+                    proof.append(m)
+                    proof.extend(st.main[(j, BROADCAST)] for j in found if (j, BROADCAST) in st.main)
+            elif m.kind == KIND_MAIN and m.receiver != BROADCAST and m.receiver != self.me:
+                try:
+                    self._check_private(m.round, m.sender, m.receiver, m.payload)
+                except (Blame, InvalidInput, InvalidProof) as exc:
+                    verdict[m.sender] = f"sent party {m.receiver} an invalid private message: " + (
+                        exc.reason if isinstance(exc, Blame) else str(exc))
+                    proof.append(m)
+        return verdict, proof
+
     def _advance(self) -> list[bytes]:
         out: list[bytes] = []
+        if self.status is Status.RUNNING and self._notices:
+            out.extend(self._judge_notices())
+        if self.awaiting_store:
+            out.extend(self._check_confirms())
+            return out
         while self.status is Status.RUNNING and self._round >= 1:
             r = self._round
             st = self._st(r)
@@ -360,7 +755,12 @@ class RoundMachine(ABC):
             self._end_round(r)
             if self._is_last_round(r):
                 self.output = self._result()
-                self.status = Status.DONE
+                if self._confirming:
+                    self._transcript = self._transcript_digest()
+                    self.awaiting_store = True
+                    out.extend(self._judge_notices())  # a notice that arrived early is judged now
+                else:
+                    self.status = Status.DONE
                 break
             out.extend(self._begin_round(r + 1))
         return out
@@ -399,8 +799,12 @@ class RoundMachine(ABC):
         st.validated = True
         echo = self._sign(r, KIND_ECHO, BROADCAST, self._echo_payload(r))
         if blamed:
+            # The echo carries the complaints (private faults) and every party validates the
+            # same broadcasts, so the peers reach this verdict themselves; the notice tells
+            # them we stopped, with the private messages as evidence.
             culprits = sorted(blamed)
-            self._abort(culprits, "; ".join(f"party {j}: {blamed[j]}" for j in culprits))
+            evidence = [m for _, m in st.complaints]
+            return [echo, *self._stop(culprits, "; ".join(f"party {j}: {blamed[j]}" for j in culprits), evidence)]
         return [echo]
 
     def _echo_payload(self, r: int) -> bytes:
@@ -428,7 +832,12 @@ class RoundMachine(ABC):
             for complainer, accused, evidence in complaints:
                 self._judge_complaint(r, complainer, accused, evidence, culprits)
         if culprits:
-            raise Blame(culprits.keys(), "; ".join(f"party {j}: {why}" for j, why in sorted(culprits.items())))
+            # Echoes are seen by their receivers only: the signed echoes (and the broadcasts
+            # they misreport) are the evidence every other party can re-judge.
+            proof = [st.echo[k] for k in self.peers]
+            proof += [st.main[(j, BROADCAST)] for j in culprits if (j, BROADCAST) in st.main]
+            raise Blame(culprits.keys(), "; ".join(f"party {j}: {why}" for j, why in sorted(culprits.items())),
+                        evidence=proof)
 
     def _read_echo(self, r: int, k: int, payload: bytes, culprits: dict[int, str]) -> list[tuple[int, int, bytes]]:
         st = self._st(r)

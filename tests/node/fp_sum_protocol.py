@@ -95,6 +95,9 @@ class MuteSumMachine(SumMachine):
         super().receive(data)
         return []
 
+    def timeout_notice(self, waiting):  # silent to the end: not even a timeout notice
+        return []
+
 
 class GarbageSumMachine(SumMachine):
     """Sends, in place of each of its real messages, garbage under its own name with the right
