@@ -1,0 +1,181 @@
+"""Status cannot take the wallet server's threads (issue 12, item 6).
+
+Status is unauthenticated. It used to hold one of the 16 server threads for 3 s per unknown id
+and up to 900 s per known one, so a flood pushed ListKeys and Sign behind it. Now an unknown
+id is NOT_FOUND at once, and waiting streams are capped (globally and per client key) and
+bounded in duration. The real WalletServicer and gRPC server (TLS) run here in-process over a
+real storage and policy database; the node is a stand-in whose ``sign`` answers at once.
+Assertions are about completion and order, never about time.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import pytest
+import trio
+from coincurve import PrivateKey
+
+from fusion_prime.node.session import SessionOutcome
+from fusion_prime.node.storage import KeyMaterial, Storage
+from fusion_prime.node.tls import create_certificate_files
+from fusion_prime.proto.generated import wallet_pb2, wallet_pb2_grpc
+from fusion_prime.protocol.curve import Point
+from fusion_prime.protocol.ecdsa import Signature
+from fusion_prime.protocol.identity import PartyIdentity
+from fusion_prime.signer.policy import PolicyBook, PolicyEnforcer
+from fusion_prime.signer.requests import KIND_SIGN, RequestBody, make_request
+from fusion_prime.signer.service import WalletServicer, start_wallet_server
+
+CLIENT = PartyIdentity.generate()
+SIGNING_KEY = PrivateKey()
+
+
+class StandInNode:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def sign(self, key_id: bytes, digest: bytes, path: object, *, client_request: bytes = b"") -> SessionOutcome:
+        raw = SIGNING_KEY.sign_recoverable(digest, hasher=None)
+        sig = Signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64],
+                        Point.from_bytes(SIGNING_KEY.public_key.format()))
+        return SessionOutcome(b"s" * 32, "sign", "done", ("node1",), output=sig)
+
+
+@pytest.fixture
+def wallet(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """(stub, servicer) of a running wallet server; the trio loop runs in a thread."""
+
+    def serve(**bounds):  # type: ignore[no-untyped-def]
+        policy = tmp_path / "policy.toml"
+        policy.write_text(f'[default]\nclients = ["{CLIENT.public_key.hex()}"]\nmax_signatures_per_window = 1000\n'
+                          "window_seconds = 3600\n")
+        storage = Storage(tmp_path / "node.sqlite3", KeyMaterial.passphrase("a long passphrase"),
+                          scrypt_log2_n=10, allow_weak_kdf=True)
+        enforcer = PolicyEnforcer(PolicyBook.load(policy), tmp_path / "wallet-policy.sqlite3")
+        tokens: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        async def loop() -> None:
+            tokens.put(trio.lowlevel.current_trio_token())
+            await trio.to_thread.run_sync(stop.wait)
+
+        runner = threading.Thread(target=trio.run, args=(loop,))
+        runner.start()
+        servicer = WalletServicer(StandInNode(storage), enforcer, tokens.get(), **bounds)
+        create_certificate_files("node1", tmp_path / "tls.crt", tmp_path / "tls.key")
+        cert = (tmp_path / "tls.crt").read_bytes()
+        server, port = start_wallet_server(servicer, "127.0.0.1:0", cert, (tmp_path / "tls.key").read_bytes())
+        channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(root_certificates=cert),
+                                      options=[("grpc.ssl_target_name_override", "node1")])
+        cleanup.append(lambda: (channel.close(), server.stop(grace=None).wait(), stop.set(), runner.join(),
+                                enforcer.close(), storage.close()))
+        return wallet_pb2_grpc.WalletServiceStub(channel), servicer
+
+    cleanup: list = []
+    yield serve
+    for fn in cleanup:
+        fn()
+
+
+def _running(servicer: WalletServicer, client: bytes, request_id: str, state: str = "running") -> None:
+    servicer._note(SimpleNamespace(body=SimpleNamespace(client=client, request_id=request_id)), state)  # type: ignore[arg-type]
+
+
+def _status(stub, client: bytes, request_id: str):  # type: ignore[no-untyped-def]
+    return stub.Status(wallet_pb2.StatusRequest(request_id=request_id, client_public_key=client))
+
+
+def _sign_request() -> wallet_pb2.SignedRequest:
+    import time
+
+    body = RequestBody(KIND_SIGN, CLIENT.public_key, "sign-1", int(time.time() * 1000), key_id=b"\x01" * 16,
+                       digest=b"\x02" * 32, path=())
+    return make_request(CLIENT, body)
+
+
+def test_a_status_flood_leaves_sign_and_list_keys_completing(wallet):
+    stub, servicer = wallet()
+    clients = [PartyIdentity.generate().public_key for _ in range(10)]
+    for c in clients:
+        for r in ("a", "b"):
+            _running(servicer, c, r)
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def long_lived(client: bytes, request_id: str) -> None:
+        states, code = [], "OK"
+        try:
+            states = [u.state for u in _status(stub, client, request_id)]
+        except grpc.RpcError as exc:
+            code = exc.code().name
+        with lock:
+            events.append(f"stream:{code}:{','.join(states)}")
+
+    # 20 long-lived streams for known, unfinished requests from 10 clients: the old code parked
+    # 16 of them on all 16 server threads until the requests finished
+    streams = [threading.Thread(target=long_lived, args=(c, r)) for c in clients for r in ("a", "b")]
+    for t in streams:
+        t.start()
+    while True:  # until every stream is either waiting or refused
+        with lock:
+            refused = sum(e.startswith("stream:RESOURCE_EXHAUSTED") for e in events)
+        if servicer.status_streams() + refused == len(streams):
+            break
+        threading.Event().wait(0.01)
+    assert servicer.status_streams() == servicer.status_max_streams == 4 and refused == 16
+    # 64 concurrent Status calls for ids nobody sent: each NOT_FOUND, none waits
+    flood = [_status(stub, PartyIdentity.generate().public_key, f"unknown-{i}") for i in range(64)]
+    for call in flood:
+        with pytest.raises(grpc.RpcError) as info:
+            list(call)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(stub.ListKeys(wallet_pb2.ListKeysRequest()).keys) == 0
+    with lock:
+        events.append("list-keys")
+    signed = stub.Sign(_sign_request())
+    assert signed.request_id == "sign-1" and len(signed.r) == 32
+    with lock:
+        events.append("sign")
+    assert servicer.status_streams() == 4  # ListKeys and Sign completed while the streams waited
+    for c in clients:
+        for r in ("a", "b"):
+            _running(servicer, c, r, "done")
+    for t in streams:
+        t.join()
+    finished = [e for e in events if e.startswith("stream:OK")]
+    assert finished == ["stream:OK:running,done"] * 4
+    assert events.index("sign") < min(i for i, e in enumerate(events) if e.startswith("stream:OK"))
+    assert servicer.status_streams() == 0
+
+
+def test_per_client_cap_duration_bound_and_cancellation(wallet):
+    stub, servicer = wallet(status_max_seconds=0.2, status_max_streams=8, status_max_streams_per_client=2)
+    client = PartyIdentity.generate().public_key
+    for r in ("a", "b", "c"):
+        _running(servicer, client, r)
+    first, second = _status(stub, client, "a"), _status(stub, client, "b")
+    assert next(first).state == "running" and next(second).state == "running"
+    with pytest.raises(grpc.RpcError) as third:
+        list(_status(stub, client, "c"))  # a third stream of the same client
+    assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # every stream ends by itself: the duration bound
+    for call in (first, second):
+        with pytest.raises(grpc.RpcError) as ended:
+            list(call)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    while servicer.status_streams():
+        threading.Event().wait(0.01)
+    # a cancelled stream gives its slot back
+    stub_call = _status(stub, client, "c")
+    assert next(stub_call).state == "running"
+    stub_call.cancel()
+    while servicer.status_streams():
+        threading.Event().wait(0.01)
+    # a finished request is answered from memory and ends at once
+    _running(servicer, client, "c", "done")
+    assert [u.state for u in _status(stub, client, "c")] == ["running", "done"]
