@@ -226,11 +226,12 @@ contract SettlementEscrow is EIP712, ReentrancyGuardTransient {
         if (st.fundedA && st.fundedB) revert BothLegsFunded(id);
         st.status = Status.Cancelled;
         emit TradeAborted(id, msg.sender);
-        if (st.fundedA) {
+        // At most one leg is funded; after the deadline it may already have been refunded.
+        if (st.fundedA && !st.releasedA) {
             st.releasedA = true;
             _payOut(t.assetA, t.partyA, t.amountA);
             emit LegRefunded(id, t.partyA, t.assetA, t.amountA);
-        } else if (st.fundedB) {
+        } else if (st.fundedB && !st.releasedB) {
             st.releasedB = true;
             _payOut(t.assetB, t.partyB, t.amountB);
             emit LegRefunded(id, t.partyB, t.assetB, t.amountB);

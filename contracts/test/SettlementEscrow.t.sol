@@ -271,6 +271,24 @@ contract SettlementEscrowTest is EscrowBase {
         escrow.abort(t);
     }
 
+    /// Found by the model-based invariant: a leg refunded after the deadline must not be paid
+    /// again by a later abort (with another trade's collateral in the escrow).
+    function test_abortAfterARefundPaysNothingTwice() public {
+        SettlementEscrow.Trade memory t = defaultTrade();
+        SettlementEscrow.Trade memory other = defaultTrade();
+        other.salt = 43;
+        openTrade(t);
+        openTrade(other);
+        fundLeg(t, false);
+        fundLeg(other, false);
+        vm.warp(t.deadline + 1);
+        escrow.refund(t, partyB);
+        vm.prank(partyA);
+        escrow.abort(t);
+        assertEq(usdc.balanceOf(partyB), t.amountB, "B's leg back once");
+        assertEq(usdc.balanceOf(address(escrow)), other.amountB, "the other trade's leg is untouched");
+    }
+
     /// The unfunded side may abort too (it could equally never fund): the funded leg goes home.
     function test_unfundedPartyAbortReturnsTheFundedLeg() public {
         SettlementEscrow.Trade memory t = defaultTrade();

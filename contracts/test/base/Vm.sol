@@ -35,6 +35,9 @@ interface Vm {
     function assume(bool condition) external pure;
     function label(address account, string calldata newLabel) external;
     function toString(uint256 value) external pure returns (string memory);
+    /// @dev The process environment outlives one invariant run: used to total handler call counts.
+    function setEnv(string calldata name, string calldata value) external;
+    function envOr(string calldata name, uint256 defaultValue) external view returns (uint256 value);
     function toString(address value) external pure returns (string memory);
     function toString(bytes32 value) external pure returns (string memory);
 }
