@@ -48,10 +48,10 @@ import trio
 from ..proto.generated import peer_pb2
 from ..protocol.errors import InvalidInput, ProtocolError
 from ..protocol.identity import PartyIdentity
-from ..protocol.machine import BROADCAST, KIND_ABORT, ProtocolMessage, RoundMachine, Status
+from ..protocol.machine import BROADCAST, CONTROL_KINDS, KIND_ABORT, ProtocolMessage, RoundMachine, Status
 from .logs import log_event
 from .metrics import NodeMetrics
-from .storage import Storage
+from .storage import Storage, StorageError
 from .transport import PeerInfo, ProposalLimited, SessionInbox, Transport, TransportError
 from .wire import derive_session_id, fresh_nonce, params_encoding, sign_proposal, sign_withdrawal
 
@@ -324,6 +324,11 @@ class SessionDriver:
             where = internal_error(exc)
             log_event(log, logging.ERROR, "session machine raised an unexpected exception",
                       session_id=self.ctx.session_id, phase=self.phase, error=where)
+            try:  # tell the peers we stopped, so that they do not wait for us and name us silent
+                self._route(sends, self.machine.withdraw(f"internal error: {where}"))
+            except Exception as again:
+                log_event(log, logging.ERROR, "could not send the withdrawal notice",
+                          session_id=self.ctx.session_id, error=internal_error(again))
             outcome = self._outcome("aborted", started, (), f"internal error: {where}")
         if outcome.status != "done":
             # Undelivered messages of a failed session help nobody: stop retrying them.
@@ -404,9 +409,10 @@ class SessionDriver:
                 except trio.EndOfChannel:
                     break
                 msg = self._checked(inbound)
-                if msg is not None and msg.kind == KIND_ABORT:
+                # Notices, and confirmations or a relay that may still complete the certificate
+                if msg is not None and msg.kind in CONTROL_KINDS:
                     self._route(sends, await self._step(m.receive, inbound.payload))
-        m.conclude_timeout(waiting)
+        m.conclude_timeout(waiting)  # no-op if the grace window completed or aborted the machine
         outcome = self._final(started)
         if m.abort is not None and m.abort.reason.startswith("round deadline passed"):
             return dataclasses.replace(outcome, status="timeout")
@@ -599,7 +605,8 @@ class SessionManager:
             return None, str(exc)
         except Exception as exc:  # a handler bug refuses this session, never kills the node
             self.transport.close_session(proposal.session_id)
-            problem = f"internal error: {internal_error(exc)}"
+            # A storage fault's message names the file or row, never a secret (StorageError).
+            problem = f"storage: {exc}" if isinstance(exc, StorageError) else f"internal error: {internal_error(exc)}"
             log_event(log, logging.ERROR, "phase handler raised an unexpected exception",
                       session_id=proposal.session_id, phase=proposal.phase, error=problem)
             await self._refused(proposal, problem)

@@ -199,6 +199,8 @@ SEALED_COLUMNS: tuple[tuple[str, str, Callable[[Any], bytes]], ...] = (
     ("key_shares", "SELECT key_id, share, epoch FROM key_shares", lambda r: _share_aad_id(bytes(r[0]), r[2])),
     ("aux_info", "SELECT aux_id, aux FROM aux_info", lambda r: bytes(r[0])),
     ("prime_pool", "SELECT prime_id, prime FROM prime_pool", lambda r: bytes(r[0])),
+    ("session_outputs", "SELECT session_id, output FROM session_outputs WHERE output IS NOT NULL",
+     lambda r: bytes(r[0])),
 )
 
 

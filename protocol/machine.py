@@ -259,6 +259,7 @@ class RoundMachine(ABC):
         self._relayed = False
         self.certificate: Certificate | None = None
         self._notices: dict[int, ProtocolMessage] = {}  # unverified abort notices, judged later
+        self._notices_dirty = False
         # timeout notices: what each party says it waits for, as (party, round, kind, private)
         self.reported_missing: dict[int, list[tuple[int, int, int, bool]]] = {}
 
@@ -358,9 +359,14 @@ class RoundMachine(ABC):
 
     def store_failed(self, reason: str) -> list[bytes]:
         """The node could not store the output: abort (nobody is to blame) and say so."""
+        return self.withdraw(f"could not store the output: {reason}")
+
+    def withdraw(self, reason: str) -> list[bytes]:
+        """This party stops for a reason of its own (a storage fault, an internal error): abort
+        naming nobody, and tell the peers, so that they do not wait and name it silent."""
         if self.status is not Status.RUNNING:
             return []
-        return self._stop([], f"could not store the output: {reason}")
+        return self._stop([], reason)
 
     def waiting_for(self) -> list[tuple[int, int, int, bool]]:
         """What this machine waits for, as (party, round, kind, private) slots: main messages
@@ -437,10 +443,24 @@ class RoundMachine(ABC):
                 lack.setdefault(slot, set()).add(o)
         culprits: set[int] = set()
         disputes: set[tuple[int, int]] = set()
+        # A claim its maker's own signed messages contradict is a lie: k says it never got a
+        # round-r main, yet k signed its round-r echo (sent only once every main was in), a
+        # later round's message, or a confirmation.
+        for k, entries in self.reported_missing.items():
+            for _, r, kind, _ in entries:
+                later = [st for rr, st in self._state.items() if rr > r and (k, BROADCAST) in st.main]
+                echoed = (self._state.get(r) is not None and k in self._state[r].echo and kind == KIND_MAIN)
+                if later or echoed or (k in self._confirms and kind != KIND_CONFIRM):
+                    culprits.add(k)
+        for k in culprits:
+            observers.pop(k, None)
         for (j, r, kind, private), who in sorted(lack.items()):
+            who = who - culprits
             if j not in observers:
                 culprits.add(j)
             elif excused(j, r, kind):
+                continue
+            elif not who:
                 continue
             elif not private and len(set(observers) - {j}) >= 2 and who >= set(observers) - {j}:
                 culprits.add(j)
@@ -614,7 +634,11 @@ class RoundMachine(ABC):
                     continue  # not a confirmation its sender signed: proves nothing, blames nobody
                 self._accept_control(inner)
             return []
-        self._notices.setdefault(msg.sender, msg)
+        # The latest notice of each sender counts (a timeout notice may be followed by one
+        # with evidence); each is judged when it arrives and again only when this party's own
+        # state grows (a round validated, the confirmation stage reached) - never per message.
+        self._notices[msg.sender] = msg
+        self._notices_dirty = True
         return self._judge_notices()
 
     def _check_confirms(self) -> list[bytes]:
@@ -642,6 +666,7 @@ class RoundMachine(ABC):
         """Judge the abort notices received so far against this party's own view."""
         if self.status is not Status.RUNNING:
             return []
+        self._notices_dirty = False
         for k, notice in sorted(self._notices.items()):
             try:
                 dec = Decoder(notice.payload, "abort notice")
@@ -653,10 +678,14 @@ class RoundMachine(ABC):
                 raise Blame(k, "sent a malformed abort notice", evidence=(notice,)) from None
             del claimed, flat  # what k claims is never taken on trust: only evidence counts
             if timeout:
-                if len(timeout) % 4:
+                slots = [(timeout[i], timeout[i + 1], timeout[i + 2], timeout[i + 3])
+                         for i in range(0, len(timeout) - len(timeout) % 4, 4)]
+                if (len(timeout) % 4 or len(slots) > 2 * len(self.parties)
+                        or any(not 1 <= r <= self.rounds + 1 or kd not in (KIND_MAIN, KIND_ECHO, KIND_CONFIRM)
+                               or p not in (0, 1) or (kd == KIND_CONFIRM) != (r == self.rounds + 1)
+                               for _, r, kd, p in slots)):
                     raise Blame(k, "sent a malformed timeout notice", evidence=(notice,))
-                slots = [(timeout[i], timeout[i + 1], timeout[i + 2], bool(timeout[i + 3]))
-                         for i in range(0, len(timeout), 4)]
+                slots = [(j, r, kd, bool(p)) for j, r, kd, p in slots]
                 self.reported_missing[k] = [s for s in slots if s[0] in self._roster and s[0] != k]
                 continue
             verdict, proof = self._judge_evidence(evidence)
@@ -664,10 +693,10 @@ class RoundMachine(ABC):
                 why = "; ".join(f"party {j}: {w}" for j, w in sorted(verdict.items()))
                 raise Blame(verdict.keys(), f"{why} (evidence from party {k})", evidence=proof)
             if self.awaiting_store or self._stored:
-                # Every round here completed and was echo-consistent, and k's evidence proves no
-                # fault: k stopped a run that was fine.
-                raise Blame(k, f"aborted a session that completed, without evidence: {reason[:200]}",
-                            evidence=(notice,))
+                # Every round here completed and was echo-consistent, and k's evidence proves
+                # nothing this party can check: k stopped (a storage fault, an internal error,
+                # or a lie). k will not confirm, so the session cannot finish; nobody is named.
+                return self._stop((), f"party {k} stopped the session: {reason[:200]}")
         return []
 
     def _judge_evidence(self, evidence: Sequence[bytes]) -> tuple[dict[int, str], list[ProtocolMessage]]:
@@ -687,8 +716,25 @@ class RoundMachine(ABC):
             msgs.append(m)
         for m in msgs:
             if m.kind in CONTROL_KINDS:
-                if m.kind == KIND_CONFIRM and self._stored and m.payload != self._transcript:
-                    verdict[m.sender] = "confirmed a different transcript"
+                bad = None
+                if m.round != self.rounds + 1 or m.receiver != BROADCAST:
+                    bad = f"signed a kind {m.kind} message for round {m.round} to {m.receiver}, which cannot exist"
+                elif m.kind == KIND_CONFIRM and self._stored and m.payload != self._transcript:
+                    bad = "confirmed a different transcript"
+                elif m.kind == KIND_RELAY:
+                    try:
+                        Decoder(m.payload, "relay").list_of_bytes(len(self.parties))
+                    except InvalidInput:
+                        bad = "sent a malformed relay"
+                elif m.kind == KIND_ABORT:
+                    try:
+                        d = Decoder(m.payload, "abort notice")
+                        d.uints(max_bits=32), d.uints(max_bits=32), d.uints(max_bits=32), d.bytes(), d.list_of_bytes()
+                        d.finish()
+                    except InvalidInput:
+                        bad = "sent a malformed abort notice"
+                if bad is not None:
+                    verdict[m.sender] = bad
                     proof.append(m)
                 continue
             problem = self._shape_problem(m)
@@ -735,7 +781,7 @@ class RoundMachine(ABC):
 
     def _advance(self) -> list[bytes]:
         out: list[bytes] = []
-        if self.status is Status.RUNNING and self._notices:
+        if self.status is Status.RUNNING and self._notices and self._notices_dirty:
             out.extend(self._judge_notices())
         if self.awaiting_store:
             out.extend(self._check_confirms())
@@ -758,6 +804,7 @@ class RoundMachine(ABC):
                 if self._confirming:
                     self._transcript = self._transcript_digest()
                     self.awaiting_store = True
+                    self._notices_dirty = True
                     out.extend(self._judge_notices())  # a notice that arrived early is judged now
                 else:
                     self.status = Status.DONE
@@ -797,6 +844,7 @@ class RoundMachine(ABC):
                 blamed[j] = exc.reason if isinstance(exc, Blame) else str(exc)
                 st.complaints.append((j, msg))
         st.validated = True
+        self._notices_dirty = True  # evidence about this round can be judged now
         echo = self._sign(r, KIND_ECHO, BROADCAST, self._echo_payload(r))
         if blamed:
             # The echo carries the complaints (private faults) and every party validates the
