@@ -22,8 +22,6 @@ from fusion_prime.proto.generated import peer_pb2
 from fusion_prime.protocol.identity import PartyIdentity
 
 ALICE = PartyIdentity.generate()
-Refusal = peer_pb2.ProposalReply
-State = peer_pb2.PresignatureStates
 
 
 def _consumptions(net: SignerNet) -> dict[str, set[str]]:
@@ -76,8 +74,9 @@ def test_lost_wal_and_restored_copy_never_sign_a_presignature_twice(net) -> None
     with net.client_for("node1") as w:
         created = w.create_key(2, 3, "rollback")
     key_id, group_key = bytes(created.key_id), bytes(created.group_public_key)
-    # node1 leads a pool for {node1, node2}; it also holds node3's {node3, node1}
-    _wait_for_pool(net, "node1", key_id, 12)
+    # node2 holds the {node1, node2} pool and the {node2, node3} one (led by node1 and node2,
+    # before and after the leader rule alike): both full, so node1 has presignatures to sign with
+    _wait_for_pool(net, "node2", key_id, 16)
 
     # 1. Lost WAL: a clean restart checkpoints the WAL into the main file; three signs go to
     #    the WAL only; kill -9, delete the WAL: the database is back before those signs.
@@ -126,6 +125,7 @@ def test_lost_wal_and_restored_copy_never_sign_a_presignature_twice(net) -> None
 
 
 def test_refusals_say_why_and_a_consumed_refusal_quarantines_until_resync(tmp_path) -> None:
+    Refusal, State = peer_pb2.ProposalReply, peer_pb2.PresignatureStates
     devnet = create_devnet(tmp_path / "net", 3, round_deadline_seconds=10.0, scrypt_log2_n=10)
     for d in devnet:  # the test decides which presignatures exist
         d.config_path.write_text(d.config_path.read_text().replace("presign_pool_depth = 8", "presign_pool_depth = 0"))
