@@ -85,8 +85,11 @@ def load_key_share(storage: Storage, key_id: bytes) -> KeyShare:
 
 def _stage(ctx: SessionContext, data: bytes) -> None:
     """Durably store this session's output as pending before this node confirms it (see
-    ``Storage.stage_output``): the session's machine confirms only after this returns."""
-    _stored("the staged output", _storage(ctx).stage_output, ctx.session_id, ctx.proposal.phase, data)
+    ``Storage.stage_output``): the session's machine confirms only after this returns. Each
+    staging handler has a ``restore`` that turns these bytes back into the output, so that a
+    certificate seen later (from a peer, after a restart) can still make it current."""
+    _stored("the staged output", _storage(ctx).stage_output, ctx.session_id, ctx.proposal.phase, data,
+            proposal=ctx.proposal.SerializeToString(), transcript=ctx.transcript)
 
 
 class KeygenPhase:
@@ -94,6 +97,9 @@ class KeygenPhase:
 
     def stage(self, ctx: SessionContext, output: KeyShare) -> None:
         _stage(ctx, output.to_bytes())
+
+    def restore(self, ctx: SessionContext, data: bytes) -> KeyShare:
+        return KeyShare.from_bytes(data)
 
     def build(self, ctx: SessionContext) -> RoundMachine:
         params = ctx.proposal.keygen
@@ -117,6 +123,9 @@ class AuxInfoPhase:
 
     def stage(self, ctx: SessionContext, output: AuxInfo) -> None:
         _stage(ctx, output.to_bytes())
+
+    def restore(self, ctx: SessionContext, data: bytes) -> AuxInfo:
+        return AuxInfo.from_bytes(data)
 
     def __init__(self, primes: PrimeSource | None = None) -> None:
         # Safe-prime generation dominates aux info; a node may feed primes from a pool.
@@ -143,6 +152,9 @@ class PresignPhase:
 
     def stage(self, ctx: SessionContext, output: Presignature) -> None:
         _stage(ctx, output.to_bytes())
+
+    def restore(self, ctx: SessionContext, data: bytes) -> Presignature:
+        return Presignature.from_bytes(data)
 
     def build(self, ctx: SessionContext) -> RoundMachine:
         storage = _storage(ctx)
@@ -323,6 +335,12 @@ class KeyRefreshPhase:
     def stage(self, ctx: SessionContext, output: RefreshResult) -> None:
         _stage(ctx, Encoder().bytes(output.key_share.to_bytes()).bytes(output.aux_info.to_bytes()).finish())
 
+    def restore(self, ctx: SessionContext, data: bytes) -> RefreshResult:
+        dec = Decoder(data, "staged refresh")
+        share, aux = dec.bytes(), dec.bytes()
+        dec.finish()
+        return RefreshResult(KeyShare.from_bytes(share), AuxInfo.from_bytes(aux))
+
     def build(self, ctx: SessionContext) -> RoundMachine:
         storage = _storage(ctx)
         params: RefreshParams = _opaque(ctx, RefreshParams.decode)
@@ -366,6 +384,11 @@ class ResharePhase:
         # A leaving dealer stages its retirement: its share is deleted only with the
         # certificate, i.e. once every new member has stored its new share.
         _stage(ctx, b"retired" if isinstance(output, RetiredShare) else output.to_bytes())
+
+    def restore(self, ctx: SessionContext, data: bytes) -> KeyShare | RetiredShare:
+        if data == b"retired":
+            return RetiredShare(ReshareParams.decode(ctx.proposal.opaque.data).key_id.hex())
+        return KeyShare.from_bytes(data)
 
     def build(self, ctx: SessionContext) -> RoundMachine:
         storage = _storage(ctx)

@@ -44,11 +44,20 @@ from typing import Any, Protocol
 
 import gmpy2
 import trio
+from google.protobuf.message import DecodeError
 
 from ..proto.generated import peer_pb2
 from ..protocol.errors import InvalidInput, ProtocolError
 from ..protocol.identity import PartyIdentity
-from ..protocol.machine import BROADCAST, CONTROL_KINDS, KIND_ABORT, ProtocolMessage, RoundMachine, Status
+from ..protocol.machine import (
+    BROADCAST,
+    CONTROL_KINDS,
+    KIND_ABORT,
+    Certificate,
+    ProtocolMessage,
+    RoundMachine,
+    Status,
+)
 from .logs import log_event
 from .metrics import NodeMetrics
 from .storage import Storage, StorageError
@@ -58,6 +67,8 @@ from .wire import derive_session_id, fresh_nonce, params_encoding, sign_proposal
 log = logging.getLogger("fusion_prime.node.session")
 
 PROPOSAL_TTL_MS = 30_000
+RECONCILE_FIRST_DELAY = 1.0
+RECONCILE_INTERVAL = 10.0
 
 # Per-coordinator admission limits (issue: a roster peer opened 100 presign sessions in 8 s and
 # every one was accepted). A peer over a limit is answered RESOURCE_EXHAUSTED, counted as a
@@ -151,6 +162,7 @@ class SessionContext:
     roster: Mapping[int, bytes]  # party index -> identity public key (participants only)
     storage: Storage | None
     test_mode: bool
+    transcript: bytes = b""  # set when the output is staged: the digest every participant confirms
 
     @property
     def session_id(self) -> bytes:
@@ -207,7 +219,7 @@ class SessionDriver:
         round_deadline: float,
         cpu_limiter: trio.CapacityLimiter,
         metrics: NodeMetrics,
-        stage: Callable[[Any], None] | None = None,
+        stage: Callable[[Any, bytes], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.machine = machine
@@ -346,7 +358,7 @@ class SessionDriver:
                 # The last round is done: store the output as pending, durably, and only then
                 # confirm it. Nothing usable changes until every participant has confirmed.
                 try:
-                    await trio.to_thread.run_sync(self.stage, m.output)
+                    await trio.to_thread.run_sync(self.stage, m.output, m.transcript)
                 except Exception as exc:  # a disk or storage fault: this session ends, nobody is blamed
                     why = str(exc) if isinstance(exc, ValueError) else internal_error(exc)
                     self._route(sends, m.store_failed(why))
@@ -473,7 +485,10 @@ class SessionManager:
         self._nursery: trio.Nursery | None = None
         self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, at)
         self._admitting: list[tuple[str, str]] = []  # (coordinator, phase) of proposals being admitted
+        self._reconciling: set[bytes] = set()
         transport.proposal_handler = self.handle_proposal
+        if storage is not None:
+            transport.certificate_provider = lambda peer, session_id: storage.certificate_for(session_id, peer)
         transport.health_provider = self.health_reply
         transport.withdrawal_handler = self.handle_withdrawal
 
@@ -481,8 +496,99 @@ class SessionManager:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.storage is not None:
+                nursery.start_soon(self._reconcile_loop)
             task_status.started()
             await trio.sleep_forever()
+
+    # agreement: outputs staged here whose certificate a peer may hold ----------------------------
+    async def _reconcile_loop(self) -> None:
+        """At start (a crash may have come between staging and the certificate) and then every
+        ``RECONCILE_INTERVAL`` seconds, try to make staged outputs current from a peer's
+        certificate."""
+        await trio.sleep(RECONCILE_FIRST_DELAY)
+        while not self.draining:
+            try:
+                await self.reconcile()
+            except Exception as exc:  # storage trouble: try again next time, never stop the manager
+                log_event(log, logging.WARNING, "reconciliation failed", error=internal_error(exc))
+            await trio.sleep(RECONCILE_INTERVAL)
+
+    async def _reconcile_soon(self, session_id: bytes) -> None:
+        """A session ended here after we confirmed, without the certificate: a peer that got it
+        relays it or answers for it in a moment."""
+        for delay in (0.5, 2.0, 5.0):
+            await trio.sleep(delay)
+            if await self.reconcile([session_id]):
+                return
+
+    async def reconcile(self, session_ids: Iterable[bytes] | None = None) -> int:
+        """Make staged outputs current where a participant shows a valid certificate: every
+        participant's signed confirmation of *this* node's transcript. Returns how many."""
+        assert self.storage is not None
+        wanted = set(session_ids) if session_ids is not None else None
+        promoted = 0
+        for session_id, phase, raw_proposal, transcript in await self._db(self.storage.outputs_in_doubt):
+            if (wanted is not None and session_id not in wanted) or session_id in self._active \
+                    or session_id in self._reconciling:
+                continue
+            handler = self.phases.get(phase)
+            restore = getattr(handler, "restore", None)
+            if handler is None or restore is None:
+                continue
+            try:
+                proposal = peer_pb2.SessionProposal.FromString(raw_proposal)
+            except DecodeError:  # a row this build cannot read: leave it for the operator
+                log_event(log, logging.WARNING, "staged output with an unreadable proposal", session_id=session_id)
+                continue
+            if any(p not in self.peers for p in proposal.participants) or self.node_id not in proposal.participants:
+                continue  # the roster changed since: certificates cannot be checked here
+            self._reconciling.add(session_id)
+            try:
+                ctx = dataclasses.replace(self._context(proposal), transcript=transcript)
+                certificate = await self._find_certificate(ctx, transcript)
+                if certificate is None:
+                    continue
+                staged = await self._db(self.storage.staged_output, session_id)
+                if staged is None or staged[2] is None:
+                    continue
+                output = restore(ctx, staged[2])
+                await trio.to_thread.run_sync(handler.finish, ctx, output)
+                await self._db(self.storage.output_confirmed, session_id, certificate.to_bytes())
+                promoted += 1
+                log_event(log, logging.INFO, "staged output made current from a peer's certificate",
+                          session_id=session_id, phase=phase)
+            except Exception as exc:  # e.g. a newer version is current by now: leave it staged
+                log_event(log, logging.WARNING, "staged output could not be made current",
+                          session_id=session_id, phase=phase,
+                          error=str(exc) if isinstance(exc, ValueError) else internal_error(exc))
+            finally:
+                self._reconciling.discard(session_id)
+        return promoted
+
+    async def _find_certificate(self, ctx: SessionContext, transcript: bytes) -> Certificate | None:
+        """Ask every other participant; the first certificate that verifies here wins. A peer's
+        answer is checked, never trusted: same session and phase, *our* transcript, and a valid
+        confirmation signed by every participant's identity key."""
+        found: list[Certificate] = []
+        peers = [n for n in ctx.index_of if n != self.node_id]
+
+        async def ask(peer: str) -> None:
+            raw = await self.transport.session_certificate(peer, ctx.session_id)
+            if not raw or found:
+                return
+            try:
+                cert = Certificate.from_bytes(raw)
+            except (InvalidInput, ValueError):
+                return
+            if (cert.session_id == ctx.session_id and cert.phase == ctx.proposal.phase
+                    and cert.transcript == transcript and cert.verify(ctx.parties, ctx.roster)):
+                found.append(cert)
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(ask, peer)
+        return found[0] if found else None
 
     async def drain(self, grace: float) -> None:
         """Graceful shutdown: refuse new sessions, let running ones finish for up to ``grace``
@@ -618,9 +724,14 @@ class SessionManager:
         active = _Active(ctx)
         self._active[proposal.session_id] = active
         stage = getattr(handler, "stage", None)
+
+        def staged(output: Any, transcript: bytes, ctx: SessionContext = ctx) -> None:
+            assert stage is not None
+            stage(dataclasses.replace(ctx, transcript=transcript), output)
+
         driver = SessionDriver(ctx=ctx, machine=machine, transport=self.transport, inbox=inbox,
                                round_deadline=proposal.round_deadline_ms / 1000, cpu_limiter=self.cpu_limiter,
-                               metrics=self.metrics, stage=functools.partial(stage, ctx) if stage else None)
+                               metrics=self.metrics, stage=staged if stage else None)
         try:
             self._nursery.start_soon(self._run_driver, driver, handler, active)
         except RuntimeError:
@@ -694,6 +805,9 @@ class SessionManager:
                     except Exception as exc:
                         log_event(log, logging.ERROR, "could not mark a staged output abandoned",
                                   session_id=active.ctx.session_id, error=internal_error(exc))
+                    if self._nursery is not None and not self.draining:
+                        # A peer may have completed the certificate (we confirmed): ask soon.
+                        self._nursery.start_soon(self._reconcile_soon, active.ctx.session_id)
                 if not outcome.ok:
                     try:
                         handler.failed(active.ctx, outcome)

@@ -479,9 +479,12 @@ def _migration_7(db: sqlite3.Connection) -> None:
             state        TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'abandoned')),
             staged_at    REAL NOT NULL,
             output       BLOB,
+            proposal     BLOB NOT NULL,
+            transcript   BLOB NOT NULL,
             certificate  BLOB,
             finished_at  REAL
         );
+        CREATE INDEX session_outputs_state ON session_outputs (state, staged_at);
         """,
     )
 
@@ -1323,16 +1326,41 @@ class Storage:
 
     # sessions ------------------------------------------------------------------------------
     # staged session outputs ----------------------------------------------------------------
-    def stage_output(self, session_id: bytes, phase: str, output: bytes) -> None:
+    def stage_output(self, session_id: bytes, phase: str, output: bytes, *, proposal: bytes,
+                     transcript: bytes) -> None:
         """Store a session's output durably as *pending* (sealed), before this node confirms
-        it: nothing current changes and nothing is erased until the certificate arrives."""
+        it: nothing current changes and nothing is erased until the certificate arrives. The
+        proposal and the transcript digest are kept with it, so that the output can still be
+        made current later - after a restart - from a certificate a peer shows."""
         with self._write() as w:
             w.execute(
-                "INSERT INTO session_outputs (session_id, phase, state, staged_at, output) "
-                "VALUES (?, ?, 'pending', ?, ?)",
-                (session_id, phase, time.time(), self.seal("session_outputs", session_id, output)),
+                "INSERT INTO session_outputs (session_id, phase, state, staged_at, output, proposal, transcript) "
+                "VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+                (session_id, phase, time.time(), self.seal("session_outputs", session_id, output), proposal,
+                 transcript),
             )
             self._audit(w, "output-staged", session_id, {"phase": phase})
+
+    def outputs_in_doubt(self, older_than: float = 0.0) -> list[tuple[bytes, str, bytes, bytes]]:
+        """Staged outputs never made current (pending after a crash, or abandoned when a session
+        ended without the certificate here): (session id, phase, proposal, transcript), oldest
+        first. A peer may hold the certificate that makes them current."""
+        rows = self._conn().execute(
+            "SELECT session_id, phase, proposal, transcript FROM session_outputs "
+            "WHERE state IN ('pending', 'abandoned') AND staged_at <= ? ORDER BY staged_at",
+            (time.time() - older_than,),
+        ).fetchall()
+        return [(bytes(r[0]), r[1], bytes(r[2]), bytes(r[3])) for r in rows]
+
+    def certificate_for(self, session_id: bytes, asker: str) -> bytes:
+        """The certificate of a session, for one of its participants only (b"" otherwise)."""
+        row = self._conn().execute(
+            "SELECT o.certificate, s.participants FROM session_outputs AS o JOIN sessions AS s "
+            "ON s.session_id = o.session_id WHERE o.session_id = ? AND o.state = 'confirmed'", (session_id,)
+        ).fetchone()
+        if row is None or row[0] is None or asker not in json.loads(row[1]):
+            return b""
+        return bytes(row[0])
 
     def output_confirmed(self, session_id: bytes, certificate: bytes) -> None:
         """Every participant confirmed (``certificate``) and the output is now current: keep
@@ -1341,7 +1369,7 @@ class Storage:
         with self._write() as w:
             w.execute(
                 "UPDATE session_outputs SET state = 'confirmed', output = NULL, certificate = ?, finished_at = ? "
-                "WHERE session_id = ?", (certificate, time.time(), session_id))
+                "WHERE session_id = ? AND state != 'confirmed'", (certificate, time.time(), session_id))
             self._audit(w, "output-confirmed", session_id, {})
 
     def output_abandoned(self, session_id: bytes, reason: str) -> None:

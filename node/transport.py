@@ -110,6 +110,7 @@ WithdrawalHandler = Callable[[peer_pb2.SessionWithdrawal], tuple[bool, str]]
 HealthProvider = Callable[[], peer_pb2.HealthReply]
 # (asking peer, presignature ids) -> one PresignatureStates.State per id; runs in a gRPC thread.
 PresignatureStatusProvider = Callable[[str, list[bytes]], list[int]]
+CertificateProvider = Callable[[str, bytes], bytes]  # (asking peer, session id) -> certificate or b""
 # Sees every reply to a proposal this node sent: (peer, proposal, reply).
 ProposalReplyObserver = Callable[[str, peer_pb2.SessionProposal, peer_pb2.ProposalReply], None]
 MAX_PRESIGNATURE_QUERY = 1024
@@ -319,6 +320,23 @@ class _Servicer(peer_pb2_grpc.PeerServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "presignature status unavailable")
         return peer_pb2.PresignatureStates(node_id=self.t.node_id, states=states)
 
+    def SessionCertificate(self, request: peer_pb2.CertificateQuery, context: grpc.ServicerContext
+                           ) -> peer_pb2.CertificateReply:
+        """Agreement (read-only): the certificate of a session the caller took part in, so that
+        a participant that missed the end of the session can make its staged output current."""
+        peer = self._peer(context)
+        if not 16 <= len(request.session_id) <= 128:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session id must be 16 to 128 bytes")
+        provider = self.t.certificate_provider
+        if provider is None:
+            return peer_pb2.CertificateReply(node_id=self.t.node_id)
+        try:
+            certificate = provider(peer, bytes(request.session_id))
+        except Exception as exc:  # storage trouble: the asker tries another peer or later
+            log_event(log, logging.WARNING, "certificate lookup failed", peer=peer, error=type(exc).__name__)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "certificate lookup unavailable")
+        return peer_pb2.CertificateReply(node_id=self.t.node_id, certificate=certificate)
+
     def Health(self, request: peer_pb2.HealthRequest, context: grpc.ServicerContext) -> peer_pb2.HealthReply:
         self._peer(context)
         provider = self.t.health_provider
@@ -368,6 +386,7 @@ class Transport:
         self.health_provider = health_provider
         self.withdrawal_handler: WithdrawalHandler | None = None
         self.presignature_status_provider: PresignatureStatusProvider | None = None
+        self.certificate_provider: CertificateProvider | None = None
         self.proposal_reply_observer: ProposalReplyObserver | None = None
         self.buffer_limit, self.buffer_per_sender, self.buffer_ttl = buffer_limit, buffer_per_sender, buffer_ttl
         self.session_inbox = session_inbox
@@ -711,6 +730,18 @@ class Transport:
         if reply.node_id != peer or len(reply.states) != len(presig_ids):
             return None
         return list(reply.states)
+
+    async def session_certificate(self, peer: str, session_id: bytes, timeout: float = RPC_TIMEOUT) -> bytes | None:
+        """Ask ``peer`` for a session's certificate: its bytes, b"" if it has none, None if
+        unreachable. The caller verifies it - a peer's answer is never trusted as such."""
+        try:
+            reply = await self._call(self._stub(peer).SessionCertificate,
+                                     peer_pb2.CertificateQuery(session_id=session_id), timeout)
+        except grpc.RpcError:
+            return None
+        if reply.node_id != peer:
+            return None
+        return bytes(reply.certificate)
 
     async def health(self, peer: str, timeout: float = 2.0) -> peer_pb2.HealthReply | None:
         try:

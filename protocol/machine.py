@@ -345,6 +345,11 @@ class RoundMachine(ABC):
             return frozenset(), frozenset()
         return frozenset(st.main), frozenset(st.echo)
 
+    @property
+    def transcript(self) -> bytes:
+        """The digest this party confirms (set when the output is ready to be stored)."""
+        return self._transcript or b""
+
     def require_confirmation(self) -> None:
         """Finish only once every party confirmed it stored the output (call before start)."""
         if self._round != 0:

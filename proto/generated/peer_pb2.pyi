@@ -214,3 +214,17 @@ class PresignatureStates(_message.Message):
     node_id: str
     states: _containers.RepeatedScalarFieldContainer[PresignatureStates.State]
     def __init__(self, node_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[PresignatureStates.State, str]]] = ...) -> None: ...
+
+class CertificateQuery(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    def __init__(self, session_id: _Optional[bytes] = ...) -> None: ...
+
+class CertificateReply(_message.Message):
+    __slots__ = ("node_id", "certificate")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    certificate: bytes
+    def __init__(self, node_id: _Optional[str] = ..., certificate: _Optional[bytes] = ...) -> None: ...

@@ -59,6 +59,11 @@ class PeerStub:
                 request_serializer=peer__pb2.PresignatureQuery.SerializeToString,
                 response_deserializer=peer__pb2.PresignatureStates.FromString,
                 _registered_method=True)
+        self.SessionCertificate = channel.unary_unary(
+                '/fusionprime.peer.v1.Peer/SessionCertificate',
+                request_serializer=peer__pb2.CertificateQuery.SerializeToString,
+                response_deserializer=peer__pb2.CertificateReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -94,6 +99,12 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SessionCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +132,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.PresignatureStatus,
                     request_deserializer=peer__pb2.PresignatureQuery.FromString,
                     response_serializer=peer__pb2.PresignatureStates.SerializeToString,
+            ),
+            'SessionCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SessionCertificate,
+                    request_deserializer=peer__pb2.CertificateQuery.FromString,
+                    response_serializer=peer__pb2.CertificateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +274,33 @@ class Peer:
             '/fusionprime.peer.v1.Peer/PresignatureStatus',
             peer__pb2.PresignatureQuery.SerializeToString,
             peer__pb2.PresignatureStates.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SessionCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fusionprime.peer.v1.Peer/SessionCertificate',
+            peer__pb2.CertificateQuery.SerializeToString,
+            peer__pb2.CertificateReply.FromString,
             options,
             channel_credentials,
             insecure,

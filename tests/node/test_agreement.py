@@ -31,8 +31,14 @@ class StagedSumPhase(SumPhase):
         self.staged: list = []
 
     def stage(self, ctx, output):
-        ctx.storage.stage_output(ctx.session_id, ctx.proposal.phase, repr(output).encode())
+        ctx.storage.stage_output(ctx.session_id, ctx.proposal.phase, repr(output).encode(),
+                                 proposal=ctx.proposal.SerializeToString(), transcript=ctx.transcript)
         self.staged.append(ctx.session_id)
+
+    def restore(self, ctx, data):
+        import ast
+
+        return ast.literal_eval(data.decode())
 
 
 def _tamper(node, rule):
@@ -225,3 +231,72 @@ def test_a_false_complaint_shown_to_one_peer_names_the_complainer_everywhere(dev
             assert _finished_record(nodes[1], outcome.session_id)["detail"]["culprits"] == ["node3"]
 
     trio.run(main)
+
+
+def _starve_node2_of_the_certificate(nodes):
+    """node3 never sends node2 its confirmation (nor its relay), and node1's relay to node2 is
+    lost: node1 and node3 complete the certificate, node2 stays in the confirmation stage."""
+    _tamper(nodes[2], lambda peer, msg, identity: None if peer == "node2" and msg.kind in (KIND_CONFIRM, KIND_RELAY)
+            else msg.to_bytes())
+    _tamper(nodes[0], lambda peer, msg, identity: None if peer == "node2" and msg.kind == KIND_RELAY
+            else msg.to_bytes())
+
+
+def test_a_participant_that_missed_the_certificate_gets_it_from_a_peer(devnet3):
+    """The split the review found: node1 ends done, node2 times out having confirmed. node2
+    then asks its peers (SessionCertificate), verifies the certificate against its own
+    transcript and makes its staged output current - both end with the same output."""
+    nodes, phases = _network(devnet3)
+    _starve_node2_of_the_certificate(nodes)
+
+    async def main():
+        async with running_nodes(*nodes):
+            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1, round_deadline=2.0)
+            assert outcome.ok, outcome
+            with trio.fail_after(60):
+                while len(phases[1].finished) < 1:
+                    await trio.sleep(0.1)
+            assert phases[1].finished[0]["sum"] == phases[0].finished[0]["sum"]
+            _, state, _, cert = nodes[1].storage.staged_output(outcome.session_id)
+            assert state == "confirmed" and cert
+
+    trio.run(main)
+
+
+def test_a_node_restarted_before_the_certificate_finds_it_at_start(devnet3, monkeypatch):
+    """Same split, but node2 stops before it asks (its quick retries are switched off); a new
+    node2 process-equivalent opened on the same files makes the output current at start."""
+    from fusion_prime.node import session as session_mod
+
+    async def never(self, session_id):
+        return None
+
+    monkeypatch.setattr(session_mod.SessionManager, "_reconcile_soon", never)
+    monkeypatch.setattr(session_mod, "RECONCILE_FIRST_DELAY", 3600.0)
+    nodes, phases = _network(devnet3)
+    _starve_node2_of_the_certificate(nodes)
+    state = {}
+
+    async def first():
+        async with running_nodes(*nodes):
+            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1, round_deadline=2.0)
+            assert outcome.ok, outcome
+            await _settled(nodes[1:2], outcome.session_id)
+            assert phases[1].finished == []
+            assert nodes[1].storage.staged_output(outcome.session_id)[1] == "abandoned"
+            state["sid"] = outcome.session_id
+
+    trio.run(first)
+    monkeypatch.setattr(session_mod, "RECONCILE_FIRST_DELAY", 0.2)
+    again = StagedSumPhase()
+    node1 = make_node(devnet3[0], phases={"sum": phases[0]}, fill_pool=False)
+    node2 = make_node(devnet3[1], phases={"sum": again}, fill_pool=False)
+
+    async def second():
+        async with running_nodes(node1, node2):
+            with trio.fail_after(60):
+                while not again.finished:
+                    await trio.sleep(0.1)
+            assert node2.storage.staged_output(state["sid"])[1] == "confirmed"
+
+    trio.run(second)
