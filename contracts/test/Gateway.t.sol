@@ -401,7 +401,8 @@ contract GatewayMintTest is GatewayBase {
         bytes32 id = gateway.depositIdOf(
             gateway.chainKeyOf(BTC_CAIP2), 0x4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b, 0
         );
-        assertEq(id, keccak256(abi.encode(BTC_CHAIN, bytes32(0x4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b), uint32(0))), "vector");
+        assertEq(id, 0x9747d4218a0fae382ac09951350ec2b91e03dfad9188c96ba07cb9d1563b9c22, "vector");
+        assertEq(BTC_CHAIN, 0x6d0287c1b858c20eef48b10444a53c7ed5399e898d470671f127b49c54931377, "chain key");
     }
 
     function test_sourceChainIsFixedByTheFirstConfiguration() public {

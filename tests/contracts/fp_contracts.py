@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eth_abi import encode as abi_encode
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError
+from web3.logs import DISCARD
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "contracts" / "artifacts"
@@ -141,26 +143,84 @@ def sign_typed(account: LocalAccount, domain: dict[str, Any], types: dict[str, A
 
 # ---- a gateway deployment driven from Python (shared by the gateway and escrow tests) ----
 
-ROTATION_DELAY = 3600
+ADMIN_DELAY = 3600
+GUARDIAN_DELAY = 7200
+LARGE_MINT_DELAY = 600
 RETENTION = 600
 CAP = 100 * 10**8
+BURN_CAP = 100 * 10**8
+CEILING = 1_000 * 10**8
+LARGE_MINT_THRESHOLD = 50 * 10**8
 WINDOW = 86_400
 MIN_BURN = 10_000
-# Source chain id of Bitcoin mainnet: keccak256 of its CAIP-2 id (see contracts/README.md).
-BTC_CHAIN = int.from_bytes(Web3.keccak(text="bip122:000000000019d6689c085ae165831e93"), "big")
+DEST_EVM = 1
+DEST_BITCOIN = 2
+# CAIP-2 id of Bitcoin mainnet (the genesis hash prefix); the gateway keys a chain by keccak256 of it.
+BTC_CAIP2 = "bip122:000000000019d6689c085ae165831e93"
+TEST_VECTORS = ROOT / "contracts" / "test-vectors" / "deposit_ids.json"
+
+
+def chain_key(caip2: str) -> bytes:
+    """The gateway's key of a chain: keccak256 of its canonical CAIP-2 id (see Gateway.chainKeyOf)."""
+    return bytes(Web3.keccak(text=caip2))
+
+
+def deposit_id(caip2: str, source_tx_id: bytes, vout: int) -> bytes:
+    """keccak256(abi.encode(bytes32 chainKey, bytes32 sourceTxId, uint32 vout)) — Gateway.depositIdOf."""
+    return bytes(Web3.keccak(abi_encode(["bytes32", "bytes32", "uint32"], [chain_key(caip2), source_tx_id, vout])))
+
+
+BTC_CHAIN = chain_key(BTC_CAIP2)
 
 MINT_ORDER_TYPES = {
     "MintOrder": [
         {"name": "asset", "type": "address"},
-        {"name": "sourceChainId", "type": "uint256"},
+        {"name": "sourceChain", "type": "bytes32"},
         {"name": "sourceTxId", "type": "bytes32"},
         {"name": "vout", "type": "uint32"},
         {"name": "recipient", "type": "address"},
         {"name": "amount", "type": "uint256"},
+        {"name": "signerEpoch", "type": "uint32"},
         {"name": "nonce", "type": "uint256"},
         {"name": "deadline", "type": "uint256"},
     ]
 }
+REFUND_TYPES = {
+    "RefundBurn": [
+        {"name": "burnNonce", "type": "uint256"},
+        {"name": "asset", "type": "address"},
+        {"name": "burner", "type": "address"},
+        {"name": "amount", "type": "uint256"},
+        {"name": "signerEpoch", "type": "uint32"},
+        {"name": "deadline", "type": "uint256"},
+    ]
+}
+ASSET_CONFIG_FIELDS = [
+    ("sourceChain", "string"), ("destinationKind", "uint8"), ("mintCap", "uint256"), ("burnCap", "uint256"),
+    ("windowLength", "uint256"), ("supplyCeiling", "uint256"), ("largeMintThreshold", "uint256"),
+    ("minBurn", "uint256"),
+]
+CONFIGURE_TYPES = {
+    "ConfigureAsset": [
+        {"name": "asset", "type": "address"},
+        {"name": "config", "type": "AssetConfig"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "deadline", "type": "uint256"},
+    ],
+    "AssetConfig": [{"name": n, "type": t} for n, t in ASSET_CONFIG_FIELDS],
+}
+
+
+def btc_config(**overrides: Any) -> dict[str, Any]:
+    config = {"sourceChain": BTC_CAIP2, "destinationKind": DEST_BITCOIN, "mintCap": CAP, "burnCap": BURN_CAP,
+              "windowLength": WINDOW, "supplyCeiling": CEILING, "largeMintThreshold": LARGE_MINT_THRESHOLD,
+              "minBurn": MIN_BURN}
+    config.update(overrides)
+    return config
+
+
+def config_tuple(config: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(config[n] for n, _ in ASSET_CONFIG_FIELDS)
 
 
 def domain(chain: Anvil, gateway: Contract) -> dict[str, Any]:
@@ -172,6 +232,12 @@ def now(chain: Anvil) -> int:
     return chain.w3.eth.get_block("latest")["timestamp"]
 
 
+def advance(chain: Anvil, seconds: int) -> None:
+    """Move the chain's clock forward and mine a block."""
+    chain.w3.provider.make_request("evm_increaseTime", [seconds])
+    chain.w3.provider.make_request("evm_mine", [])
+
+
 def admin_sign(key: LocalAccount, chain: Anvil, gateway: Contract, primary: str,
                fields: list[tuple[str, str, Any]]) -> bytes:
     types = {primary: [{"name": n, "type": t} for n, t, _ in fields]}
@@ -179,33 +245,56 @@ def admin_sign(key: LocalAccount, chain: Anvil, gateway: Contract, primary: str,
 
 
 class Bridge:
-    """One deployment: gateway + fpBTC configured, group key held locally."""
+    """One deployment: gateway + fpBTC configured (the first configuration waits ADMIN_DELAY), group key held
+    locally, the guardian an unlocked anvil account."""
 
-    def __init__(self, chain: Anvil, group: LocalAccount, deployer: str | None = None) -> None:
+    def __init__(self, chain: Anvil, group: LocalAccount, deployer: str | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         w3 = chain.w3
         self.chain = chain
         self.group = group
         self.deployer = deployer or w3.eth.accounts[0]
         self.relayer = w3.eth.accounts[1]
         self.guardian = w3.eth.accounts[3]
-        self.gateway = deploy(w3, "Gateway", self.deployer, group.address, self.guardian, ROTATION_DELAY, RETENTION)
+        self.gateway = deploy(w3, "Gateway", self.deployer, group.address, self.guardian, ADMIN_DELAY,
+                              GUARDIAN_DELAY, LARGE_MINT_DELAY, RETENTION)
         self.token = deploy(w3, "WrappedAsset", self.deployer, "Fusion Prime BTC", "fpBTC", 8, self.gateway.address)
-        self.admin("ConfigureAsset", [("asset", "address", self.token.address), ("windowCap", "uint256", CAP),
-                                      ("windowLength", "uint256", WINDOW), ("minBurn", "uint256", MIN_BURN)],
-                   lambda n, d, s: self.gateway.functions.configureAsset(
-                       self.token.address, CAP, WINDOW, MIN_BURN, n, d, s))
+        self.configure(config or btc_config(), wait=True)
+
+    def epoch(self) -> int:
+        return self.gateway.functions.signerSchedule().call()[1]
+
+    def sign_configure(self, config: dict[str, Any], nonce: int, deadline: int,
+                       key: LocalAccount | None = None) -> bytes:
+        message = {"asset": self.token.address, "config": config, "nonce": nonce, "deadline": deadline}
+        return sign_typed(key or self.group, domain(self.chain, self.gateway), CONFIGURE_TYPES, "ConfigureAsset",
+                          message)
+
+    def configure(self, config: dict[str, Any], wait: bool = False) -> Any:
+        """Propose a configuration; with wait=True also wait out the delay and execute it if it was queued."""
+        nonce = self.gateway.functions.adminNonce().call()
+        deadline = now(self.chain) + 3600
+        sig = self.sign_configure(config, nonce, deadline)
+        receipt = transact(self.chain.w3, self.gateway.functions.configureAsset(
+            self.token.address, config_tuple(config), nonce, deadline, sig), self.relayer)
+        queued = self.gateway.events.AssetConfigProposed().process_receipt(receipt, errors=DISCARD)
+        if wait and queued:
+            advance(self.chain, ADMIN_DELAY)
+            receipt = transact(self.chain.w3, self.gateway.functions.executeConfigureAsset(
+                self.token.address, config_tuple(config), nonce, deadline), self.relayer)
+        return receipt
 
     def admin(self, primary: str, fields: list[tuple[str, str, Any]], call: Any, key: LocalAccount | None = None):
         nonce = self.gateway.functions.adminNonce().call()
         deadline = now(self.chain) + 3600
         sig = admin_sign(key or self.group, self.chain, self.gateway, primary,
                          [*fields, ("nonce", "uint256", nonce), ("deadline", "uint256", deadline)])
-        return transact(self.chain.w3, call(nonce, deadline, sig), self.relayer)
+        return transact(self.chain.w3, call(nonce, deadline, sig), self.relayer), nonce, deadline
 
     def order(self, txid: bytes, vout: int, amount: int, recipient: str) -> dict[str, Any]:
-        return {"asset": self.token.address, "sourceChainId": BTC_CHAIN, "sourceTxId": txid, "vout": vout,
-                "recipient": recipient, "amount": amount, "nonce": int.from_bytes(txid[:8], "big") + vout,
-                "deadline": now(self.chain) + 3600}
+        return {"asset": self.token.address, "sourceChain": BTC_CHAIN, "sourceTxId": txid, "vout": vout,
+                "recipient": recipient, "amount": amount, "signerEpoch": self.epoch(),
+                "nonce": int.from_bytes(txid[:8], "big") + vout, "deadline": now(self.chain) + 3600}
 
     def sign(self, order: dict[str, Any], key: LocalAccount | None = None) -> bytes:
         return sign_typed(key or self.group, domain(self.chain, self.gateway), MINT_ORDER_TYPES, "MintOrder", order)
@@ -213,3 +302,14 @@ class Bridge:
     def mint_call(self, order: dict[str, Any], sig: bytes) -> Any:
         as_tuple = tuple(order[f["name"]] for f in MINT_ORDER_TYPES["MintOrder"])
         return self.gateway.functions.mint(as_tuple, sig)
+
+    def refund(self, burn_nonce: int, burner: str, amount: int) -> dict[str, Any]:
+        return {"burnNonce": burn_nonce, "asset": self.token.address, "burner": burner, "amount": amount,
+                "signerEpoch": self.epoch(), "deadline": now(self.chain) + 3600}
+
+    def sign_refund(self, refund: dict[str, Any], key: LocalAccount | None = None) -> bytes:
+        return sign_typed(key or self.group, domain(self.chain, self.gateway), REFUND_TYPES, "RefundBurn", refund)
+
+    def refund_call(self, refund: dict[str, Any], sig: bytes) -> Any:
+        as_tuple = tuple(refund[f["name"]] for f in REFUND_TYPES["RefundBurn"])
+        return self.gateway.functions.refund(as_tuple, sig)

@@ -106,3 +106,27 @@ def test_refund_after_deadline_returns_own_leg(setup: dict[str, Any]) -> None:
     transact(w3, escrow.functions.refund(t, alice.address), bridge.relayer)
     assert bridge.token.functions.balanceOf(alice.address).call() == trade["amountA"]
     assert bridge.token.functions.balanceOf(bob.address).call() == 0
+
+
+def test_funded_party_aborts_when_the_other_never_funds(setup: dict[str, Any]) -> None:
+    w3, chain, bridge, escrow, trade = setup["w3"], setup["chain"], setup["bridge"], setup["escrow"], setup["trade"]
+    alice, bob = setup["alice"], setup["bob"]
+    t = as_tuple(trade)
+    transact(w3, escrow.functions.open(t, sign_trade(alice, chain, escrow, trade),
+                                       sign_trade(bob, chain, escrow, trade)), bridge.relayer)
+    transact(w3, bridge.token.functions.approve(escrow.address, trade["amountA"]), alice.address)
+    transact(w3, escrow.functions.fund(t), alice.address)
+    receipt = transact(w3, escrow.functions.abort(t), alice.address)  # no waiting for the deadline
+    assert escrow.events.TradeAborted().process_receipt(receipt, errors=DISCARD)
+    assert bridge.token.functions.balanceOf(alice.address).call() == trade["amountA"]
+    with pytest.raises(ContractLogicError) as info:
+        escrow.functions.fund(t).call({"from": bob.address, "value": trade["amountB"]})
+    assert revert_selector(info.value) == error_selector(escrow.abi, "WrongStatus")
+
+
+def test_deadline_is_bounded(setup: dict[str, Any]) -> None:
+    chain, escrow, trade = setup["chain"], setup["escrow"], setup["trade"]
+    far = {**trade, "deadline": now(chain) + 100 * 365 * 86_400}
+    with pytest.raises(ContractLogicError) as info:
+        escrow.functions.open(as_tuple(far), b"", b"").call()
+    assert revert_selector(info.value) == error_selector(escrow.abi, "DeadlineTooFar")
