@@ -486,6 +486,7 @@ class SessionManager:
         self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, at)
         self._admitting: list[tuple[str, str]] = []  # (coordinator, phase) of proposals being admitted
         self._reconciling: set[bytes] = set()
+        self._dispute_counts: dict[str, int] = {}  # node -> disputes it was in (this process)
         transport.proposal_handler = self.handle_proposal
         if storage is not None:
             transport.certificate_provider = lambda peer, session_id: storage.certificate_for(session_id, peer)
@@ -937,6 +938,24 @@ class SessionManager:
                 healthy.append(peer)
         return sorted(healthy)
 
+    def _dispute_exclusions(self, disputes: Iterable[tuple[str, str]]) -> set[str]:
+        """Whom a retry avoids after disputes (pairs nobody can tell apart). If this node is in
+        the pair, the other one. Otherwise the member that has been in more disputes here (a
+        party that keeps accusing, or being accused, ends up the common member), and both when
+        they are even - so one party cannot use a dispute to push out a different honest node
+        each time without being pushed out itself first."""
+        out: set[str] = set()
+        for a, b in disputes:
+            self._dispute_counts[a] = self._dispute_counts.get(a, 0) + 1
+            self._dispute_counts[b] = self._dispute_counts.get(b, 0) + 1
+        for a, b in disputes:
+            if self.node_id in (a, b):
+                out.add(b if a == self.node_id else a)
+                continue
+            ca, cb = self._dispute_counts[a], self._dispute_counts[b]
+            out.update([a] if ca > cb else [b] if cb > ca else [a, b])
+        return out
+
     def forget_health(self, peers: Iterable[str]) -> None:
         for peer in peers:
             self._health.pop(peer, None)
@@ -1053,9 +1072,7 @@ class SessionManager:
             if last.ok:
                 return last
             excluded.update(c for c in last.culprits if c != self.node_id)
-            # A dispute names a pair nobody can tell apart: the retry avoids both (or, if this
-            # node is one of them, the other one).
-            excluded.update(n for pair in last.disputes for n in pair if n != self.node_id)
+            excluded.update(self._dispute_exclusions(last.disputes))
             self.forget_health(last.culprits)
             log_event(log, logging.WARNING, "session failed, retrying with another set", session_id=last.session_id,
                       status=last.status, culprits=list(last.culprits), disputes=[list(d) for d in last.disputes])

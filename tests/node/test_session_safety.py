@@ -117,3 +117,17 @@ def test_proposal_rate_is_bounded_per_peer(devnet3, monkeypatch):
             assert (await nodes[1].transport.propose("node1", p, 5.0)).accepted
 
     trio.run(main)
+
+
+def test_disputes_push_out_the_common_member_first(devnet3):
+    """A malicious node3 disputes with a different honest node each time: the first dispute
+    between two others avoids both; from then on node3, in more disputes than anybody, is the
+    one avoided. A dispute that includes this node avoids the other member."""
+    node = make_node(devnet3[0], phases={"sum": SumPhase()}, fill_pool=False)
+    m = node.sessions
+    assert m._dispute_exclusions([("node1", "node3")]) == {"node3"}
+    assert m._dispute_exclusions([("node2", "node3")]) == {"node3"}
+    m._dispute_counts.clear()
+    assert m._dispute_exclusions([("node2", "node3")]) == {"node2", "node3"}
+    assert m._dispute_exclusions([("node3", "node4")]) == {"node3"}
+    node.storage.close()
