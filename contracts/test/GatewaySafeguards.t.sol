@@ -452,6 +452,19 @@ contract GatewayConfigTest is GatewayBase {
         assertEq(length, 0, "not configured");
     }
 
+    /// The thief's first move in issue 13 — raise the cap — waits for the guardian.
+    function test_raisingOnlyTheCapIsQueued() public {
+        Gateway.AssetConfig memory c = btcConfig();
+        c.mintCap = type(uint128).max;
+        (bytes32 id, bool applied,,) = proposeConfig(GROUP_PK, address(btc), c);
+        assertTrue(!applied, "queued");
+        (,, uint256 mintCap,,,,,) = gateway.assetConfig(address(btc));
+        assertEq(mintCap, CAP, "unchanged until executed");
+        (Gateway.ActionStatus st, uint256 eta,,) = gateway.actionState(id);
+        assertTrue(st == Gateway.ActionStatus.Queued, "in the queue");
+        assertEq(eta, block.timestamp + ADMIN_DELAY, "eta");
+    }
+
     /// Each field loosened alone is queued; each tightened alone applies at once.
     function testFuzz_onlyTighteningAppliesAtOnce(uint8 field, bool loosen) public {
         Gateway.AssetConfig memory c = btcConfig();
