@@ -205,7 +205,8 @@ def test_sign_malformed_sigma_is_named() -> None:
     committee(2, 3)
     pre = presign(2, 3, (1, 2))
     ms = sign_machines(2, 3, pre, secrets.token_bytes(32))
-    run(ms, tamper(3, 2, _main(1), lambda m, r: Encoder().bytes(b"\xff" * 32).finish()))
+    # round 1 is the consumption ack; σ travels in round 2
+    run(ms, tamper(3, 2, _main(2), lambda m, r: Encoder().bytes(b"\xff" * 32).finish()))
     assert aborts(ms, (1,)) == {1: (2,)}
 
 
