@@ -1,0 +1,165 @@
+"""Deposit addresses: a BIP32 child of the group key that every node computes by itself.
+
+The user's deposit address for *(source chain, destination chain, recipient)* is the address of
+the group key's non-hardened child at a path that is a pure function of those three inputs. No
+node has to trust another's database to learn whose deposit an output is: it re-derives the
+address from the order's claimed destination and recipient and compares (the mint policy does
+exactly that), and one key generation serves every user (hardened steps would need the private
+key, which never exists in one place).
+
+Scheme (version 1, fixed forever for a deployed key — changing any constant moves every address):
+
+* message ``m = u8(len(src)) ‖ src ‖ u8(len(dst)) ‖ dst ‖ recipient(20)`` with ``src``/``dst`` the
+  canonical CAIP-2 ids (ASCII) and ``recipient`` the 20 raw address bytes — length-prefixed so no
+  two input triples share a message;
+* ``h = SHA256(SHA256(TAG) ‖ SHA256(TAG) ‖ m)`` (a BIP340-style tagged hash: no other protocol's
+  hash of the same bytes can collide with it), ``TAG = "FusionPrime/bridge/deposit/v1"``;
+* path ``m / PURPOSE / c0 / … / c7`` with ``PURPOSE = 0x46504272`` (ASCII ``"FPBr"``, < 2^31) and
+  ``c_i`` = bits ``31·i … 31·i+30`` of ``h`` read big-endian (the top 248 of its 256 bits), each
+  ``< 2^31``: 248 bits make a collision between two users' paths as hard as a 124-bit search.
+
+The address is P2WPKH (bech32, hrp by the Bitcoin network the source CAIP-2 names) for a bip122
+source, the EIP-55 address for an eip155 source; the destination must be an EVM chain (the
+Gateway lives there) different from the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from fusion_prime.protocol.addresses import ethereum_address, p2wpkh_address
+from fusion_prime.protocol.curve import Point
+from fusion_prime.protocol.hd import HARDENED, derive
+
+from .orders import OrderError, address_bytes, chain_kind, to_checksum_address
+
+DERIVATION_TAG = b"FusionPrime/bridge/deposit/v1"
+PURPOSE = 0x46504272  # "FPBr"
+PATH_COMPONENTS = 8
+COMPONENT_BITS = 31
+
+#: Bitcoin networks by the CAIP-2 reference (first 32 hex digits of the genesis block hash).
+BITCOIN_NETWORKS = {
+    "000000000019d6689c085ae165831e93": "mainnet",
+    "000000000933ea01ad0ee984209779ba": "testnet",  # testnet3
+    "00000000da84f2bafbbc53dee25a72ae": "testnet",  # testnet4
+    "00000008819873e925422c1ff0f99f7c": "signet",
+    "0f9188f13cb7b2c71f2a335e3a4fc328": "regtest",
+}
+
+
+class DerivationError(ValueError):
+    """The inputs of a deposit address are not canonical or not a supported route."""
+
+
+def bitcoin_network(caip2: str) -> str:
+    """The network name (``mainnet``/``testnet``/``signet``/``regtest``) of a bip122 CAIP-2 id."""
+    try:
+        if chain_kind(caip2) != "bitcoin":
+            raise DerivationError(f"{caip2!r} is not a Bitcoin chain")
+    except OrderError as exc:
+        raise DerivationError(str(exc)) from None
+    try:
+        return BITCOIN_NETWORKS[caip2.partition(":")[2]]
+    except KeyError:
+        raise DerivationError(f"{caip2!r}: unknown Bitcoin network (genesis prefix not recognised)") from None
+
+
+def _recipient(recipient: str | bytes) -> bytes:
+    try:
+        raw = address_bytes(recipient, "recipient")
+    except OrderError as exc:
+        raise DerivationError(str(exc)) from None
+    if raw == bytes(20):
+        raise DerivationError("recipient is the zero address")
+    return raw
+
+
+def _check_route(source_chain: str, destination_chain: str) -> str:
+    """The source chain's kind, after checking both ids are canonical and the route makes sense."""
+    try:
+        source_kind = chain_kind(source_chain)
+        destination_kind = chain_kind(destination_chain)
+    except OrderError as exc:
+        raise DerivationError(str(exc)) from None
+    if destination_kind != "evm":
+        raise DerivationError(f"destination {destination_chain!r} must be an EVM chain (the Gateway's)")
+    if source_chain == destination_chain:
+        raise DerivationError("source and destination chain must differ")
+    if source_kind == "bitcoin":
+        bitcoin_network(source_chain)
+    return source_kind
+
+
+def tagged_hash(tag: bytes, message: bytes) -> bytes:
+    """BIP340's ``SHA256(SHA256(tag) ‖ SHA256(tag) ‖ message)``."""
+    t = hashlib.sha256(tag).digest()
+    return hashlib.sha256(t + t + message).digest()
+
+
+def path_message(source_chain: str, destination_chain: str, recipient: str | bytes) -> bytes:
+    """The length-prefixed canonical inputs that the path hashes."""
+    _check_route(source_chain, destination_chain)
+    src, dst = source_chain.encode("ascii"), destination_chain.encode("ascii")
+    return bytes([len(src)]) + src + bytes([len(dst)]) + dst + _recipient(recipient)
+
+
+def deposit_path(source_chain: str, destination_chain: str, recipient: str | bytes) -> tuple[int, ...]:
+    """``(PURPOSE, c0, …, c7)``: every component a non-hardened BIP32 index."""
+    h = int.from_bytes(tagged_hash(DERIVATION_TAG, path_message(source_chain, destination_chain, recipient)), "big")
+    total = PATH_COMPONENTS * COMPONENT_BITS
+    top = h >> (256 - total)
+    mask = (1 << COMPONENT_BITS) - 1
+    components = tuple((top >> (total - COMPONENT_BITS * (i + 1))) & mask for i in range(PATH_COMPONENTS))
+    path = (PURPOSE, *components)
+    assert all(0 <= c < HARDENED for c in path)
+    return path
+
+
+def path_string(path: tuple[int, ...]) -> str:
+    """``m/…`` form of a path (what the signer's ``DigestSigner`` takes)."""
+    return "m/" + "/".join(str(i) for i in path)
+
+
+@dataclass(frozen=True)
+class DepositAddress:
+    """Where a user deposits for one route, and what a signer needs to spend from it."""
+
+    source_chain: str
+    destination_chain: str
+    recipient: str  # EIP-55
+    path: tuple[int, ...]
+    address: str  # bech32 P2WPKH or EIP-55
+    public_key: bytes  # compressed child key
+    tweak: int  # child private key = group private key + tweak (mod n)
+
+    @property
+    def path_str(self) -> str:
+        return path_string(self.path)
+
+
+def deposit_address(group_key: Point, chain_code: bytes, source_chain: str, destination_chain: str,
+                    recipient: str | bytes) -> DepositAddress:
+    """The deposit address of *(source chain, destination chain, recipient)* under the group key."""
+    kind = _check_route(source_chain, destination_chain)
+    path = deposit_path(source_chain, destination_chain, recipient)
+    child = derive(group_key, chain_code, path)
+    if kind == "bitcoin":
+        address = p2wpkh_address(child.public_key, bitcoin_network(source_chain))
+    else:
+        address = ethereum_address(child.public_key)
+    return DepositAddress(source_chain=source_chain, destination_chain=destination_chain,
+                          recipient=to_checksum_address(_recipient(recipient)), path=path, address=address,
+                          public_key=child.public_key.to_bytes(), tweak=child.tweak)
+
+
+def same_address(kind: str, a: str, b: str) -> bool:
+    """Address equality in each chain's own rules: bech32 is case-insensitive (one case per
+    string), EVM addresses compare as 20 bytes whatever their checksum casing."""
+    if kind == "bitcoin":
+        return a.lower() == b.lower() and (a == a.lower() or a == a.upper())
+    try:
+        return address_bytes(a) == address_bytes(b)
+    except OrderError:
+        return False
