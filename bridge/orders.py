@@ -41,6 +41,12 @@ EIP712_DOMAIN_TYPEHASH = keccak256(EIP712_DOMAIN_TYPE.encode())
 #: Pinned in contracts/README.md; a test checks this constant against it.
 MINT_ORDER_TYPEHASH = keccak256(MINT_ORDER_TYPE.encode())
 
+#: ``vout`` of a native-coin (ETH) deposit: the transaction's own top-level value transfer, which has
+#: no log. ``contracts/README.md`` makes an EVM ``vout`` the index of the deposit log within its
+#: receipt; a receipt never holds 2^32 − 1 logs, so this value can never collide with a log-based
+#: deposit (a token transfer) of the same transaction, and a transaction has one top-level transfer.
+EVM_NATIVE_VOUT = UINT32_MAX
+
 #: Version byte of ``MintOrder.to_bytes``; bump it (and keep decoding the old one) if the layout changes.
 ORDER_ENCODING_VERSION = 1
 
