@@ -91,7 +91,9 @@ class DepositOutput:
 
     The edge resolves ``address`` to the ``(destination_chain, recipient)`` it was registered for;
     the machine re-derives the address from those when it knows the group key, so a wrong
-    resolution cannot credit another recipient. ``txid`` is in RPC display order.
+    resolution cannot credit another recipient. ``txid`` is in RPC display order. For an ETH
+    deposit ``txid`` is the transaction hash and ``vout`` is ``orders.EVM_NATIVE_VOUT`` (the
+    transaction's top-level value transfer; only top-level transfers to the derived address count).
     """
 
     txid: str
