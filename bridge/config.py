@@ -1,0 +1,205 @@
+"""The bridge section of a node operator's configuration (its own TOML file, ``--bridge``).
+
+Every endpoint here is *this operator's own*: its Bitcoin node, its EVM nodes, its database. A
+node never learns a chain fact from another operator; that is what makes its co-signature worth
+something (``bridge/mint_policy.py``).
+
+Example::
+
+    [bridge]
+    key_id = "…hex…"                  # the group key the Gateway trusts; empty: not set up yet
+    database = "sqlite:////var/lib/fp/bridge.sqlite3"
+    destination_chain = "eip155:31338"
+    destination_rpc = "http://127.0.0.1:8546"
+    gateway = "0x…"                   # empty: not deployed yet
+    relayer_key_file = "relayer.key"  # hex private key of the account that pays for relaying
+    admin_clients = ["…wallet client public key hex…"]   # may sign at the bridge key's paths
+    coordinator_takeover_seconds = 10.0
+
+    [[bridge.chains]]
+    caip2 = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328"
+    rpc = "http://127.0.0.1:18443"
+    rpc_user = "fusion"
+    rpc_password = "…"
+    symbol = "BTC"                    # what is deposited
+    asset = "0x…"                     # the wrapped token minted for it (fpBTC)
+    min_confirmations = 3
+    value_per_block = 5000000000
+    max_confirmations = 6
+    dust_limit = 294
+    sweep_cost = 200
+
+A section without ``key_id``, ``gateway`` or the assets is *incomplete*: the daemon then runs the
+signer and wallet API and waits for the operator to finish it (the key is created through the
+wallet API and the Gateway deployed with it, so neither exists when the node first starts).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusion_prime.protocol.hd import parse_path
+
+from .orders import ChainParams, OrderError, chain_kind, check_caip2, checksum_address, evm_chain_id
+
+
+class BridgeConfigError(ValueError):
+    """The bridge section is malformed (an incomplete one is not an error: see :attr:`complete`)."""
+
+
+@dataclass(frozen=True)
+class SourceChain:
+    caip2: str
+    rpc: str
+    symbol: str
+    asset: str | None
+    params: ChainParams
+    rpc_user: str | None = None
+    rpc_password: str | None = None
+    start_height: int | None = None  # first block to scan on a fresh database (default: the tip)
+
+    @property
+    def kind(self) -> str:
+        return chain_kind(self.caip2)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    path: Path | None
+    key_id: bytes | None
+    database: str
+    destination_chain: str
+    destination_rpc: str
+    gateway: str | None
+    relayer_key_file: Path | None
+    chains: tuple[SourceChain, ...]
+    signer_path: tuple[int, ...] = ()
+    admin_clients: frozenset[bytes] = frozenset()
+    poll_interval: float = 0.25
+    coordinator_takeover_seconds: float = 10.0
+    retry_seconds: float = 2.0
+    order_slot_seconds: int = 600
+    max_deadline_ahead: int = 2 * 3600
+    min_deadline_ahead: int = 60
+    expiry_grace: int = 120
+    destination_confirmations: int = 1
+    status_file: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the bridge can run (key created, Gateway deployed, every asset known)."""
+        return self.key_id is not None and self.gateway is not None and all(c.asset for c in self.chains) \
+            and bool(self.chains)
+
+    @property
+    def destination_chain_id(self) -> int:
+        return evm_chain_id(self.destination_chain)
+
+    def chain(self, caip2: str) -> SourceChain | None:
+        return next((c for c in self.chains if c.caip2 == caip2), None)
+
+
+def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ..., *, where: str) -> Any:
+    if key not in d:
+        if default is ...:
+            raise BridgeConfigError(f"{where}: {key} is required")
+        return default
+    value = d[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise BridgeConfigError(f"{where}: {key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def parse_bridge_config(data: dict[str, Any], path: Path | None = None) -> BridgeConfig:
+    """Validate a parsed TOML document (its ``[bridge]`` table)."""
+    base = path.parent if path is not None else Path.cwd()
+    b = data.get("bridge")
+    if not isinstance(b, dict):
+        raise BridgeConfigError("no [bridge] table")
+    w = "[bridge]"
+    try:
+        key_hex = _get(b, "key_id", str, "", where=w)
+        key_id = bytes.fromhex(key_hex) if key_hex else None
+        gateway_text = _get(b, "gateway", str, "", where=w)
+        gateway = checksum_address(gateway_text, "gateway") if gateway_text else None
+        destination = check_caip2(_get(b, "destination_chain", str, where=w))
+        evm_chain_id(destination)
+        relayer = _get(b, "relayer_key_file", str, "", where=w)
+        chains = []
+        for i, c in enumerate(_get(b, "chains", list, [], where=w)):
+            cw = f"[[bridge.chains]] #{i + 1}"
+            if not isinstance(c, dict):
+                raise BridgeConfigError(f"{cw} must be a table")
+            caip2 = check_caip2(_get(c, "caip2", str, where=cw))
+            chain_kind(caip2)
+            asset_text = _get(c, "asset", str, "", where=cw)
+            params = ChainParams(
+                min_confirmations=_get(c, "min_confirmations", int, where=cw),
+                value_per_block=_get(c, "value_per_block", int, where=cw),
+                max_confirmations=_get(c, "max_confirmations", int, where=cw),
+                dust_limit=_get(c, "dust_limit", int, 0, where=cw),
+                sweep_cost=_get(c, "sweep_cost", int, 0, where=cw))
+            start = _get(c, "start_height", int, -1, where=cw)
+            chains.append(SourceChain(
+                caip2=caip2, rpc=_get(c, "rpc", str, where=cw), symbol=_get(c, "symbol", str, where=cw),
+                asset=checksum_address(asset_text, "asset") if asset_text else None, params=params,
+                rpc_user=_get(c, "rpc_user", str, None, where=cw),
+                rpc_password=_get(c, "rpc_password", str, None, where=cw),
+                start_height=start if start >= 0 else None))
+        if len({c.caip2 for c in chains}) != len(chains):
+            raise BridgeConfigError("one [[bridge.chains]] entry per source chain")
+        if destination in {c.caip2 for c in chains}:
+            raise BridgeConfigError("the destination chain cannot also be a source chain")
+        status = _get(b, "status_file", str, "", where=w)
+        return BridgeConfig(
+            path=path, key_id=key_id, database=_get(b, "database", str, where=w), destination_chain=destination,
+            destination_rpc=_get(b, "destination_rpc", str, where=w), gateway=gateway,
+            relayer_key_file=(base / relayer) if relayer else None, chains=tuple(chains),
+            signer_path=tuple(parse_path(_get(b, "signer_path", str, "m", where=w))),
+            admin_clients=frozenset(bytes.fromhex(x) for x in _get(b, "admin_clients", list, [], where=w)),
+            poll_interval=float(_get(b, "poll_interval", (int, float), 0.25, where=w)),
+            coordinator_takeover_seconds=float(_get(b, "coordinator_takeover_seconds", (int, float), 10.0, where=w)),
+            retry_seconds=float(_get(b, "retry_seconds", (int, float), 2.0, where=w)),
+            order_slot_seconds=_get(b, "order_slot_seconds", int, 600, where=w),
+            max_deadline_ahead=_get(b, "max_deadline_ahead", int, 2 * 3600, where=w),
+            min_deadline_ahead=_get(b, "min_deadline_ahead", int, 60, where=w),
+            expiry_grace=_get(b, "expiry_grace", int, 120, where=w),
+            destination_confirmations=_get(b, "destination_confirmations", int, 1, where=w),
+            status_file=(base / status) if status else None,
+        )
+    except (OrderError, ValueError) as exc:
+        if isinstance(exc, BridgeConfigError):
+            raise
+        raise BridgeConfigError(str(exc)) from None
+
+
+def load_bridge_config(path: Path) -> BridgeConfig:
+    with open(path, "rb") as f:
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise BridgeConfigError(f"{path}: {exc}") from None
+    return parse_bridge_config(data, Path(path).resolve())
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def bridge_toml(bridge: dict[str, Any], chains: list[dict[str, Any]]) -> str:
+    """Write a bridge section (tests and the devnet tooling use it)."""
+    lines = ["[bridge]"] + [f"{k} = {_toml_value(v)}" for k, v in bridge.items()]
+    for c in chains:
+        lines += ["", "[[bridge.chains]]"] + [f"{k} = {_toml_value(v)}" for k, v in c.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,111 @@
+"""The bridge's sign request: what a mint (or pause) proposal carries in ``SignParams.client_request``.
+
+A wallet sign session carries the wallet client's signed request (``signer/requests.py``); a bridge
+session carries *this* instead, so that every participant's authorize hook can tell the two apart
+and check a bridge session against its own chain view rather than against a wallet policy. There
+is no client signature here on purpose: nobody's authority makes a node co-sign a mint — only its
+own view of the chains does (``bridge/mint_policy.py``). The request only says *which* order the
+digest claims to be, so the participant can rebuild the digest and compare.
+
+Encoding (canonical, one byte string per request)::
+
+    TAG ‖ kind(u8) ‖ body
+
+* ``TAG = b"FPBRIDGE"``. A serialised wallet ``SignedRequest`` (protobuf) can never start with it:
+  its first byte ``0x46`` would be field 8 with wire type 6, which protobuf does not have.
+* kind ``1`` (mint): ``MintOrder.to_bytes()``.
+* kind ``2`` (pause): ``destination chain id (u64) ‖ gateway (20) ‖ unpauseCount (u256) ‖ deadline
+  (u256) ‖ reason length (u16) ‖ reason (UTF-8, ≤ 512 bytes)``. The reason is for the audit log of
+  every participant; it is not part of the signed digest.
+
+:func:`decode` accepts only what :func:`encode` produces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fusion_prime.protocol.addresses import keccak256
+
+from .orders import MintOrder, OrderError, address_bytes, checksum_address, domain_separator
+
+TAG = b"FPBRIDGE"
+KIND_MINT = 1
+KIND_PAUSE = 2
+MAX_REASON = 512
+PAUSE_TYPE = "Pause(uint256 unpauseCount,uint256 deadline)"
+PAUSE_TYPEHASH = keccak256(PAUSE_TYPE.encode())
+
+
+class BridgeRequestError(ValueError):
+    """Bytes that claim to be a bridge request but are not a canonical one."""
+
+
+@dataclass(frozen=True)
+class MintRequest:
+    """Sign this mint order (the digest is the order's EIP-712 digest on the node's Gateway)."""
+
+    order: MintOrder
+
+
+@dataclass(frozen=True)
+class PauseRequest:
+    """Sign ``Pause(unpauseCount, deadline)`` for the Gateway at ``gateway`` on ``chain_id``."""
+
+    chain_id: int
+    gateway: str
+    unpause_count: int
+    deadline: int
+    reason: str = ""
+
+    def digest(self) -> bytes:
+        struct = keccak256(PAUSE_TYPEHASH + self.unpause_count.to_bytes(32, "big") + self.deadline.to_bytes(32, "big"))
+        return keccak256(b"\x19\x01" + domain_separator(self.gateway, self.chain_id) + struct)
+
+
+BridgeRequest = MintRequest | PauseRequest
+
+
+def is_bridge_request(raw: bytes) -> bool:
+    """Whether ``raw`` claims to be a bridge request (then it must decode, or the proposal is refused)."""
+    return bytes(raw[: len(TAG)]) == TAG
+
+
+def encode(request: BridgeRequest) -> bytes:
+    if isinstance(request, MintRequest):
+        return TAG + bytes([KIND_MINT]) + request.order.to_bytes()
+    if isinstance(request, PauseRequest):
+        reason = request.reason.encode()[:MAX_REASON]
+        return (TAG + bytes([KIND_PAUSE]) + request.chain_id.to_bytes(8, "big")
+                + address_bytes(request.gateway, "gateway") + request.unpause_count.to_bytes(32, "big")
+                + request.deadline.to_bytes(32, "big") + len(reason).to_bytes(2, "big") + reason)
+    raise TypeError(f"not a bridge request: {request!r}")
+
+
+def decode(raw: bytes) -> BridgeRequest:
+    """The request in ``raw``; :class:`BridgeRequestError` for anything :func:`encode` cannot produce."""
+    raw = bytes(raw)
+    if not is_bridge_request(raw) or len(raw) < len(TAG) + 1:
+        raise BridgeRequestError("not a bridge request")
+    kind, body = raw[len(TAG)], raw[len(TAG) + 1:]
+    try:
+        if kind == KIND_MINT:
+            request: BridgeRequest = MintRequest(MintOrder.from_bytes(body))
+        elif kind == KIND_PAUSE:
+            if len(body) < 8 + 20 + 32 + 32 + 2:
+                raise BridgeRequestError("pause request too short")
+            n = int.from_bytes(body[92:94], "big")
+            if len(body) != 94 + n or n > MAX_REASON:
+                raise BridgeRequestError("pause request has a wrong length")
+            request = PauseRequest(chain_id=int.from_bytes(body[:8], "big"),
+                                   gateway=checksum_address(body[8:28], "gateway"),
+                                   unpause_count=int.from_bytes(body[28:60], "big"),
+                                   deadline=int.from_bytes(body[60:92], "big"),
+                                   reason=body[94:].decode("utf-8"))
+        else:
+            raise BridgeRequestError(f"unknown bridge request kind {kind}")
+    except (OrderError, UnicodeDecodeError) as exc:
+        raise BridgeRequestError(str(exc)) from None
+    if encode(request) != raw:
+        raise BridgeRequestError("non-canonical bridge request")
+    return request
