@@ -55,8 +55,6 @@ from .deposits import (
     BlockConnected,
     DepositConfig,
     DepositMachine,
-    MintQueuedSeen,
-    MintSeen,
     Observation,
     OrderSigned,
     PauseChain,

@@ -1,0 +1,187 @@
+"""``python -m fusion_prime.bridge.daemon``: a signer node with its bridge — the composition root.
+
+Where the bridge runs: *inside the signer daemon's process*, composed here, not in a process of its
+own. The node package never imports the bridge; this module builds the same node as
+``fusion_prime.signer.daemon`` (transport, sessions, storage, pool, wallet API) and plugs the
+bridge in from outside: the node's ``authorize`` hook is ``BridgeAuthorizer ∘ WalletAuthorizer``
+(bridge sign requests are checked against this node's own chain view, everything else by the
+wallet policy), and the bridge runtime calls ``Node.sign`` directly on the node's trio loop. One
+process per operator means one thing to deploy and no extra authenticated channel between the
+bridge and its signer (a separate bridge process would need one, and that channel would become
+something to attack).
+
+Start-up: the node and the wallet API start at once. The bridge needs the group key (created
+through the wallet API) and the Gateway (deployed with that key as signer), so a bridge file that
+does not name them yet is re-read every second until it does; then the bridge database opens, the
+authorize hook gets its chain view, the Bridge gRPC service and the runtime start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+from web3 import Web3
+
+from ..node.cli import fail_logged, operator_error
+from ..node.config import load_config
+from ..node.daemon import Node
+from ..node.logs import configure_logging, log_event
+from ..node.material import storage_key
+from ..node.phases import load_key_share
+from ..signer.policy import PolicyBook, PolicyEnforcer
+from ..signer.service import WalletAuthorizer, WalletServicer, start_wallet_server
+from .authorizer import BridgeAuthorizer, BridgeContext
+from .chains.bitcoin.rpcclient import BitcoinRPC
+from .chainview import NodeChainView
+from .config import BridgeConfig, load_bridge_config
+from .db import open_database
+from .derivation import deposit_address
+from .mint_policy import AssetRule, PolicyConfig
+from .runtime import BridgeRuntime
+
+log = logging.getLogger("fusion_prime.bridge.daemon")
+CONFIG_POLL_SECONDS = 1.0
+
+
+def _endpoints(bcfg: BridgeConfig) -> tuple[dict[str, Any], BitcoinRPC | None, Web3 | None, Web3]:
+    sources: dict[str, Any] = {}
+    bitcoin = source_evm = None
+    for chain in bcfg.chains:
+        if chain.kind == "bitcoin":
+            bitcoin = BitcoinRPC(chain.rpc, chain.rpc_user, chain.rpc_password)
+            sources[chain.caip2] = bitcoin
+        else:
+            source_evm = Web3(Web3.HTTPProvider(chain.rpc, request_kwargs={"timeout": 30}))
+            sources[chain.caip2] = source_evm
+    destination = Web3(Web3.HTTPProvider(bcfg.destination_rpc, request_kwargs={"timeout": 30}))
+    return sources, bitcoin, source_evm, destination
+
+
+async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path, *, bridge_listen: str,
+                     bridge_port_file: Path | None) -> None:
+    """Wait for a complete bridge section, then run the bridge until cancelled."""
+    while True:
+        bcfg = load_bridge_config(bridge_path)
+        if bcfg.key_id is not None:
+            authorizer.reserved_key = bcfg.key_id
+            authorizer.admin_clients = bcfg.admin_clients
+            authorizer.signer_path = bcfg.signer_path
+        if bcfg.complete and bcfg.key_id is not None and node.storage.key_info(bcfg.key_id) is not None:
+            break
+        await trio.sleep(CONFIG_POLL_SECONDS)
+    assert bcfg.key_id is not None and bcfg.gateway is not None
+    share = load_key_share(node.storage, bcfg.key_id)
+    committee = list(node.storage.key_info(bcfg.key_id)["parties"])
+    db = await trio.to_thread.run_sync(open_database, bcfg.database)
+    sources, bitcoin, source_evm, destination = _endpoints(bcfg)
+    view = NodeChainView(db, bitcoin=bitcoin, source_evm=source_evm, destination=destination, gateway=bcfg.gateway,
+                         bitcoin_chains=[c.caip2 for c in bcfg.chains if c.kind == "bitcoin"])
+    policy = PolicyConfig(group_key=share.group_key, chain_code=share.chain_code,
+                          destination_chain=bcfg.destination_chain, gateway=bcfg.gateway,
+                          assets=tuple(AssetRule(c.asset, c.caip2, c.params) for c in bcfg.chains if c.asset),
+                          max_deadline_ahead=bcfg.max_deadline_ahead, min_deadline_ahead=bcfg.min_deadline_ahead,
+                          expiry_grace=bcfg.expiry_grace)
+    authorizer.context = BridgeContext(key_id=bcfg.key_id, signer_path=bcfg.signer_path, policy=policy, view=view,
+                                       db=db, admin_clients=bcfg.admin_clients)
+    runtime = BridgeRuntime(bcfg, db=db, sign=node.sign, node_id=node.cfg.node_id, committee=committee,
+                            group_key=share.group_key, chain_code=share.chain_code, view=view, sources=sources,
+                            destination=destination, registry=node.metrics.registry)
+    server = servicer = None
+    try:
+        server, servicer = _start_service(node, bcfg, db, share, bridge_listen, bridge_port_file)
+        log_event(log, logging.INFO, "bridge running", node=node.cfg.node_id, gateway=bcfg.gateway,
+                  chains=[c.caip2 for c in bcfg.chains])
+        await runtime.run()
+    finally:
+        authorizer.context = None
+        if servicer is not None and hasattr(servicer, "close"):
+            servicer.close()
+        if server is not None:
+            server.stop(grace=1.0)
+        db.close()
+
+
+def _start_service(node: Node, bcfg: BridgeConfig, db: Any, share: Any, listen: str, port_file: Path | None
+                   ) -> tuple[Any, Any]:
+    """The Bridge gRPC service (``bridge/service.py``, written beside this module)."""
+    try:
+        from . import service
+    except ImportError:  # pragma: no cover - the service ships with the bridge; kept for partial checkouts
+        log_event(log, logging.WARNING, "bridge service not available: no Bridge gRPC API on this node")
+        return None, None
+    sources = {c.caip2: service.SourceChain(asset=c.symbol, params=c.params) for c in bcfg.chains}
+    destinations = {bcfg.destination_chain: {c.caip2: c.asset or "" for c in bcfg.chains}}
+    servicer = service.BridgeServicer(db, functools.partial(deposit_address, share.group_key, share.chain_code),
+                                      sources=sources, destinations=destinations, node_id=node.cfg.node_id)
+    server, port = service.start_bridge_server(servicer, listen, node.cfg.tls_cert.read_bytes(),
+                                               node.cfg.tls_key.read_bytes())
+    if port_file is not None:
+        port_file.write_text(str(port))
+    return server, servicer
+
+
+async def serve(config: Path, bridge: Path, policy: Path, wallet_listen: str, *, port_file: Path | None = None,
+                bridge_listen: str = "127.0.0.1:0", bridge_port_file: Path | None = None) -> None:
+    cfg = load_config(config)
+    book = PolicyBook.load(policy)  # a bad policy or bridge file stops the node before it opens anything
+    load_bridge_config(bridge)
+    wallet = WalletAuthorizer(None)
+    authorizer = BridgeAuthorizer(wallet, cfg.node_id)
+    node = Node(cfg, storage_key(cfg, dict(os.environ)), authorize=authorizer.in_thread)
+    enforcer = PolicyEnforcer(book, cfg.data_dir / "wallet-policy.sqlite3")
+    wallet.enforcer = enforcer
+    server = None
+    try:
+        async with trio.open_nursery() as nursery:
+            async def run_node(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                await node.run(handle_signals=True, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the node stopped (SIGTERM): so does its bridge
+
+            await nursery.start(run_node)
+            servicer = WalletServicer(node, enforcer, trio.lowlevel.current_trio_token())
+            server, port = start_wallet_server(servicer, wallet_listen, cfg.tls_cert.read_bytes(),
+                                               cfg.tls_key.read_bytes())
+            nursery.start_soon(functools.partial(run_bridge, node, authorizer, bridge, bridge_listen=bridge_listen,
+                                                 bridge_port_file=bridge_port_file))
+            if port_file is not None:
+                port_file.write_text(str(port))
+    finally:
+        if server is not None:
+            server.stop(grace=1.0)
+        enforcer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="the node's TOML config")
+    parser.add_argument("--bridge", type=Path, required=True, help="this node's bridge section (TOML)")
+    parser.add_argument("--policy", type=Path, required=True, help="this node's wallet policy (TOML)")
+    parser.add_argument("--wallet-listen", default="127.0.0.1:0", help="address of the wallet API")
+    parser.add_argument("--port-file", type=Path, help="write the bound wallet port here")
+    parser.add_argument("--bridge-listen", default="127.0.0.1:0", help="address of the Bridge API")
+    parser.add_argument("--bridge-port-file", type=Path, help="write the bound Bridge API port here")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        trio.run(lambda: serve(args.config, args.bridge, args.policy, args.wallet_listen, port_file=args.port_file,
+                               bridge_listen=args.bridge_listen, bridge_port_file=args.bridge_port_file))
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as exc:
+        known = operator_error(exc)
+        if known is None:
+            raise
+        return fail_logged(known, "fusion_prime.bridge.daemon")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
