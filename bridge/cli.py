@@ -1,0 +1,119 @@
+"""`python -m fusion_prime.bridge.cli`: the bridge's command line, on top of the SDK.
+
+Every command talks to one node's Bridge API over TLS, pinning that node's certificate
+(``--server-cert``; ``--server-name`` is the name in it, the node id). No client key is needed: the
+bridge API is not privileged (``bridge/service.py`` says why).
+
+    deposit-address --destination eip155:31338 --recipient 0x… --source bip122:0f91…  (or --asset BTC)
+    status --deposit ID | --address ADDR | --recipient 0x… [--destination CHAIN] | --tx TXID --vout N --source CHAIN
+    watch --deposit ID | --address ADDR        one JSON object per line, until the deposit is final
+    health
+
+Output is JSON on stdout. An error is one line on stderr (``error: CODE: reason``) and exit code 2,
+never a traceback; a closed pipe (``… | head -1``) ends the command quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .client import BridgeClient, BridgeError, to_dict
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, like every other error of this command
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m fusion_prime.bridge.cli", description=__doc__.splitlines()[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True, help="host:port of a node's Bridge API")
+    parser.add_argument("--server-cert", required=True, help="that node's TLS certificate (PEM), pinned")
+    parser.add_argument("--server-name", help="the name in the certificate (the node id)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per unary call (default 30)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("deposit-address", help="the deposit address for a recipient (registered with the node)")
+    p.add_argument("--destination", required=True, help="CAIP-2 of the EVM chain that mints, e.g. eip155:31338")
+    p.add_argument("--recipient", required=True, help="0x address that receives fpBTC/fpETH")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--source", help="CAIP-2 of the chain you deposit on")
+    source.add_argument("--asset", help="what you deposit (BTC, ETH) when one chain carries it")
+    p = sub.add_parser("status", help="deposits by id, outpoint, address or recipient")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--deposit", help="deposit id (64 hex digits)")
+    which.add_argument("--address", help="deposit address: every deposit to it")
+    which.add_argument("--recipient", help="0x recipient: every deposit minting to it")
+    which.add_argument("--tx", help="source transaction id (with --vout and --source)")
+    p.add_argument("--vout", type=int, help="output index (EVM native transfer: 4294967295)")
+    p.add_argument("--source", help="CAIP-2 of the source chain (with --tx)")
+    p.add_argument("--destination", help="only deposits minting on this chain (with --recipient)")
+    p = sub.add_parser("watch", help="follow deposits as they progress (JSON lines)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--deposit", help="deposit id (64 hex digits): until it is minted, dust or erratum")
+    which.add_argument("--address", help="deposit address: its deposits, including ones not sent yet")
+    sub.add_parser("health", help="the node's bridge health (chain heads, routes, errata)")
+    return parser
+
+
+def _emit(data: Any, *, lines: bool = False) -> None:
+    text = json.dumps(data, separators=(",", ":")) if lines else json.dumps(data, indent=2)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _run(args: argparse.Namespace) -> None:
+    cert = Path(args.server_cert).read_bytes()
+    with BridgeClient(args.target, cert, server_name=args.server_name, timeout=args.timeout) as bridge:
+        if args.command == "deposit-address":
+            _emit(to_dict(bridge.deposit_address(args.destination, args.recipient, source=args.source,
+                                                 asset=args.asset)))
+        elif args.command == "status":
+            if args.tx is None and (args.vout is not None or args.source is not None):
+                raise BridgeError("INVALID_ARGUMENT", "--vout and --source go with --tx")
+            if args.destination is not None and args.recipient is None:
+                raise BridgeError("INVALID_ARGUMENT", "--destination goes with --recipient")
+            if args.deposit is not None:
+                _emit(to_dict(bridge.deposit(args.deposit)))
+            elif args.tx is not None:
+                if args.vout is None or args.source is None:
+                    raise BridgeError("INVALID_ARGUMENT", "--tx needs --vout and --source")
+                _emit(to_dict(bridge.deposit(outpoint=(args.source, args.tx, args.vout))))
+            else:
+                found = bridge.deposits(address=args.address, recipient=args.recipient, destination=args.destination)
+                _emit([to_dict(d) for d in found])
+        elif args.command == "watch":
+            for update in bridge.watch(args.deposit, address=args.address):
+                _emit(to_dict(update), lines=True)
+        else:
+            _emit(to_dict(bridge.health()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush of
+        # stdout from raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except (BridgeError, OSError, ValueError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
