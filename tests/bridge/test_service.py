@@ -251,6 +251,21 @@ def test_bad_address_requests_are_invalid_argument_and_change_nothing(
     assert bridge_db.events() == before == []
 
 
+def test_address_contradicting_the_database_is_failed_precondition(client: BridgeClient,
+                                                                   bridge_db: BridgeDB) -> None:
+    """Another address already recorded for the same route (the node's group key changed under its
+    database): refused and reported, never a second address for one recipient."""
+    from fusion_prime.bridge.db import DepositAddress as AddressRecord
+
+    bridge_db.register_address(AddressRecord(address="bcrt1qsomethingelse", asset="BTC", source_chain=BTC,
+                                             destination_chain=DST, recipient=to_checksum_address(RECIPIENT),
+                                             path=(1, 2)))
+    with pytest.raises(BridgeError) as info:
+        client.deposit_address(DST, RECIPIENT, source=BTC)
+    assert info.value.code == "FAILED_PRECONDITION"
+    assert addresses_rows(bridge_db) == ["bcrt1qsomethingelse"]
+
+
 def test_ambiguous_asset_is_invalid_argument(bridge_db: BridgeDB, tls: tuple[bytes, bytes]) -> None:
     servicer = BridgeServicer(bridge_db, functools.partial(deposit_address, GROUP_KEY, CHAIN_CODE),
                               sources={ETH_SRC: SourceChain("ETH", ETH_PARAMS),
