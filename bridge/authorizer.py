@@ -144,7 +144,7 @@ class BridgeAuthorizer:
         log_event(log, logging.INFO if verdict.ok else logging.WARNING,
                   "mint co-signed" if verdict.ok else "mint refused", node=self.node_id,
                   deposit_id="0x" + did.hex(), coordinator=proposal.coordinator, code=verdict.code,
-                  reason=verdict.reason, nonce=order.nonce)
+                  reason=verdict.reason, order_nonce=str(order.nonce))
         return (True, "") if verdict.ok else (False, f"bridge: {verdict.code}: {verdict.reason}")
 
     def _pause(self, proposal: peer_pb2.SessionProposal, request: PauseRequest, ctx: BridgeContext
