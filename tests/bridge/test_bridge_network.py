@@ -8,12 +8,11 @@ deployed with its address as signer and configured with group-signed orders.
 
 Shows: a BTC and an ETH deposit are each minted exactly once, to the right recipient, for the
 right amount, and only after the right depth (nothing is minted while the deposit is one block
-short; balances and ``Minted`` events are read on-chain); a dust deposit is reported and never
-minted; a deposit reorganised out before its depth (``invalidateblock``) mints nothing; a
-coordinator that proposes an order for a deposit that does not exist, an inflated amount, another
-recipient, a deposit below its depth, or one already minted is refused by every honest node (a
-node of the real network run in this process with its own check switched off); a reorg after a
-mint pauses the Gateway and the erratum is reported.
+short; balances and ``Minted`` events are read on-chain); every node derives the same deposit
+address on its own; a dust deposit is reported and never minted; a deposit reorganised out before
+its depth (``invalidateblock`` and a competing branch) mints nothing; a reorg after a mint marks
+the deposit an erratum on every node, the Gateway is paused with a group-signed ``Pause`` and the
+status names the deposit.
 
 The nodes wait with deadlines only to fail rather than hang; nothing here asserts a duration.
 """
@@ -345,7 +344,6 @@ def test_reorg_before_depth_mints_nothing(net: Net) -> None:
     wait_for("confirming everywhere", lambda: net.states(did) == {"confirming"}, procs=net.procs)
     net.rpc.invalidateblock(block)
     # the transaction went back to the mempool; a competing branch without it is mined past the depth
-    net.rpc.call("getrawmempool")
     _drop_from_mempool(net, txid)
     net.miner.mine(3)
     wait_for("reorged everywhere", lambda: net.states(did) == {"reorged"}, procs=net.procs)
@@ -371,3 +369,27 @@ def _drop_from_mempool(net: Net, txid: str) -> None:
     replacement = tx.serialize().hex()
     net.rpc.call("generateblock", net.miner.address, [replacement])
     net.miner.coins.append((tx.txid_hex, 0, prev_value - 50_000))
+
+
+def test_reorg_after_the_mint_pauses_and_reports_the_erratum(net: Net) -> None:
+    """Last in the module: it leaves the Gateway paused."""
+    recipient = "0x" + "f7" * 20
+    address = net.address(BTC_CHAIN, recipient)
+    amount = 40_000_000
+    txid, vout = net.miner.pay(address, amount)
+    did = deposit_id(BTC_CHAIN, txid, vout)
+    block = net.miner.mine(1)[0]
+    net.miner.mine(1)
+    wait_for("minted", lambda: net.balance("fpBTC", recipient) == amount, procs=net.procs)
+    wait_for("minted everywhere", lambda: net.states(did) == {"minted"}, procs=net.procs)
+    net.rpc.invalidateblock(block)
+    _drop_from_mempool(net, txid)
+    net.miner.mine(3)
+    wait_for("erratum everywhere", lambda: net.states(did) == {"erratum"}, procs=net.procs)
+    wait_for("Gateway paused", lambda: net.gateway.functions.paused().call(), procs=net.procs)
+    for node_id in net.bridge_ports:
+        status = wait_for("status names the erratum", lambda n=node_id: (
+            net.status(n).get("chains", {}).get(BTC_CHAIN, {}).get("paused") and net.status(n)), procs=net.procs)
+        assert "0x" + did.hex() in status["chains"][BTC_CHAIN]["pause_reason"]
+        assert any(a["deposit_id"] == "0x" + did.hex() and a["severity"] == "critical" for a in status["alerts"])
+    assert len(net.minted_events(did)) == 1
