@@ -359,10 +359,10 @@ def _migration_2(conn: Connection) -> None:
     """Invariants the application must not be able to break by mistake: the event log is
     append-only, and a deposit row is never deleted (its history is the evidence)."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(
+        conn.execute(sa.text(  # text(): SQLAlchemy escapes the '%' for psycopg's placeholders
             "CREATE FUNCTION bridge_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
             "BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$"
-        )
+        ))
         conn.exec_driver_sql(
             "CREATE TRIGGER bridge_events_append_only BEFORE UPDATE OR DELETE ON bridge_events "
             "FOR EACH ROW EXECUTE FUNCTION bridge_refuse_change()"
@@ -626,15 +626,16 @@ class Transaction(Reader):
         row = {"address": address.address, "asset": address.asset, "source_chain": address.source_chain,
                "destination_chain": address.destination_chain, "recipient": address.recipient,
                "path": list(address.path), "created_at": self._now}
-        try:
-            with self.conn.begin_nested():
-                inserted = self.conn.execute(self._insert(deposit_addresses).values(row)
-                                             .on_conflict_do_nothing(index_elements=["address"])).rowcount
-        except sa.exc.IntegrityError as exc:
-            raise Conflict(f"{address.source_chain}/{address.asset} → {address.destination_chain} "
-                           f"{address.recipient} already has another deposit address") from exc
+        # DO NOTHING on *any* unique key: with a conflict target, PostgreSQL would raise on the
+        # other unique key when two writers insert the same row at once, instead of waiting.
+        # RETURNING, not rowcount: psycopg reports -1 for this statement.
+        inserted = self.conn.execute(
+            self._insert(deposit_addresses).values(row).on_conflict_do_nothing()
+            .returning(deposit_addresses.c.address)).first() is not None
         stored = self.get_address(address.address)
-        assert stored is not None
+        if stored is None:
+            raise Conflict(f"{address.source_chain}/{address.asset} → {address.destination_chain} "
+                           f"{address.recipient} already has another deposit address")
         if dataclasses.replace(stored, created_at=0.0) != dataclasses.replace(address, created_at=0.0,
                                                                              path=tuple(address.path)):
             raise Conflict(f"deposit address {address.address} is already registered for something else")
@@ -670,13 +671,10 @@ class Transaction(Reader):
             self._check_pays_registered_address(deposit)
             row = {f.name: getattr(deposit, f.name) for f in dataclasses.fields(Deposit)}
             row["updated_at"] = self._now
-            try:
-                with self.conn.begin_nested():
-                    inserted = self.conn.execute(self._insert(deposits).values(row)
-                                                 .on_conflict_do_nothing(index_elements=["deposit_id"])).rowcount
-            except sa.exc.IntegrityError as exc:
-                raise Conflict(f"outpoint {deposit.source_chain} {deposit.txid}:{deposit.vout} (or its order) "
-                               "is already recorded under another deposit id") from exc
+            # DO NOTHING on any unique key (see register_address), then find out which one it was.
+            inserted = self.conn.execute(
+                self._insert(deposits).values(row).on_conflict_do_nothing()
+                .returning(deposits.c.deposit_id)).first() is not None
             if inserted:
                 stored = dataclasses.replace(deposit, updated_at=self._now)
                 self.record_event(f"deposit-{deposit.state}",
@@ -684,8 +682,10 @@ class Transaction(Reader):
                                    "deposit": {k: v for k, v in row.items() if k not in ("deposit_id", "updated_at")}},
                                   deposit.deposit_id)
                 return stored
-            current = self._lock_deposit(deposit.deposit_id)  # another writer inserted it first
-            assert current is not None
+            current = self._lock_deposit(deposit.deposit_id)  # another writer may have inserted it first
+            if current is None:
+                raise Conflict(f"outpoint {deposit.source_chain} {deposit.txid}:{deposit.vout} (or its order) "
+                               "is already recorded under another deposit id")
         for name in IDENTITY_FIELDS:
             if getattr(current, name) != getattr(deposit, name):
                 raise Conflict(f"deposit {deposit.deposit_id.hex()}: {name} is recorded as "
