@@ -41,6 +41,8 @@ PG_MAJOR = 15
 PG_USER = "postgres"
 SUPERUSER = "postgres"
 _REQUIRED = ("initdb", "pg_ctl", "postgres")
+_PREFIX = "fp-pg-"
+_OWNER_FILE = "owner.pid"
 _START_ATTEMPTS = 5
 _READY_DEADLINE_S = 120.0  # a stuck server fails the session with its log, rather than hanging it
 
@@ -72,6 +74,23 @@ def find_bindir() -> Path:
         + ". Run `make setup`, which installs Debian's `postgresql` package when they are missing "
         "(or set FP_PG_BINDIR)."
     )
+
+
+def _sweep_orphans() -> None:
+    """Remove clusters' temp dirs left by test processes that were killed (SIGKILL/SIGTERM skip the
+    fixture's teardown; the server itself died with them through its parent-death signal). A dir
+    is an orphan only when the process that made it is gone, so a sibling worker's is never touched."""
+    for path in Path(tempfile.gettempdir()).glob(_PREFIX + "*"):
+        try:
+            owner = int((path / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 def _free_port() -> int:
@@ -152,7 +171,9 @@ class PostgresCluster:
             raise
 
     def _initdb(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="fp-pg-"))
+        _sweep_orphans()
+        self.base = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        (self.base / _OWNER_FILE).write_text(str(os.getpid()))
         self._chown(self.base)
         pwfile = self.base / "pwfile"
         pwfile.write_text(self.password + "\n")
