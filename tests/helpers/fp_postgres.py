@@ -199,7 +199,7 @@ class PostgresCluster:
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "shared_buffers": "32MB",
-            "max_connections": "60",
+            "max_connections": "200",
             "dynamic_shared_memory_type": "mmap",
         }
         args = ["-D", str(self.data), "-p", str(self.port)]
