@@ -21,6 +21,19 @@ carried out:
   first is slow) are safe: same slot, same order; different slots, the second is refused by
   every node that co-signed the first while it is live; and the Gateway's ``mintedDeposit`` is
   the last line.
+* **One order per deposit across slots and restarts.** Before proposing, a node looks in its own
+  event log for an order with the same terms that it already co-signed (as coordinator or as
+  participant: the authorize hook records both) and that is still live for long enough; if there
+  is one, it proposes *that* order instead of this slot's. Otherwise a retry after a slot
+  boundary, or a coordinator restarted mid-session in a later slot, would propose a second order
+  that every node which co-signed the first — its own hook included — refuses until the first
+  expires (``cosigned_different_order``): the deposit would stall for two slots.
+* **Addresses registered late.** The block walk sees only outputs to addresses registered when
+  the block was read; a deposit whose block was scanned before its address was registered here
+  (the user asked another node first, or paid an address computed from the group's public key)
+  would never be found. Each step looks for registrations newer than a durable watermark and
+  re-reads, for just those addresses, the last ``RESCAN_BLOCKS`` blocks the machine holds;
+  outputs found are fed as re-deliveries of blocks the machine already has (idempotent there).
 * ``Relay`` → ``Gateway.mint(order, signature)`` from this node's relayer account, skipped when
   ``mintedDeposit`` is already set (a second submission would only revert).
 * ``PauseChain`` → a group-signed ``Pause`` relayed with ``pauseWithSignature``; a CRITICAL log
@@ -77,7 +90,16 @@ log = logging.getLogger("fusion_prime.bridge.runtime")
 #: async (key_id, digest, path, client_request) -> SessionOutcome — ``Node.sign``.
 SignFn = Callable[..., Awaitable[Any]]
 SNAPSHOT_META = "machine-state:"
+ADDRESS_MARK_META = "address-watermark"
 EPOCH_EVERY = 40  # steps between signer-epoch reads
+#: blocks below the tip re-read for a newly registered address (Bitcoin: two days; the machine
+#: keeps at least this many headers)
+RESCAN_BLOCKS = 288
+#: registrations are looked for from this many seconds before the watermark (one committed late
+#: with an earlier ``created_at`` is not missed; those already rescanned are remembered)
+ADDRESS_MARGIN = 300.0
+#: a co-signed order is reused only while it stays acceptable this long beyond the policy minimum
+REUSE_MARGIN = 30
 
 
 def canonical_order(order: MintOrder, now: float, slot: int) -> MintOrder:
@@ -157,6 +179,8 @@ class BridgeRuntime:
         self._in_flight: set[str] = set()
         self._attempted: set[str] = set()
         self._steps = 0
+        self._address_mark = float(db.get_meta(ADDRESS_MARK_META) or 0.0)
+        self._address_done: dict[str, float] = {}  # address -> created_at, rescanned already
         self._nursery: trio.Nursery | None = None
         self.alerts: list[dict[str, Any]] = []
         self.dust: list[dict[str, Any]] = []
@@ -209,9 +233,14 @@ class BridgeRuntime:
         self._steps += 1
         if self._steps % EPOCH_EVERY == 0:
             await self._epoch()
+        # read before the walk: every block the walk reads from here on sees these registrations,
+        # and every block read before is in the machine's headers when the rescan runs
+        fresh = await trio.to_thread.run_sync(self._fresh_addresses)
         for chain, follower in self.followers.items():
             for obs in await trio.to_thread.run_sync(follower.poll):
                 await self.feed(chain, obs)
+        if fresh:
+            await self._rescan_new_addresses(fresh)
         mints, head, warnings = await trio.to_thread.run_sync(self.mints.poll)
         for w in warnings:
             self._alert("critical", w, None)
@@ -243,13 +272,64 @@ class BridgeRuntime:
         await self._execute(chain, actions)
         return actions
 
+    # -- addresses registered after their deposit's block was read
+    def _fresh_addresses(self) -> list[dbm.DepositAddress]:
+        """(worker thread) Registrations at or after the watermark (less the margin) not rescanned yet."""
+        since = self._address_mark - ADDRESS_MARGIN
+        table = dbm.deposit_addresses
+        with self.db.read() as r:
+            rows = r.conn.execute(sa.select(table).where(table.c.created_at >= since)
+                                  .order_by(table.c.created_at)).all()
+        for a in [a for a, at in self._address_done.items() if at < since]:
+            del self._address_done[a]
+        return [a for a in (dbm._address_from_row(row) for row in rows) if a.address not in self._address_done]
+
+    async def _rescan_new_addresses(self, fresh: list[dbm.DepositAddress]) -> None:
+        """Re-read the recent blocks each source machine holds for just these addresses; feed
+        the outputs found as re-deliveries of those blocks. Then advance the durable watermark."""
+        for chain, machine in self.machines.items():
+            mine = {a.address: a for a in fresh if a.source_chain == chain}
+            if not mine:
+                continue
+            async with self._lock:
+                floor = machine.tip - RESCAN_BLOCKS
+                blocks = sorted((h, v) for h, v in machine.headers.items() if h > floor)
+            source = self.followers[chain].source
+            found = 0
+            for height, block_hash in blocks:
+                parent, outputs = await trio.to_thread.run_sync(source.block, block_hash, mine.get)
+                if not outputs:
+                    continue
+                found += len(outputs)
+                obs = BlockConnected(height, block_hash, parent, tuple(outputs))
+                async with self._lock:
+                    if machine.headers.get(height) != block_hash:
+                        continue  # reorganised meanwhile: the walk reports the new branch (it sees them now)
+                    actions = machine.handle(obs, int(self.clock()))
+                    await self._persist(chain, obs, actions, cursor=False)
+                await self._execute(chain, actions)
+            log_event(log, logging.INFO, "new deposit addresses rescanned", node=self.node_id, chain=chain,
+                      addresses=len(mine), blocks=len(blocks), outputs=found)
+        for a in fresh:
+            self._address_done[a.address] = a.created_at
+        mark = max([self._address_mark, *(a.created_at for a in fresh)])
+        if mark > self._address_mark:
+            self._address_mark = mark
+            await trio.to_thread.run_sync(self._save_mark, mark)
+
+    def _save_mark(self, mark: float) -> None:
+        with self.db.transaction() as tx:
+            _put_meta(tx, ADDRESS_MARK_META, repr(mark))
+
     # -- persistence
-    async def _persist(self, chain: str, obs: Observation | None, actions: list[Action]) -> None:
+    async def _persist(self, chain: str, obs: Observation | None, actions: list[Action], *,
+                       cursor: bool = True) -> None:
         machine = self.machines[chain]
         snapshot = json.dumps(machine.to_dict(), sort_keys=True, separators=(",", ":"))
-        await trio.to_thread.run_sync(self._write, chain, obs, actions, snapshot)
+        await trio.to_thread.run_sync(self._write, chain, obs, actions, snapshot, cursor)
 
-    def _write(self, chain: str, obs: Observation | None, actions: list[Action], snapshot: str) -> None:
+    def _write(self, chain: str, obs: Observation | None, actions: list[Action], snapshot: str,
+               cursor: bool = True) -> None:
         machine = self.machines[chain]
         records: dict[str, list[str]] = {}
         with self.db.transaction() as tx:
@@ -267,7 +347,7 @@ class BridgeRuntime:
                 dep = machine.get(did)
                 if dep is not None:
                     self._mirror(tx, chain, dep, "; ".join(details))
-            if isinstance(obs, BlockConnected):
+            if isinstance(obs, BlockConnected) and cursor:  # a rescanned old block does not move it back
                 tx.set_cursor(chain, obs.height, obs.hash)
             _put_meta(tx, SNAPSHOT_META + chain, snapshot)
 
@@ -364,11 +444,24 @@ class BridgeRuntime:
             if now < due or did in self._in_flight:
                 continue
             del self._pending[did]
-            # re-canonicalise: a proposal scheduled long ago must not carry a near-expired deadline
+            # re-canonicalise: a proposal scheduled long ago must not carry a near-expired deadline;
+            # but an order with these terms this node already co-signed, still live, is the one
             order = canonical_order(order, now, self.cfg.order_slot_seconds)
+            order = await trio.to_thread.run_sync(self._cosigned_live, order, now) or order
             self._in_flight.add(did)
             self._attempted.add(did)
             self._spawn(self._sign_order, chain, did, order)
+
+    def _cosigned_live(self, order: MintOrder, now: float) -> MintOrder | None:
+        """(worker thread) The live order with ``order``'s terms and epoch this node co-signed, if any."""
+        try:
+            cosigned = self.view.cosigned_orders(order.deposit_id)
+        except Exception as exc:  # the database: propose this slot's order; the policy still decides
+            log_event(log, logging.WARNING, "co-signed orders unreadable", node=self.node_id, error=str(exc))
+            return None
+        live = [o for o in cosigned if o.same_deposit_terms(order) and o.signer_epoch == order.signer_epoch
+                and o.deadline >= now + self.cfg.min_deadline_ahead + REUSE_MARGIN]
+        return max(live, key=lambda o: o.deadline) if live else None
 
     async def _sign_order(self, chain: str, did: str, order: MintOrder) -> None:
         digest = order.digest(self.cfg.gateway, self.cfg.destination_chain_id)

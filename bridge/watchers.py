@@ -8,6 +8,9 @@ observations.
   are reported as :class:`BlockConnected`, each with the outputs paying a *registered* deposit
   address. Sources: :class:`BitcoinBlocks` (Bitcoin Core JSON-RPC, ``getblock`` verbosity 2) and
   :class:`EvmBlocks` (web3: top-level value transfers of successful transactions).
+* A deposit address registered only *after* the block paying it was scanned would be missed by
+  the walk: the runtime re-reads the recent blocks it holds for just the new addresses (see
+  ``BridgeRuntime._rescan_new_addresses``), through ``block(hash, lookup)``.
 * :class:`MintFollower` follows the Gateway's ``Minted``/``MintQueued`` logs on the destination
   chain with the EVM adapter's reorg-aware :class:`LogFollower`.
 
@@ -42,8 +45,9 @@ class BlockSource(Protocol):
 
     def block_hash(self, height: int) -> str: ...
 
-    def block(self, block_hash: str) -> tuple[str, list[DepositOutput]]:
-        """(parent hash, outputs paying registered deposit addresses)."""
+    def block(self, block_hash: str, lookup: Lookup | None = None) -> tuple[str, list[DepositOutput]]:
+        """(parent hash, outputs paying registered deposit addresses — or the addresses
+        ``lookup`` knows, when given: a rescan for newly registered addresses)."""
         ...
 
 
@@ -66,13 +70,14 @@ class BitcoinBlocks:
     def block_hash(self, height: int) -> str:
         return self.rpc.get_block_hash(height)
 
-    def block(self, block_hash: str) -> tuple[str, list[DepositOutput]]:
+    def block(self, block_hash: str, lookup: Lookup | None = None) -> tuple[str, list[DepositOutput]]:
+        lookup = lookup or self.lookup
         block = self.rpc.get_block(block_hash, 2)
         outputs = []
         for tx in block["tx"]:
             for out in tx["vout"]:
                 address = out["scriptPubKey"].get("address")
-                reg = self.lookup(address) if address else None
+                reg = lookup(address) if address else None
                 if reg is None or reg.source_chain != self.source_chain:
                     continue
                 amount = int((Decimal(str(out["value"])) * COIN).to_integral_exact())
@@ -94,14 +99,15 @@ class EvmBlocks:
     def block_hash(self, height: int) -> str:
         return _hex(self.w3.eth.get_block(height)["hash"])
 
-    def block(self, block_hash: str) -> tuple[str, list[DepositOutput]]:
+    def block(self, block_hash: str, lookup: Lookup | None = None) -> tuple[str, list[DepositOutput]]:
+        lookup = lookup or self.lookup
         block = self.w3.eth.get_block(block_hash, full_transactions=True)
         outputs = []
         for tx in block["transactions"]:
             to, value = tx.get("to"), int(tx["value"])
             if not to or value <= 0:
                 continue
-            reg = self.lookup(Web3.to_checksum_address(to))
+            reg = lookup(Web3.to_checksum_address(to))
             if reg is None or reg.source_chain != self.source_chain:
                 continue
             if int(self.w3.eth.get_transaction_receipt(tx["hash"])["status"]) != 1:
