@@ -285,7 +285,9 @@ def _define_v1(md: sa.MetaData) -> dict[str, sa.Table]:
             sa.Column("asset", sa.String(32), nullable=False),
             sa.Column("source_chain", sa.String(64), nullable=False),
             sa.Column("txid", sa.String(128), nullable=False),
-            sa.Column("vout", sa.Integer, nullable=False),
+            # BIGINT: an output index is a uint32 (and EVM native deposits use 2**32 - 1,
+            # bridge/orders.py), which PostgreSQL's 32-bit signed INTEGER cannot hold.
+            sa.Column("vout", sa.BigInteger, nullable=False),
             sa.Column("address", sa.String(128), sa.ForeignKey("deposit_addresses.address"), nullable=False),
             sa.Column("amount", Amount, nullable=False),
             sa.Column("recipient", sa.String(128), nullable=False),
@@ -383,7 +385,14 @@ def _migration_2(conn: Connection) -> None:
             conn.exec_driver_sql(statement)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2)
+def _migration_3(conn: Connection) -> None:
+    """``deposits.vout`` holds any uint32 (EVM native deposits use 2**32 - 1): 64-bit on
+    PostgreSQL, where v1 made it a 32-bit INTEGER. SQLite's INTEGER is already 64-bit."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE deposits ALTER COLUMN vout TYPE BIGINT")
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -419,8 +428,8 @@ def _check_deposit(d: Deposit) -> None:
         raise InvalidRecord(f"unknown deposit state {d.state!r}")
     for name in ("vout", "confirmations", "required_confirmations"):
         value = getattr(d, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidRecord(f"{name} must be a non-negative int")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+            raise InvalidRecord(f"{name} must be an int in [0, 2**32)")
     for name in ("asset", "txid", "address", "recipient"):
         if not isinstance(getattr(d, name), str) or not getattr(d, name):
             raise InvalidRecord(f"{name} must be a non-empty string")

@@ -371,10 +371,7 @@ def test_watch_by_address_sees_current_then_new_deposits_and_every_transition(
 
 def test_evm_native_deposit_vout_is_shown(client: BridgeClient, bridge_db: BridgeDB, engine_name: str,
                                           request: pytest.FixtureRequest) -> None:
-    """An ETH deposit's vout is EVM_NATIVE_VOUT = 2**32 - 1 (bridge/orders.py)."""
-    if engine_name == "postgresql":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="bridge/db.py stores vout as INTEGER (int32) on PostgreSQL: 2**32 - 1 overflows"))
+    """An ETH deposit's vout is EVM_NATIVE_VOUT = 2**32 - 1 (bridge/orders.py), on both engines."""
     address = client.deposit_address(DST, RECIPIENT, source=ETH_SRC).address
     dep = bridge_db.upsert_deposit(make_deposit(address, txid_byte=9, vout=2**32 - 1, source=ETH_SRC, asset="ETH"))
     assert client.deposit(outpoint=(ETH_SRC, "0x" + dep.txid, 2**32 - 1)).vout == 2**32 - 1
