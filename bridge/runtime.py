@@ -35,7 +35,8 @@ carried out:
   re-reads, for just those addresses, the last ``RESCAN_BLOCKS`` blocks the machine holds;
   outputs found are fed as re-deliveries of blocks the machine already has (idempotent there).
 * ``Relay`` → ``Gateway.mint(order, signature)`` from this node's relayer account, skipped when
-  ``mintedDeposit`` is already set (a second submission would only revert).
+  ``mintedDeposit`` is already set (a second submission would only revert); a failed submission
+  is retried (backing off) while the deposit is still ``signed`` with that order and it is live.
 * ``PauseChain`` → a group-signed ``Pause`` relayed with ``pauseWithSignature``; a CRITICAL log
   line, the ``fp_bridge_chain_paused`` gauge and the status file name the erratum.
 """
@@ -487,15 +488,29 @@ class BridgeRuntime:
             self._in_flight.discard(did)
         await self.feed(chain, obs)
 
+    def _still_signed(self, a: Relay) -> bool:
+        dep = next((d for m in self.machines.values() if (d := m.get(a.deposit_id)) is not None), None)
+        return dep is not None and dep.state == "signed" and dep.order == a.order \
+            and self.clock() <= a.order.deadline
+
     async def _relay(self, a: Relay) -> None:
+        """Submit the signed order; a failure (the relayer out of gas money, an endpoint down) is
+        retried while the deposit is still ``signed`` with this order and the order is live —
+        otherwise a signed order would wait for its expiry and a re-issue to be minted."""
         if self.relayer is None:
             return
-        try:
-            tx_hash = await trio.to_thread.run_sync(self._send_mint, a.order, a.signature)
-        except Exception as exc:  # a revert (already minted by another relayer) or an endpoint error
-            log_event(log, logging.WARNING, "mint relay failed", node=self.node_id, deposit_id=a.deposit_id,
-                      error=f"{type(exc).__name__}: {exc}")
-            return
+        delay = self.cfg.retry_seconds
+        while True:
+            try:
+                tx_hash = await trio.to_thread.run_sync(self._send_mint, a.order, a.signature)
+                break
+            except Exception as exc:  # a revert (already minted by another relayer) or an endpoint error
+                log_event(log, logging.WARNING, "mint relay failed", node=self.node_id, deposit_id=a.deposit_id,
+                          error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            if not self._still_signed(a):
+                return
         if tx_hash:
             self.m_relays.inc()
             self.relayed.append(tx_hash)
