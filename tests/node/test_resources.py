@@ -121,7 +121,10 @@ def test_trio_worker_threads_replaced_after_idle_periods_do_not_leak(tmp_path, m
     finally:
         store.close()
     assert len(seen_threads) > 25 * 2  # the bursts really ran on fresh threads
-    assert end <= start + FDS_PER_CONNECTION
+    # One connection's descriptors of slack, plus a few for whatever else lives in this process
+    # (an xdist worker keeps gRPC channels and sockets of earlier tests, closed by the garbage
+    # collector at its own pace). The leak this guards against grew by ~28 per cycle: 46 -> 740.
+    assert end <= start + FDS_PER_CONNECTION + 8
 
 
 def _sign_request(i: int) -> wallet_pb2.SignedRequest:

@@ -179,13 +179,24 @@ def test_refusals_say_why_and_a_consumed_refusal_quarantines_until_resync(tmp_pa
             assert events.index("pool-quarantined") < events.index("pool-resynchronised")
             assert node1.storage.pool_quarantine() is None
 
-            # A quarantined node joins no sign session (refusal code, not a culprit).
+            # A quarantined node joins no sign session (refusal code, not a culprit). Its resync
+            # pass (which would lift the quarantine at once: node2 holds nothing to verify) is
+            # held back until the refusal has been seen.
+            gate = trio.Event()
+            resync = node2._resync
+
+            async def held_resync() -> None:
+                await gate.wait()
+                await resync()
+
+            node2._resync = held_resync
             await node2._enter_quarantine("test: evidence")
             assert node2.health()["pool"]["state"] == "quarantined"
             assert node2.storage.pool_quarantine() is not None, "persisted"
             proposal = node1.sessions._proposal("sign", ["node1", "node2"], fill, 10.0)
             reply = await node1.transport.propose("node2", proposal, 5.0)
             assert not reply.accepted and reply.refusal == Refusal.POOL_QUARANTINED
+            gate.set()
             with trio.fail_after(30):
                 while node2.quarantined:
                     await trio.sleep(0.05)
