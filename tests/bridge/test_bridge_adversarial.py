@@ -17,8 +17,10 @@ Shows:
   real one, for that node only) proposes, and the others refuse: nothing co-signed, nothing minted;
 * three coordinators racing on one deposit (``coordinator_takeover_seconds = 0``) mint it once;
 * the coordinator SIGKILLed during the sign session, or between its order being signed and the
-  relay, and restarted: the deposit is minted exactly once;
-* a mint above the Gateway's large-mint threshold is queued, executed after the delay once.
+  relay, and restarted: the deposit is minted exactly once.
+
+Not here yet: a mint above the Gateway's large-mint threshold (queued, executed once after the
+delay) — nothing in the bridge calls ``executeMint`` today.
 
 Nothing here asserts a duration; deadlines only turn a hang into a failure.
 """
