@@ -330,7 +330,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         out = wallet_pb2.ListKeysResponse()
         for key_id in self.node.storage.list_keys():
             info = self.node.storage.key_info(key_id) or {}
-            available = sum(n for _, n in self.node.storage.presignature_sets(key_id))
+            # What a sign sent to *this* node can use at once: the presignatures it leads (only a
+            # presignature's leader may sign with it); its copies of others' are not counted.
+            available = len(self.node.storage.led_presignatures(key_id, self.node.cfg.node_id))
             out.keys.add(key_id=key_id, group_public_key=bytes(info.get("public_key") or b""),
                          threshold=int(info.get("threshold", 0)), parties=info.get("parties", []),
                          presignatures_available=available)

@@ -74,9 +74,9 @@ def test_lost_wal_and_restored_copy_never_sign_a_presignature_twice(net) -> None
     with net.client_for("node1") as w:
         created = w.create_key(2, 3, "rollback")
     key_id, group_key = bytes(created.key_id), bytes(created.group_public_key)
-    # node2 holds the {node1, node2} pool and the {node2, node3} one (led by node1 and node2,
-    # before and after the leader rule alike): both full, so node1 has presignatures to sign with
-    _wait_for_pool(net, "node2", key_id, 16)
+    # node1's own pool (the presignatures it leads, which ListKeys counts) is full, so node1
+    # signs from its pool - not on demand - before and after its database goes back
+    _wait_for_pool(net, "node1", key_id, 8)
 
     # 1. Lost WAL: a clean restart checkpoints the WAL into the main file; three signs go to
     #    the WAL only; kill -9, delete the WAL: the database is back before those signs.
