@@ -49,7 +49,8 @@ from fusion_prime.bridge.client import BridgeClient
 from fusion_prime.bridge.config import bridge_toml
 from fusion_prime.bridge.deploy import DEST_BITCOIN, DEST_EVM, AssetSpec, deploy_bridge
 from fusion_prime.bridge.watchers import MINTED_TOPIC
-from fusion_prime.node.devnet import create_devnet
+from fusion_prime.node.config import config_to_toml, load_config
+from fusion_prime.node.devnet import create_devnet, free_port
 from fusion_prime.protocol.identity import PartyIdentity
 from fusion_prime.signer.client import WalletClient
 
@@ -242,10 +243,13 @@ def _start(d: Any, starts: dict[str, int]) -> subprocess.Popen[bytes]:
     for f in ("wallet.port", "bridge.port"):
         (d.folder / f).unlink(missing_ok=True)
     log = open(d.folder / f"bridge-daemon-{starts[d.node_id]}.log", "wb")
+    listen = (d.folder / "bridge.listen").read_text().strip() if (d.folder / "bridge.listen").exists() \
+        else "127.0.0.1:0"
     return subprocess.Popen(
         [sys.executable, "-m", "fusion_prime.bridge.daemon", "--config", str(d.config_path), "--bridge",
          str(d.folder / "bridge.toml"), "--policy", str(d.folder / "policy.toml"), "--port-file",
-         str(d.folder / "wallet.port"), "--bridge-port-file", str(d.folder / "bridge.port")],
+         str(d.folder / "wallet.port"), "--bridge-port-file", str(d.folder / "bridge.port"),
+         "--bridge-listen", listen],
         stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -265,13 +269,43 @@ def _write_bridge(d: Any, rpc_url: str, src_url: str, dst_url: str, *, key_id: s
     (d.folder / "bridge.toml").write_text(bridge_toml(bridge, chains))
 
 
+def _node_overrides(devnet: list[Any], d: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    if "peers" not in overrides:
+        return dict(overrides)
+    return {**overrides, "peers": _bridge_peers(devnet, d)}
+
+
 def _port(path: Path) -> int | None:
     return int(path.read_text()) if path.exists() and path.read_text() else None
 
 
+def _tune_nodes(devnet: list[Any], presign_pool_depth: int | None) -> None:
+    """Rewrite each node's config with the requested presignature pool depth."""
+    if presign_pool_depth is None:
+        return
+    for d in devnet:
+        cfg = dataclasses.replace(load_config(d.config_path), presign_pool_depth=presign_pool_depth)
+        d.config_path.write_text(config_to_toml(cfg))
+        load_config(d.config_path)
+
+
+def _bridge_peers(devnet: list[Any], d: Any) -> list[dict[str, str]]:
+    """``d``'s ``[[bridge.peers]]``: every other node's Bridge endpoint and certificate."""
+    return [{"node_id": p.node_id, "address": (p.folder / "bridge.listen").read_text().strip(),
+             "tls_cert": str(p.folder / "tls.crt")} for p in devnet if p.node_id != d.node_id]
+
+
 @contextlib.contextmanager
-def bridge_network(base: Path, **overrides: Any) -> Iterator[Net]:
-    """The whole network, running; ``overrides`` go into every node's bridge section."""
+def bridge_network(base: Path, *, security_level: str | None = None, presign_pool_depth: int | None = None,
+                   round_deadline_seconds: float = 20.0, forward_registrations: bool = False,
+                   **overrides: Any) -> Iterator[Net]:
+    """The whole network, running; ``overrides`` go into every node's bridge section.
+
+    ``security_level`` (default: the devnet's test level) and ``presign_pool_depth`` (default: the
+    node's) configure the signer nodes; ``forward_registrations`` gives each node fixed Bridge API
+    ports and lists the other nodes' Bridge endpoints in its ``[[bridge.peers]]``, so a deposit
+    address registered at one node is forwarded to the others (off by default: the late-registration
+    tests need a node that does not know an address yet)."""
     btc_node = RegtestNode(base / "btc")
     server = BitcoinRPCServer(btc_node, user="tester", password="secret").start()
     rpc = BitcoinRPC(server.url, "tester", "secret")
@@ -282,7 +316,13 @@ def bridge_network(base: Path, **overrides: Any) -> Iterator[Net]:
         miner.fund(8)
         src = Web3(Web3.HTTPProvider(src_anvil.url))
         dst = Web3(Web3.HTTPProvider(dst_anvil.url))
-        devnet = create_devnet(base, 3, with_metrics=False, round_deadline_seconds=20.0)
+        devnet = create_devnet(base, 3, with_metrics=False, round_deadline_seconds=round_deadline_seconds,
+                               security_level=security_level)
+        _tune_nodes(devnet, presign_pool_depth)
+        if forward_registrations:
+            for d in devnet:
+                (d.folder / "bridge.listen").write_text(f"127.0.0.1:{free_port()}")
+            overrides = {**overrides, "peers": None}  # filled per node below
         relayers = {}
         starts: dict[str, int] = {}
         for d in devnet:
@@ -296,7 +336,7 @@ def bridge_network(base: Path, **overrides: Any) -> Iterator[Net]:
             relayers[d.node_id] = acct
             (d.folder / "relayer.key").write_text(acct.key.hex())
             dst.provider.make_request("anvil_setBalance", [acct.address, hex(100 * ETHER)])
-            _write_bridge(d, server.url, src_anvil.url, dst_anvil.url, **overrides)
+            _write_bridge(d, server.url, src_anvil.url, dst_anvil.url, **_node_overrides(devnet, d, overrides))
             procs[d.node_id] = _start(d, starts)
         ports = {d.node_id: wait_for(f"{d.node_id} wallet port", lambda d=d: _port(d.folder / "wallet.port"),
                                      procs=procs) for d in devnet}
@@ -325,7 +365,8 @@ def bridge_network(base: Path, **overrides: Any) -> Iterator[Net]:
                                        signer_retention=60)
         for d in devnet:
             _write_bridge(d, server.url, src_anvil.url, dst_anvil.url, key_id=key_id.hex(),
-                          gateway=deployment.gateway, tokens=deployment.tokens, **overrides)
+                          gateway=deployment.gateway, tokens=deployment.tokens,
+                          **_node_overrides(devnet, d, overrides))
         bridge_ports = {d.node_id: wait_for(f"{d.node_id} bridge", lambda d=d: _port(d.folder / "bridge.port"),
                                             procs=procs) for d in devnet}
         token_abi = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "artifacts" /
@@ -336,7 +377,7 @@ def bridge_network(base: Path, **overrides: Any) -> Iterator[Net]:
                   src_url=src_anvil.url, dst_url=dst_anvil.url, key_id=key_id,
                   gateway=gateway_contract(dst, deployment.gateway), tokens=tokens, relayers=relayers,
                   deployment=deployment, starts=starts,
-                  overrides={d.node_id: dict(overrides) for d in devnet})
+                  overrides={d.node_id: _node_overrides(devnet, d, overrides) for d in devnet})
     finally:
         for p in procs.values():
             if p.poll() is None:
