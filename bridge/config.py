@@ -29,6 +29,11 @@ Example::
     dust_limit = 294
     sweep_cost = 200
 
+    [[bridge.peers]]                  # the other operators' Bridge APIs: a deposit address registered
+    node_id = "node2"                 # here is forwarded to them (each derives it again itself)
+    address = "node2.example:7443"
+    tls_cert = "peers/node2.crt"      # pinned; the TLS server name is node_id
+
 A section without ``key_id``, ``gateway`` or the assets is *incomplete*: the daemon then runs the
 signer and wallet API and waits for the operator to finish it (the key is created through the
 wallet API and the Gateway deployed with it, so neither exists when the node first starts).
@@ -67,6 +72,17 @@ class SourceChain:
 
 
 @dataclass(frozen=True)
+class BridgePeer:
+    """Another operator's Bridge API, where this node forwards the deposit addresses registered
+    here (``BridgeServicer`` → ``RegistrationForwarder``); its certificate is pinned and its TLS
+    server name is ``node_id``."""
+
+    node_id: str
+    address: str
+    tls_cert: Path
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     path: Path | None
     key_id: bytes | None
@@ -87,6 +103,7 @@ class BridgeConfig:
     expiry_grace: int = 120
     destination_confirmations: int = 1
     status_file: Path | None = None
+    peers: tuple[BridgePeer, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -154,6 +171,19 @@ def parse_bridge_config(data: dict[str, Any], path: Path | None = None) -> Bridg
             raise BridgeConfigError("one [[bridge.chains]] entry per source chain")
         if destination in {c.caip2 for c in chains}:
             raise BridgeConfigError("the destination chain cannot also be a source chain")
+        peers = []
+        for i, p in enumerate(_get(b, "peers", list, [], where=w)):
+            pw = f"[[bridge.peers]] #{i + 1}"
+            if not isinstance(p, dict):
+                raise BridgeConfigError(f"{pw} must be a table")
+            peer_id = _get(p, "node_id", str, where=pw)
+            address = _get(p, "address", str, where=pw)
+            cert = _get(p, "tls_cert", str, where=pw)
+            if not peer_id or not address or not cert:
+                raise BridgeConfigError(f"{pw}: node_id, address and tls_cert must not be empty")
+            peers.append(BridgePeer(peer_id, address, base / cert))
+        if len({p.node_id for p in peers}) != len(peers):
+            raise BridgeConfigError("one [[bridge.peers]] entry per node")
         status = _get(b, "status_file", str, "", where=w)
         return BridgeConfig(
             path=path, key_id=key_id, database=_get(b, "database", str, where=w), destination_chain=destination,
@@ -170,6 +200,7 @@ def parse_bridge_config(data: dict[str, Any], path: Path | None = None) -> Bridg
             expiry_grace=_get(b, "expiry_grace", int, 120, where=w),
             destination_confirmations=_get(b, "destination_confirmations", int, 1, where=w),
             status_file=(base / status) if status else None,
+            peers=tuple(peers),
         )
     except (OrderError, ValueError) as exc:
         if isinstance(exc, BridgeConfigError):
@@ -198,8 +229,13 @@ def _toml_value(value: Any) -> str:
 
 
 def bridge_toml(bridge: dict[str, Any], chains: list[dict[str, Any]]) -> str:
-    """Write a bridge section (tests and the devnet tooling use it)."""
+    """Write a bridge section (tests and the devnet tooling use it); ``bridge["peers"]``, a list of
+    tables, becomes ``[[bridge.peers]]``."""
+    bridge = dict(bridge)
+    peers = bridge.pop("peers", None) or []
     lines = ["[bridge]"] + [f"{k} = {_toml_value(v)}" for k, v in bridge.items()]
     for c in chains:
         lines += ["", "[[bridge.chains]]"] + [f"{k} = {_toml_value(v)}" for k, v in c.items()]
+    for p in peers:
+        lines += ["", "[[bridge.peers]]"] + [f"{k} = {_toml_value(v)}" for k, v in p.items()]
     return "\n".join(lines) + "\n"

@@ -96,6 +96,11 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
     server = servicer = None
     try:
         server, servicer = _start_service(node, bcfg, db, share, bridge_listen, bridge_port_file)
+        forwarder = getattr(servicer, "forwarder", None)
+        if forwarder is not None:
+            runtime.status_extra["registration_forwarding"] = lambda: {
+                "pending": forwarder.pending(), "forwarded": dict(forwarder.forwarded),
+                "refused": forwarder.refused[-20:]}
         log_event(log, logging.INFO, "bridge running", node=node.cfg.node_id, gateway=bcfg.gateway,
                   chains=[c.caip2 for c in bcfg.chains])
         await runtime.run()
@@ -103,6 +108,8 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
         authorizer.context = None
         if servicer is not None and hasattr(servicer, "close"):
             servicer.close()
+            if getattr(servicer, "forwarder", None) is not None:
+                servicer.forwarder.close()
         if server is not None:
             server.stop(grace=1.0)
         db.close()
@@ -118,10 +125,18 @@ def _start_service(node: Node, bcfg: BridgeConfig, db: Any, share: Any, listen: 
         return None, None
     sources = {c.caip2: service.SourceChain(asset=c.symbol, params=c.params) for c in bcfg.chains}
     destinations = {bcfg.destination_chain: {c.caip2: c.asset or "" for c in bcfg.chains}}
+    forwarder = None
+    if bcfg.peers:
+        peers = [service.PeerEndpoint(p.node_id, p.address, p.tls_cert.read_bytes()) for p in bcfg.peers
+                 if p.node_id != node.cfg.node_id]
+        forwarder = service.RegistrationForwarder(db, peers, node_id=node.cfg.node_id)
     servicer = service.BridgeServicer(db, functools.partial(deposit_address, share.group_key, share.chain_code),
-                                      sources=sources, destinations=destinations, node_id=node.cfg.node_id)
+                                      sources=sources, destinations=destinations, node_id=node.cfg.node_id,
+                                      forwarder=forwarder)
     server, port = service.start_bridge_server(servicer, listen, node.cfg.tls_cert.read_bytes(),
                                                node.cfg.tls_key.read_bytes())
+    if forwarder is not None:
+        forwarder.start()  # after the server: a peer's forward to us may arrive meanwhile, that is fine
     if port_file is not None:
         port_file.write_text(str(port))
     return server, servicer

@@ -186,6 +186,8 @@ class BridgeRuntime:
         self.alerts: list[dict[str, Any]] = []
         self.dust: list[dict[str, Any]] = []
         self.relayed: list[str] = []
+        #: more sections of the status file (the daemon adds the registration forwarder's)
+        self.status_extra: dict[str, Callable[[], Any]] = {}
         r = registry if registry is not None else CollectorRegistry()
         self.m_paused = Gauge("fp_bridge_chain_paused", "1 while minting from a source chain is paused", ["chain"],
                               registry=r)
@@ -573,6 +575,8 @@ class BridgeRuntime:
                 states[d.state] = states.get(d.state, 0) + 1
             out["chains"][chain] = {"tip": m.tip, "paused": m.paused, "pause_reason": m.pause_reason,
                                     "deposits": states}
+        for name, fn in self.status_extra.items():
+            out[name] = fn()
         return out
 
     def _write_status(self) -> None:

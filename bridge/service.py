@@ -62,6 +62,7 @@ import sqlalchemy as sa
 
 from ..node.logs import log_event
 from ..proto.generated import bridge_pb2, bridge_pb2_grpc
+from . import db as _db
 from .db import EVENT_HEAD, STATES, BridgeDB, BridgeDBError, Conflict, Deposit, InvalidRecord
 from .db import DepositAddress as AddressRecord
 from .db import deposits as deposits_table
@@ -266,7 +267,9 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
     * ``destinations``: the destination EVM chains this node mints on — a collection of CAIP-2 ids,
       or a mapping of each to ``{source chain: wrapped token address}`` (then only those sources
       route to it, and the token is reported with the deposit address);
-    * ``node_id`` names this node in ``Health``.
+    * ``node_id`` names this node in ``Health``;
+    * ``forwarder``: where a registration new on this node is handed to reach the other nodes
+      (:class:`RegistrationForwarder`); a registration forwarded by a peer is not forwarded again.
     """
 
     def __init__(self, db: BridgeDB, deposit_address_fn: DepositAddressFn, *,
@@ -276,8 +279,10 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                  watch_max_seconds: float = WATCH_MAX_SECONDS,
                  watch_poll_seconds: float = WATCH_POLL_SECONDS,
                  watch_max_streams: int = WATCH_MAX_STREAMS,
-                 watch_max_streams_per_peer: int = WATCH_MAX_STREAMS_PER_PEER) -> None:
+                 watch_max_streams_per_peer: int = WATCH_MAX_STREAMS_PER_PEER,
+                 forwarder: RegistrationForwarder | None = None) -> None:
         self.db = db
+        self.forwarder = forwarder
         self.deposit_address_fn = deposit_address_fn
         self.node_id = node_id
         self.sources: dict[str, SourceChain] = {}
@@ -380,8 +385,11 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                               f"this node's database records another deposit address for this route: {exc}")
             except InvalidRecord as exc:
                 raise _Invalid(str(exc)) from None
+            forwarded_from = _forwarded_from(context)
             log_event(log, logging.INFO, "deposit address registered", address=derived.address, source=source,
-                      destination=destination, recipient=derived.recipient)
+                      destination=destination, recipient=derived.recipient, forwarded_from=forwarded_from or None)
+            if self.forwarder is not None and not forwarded_from:
+                self.forwarder.submit(self.db.get_address(derived.address) or record)
         params = chain.params
         return bridge_pb2.DepositAddressResponse(
             address=derived.address, path=derived.path_str, public_key=derived.public_key, source_chain=source,
@@ -621,3 +629,214 @@ def start_bridge_server(servicer: BridgeServicer, listen: str, cert_pem: bytes, 
         raise OSError(f"cannot listen on {listen}")
     server.start()
     return server, port
+
+
+# ------------------------------------------------------------------------ registration forwarding
+
+#: gRPC metadata a node sets on a registration it forwards: the receiver registers it (deriving the
+#: address itself, as for any client) and does not forward it again. Advisory only: a client that
+#: sets it merely keeps its registration on the node it asked, which is what it could do anyway.
+FORWARDED_FROM_HEADER = "x-fp-bridge-forwarded-from"
+FORWARD_MARK_META = "registration-forward-watermark:"
+FORWARD_TIMEOUT = 10.0
+FORWARD_RETRY_FIRST = 1.0
+FORWARD_RETRY_MAX = 60.0
+#: a peer's answer that retrying will not change (it serves no such route, or its database
+#: records another address for the route): reported, not retried
+_FORWARD_FINAL_CODES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "PERMISSION_DENIED"})
+
+
+def _forwarded_from(context: grpc.ServicerContext) -> str:
+    try:
+        metadata = context.invocation_metadata() or ()
+    except Exception:  # a test double without metadata
+        return ""
+    for item in metadata:
+        key, value = (item.key, item.value) if hasattr(item, "key") else item
+        if key == FORWARDED_FROM_HEADER:
+            return str(value)[:64]
+    return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerEndpoint:
+    """Another node's Bridge API: ``target`` (host:port), its pinned certificate, its TLS name."""
+
+    node_id: str
+    target: str
+    cert_pem: bytes
+
+
+@dataclasses.dataclass
+class _Pending:
+    record: AddressRecord
+    due: float = 0.0
+    delay: float = FORWARD_RETRY_FIRST
+    attempts: int = 0
+
+
+class RegistrationForwarder:
+    """Forwards the deposit addresses registered at this node to every peer's Bridge API.
+
+    Why: a node's watchers see only deposits to addresses registered in *its* database. A user
+    asks one node; the deposit's coordinator (rotated by deposit id) is often another, which
+    would otherwise learn of the deposit only when someone proposes it — never, if it is the
+    proposer. So each new registration is sent on to every peer, in the background, retried with
+    back-off until the peer answers.
+
+    What is sent is the *route*, never the address: a ``GetDepositAddress(source, destination,
+    recipient)`` call, so the peer derives the address from its own key share's group key and
+    chain code exactly as for any user, and registers that. The answer is compared with this
+    node's address; a different one (the peer holds another group key) is logged as an error and
+    not retried. The peer's certificate is pinned (``[[bridge.peers]]`` ``tls_cert``).
+
+    Durability: per peer, a watermark in the bridge database's meta table (not audited: derived
+    state, like the runtime's machine snapshot) is the ``created_at`` below which every
+    registration reached that peer; on start every registration at or above it is sent again
+    (a repeat is idempotent at the peer). So a registration survives a restart of this node, and
+    a peer that is down receives it when it returns. A peer that registered it late still finds a
+    deposit already in a block through its runtime's rescan of recent blocks for new addresses.
+    """
+
+    def __init__(self, db: BridgeDB, peers: Collection[PeerEndpoint], *, node_id: str,
+                 retry_first: float = FORWARD_RETRY_FIRST, retry_max: float = FORWARD_RETRY_MAX,
+                 timeout: float = FORWARD_TIMEOUT) -> None:
+        self.db, self.node_id = db, node_id
+        self.peers = {p.node_id: p for p in peers}
+        self.retry_first, self.retry_max, self.timeout = retry_first, retry_max, timeout
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: dict[str, dict[str, _Pending]] = {p: {} for p in self.peers}
+        self._done: dict[str, float] = {}  # peer -> greatest created_at forwarded (or refused)
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._clients: dict[str, Any] = {}
+        self.forwarded: dict[str, int] = {p: 0 for p in self.peers}
+        self.refused: list[dict[str, str]] = []
+
+    # -- lifecycle
+    def start(self) -> RegistrationForwarder:
+        """Queue every registration at or above each peer's watermark and start the sender thread."""
+        marks = {p: float(self.db.get_meta(FORWARD_MARK_META + p) or 0.0) for p in self.peers}
+        if marks:
+            addresses = _db.deposit_addresses
+            with self.db.read() as r:
+                rows = r.conn.execute(sa.select(addresses).where(addresses.c.created_at >= min(marks.values()))
+                                      .order_by(addresses.c.created_at)).all()
+            with self._lock:
+                for row in rows:
+                    rec = _db._address_from_row(row)
+                    for p, mark in marks.items():
+                        if rec.created_at >= mark:
+                            self._pending[p][rec.address] = _Pending(rec)
+                for p, mark in marks.items():
+                    self._done[p] = mark
+        self._thread = threading.Thread(target=self._run, name="bridge-forward", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)  # a daemon thread; an RPC in flight ends with its channel
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+
+    def submit(self, record: AddressRecord) -> None:
+        """Forward ``record``'s route to every peer (returns at once)."""
+        with self._lock:
+            for p in self.peers:
+                self._pending[p].setdefault(record.address, _Pending(record))
+            self._wake.notify_all()
+
+    def pending(self) -> dict[str, int]:
+        with self._lock:
+            return {p: len(q) for p, q in self._pending.items()}
+
+    # -- the sender thread
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closing:
+                    now = time.monotonic()
+                    due = [(p, a) for p, q in self._pending.items() for a, item in q.items() if item.due <= now]
+                    if due:
+                        break
+                    nxt = min((item.due for q in self._pending.values() for item in q.values()), default=None)
+                    self._wake.wait(None if nxt is None else max(0.01, nxt - now))
+                if self._closing:
+                    return
+                work = [(p, self._pending[p][a]) for p, a in due]
+            for peer, item in work:
+                if self._closing:
+                    return
+                outcome = self._send(peer, item.record)
+                with self._lock:
+                    if outcome == "retry":
+                        item.attempts += 1
+                        item.due = time.monotonic() + item.delay
+                        item.delay = min(item.delay * 2, self.retry_max)
+                        continue
+                    self._pending[peer].pop(item.record.address, None)
+                    left = [i.record.created_at for i in self._pending[peer].values()]
+                    done = max(self._done.get(peer, 0.0), item.record.created_at)
+                    self._done[peer] = done
+                    mark = min([done, *left]) if left else done
+                self._save_mark(peer, mark)
+
+    def _client(self, peer: str) -> Any:
+        from .client import BridgeClient  # the SDK; imported here to keep the service importable alone
+
+        if peer not in self._clients:
+            p = self.peers[peer]
+            self._clients[peer] = BridgeClient(p.target, p.cert_pem, server_name=p.node_id, timeout=self.timeout)
+        return self._clients[peer]
+
+    def _send(self, peer: str, rec: AddressRecord) -> str:
+        """``ok``, ``refused`` (final) or ``retry``."""
+        from .client import BridgeError
+
+        request = bridge_pb2.DepositAddressRequest(destination_chain=rec.destination_chain, recipient=rec.recipient,
+                                                   source_chain=rec.source_chain)
+        try:
+            client = self._client(peer)
+            answer = client._stub.GetDepositAddress(request, timeout=self.timeout,
+                                                    metadata=((FORWARDED_FROM_HEADER, self.node_id),))
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() is not None else "UNKNOWN"
+            if code in _FORWARD_FINAL_CODES:
+                return self._refused(peer, rec, f"{code}: {exc.details()}")
+            log_event(log, logging.WARNING, "deposit address forward failed; will retry", peer=peer,
+                      address=rec.address, error=f"{code}: {exc.details()}")
+            return "retry"
+        except (BridgeError, OSError, ValueError) as exc:
+            log_event(log, logging.WARNING, "deposit address forward failed; will retry", peer=peer,
+                      address=rec.address, error=f"{type(exc).__name__}: {exc}")
+            return "retry"
+        if answer.address != rec.address:
+            return self._refused(peer, rec, f"the peer derives {answer.address} for this route (another group key?)")
+        self.forwarded[peer] += 1
+        log_event(log, logging.INFO, "deposit address forwarded", peer=peer, address=rec.address,
+                  already_registered=answer.already_registered)
+        return "ok"
+
+    def _refused(self, peer: str, rec: AddressRecord, reason: str) -> str:
+        log_event(log, logging.ERROR, "deposit address not forwarded: the peer refused it", peer=peer,
+                  address=rec.address, reason=reason)
+        self.refused.append({"peer": peer, "address": rec.address, "reason": reason})
+        del self.refused[:-100]
+        return "refused"
+
+    def _save_mark(self, peer: str, mark: float) -> None:
+        meta = _db.meta
+        name = FORWARD_MARK_META + peer
+        try:
+            with self.db.transaction() as tx:
+                exists = tx.conn.execute(sa.select(meta.c.name).where(meta.c.name == name)).first() is not None
+                stmt = sa.update(meta).where(meta.c.name == name) if exists else sa.insert(meta).values(name=name)
+                tx.conn.execute(stmt.values(value=repr(mark)))
+        except (sa.exc.SQLAlchemyError, BridgeDBError) as exc:  # kept in memory; a restart re-sends more
+            log_event(log, logging.WARNING, "forward watermark not saved", peer=peer, error=str(exc))
