@@ -37,6 +37,13 @@ carried out:
 * ``Relay`` → ``Gateway.mint(order, signature)`` from this node's relayer account, skipped when
   ``mintedDeposit`` is already set (a second submission would only revert); a failed submission
   is retried (backing off) while the deposit is still ``signed`` with that order and it is live.
+* **Large mints.** A mint above the asset's ``largeMintThreshold`` is only queued by the Gateway
+  (``MintQueued``, executable from its ``eta`` unless the guardian vetoes it). The runtime notes the
+  eta (after a restart it reads it back with ``actionState`` for the deposits its machine holds as
+  queued), and once the destination chain's clock passed it, sends ``executeMint(order)``: the
+  deposit's coordinator at once, rank r after ``r × coordinator_takeover_seconds``, each first
+  checking ``mintedDeposit`` and the action's state, so one transaction executes it. A relay of an
+  order already queued is skipped (a second ``mint`` would only revert).
 * ``PauseChain`` → a group-signed ``Pause`` relayed with ``pauseWithSignature``; a CRITICAL log
   line, the ``fp_bridge_chain_paused`` gauge and the status file name the erratum.
 """
@@ -69,6 +76,8 @@ from .deposits import (
     BlockConnected,
     DepositConfig,
     DepositMachine,
+    MintQueuedSeen,
+    MintSeen,
     Observation,
     OrderSigned,
     PauseChain,
@@ -101,6 +110,8 @@ RESCAN_BLOCKS = 288
 ADDRESS_MARGIN = 300.0
 #: a co-signed order is reused only while it stays acceptable this long beyond the policy minimum
 REUSE_MARGIN = 30
+#: the Gateway's ``ActionStatus`` (``actionState``): None, Queued, Executed, Vetoed
+ACTION_NONE, ACTION_QUEUED = 0, 1
 
 
 def canonical_order(order: MintOrder, now: float, slot: int) -> MintOrder:
@@ -177,6 +188,10 @@ class BridgeRuntime:
             self.relayer = Account.from_key(cfg.relayer_key_file.read_text().strip())
         self._lock = trio.Lock()
         self._pending: dict[str, tuple[str, MintOrder, float]] = {}  # did -> (chain, order, due)
+        #: queued large mints: did -> (chain, order digest, eta on the destination clock)
+        self._queued: dict[str, tuple[str, str, int]] = {}
+        self._executing: set[str] = set()
+        self._execute_due: dict[str, float] = {}  # did -> local time before which this node waits
         self._in_flight: set[str] = set()
         self._attempted: set[str] = set()
         self._steps = 0
@@ -223,6 +238,7 @@ class BridgeRuntime:
                     actions = machine.resume_actions(int(now))
                     await self._persist(chain, None, actions)
                 await self._execute(chain, actions)
+            await trio.to_thread.run_sync(self._reload_queued)
             task_status.started()
             while True:
                 try:
@@ -251,6 +267,7 @@ class BridgeRuntime:
             chain = self.chain_by_asset.get(routed.asset)
             if chain is not None:
                 await self.feed(chain, routed.observation)
+                self._note_queued(chain, routed.observation)
         if mints and head >= 0:
             block = await trio.to_thread.run_sync(lambda: self.destination.eth.get_block(head))
             await trio.to_thread.run_sync(self.db.set_cursor, self.cfg.destination_chain, head,
@@ -258,6 +275,8 @@ class BridgeRuntime:
         for chain in self.machines:
             await self.feed(chain, Tick())
         await self._start_due()
+        if self._queued:
+            await self._execute_queued()
         self._write_status()
 
     async def _epoch(self) -> None:
@@ -521,6 +540,9 @@ class BridgeRuntime:
     def _send_mint(self, order: MintOrder, signature: bytes) -> str | None:
         if self.view.minted_on_destination(order.deposit_id):
             return None  # somebody relayed it already: a second submission would only revert
+        digest = order.digest(self.cfg.gateway, self.cfg.destination_chain_id)
+        if int(self.gateway.functions.actionState(digest).call()[0]) != ACTION_NONE:
+            return None  # a large mint already queued (or executed) with this order: executeMint's turn
         t = (order.asset, order.source_chain_key, bytes.fromhex(order.source_txid), order.vout, order.recipient,
              order.amount, order.signer_epoch, order.nonce, order.deadline)
         return self._transact(self.gateway.functions.mint(t, signature))
@@ -537,6 +559,80 @@ class BridgeRuntime:
         if int(receipt["status"]) != 1:
             raise RuntimeError(f"transaction {tx_hash.hex()} reverted")
         return "0x" + bytes(tx_hash).hex()
+
+    # -- large mints: queued by the Gateway, executed here once their eta passed
+    def _note_queued(self, chain: str, obs: Observation) -> None:
+        if isinstance(obs, MintQueuedSeen):
+            self._queued.setdefault(obs.deposit_id, (chain, obs.order_digest, int(obs.eta)))
+            log_event(log, logging.INFO, "large mint queued", node=self.node_id, deposit_id=obs.deposit_id,
+                      eta=obs.eta)
+        elif isinstance(obs, MintSeen):
+            self._queued.pop(obs.deposit_id, None)
+
+    def _reload_queued(self) -> None:
+        """(worker thread) After a restart: the deposits the machine holds as queued and unminted,
+        with their eta read from the Gateway (the follower may not see their ``MintQueued`` again)."""
+        for chain, machine in self.machines.items():
+            for dep in machine.deposits.values():
+                if not dep.queued or dep.order is None or dep.state not in ("signing", "signed"):
+                    continue
+                digest = dep.order.digest(self.cfg.gateway, self.cfg.destination_chain_id)
+                try:
+                    status, eta, _epoch, _tag = self.gateway.functions.actionState(digest).call()
+                except Exception as exc:  # the next MintQueued observation, if any, brings it back
+                    log_event(log, logging.WARNING, "queued mint unreadable", node=self.node_id,
+                              deposit_id=dep.deposit_id, error=str(exc))
+                    continue
+                if int(status) == ACTION_QUEUED:
+                    self._queued[dep.deposit_id] = (chain, "0x" + digest.hex(), int(eta))
+
+    async def _execute_queued(self) -> None:
+        """Execute every queued large mint whose eta passed on the destination chain's clock. The
+        deposit's coordinator does it at once, rank r after ``r × coordinator_takeover_seconds``
+        (as for proposals); each checks ``mintedDeposit`` and the action's state first, so one
+        ``executeMint`` is sent for a deposit (the Gateway would refuse a second anyway)."""
+        block = await trio.to_thread.run_sync(lambda: self.destination.eth.get_block("latest"))
+        chain_now = int(block["timestamp"])
+        now = self.clock()
+        for did, (chain, _digest, eta) in list(self._queued.items()):
+            if chain_now < eta or did in self._executing:
+                continue
+            dep = self.machines[chain].get(did)
+            if dep is None or dep.order is None or dep.state == "minted" or self.machines[chain].paused:
+                if dep is None or dep.state == "minted":
+                    self._queued.pop(did, None)
+                continue
+            due = self._execute_due.setdefault(
+                did, now + coordinator_rank(did, self.node_id, self.committee) * self.cfg.coordinator_takeover_seconds)
+            if now < due:
+                continue
+            self._executing.add(did)
+            self._spawn(self._execute_mint, did, dep.order)
+
+    async def _execute_mint(self, did: str, order: MintOrder) -> None:
+        try:
+            tx = await trio.to_thread.run_sync(self._send_execute, order)
+            if tx:
+                self.m_relays.inc()
+                self.relayed.append(tx)
+                log_event(log, logging.INFO, "large mint executed", node=self.node_id, deposit_id=did, tx=tx)
+            self._queued.pop(did, None)
+        except Exception as exc:  # retried from the next step after retry_seconds
+            log_event(log, logging.WARNING, "large mint execution failed", node=self.node_id, deposit_id=did,
+                      error=f"{type(exc).__name__}: {exc}", retry_in=self.cfg.retry_seconds)
+            self._execute_due[did] = self.clock() + self.cfg.retry_seconds
+        finally:
+            self._executing.discard(did)
+
+    def _send_execute(self, order: MintOrder) -> str | None:
+        if self.relayer is None or self.view.minted_on_destination(order.deposit_id):
+            return None
+        digest = order.digest(self.cfg.gateway, self.cfg.destination_chain_id)
+        if int(self.gateway.functions.actionState(digest).call()[0]) != ACTION_QUEUED:
+            return None  # executed (by another node) or vetoed by the guardian
+        t = (order.asset, order.source_chain_key, bytes.fromhex(order.source_txid), order.vout, order.recipient,
+             order.amount, order.signer_epoch, order.nonce, order.deadline)
+        return self._transact(self.gateway.functions.executeMint(t))
 
     async def _pause(self, a: PauseChain) -> None:
         """Group-sign ``Pause(unpauseCount, deadline)`` and relay it (every node that sees the
