@@ -53,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -187,6 +188,7 @@ class BridgeRuntime:
         if cfg.relayer_key_file is not None:
             self.relayer = Account.from_key(cfg.relayer_key_file.read_text().strip())
         self._lock = trio.Lock()
+        self._nonce_lock = threading.Lock()
         self._pending: dict[str, tuple[str, MintOrder, float]] = {}  # did -> (chain, order, due)
         #: queued large mints: did -> (chain, order digest, eta on the destination clock)
         self._queued: dict[str, tuple[str, str, int]] = {}
@@ -550,11 +552,12 @@ class BridgeRuntime:
     def _transact(self, fn: Any) -> str:
         assert self.relayer is not None
         w3 = self.destination
-        tx = fn.build_transaction({"from": self.relayer.address,
-                                   "nonce": w3.eth.get_transaction_count(self.relayer.address, "pending"),
-                                   "chainId": self.cfg.destination_chain_id})
-        signed = self.relayer.sign_transaction(tx)
-        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+        with self._nonce_lock:  # relays run in parallel threads: two must not take the same nonce
+            tx = fn.build_transaction({"from": self.relayer.address,
+                                       "nonce": w3.eth.get_transaction_count(self.relayer.address, "pending"),
+                                       "chainId": self.cfg.destination_chain_id})
+            signed = self.relayer.sign_transaction(tx)
+            tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
         if int(receipt["status"]) != 1:
             raise RuntimeError(f"transaction {tx_hash.hex()} reverted")
