@@ -176,18 +176,6 @@ def check_mint(order: MintOrder, digest: bytes, view: ChainView, config: PolicyC
     if is_dust(order.amount, rule.params):
         return _refuse("dust", f"amount {order.amount} is below the minimum deposit {minimum_deposit(rule.params)}")
 
-    did = order.deposit_id
-    previous = [o for o in view.cosigned_orders(did) if o != order]
-    for prev in previous:
-        if not prev.same_deposit_terms(order):
-            return _refuse("cosigned_different_order", f"this node co-signed order nonce {prev.nonce} for deposit "
-                                                       f"0x{did.hex()} with other terms")
-        if now <= prev.deadline + config.expiry_grace:
-            return _refuse("cosigned_different_order", f"this node co-signed order nonce {prev.nonce} for deposit "
-                                                       f"0x{did.hex()}, still live until {prev.deadline}")
-    if view.minted_on_destination(did):
-        return _refuse("already_minted", f"deposit 0x{did.hex()} is already minted on {config.destination_chain}")
-
     try:
         derived = deposit_address(config.group_key, config.chain_code, order.source_chain,
                                   config.destination_chain, order.recipient)
@@ -226,4 +214,20 @@ def check_mint(order: MintOrder, digest: bytes, view: ChainView, config: PolicyC
     needed = required_confirmations(value, rule.params)
     if confirmations < needed:
         return _refuse("below_depth", f"{confirmations} of {needed} confirmations")
+
+    # What this node already did and what the destination chain says come after the facts of
+    # the deposit: an order that misstates the deposit is refused for that, whatever else is
+    # true, so the reason a refusal gives does not depend on timing.
+    did = order.deposit_id
+    previous = [o for o in view.cosigned_orders(did) if o != order]
+    for prev in previous:
+        if not prev.same_deposit_terms(order):
+            return _refuse("cosigned_different_order", f"this node co-signed order nonce {prev.nonce} for deposit "
+                                                       f"0x{did.hex()} with other terms")
+        if now <= prev.deadline + config.expiry_grace:
+            return _refuse("cosigned_different_order", f"this node co-signed order nonce {prev.nonce} for deposit "
+                                                       f"0x{did.hex()}, still live until {prev.deadline}")
+    if view.minted_on_destination(did):
+        return _refuse("already_minted", f"deposit 0x{did.hex()} is already minted on {config.destination_chain}")
+
     return Verdict(True, "ok")
