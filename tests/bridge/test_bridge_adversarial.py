@@ -320,6 +320,7 @@ def test_the_coordinator_killed_during_the_sign_session_mints_once_after_restart
 
 
 def test_the_coordinator_killed_between_signature_and_relay_mints_once_after_restart(net: Net) -> None:
+    net.restart_all(coordinator_takeover_seconds=3600.0)  # nobody takes over: the restart must finish it
     recipient = _recipient(0x42)
     amount = 80_000_000
     address = net.address(BTC_CHAIN, recipient)
@@ -332,7 +333,8 @@ def test_the_coordinator_killed_between_signature_and_relay_mints_once_after_res
     try:
         net.miner.mine(2)
         wait_for("signed", lambda: net.state(coordinator, did) == "signed", procs=net.procs)
-        wait_for("relay failed", lambda: "mint relay failed" in net.log_text(coordinator, current=True),
+        wait_for("relay failed", lambda: any("mint relay failed" in line and did.hex() in line
+                                             for line in net.log_text(coordinator, current=True).splitlines()),
                  procs=net.procs)
         assert net.stop(coordinator, signal.SIGKILL) == -signal.SIGKILL
     finally:

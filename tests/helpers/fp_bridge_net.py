@@ -70,8 +70,9 @@ LARGE_ETH = 500 * ETHER
 LARGE_MINT_DELAY = 60
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0, procs: dict[str, Any] | None = None) -> Any:
-    """Poll until ``check()`` is truthy; fail (never hang) after ``timeout``."""
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 300.0, procs: dict[str, Any] | None = None) -> Any:
+    """Poll until ``check()`` is truthy; fail (never hang) after ``timeout`` - a hang guard, not a
+    speed claim: on a loaded 2-core machine a presign on demand and a takeover can take minutes."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
