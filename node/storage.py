@@ -72,6 +72,7 @@ a secret.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -742,10 +743,9 @@ class Storage:
                 yield db
             except BaseException:
                 if db.in_transaction:
-                    try:
+                    # A connection that cannot roll back is closed by _checkin, not reused.
+                    with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # _checkin closes a connection it cannot roll back
                 raise
             db.execute("COMMIT")
 

@@ -41,6 +41,7 @@ from typing import Any
 import pytest
 import trio
 from fp_bridge_net import BTC_CHAIN, COIN, DST_CHAIN, Net, bridge_network, wait_for
+from fp_guards import HANG_GUARD
 from web3 import Web3
 
 from fusion_prime.bridge.chains.bitcoin.encoding import REGTEST, address_to_script
@@ -134,7 +135,7 @@ class Attacker:
         self.node = Node(cfg, storage_key(cfg, dict(os.environ)), fill_pool=False, prime_pool=False)
 
     async def wait_healthy(self) -> None:
-        with trio.fail_after(120):
+        with trio.fail_after(HANG_GUARD):
             while not {"node2", "node3"} <= set(await self.node.sessions.healthy_peers("presign")):
                 await trio.sleep(0.2)
 

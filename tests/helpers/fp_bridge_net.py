@@ -29,6 +29,7 @@ from typing import Any
 
 from coincurve import PrivateKey
 from eth_account import Account
+from fp_guards import HANG_GUARD
 from web3 import Web3
 
 from fusion_prime.bridge.chains.bitcoin.encoding import (
@@ -70,9 +71,10 @@ LARGE_ETH = 500 * ETHER
 LARGE_MINT_DELAY = 60
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 300.0, procs: dict[str, Any] | None = None) -> Any:
-    """Poll until ``check()`` is truthy; fail (never hang) after ``timeout`` - a hang guard, not a
-    speed claim: on a loaded 2-core machine a presign on demand and a takeover can take minutes."""
+def wait_for(what: str, check: Callable[[], Any], timeout: float = HANG_GUARD,
+             procs: dict[str, Any] | None = None) -> Any:
+    """Poll until ``check()`` is truthy; fail (never hang) after ``timeout`` - a hang guard
+    (fp_guards), not a speed claim, and at once if a daemon in ``procs`` exited."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()

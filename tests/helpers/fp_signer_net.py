@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from coincurve import PublicKey
+from fp_guards import HANG_GUARD
 
 from fusion_prime.node.devnet import create_devnet
 from fusion_prime.protocol.identity import PartyIdentity
@@ -47,7 +48,7 @@ class SignerNet:
              str(d.folder / "policy.toml"), "--port-file", str(port_file)],
             stdout=subprocess.DEVNULL, stderr=log)
 
-    def wait_started(self, *node_ids: str, timeout: float = 120) -> None:
+    def wait_started(self, *node_ids: str, timeout: float = HANG_GUARD) -> None:
         deadline = time.time() + timeout
         for node_id in node_ids:
             port_file = self.by_id[node_id].folder / "wallet.port"

@@ -9,6 +9,7 @@ engine and driver code the CGGMP21 phases use."""
 from __future__ import annotations
 
 import trio
+from fp_guards import HANG_GUARD
 from fp_node_helpers import make_node, running_nodes
 from fp_sum_protocol import SumPhase, fill_sum
 
@@ -71,7 +72,7 @@ def _network(devnet3):
 
 
 async def _settled(nodes, session_id):
-    with trio.fail_after(60):
+    with trio.fail_after(HANG_GUARD):
         for n in nodes:
             while n.storage.session_state(session_id) in (None, "running"):
                 await trio.sleep(0.05)
@@ -253,7 +254,7 @@ def test_a_participant_that_missed_the_certificate_gets_it_from_a_peer(devnet3):
         async with running_nodes(*nodes):
             outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1, round_deadline=2.0)
             assert outcome.ok, outcome
-            with trio.fail_after(60):
+            with trio.fail_after(HANG_GUARD):
                 while len(phases[1].finished) < 1:
                     await trio.sleep(0.1)
             assert phases[1].finished[0]["sum"] == phases[0].finished[0]["sum"]
@@ -294,7 +295,7 @@ def test_a_node_restarted_before_the_certificate_finds_it_at_start(devnet3, monk
 
     async def second():
         async with running_nodes(node1, node2):
-            with trio.fail_after(60):
+            with trio.fail_after(HANG_GUARD):
                 while not again.finished:
                     await trio.sleep(0.1)
             assert node2.storage.staged_output(state["sid"])[1] == "confirmed"

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import trio
 from coincurve import PublicKey
+from fp_guards import HANG_GUARD
 from fp_node_helpers import make_node, running_nodes
 
 from fusion_prime.node.config import StorageKeySource, config_to_toml, load_config
@@ -372,7 +373,7 @@ def test_backup_restore_into_fresh_directory_and_the_network_signs_again(net, tm
             digest = _digest("stale", 0)
             stale = await node1.sign(key_id, digest)
             assert stale.ok and _verify(group_key, digest, stale.output), stale
-            with trio.fail_after(60):  # the resync pass that asks node3 runs in the background
+            with trio.fail_after(HANG_GUARD):  # the resync pass that asks node3 runs in the background
                 while node1.storage.presignature_state(stale_ids[0]) != "consumed":
                     await trio.sleep(0.2)
             discarded = [e for e in node1.storage.audit_log() if e["event"] == "presignature-discarded"]

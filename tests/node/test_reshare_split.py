@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 
 import trio
+from fp_guards import HANG_GUARD
 from fp_node_helpers import make_node, running_nodes
 from test_agreement import _resigned, _tamper
 from test_network_refresh import keygen, verifies
@@ -43,7 +44,7 @@ def test_a_split_last_round_of_a_reshare_keeps_the_key_and_a_retry_completes(tmp
             key_id, group_key = await keygen(node1, ["node1", "node2", "node3"], 2)
             split = await node1.reshare(key_id, ["node3", "node4", "node5"], 2, dealers=["node1", "node2"])
             assert not split.ok and split.culprits == ("node5",), split
-            with trio.fail_after(60):
+            with trio.fail_after(HANG_GUARD):
                 for n in nodes[:4]:
                     while n.storage.session_state(split.session_id) in (None, "running"):
                         await trio.sleep(0.05)
@@ -67,7 +68,7 @@ def test_a_split_last_round_of_a_reshare_keeps_the_key_and_a_retry_completes(tmp
             tampering["on"] = False
             retry = await node1.reshare(key_id, ["node3", "node4", "node5"], 2, dealers=["node1", "node2"])
             assert retry.ok, retry
-            with trio.fail_after(60):
+            with trio.fail_after(HANG_GUARD):
                 for n in nodes:
                     while n.storage.session_state(retry.session_id) in (None, "running"):
                         await trio.sleep(0.05)

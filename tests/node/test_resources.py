@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import trio
+from fp_guards import HANG_GUARD
 
 from fusion_prime.node.devnet import create_devnet
 from fusion_prime.node.storage import MAX_CONNECTIONS, KeyMaterial, Storage
@@ -103,7 +104,7 @@ def test_trio_worker_threads_replaced_after_idle_periods_do_not_leak(tmp_path, m
                     nursery.start_soon(lambda i=i: trio.to_thread.run_sync(work, i, limiter=limiter))
 
         async def idle() -> None:  # until trio's idle workers have exited
-            with trio.fail_after(120):  # a hang guard, not a speed claim: idle workers exit after 20 ms
+            with trio.fail_after(HANG_GUARD):  # idle workers exit after 20 ms
                 while threading.active_count() > baseline:
                     await trio.sleep(0.01)
 

@@ -14,6 +14,7 @@ from collections import defaultdict
 
 import pytest
 import trio
+from fp_guards import HANG_GUARD
 from fp_node_helpers import LogCapture, make_node, running_nodes
 from fp_signer_net import SignerNet, digest_of, verifies
 
@@ -135,7 +136,7 @@ def test_refusals_say_why_and_a_consumed_refusal_quarantines_until_resync(tmp_pa
 
     async def main() -> None:
         async with running_nodes(*nodes):
-            with trio.fail_after(60):
+            with trio.fail_after(HANG_GUARD):
                 while set(await node1.sessions.healthy_peers("sign")) != {"node2", "node3"}:
                     await trio.sleep(0.1)
             kg = await node1.keygen(2, 3)

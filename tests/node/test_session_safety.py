@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from fp_guards import HANG_GUARD
 from fp_node_helpers import counter_value, make_node, running_nodes
 from fp_sum_protocol import SumMachine, SumPhase, fill_sum
 
@@ -91,7 +92,7 @@ def test_a_proposal_flood_is_bounded_per_peer(devnet3, monkeypatch):
             # node2 calls its sessions off; then it is admitted again
             for p in accepted:
                 await flooder.sessions._withdraw(p, ["node1"], "test over")
-            with trio.fail_after(60):
+            with trio.fail_after(HANG_GUARD):
                 while nodes[0].sessions.active_sessions:
                     await trio.sleep(0.1)
             ok = await nodes[1].sessions.coordinate("sum", 2, fill_sum, required=["node1"], attempts=1)
