@@ -3,12 +3,12 @@
 :class:`SessionDriver` owns one sans-IO :class:`RoundMachine`. It runs inside its own
 nursery, so a session's delivery tasks live and die with it; it feeds the machine the
 envelopes the transport hands it, routes the machine's outgoing messages, and enforces a
-deadline per round with a cancel scope. When a round times out the session ends with a
-result that names the parties whose messages are missing - the same answer every honest
-participant reaches, because "missing" is computed from the round's expected shape (the
-engine's hooks say who owes this node which message in each round) and from the messages the
-machine accepted (signature-checked; an envelope that merely arrived proves nothing), not
-from timing: a peer that sent nothing valid is named before peers that merely lack their echo.
+deadline per round with a cancel scope. When a round times out the driver broadcasts what it
+waits for (``RoundMachine.waiting_for``: from the messages the machine *accepted*, signature
+checked, never from envelopes that merely arrived), listens briefly for the peers' timeout
+notices, and lets the machine decide who is silent and which pairs are in dispute
+(``RoundMachine.timeout_verdict``) - so a node starved of a private message is not the one
+its peers blame for the silence that followed.
 
 CPU-heavy work (``start()`` and ``receive()``: Paillier, proofs, prime generation) runs in a
 worker thread via ``trio.to_thread.run_sync`` under a shared capacity limiter, so the event
@@ -285,33 +285,10 @@ class SessionDriver:
                       phase=self.phase, reason=reason)
         self._rejected_seen = len(self.machine.rejected)
 
-    def _owed_mains(self, r: int, peer: str) -> list[tuple[int, int]]:
-        """The main-message slots (sender, receiver) ``peer`` owes this node in round ``r``: its
-        broadcast if it is a broadcaster, its private message if this node is one of its
-        receivers. The engine's round-shape hooks are the single source of truth (some phases,
-        like resharing, have rounds where only some parties speak), so the node asks them
-        rather than guessing."""
-        m, j = self.machine, self.ctx.index_of[peer]
-        return ([(j, BROADCAST)] if j in m._broadcasters(r) else []) + (
-            [(j, m.me)] if m.me in m._private_receivers(r, j) else [])
-
     def _notice_grace(self) -> float:
         """How long a node that timed out keeps listening for its peers' timeout notices before
         it decides: their deadlines fire at about the same moment as ours."""
         return min(2.0, max(0.2, self.round_deadline / 4))
-
-    def missing(self, r: int) -> list[str]:
-        """Peers that have not sent what round ``r`` requires (main messages first, then echoes).
-
-        Judged from what the machine *accepted* (``RoundMachine.accepted``: signature, session
-        and round checked), never from envelopes that merely arrived: a participant that sends
-        garbage under its own name in place of its real messages is the one missing, and the
-        honest parties that could not echo its absent message are not blamed for it."""
-        mains, echoes = self.machine.accepted(r)
-        lacking_main = [p for p in self.peers if any(slot not in mains for slot in self._owed_mains(r, p))]
-        if lacking_main:
-            return sorted(lacking_main)
-        return sorted(p for p in self.peers if self.ctx.index_of[p] not in echoes)
 
     def _outcome(self, status: str, started: float, culprits: Iterable[str] = (), reason: str = "",
                  output: Any = None, disputes: Iterable[tuple[str, str]] = ()) -> SessionOutcome:
