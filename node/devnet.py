@@ -28,9 +28,25 @@ class DevnetNode:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS considers free right now (may race with other processes; devnet only)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports the OS considers free right now.
+
+    All sockets stay bound until every port is chosen: asking one at a time lets the OS hand the
+    same just-released port out twice, which once gave two devnet nodes one address.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def create_devnet(
@@ -49,8 +65,12 @@ def create_devnet(
     base.mkdir(parents=True, exist_ok=True)
     level = security_level or ("test-2048" if test_mode else "128")
     ids = [f"node{i}" for i in range(1, n + 1)]
-    ports = [base_port + i if base_port else free_port() for i in range(n)]
-    metric_ports = [(base_port + 100 + i if base_port else free_port()) for i in range(n)] if with_metrics else []
+    if base_port:
+        ports = [base_port + i for i in range(n)]
+        metric_ports = [base_port + 100 + i for i in range(n)] if with_metrics else []
+    else:
+        chosen = free_ports(2 * n if with_metrics else n)
+        ports, metric_ports = chosen[:n], chosen[n:]
     identities, certs = {}, {}
     for node_id in ids:
         folder = base / node_id

@@ -170,16 +170,20 @@ def test_a_malicious_coordinator_gets_no_signature_for_a_bad_order(net: Net) -> 
     _mint_once(net, did_m, "fpBTC", minted_to, minted_amount)
     minted_order = _minted_order(net, did_m)
     # Two deposits only node1 knows of (the honest daemons watch neither address): one at full
-    # depth, one a block short of it.
+    # depth, one a block short of it. node1 is stopped before they are paid: a running node1
+    # would coordinate the honest mint of the full-depth deposit itself, and the honest nodes
+    # would then rightly refuse the control order below as a second live order for it.
     victim = _recipient(0x22)
-    full_amount = 40_000_000
-    txid_f, vout_f = net.miner.pay(net.address(BTC_CHAIN, victim, nodes=("node1",)), full_amount)
-    net.miner.mine(3)
     shallow_to = _recipient(0x23)
-    txid_s, vout_s = net.miner.pay(net.address(BTC_CHAIN, shallow_to, nodes=("node1",)), 50_000_000)
-    net.miner.mine(1)  # 1 of 2 confirmations
-    wait_for("blocks read", lambda: all(_scanned(net, n, _tip(net)) for n in NODES), procs=net.procs)
+    victim_address = net.address(BTC_CHAIN, victim, nodes=("node1",))
+    shallow_address = net.address(BTC_CHAIN, shallow_to, nodes=("node1",))
     net.stop("node1")
+    full_amount = 40_000_000
+    txid_f, vout_f = net.miner.pay(victim_address, full_amount)
+    net.miner.mine(3)
+    txid_s, vout_s = net.miner.pay(shallow_address, 50_000_000)
+    net.miner.mine(1)  # 1 of 2 confirmations
+    wait_for("blocks read", lambda: all(_scanned(net, n, _tip(net)) for n in ("node2", "node3")), procs=net.procs)
 
     attacker_addr = _recipient(0x66)
     now = int(time.time())
@@ -218,43 +222,49 @@ def test_a_malicious_coordinator_gets_no_signature_for_a_bad_order(net: Net) -> 
                 attacker.node.stop()
         return results
 
+    def check_refusals_and_mint_control(results: list[tuple[str, str, Any]]) -> None:
+        for code, honest, outcome in results[:-1]:
+            assert not outcome.ok and outcome.output is None, (code, honest, outcome)
+        for code, o, shown in cases:
+            did = o.deposit_id
+            proposed = (shown or o).digest(net.gateway.address, DST_CHAIN_ID).hex()
+            for honest in ("node2", "node3"):
+                codes = [r["code"] for r in _refusals(net, honest, did)]
+                assert code in codes, (code, honest, codes)
+                if code != "already_minted":  # (that order was co-signed once, when it was minted)
+                    assert not [e for e in net.events(honest, COSIGNED_EVENT, did) if e["digest"] == proposed]
+        for honest in ("node2", "node3"):
+            codes = [r["code"] for r in _refusals(net, honest, did_m)]
+            assert set(codes) <= {"already_minted", "cosigned_different_order"} and len(codes) >= 2, codes
+        # nothing minted but the one honest mint
+        assert len(net.minted_events(did_m)) == 1
+        assert net.balance("fpBTC", attacker_addr) == 0
+        assert net.balance("fpBTC", shallow_to) == 0
+        assert net.minted_events(deposit_id(BTC_CHAIN, txid_s, vout_s)) == []
+        assert net.minted_events(deposit_id(BTC_CHAIN, "ab" * 32, 0)) == []
+        # the control was signed by the group key and mints (anyone may relay)
+        control = results[-1][2]
+        assert control.ok, control
+        sig = encode_signature(control.output.r, control.output.s, control.output.recovery_id)
+        digest = honest_full.digest(net.gateway.address, DST_CHAIN_ID)
+        assert recover_signer(digest, sig) == Web3.to_checksum_address(net.gateway.functions.activeSigner().call())
+        t = (honest_full.asset, honest_full.source_chain_key, bytes.fromhex(honest_full.source_txid), honest_full.vout,
+             honest_full.recipient, honest_full.amount, honest_full.signer_epoch, honest_full.nonce,
+             honest_full.deadline)
+        tx = net.gateway.functions.mint(t, sig).transact({"from": net.dst.eth.accounts[5]})
+        assert net.dst.eth.wait_for_transaction_receipt(tx)["status"] == 1
+        did_f = honest_full.deposit_id
+        assert len(net.minted_events(did_f)) == 1 and net.balance("fpBTC", victim) == full_amount
+
     try:
         results = trio.run(main)
+        check_refusals_and_mint_control(results)
     finally:
+        # node1 comes back only after the control is minted: back earlier, it could coordinate
+        # its own order for the same deposit and win the race to the Gateway
         net.start("node1")
-    for code, honest, outcome in results[:-1]:
-        assert not outcome.ok and outcome.output is None, (code, honest, outcome)
-    for code, o, shown in cases:
-        did = o.deposit_id
-        proposed = (shown or o).digest(net.gateway.address, DST_CHAIN_ID).hex()
-        for honest in ("node2", "node3"):
-            codes = [r["code"] for r in _refusals(net, honest, did)]
-            assert code in codes, (code, honest, codes)
-            if code != "already_minted":  # (that order was co-signed once, when it was minted)
-                assert not [e for e in net.events(honest, COSIGNED_EVENT, did) if e["digest"] == proposed]
-    for honest in ("node2", "node3"):
-        codes = [r["code"] for r in _refusals(net, honest, did_m)]
-        assert set(codes) <= {"already_minted", "cosigned_different_order"} and len(codes) >= 2, codes
-    # nothing minted but the one honest mint
-    assert len(net.minted_events(did_m)) == 1
-    assert net.balance("fpBTC", attacker_addr) == 0
-    assert net.balance("fpBTC", shallow_to) == 0
-    assert net.minted_events(deposit_id(BTC_CHAIN, txid_s, vout_s)) == []
-    assert net.minted_events(deposit_id(BTC_CHAIN, "ab" * 32, 0)) == []
-    # the control was signed by the group key and mints (anyone may relay)
-    control = results[-1][2]
-    assert control.ok, control
-    sig = encode_signature(control.output.r, control.output.s, control.output.recovery_id)
-    digest = honest_full.digest(net.gateway.address, DST_CHAIN_ID)
-    assert recover_signer(digest, sig) == Web3.to_checksum_address(net.gateway.functions.activeSigner().call())
-    t = (honest_full.asset, honest_full.source_chain_key, bytes.fromhex(honest_full.source_txid), honest_full.vout,
-         honest_full.recipient, honest_full.amount, honest_full.signer_epoch, honest_full.nonce,
-         honest_full.deadline)
-    tx = net.gateway.functions.mint(t, sig).transact({"from": net.dst.eth.accounts[5]})
-    assert net.dst.eth.wait_for_transaction_receipt(tx)["status"] == 1
-    did_f = honest_full.deposit_id
-    assert len(net.minted_events(did_f)) == 1 and net.balance("fpBTC", victim) == full_amount
     # node1's daemon, back, sees the deposit as minted and mints nothing more
+    did_f = honest_full.deposit_id
     wait_for("node1 minted", lambda: net.state("node1", did_f) == "minted", procs=net.procs)
     assert len(net.minted_events(did_f)) == 1 and net.balance("fpBTC", victim) == full_amount
 

@@ -39,7 +39,7 @@ from fusion_prime.bridge.service import (
     SourceChain,
     start_bridge_server,
 )
-from fusion_prime.node.devnet import free_port
+from fusion_prime.node.devnet import free_ports
 from fusion_prime.node.tls import generate_certificate
 from fusion_prime.protocol.curve import Point
 
@@ -95,7 +95,7 @@ class _Service:
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[dict[str, _Service]]:
     group = _group(b"the group")
-    ports = {n: free_port() for n in NODES}
+    ports = dict(zip(NODES, free_ports(len(NODES)), strict=True))
     made: dict[str, _Service] = {}
     made["node2"] = _Service(tmp_path, "node2", group, ports["node2"])
     made["node3"] = _Service(tmp_path, "node3", _group(b"another group"), ports["node3"])

@@ -51,7 +51,7 @@ from fusion_prime.bridge.config import bridge_toml
 from fusion_prime.bridge.deploy import DEST_BITCOIN, DEST_EVM, AssetSpec, deploy_bridge
 from fusion_prime.bridge.watchers import MINTED_TOPIC
 from fusion_prime.node.config import config_to_toml, load_config
-from fusion_prime.node.devnet import create_devnet, free_port
+from fusion_prime.node.devnet import create_devnet, free_ports
 from fusion_prime.protocol.identity import PartyIdentity
 from fusion_prime.signer.client import WalletClient
 
@@ -323,8 +323,8 @@ def bridge_network(base: Path, *, security_level: str | None = None, presign_poo
                                security_level=security_level)
         _tune_nodes(devnet, presign_pool_depth)
         if forward_registrations:
-            for d in devnet:
-                (d.folder / "bridge.listen").write_text(f"127.0.0.1:{free_port()}")
+            for d, port in zip(devnet, free_ports(len(devnet)), strict=True):
+                (d.folder / "bridge.listen").write_text(f"127.0.0.1:{port}")
             overrides = {**overrides, "peers": None}  # filled per node below
         relayers = {}
         starts: dict[str, int] = {}

@@ -10,6 +10,7 @@ wallet RPCs. Bounds are counts (descriptors, connections, bytes), never times.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -85,15 +86,23 @@ def test_trio_worker_threads_replaced_after_idle_periods_do_not_leak(tmp_path, m
 
     monkeypatch.setattr(thread_cache, "IDLE_TIMEOUT", 0.02)
     store = _store(tmp_path)
+    # A native thread id can be handed out again once its thread exited, so count threads by a
+    # token each one draws on first use instead.
+    marks = threading.local()
+    tokens = itertools.count()
     seen_threads: set[int] = set()
 
     def work(i: int) -> None:
-        seen_threads.add(threading.get_native_id())
+        if not hasattr(marks, "token"):
+            marks.token = next(tokens)
+        seen_threads.add(marks.token)
         _work(store, i)
 
-    # Threads that are not trio's workers (an xdist worker's channel thread, gRPC threads left
-    # by earlier tests in this process) stay: wait for the count to come back to this, not to 1.
-    baseline = threading.active_count()
+    def trio_workers() -> int:
+        # trio names each idle worker "Trio thread N"; other threads of this process (an xdist
+        # worker's channel thread, gRPC threads of earlier tests that exit at their own pace) are
+        # not counted, so their coming and going cannot end an idle period early
+        return sum(1 for t in threading.enumerate() if t.name.startswith("Trio thread"))
 
     async def main() -> tuple[int, int]:
         limiter = trio.CapacityLimiter(16)
@@ -105,7 +114,7 @@ def test_trio_worker_threads_replaced_after_idle_periods_do_not_leak(tmp_path, m
 
         async def idle() -> None:  # until trio's idle workers have exited
             with trio.fail_after(HANG_GUARD):  # idle workers exit after 20 ms
-                while threading.active_count() > baseline:
+                while trio_workers() > 0:
                     await trio.sleep(0.01)
 
         await burst()
