@@ -332,6 +332,80 @@ class MintOrder:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
+REFUND_BURN_TYPE = ("RefundBurn(uint256 burnNonce,address asset,address burner,uint256 amount,uint32 signerEpoch,"
+                    "uint256 deadline)")
+REFUND_BURN_TYPEHASH = keccak256(REFUND_BURN_TYPE.encode())
+REFUND_ENCODING_VERSION = 1
+
+
+def burn_id(chain_id: int, gateway: str | bytes, burn_nonce: int) -> bytes:
+    """``keccak256(abi.encode(chainId, gateway, burnNonce))`` — ``Gateway.burnIdOf``."""
+    return keccak256(_u256(_uint(chain_id, "chain_id")) + bytes(12) + address_bytes(gateway, "gateway")
+                     + _u256(_uint(burn_nonce, "burn_nonce")))
+
+
+@dataclass(frozen=True)
+class RefundOrder:
+    """A group-signed ``RefundBurn``: re-mint exactly a recorded burn to its burner, once (the
+    Gateway checks the burn record). Signed only for a burn the nodes cannot pay."""
+
+    burn_nonce: int
+    asset: str
+    burner: str
+    amount: int
+    signer_epoch: int
+    deadline: int
+
+    def __post_init__(self) -> None:
+        if _uint(self.burn_nonce, "burn_nonce") == 0:
+            raise OrderError("burn nonces start at 1")
+        if checksum_address(self.asset, "asset") != self.asset:
+            raise OrderError(f"asset {self.asset!r} must be given in its EIP-55 form")
+        if checksum_address(self.burner, "burner") != self.burner:
+            raise OrderError(f"burner {self.burner!r} must be given in its EIP-55 form")
+        if _uint(self.amount, "amount") == 0:
+            raise OrderError("amount must be positive")
+        _uint(self.signer_epoch, "signer_epoch", UINT32_MAX)
+        _uint(self.deadline, "deadline")
+
+    def struct_hash(self) -> bytes:
+        return keccak256(REFUND_BURN_TYPEHASH + _u256(self.burn_nonce) + bytes(12) + address_bytes(self.asset)
+                         + bytes(12) + address_bytes(self.burner) + _u256(self.amount)
+                         + _u256(self.signer_epoch) + _u256(self.deadline))
+
+    def digest(self, gateway: str | bytes, chain_id: int) -> bytes:
+        return keccak256(b"\x19\x01" + domain_separator(gateway, chain_id) + self.struct_hash())
+
+    def as_tuple(self) -> tuple[int, str, str, int, int, int]:
+        """The ``RefundBurn`` calldata tuple."""
+        return (self.burn_nonce, self.asset, self.burner, self.amount, self.signer_epoch, self.deadline)
+
+    def to_bytes(self) -> bytes:
+        """Version ‖ nonce(32) ‖ asset(20) ‖ burner(20) ‖ amount(32) ‖ epoch(u32) ‖ deadline(32)."""
+        return (bytes([REFUND_ENCODING_VERSION]) + _u256(self.burn_nonce) + address_bytes(self.asset)
+                + address_bytes(self.burner) + _u256(self.amount) + self.signer_epoch.to_bytes(4, "big")
+                + _u256(self.deadline))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RefundOrder:
+        data = bytes(data)
+        if len(data) != 1 + 32 + 20 + 20 + 32 + 4 + 32 or data[0] != REFUND_ENCODING_VERSION:
+            raise OrderError("not a version-1 encoded refund order")
+        order = cls(burn_nonce=int.from_bytes(data[1:33], "big"), asset=checksum_address(data[33:53], "asset"),
+                    burner=checksum_address(data[53:73], "burner"), amount=int.from_bytes(data[73:105], "big"),
+                    signer_epoch=int.from_bytes(data[105:109], "big"), deadline=int.from_bytes(data[109:141], "big"))
+        if order.to_bytes() != data:
+            raise OrderError("non-canonical refund order encoding")
+        return order
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RefundOrder:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
 def domain_separator(gateway: str | bytes, chain_id: int) -> bytes:
     """``hashStruct(EIP712Domain)`` of the Gateway: binds chain id and contract (no cross-chain replay)."""
     return keccak256(

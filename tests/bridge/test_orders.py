@@ -324,3 +324,30 @@ def test_chain_params_validation() -> None:
         with pytest.raises(OrderError):
             ChainParams(**kwargs)
     assert ChainParams.from_dict(BTC.to_dict()) == BTC
+
+
+# ---- refunds
+
+
+def test_refund_digest_matches_eth_account_and_round_trips() -> None:
+    from fusion_prime.bridge.orders import RefundOrder, burn_id
+
+    r = RefundOrder(burn_nonce=9, asset="0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512",
+                    burner="0x70997970C51812dc3A010C7d01b50e0d17dc79C8", amount=5_000, signer_epoch=2,
+                    deadline=1_800_000_000)
+    types = {"EIP712Domain": EIP712_DOMAIN,
+             "RefundBurn": [{"name": "burnNonce", "type": "uint256"}, {"name": "asset", "type": "address"},
+                            {"name": "burner", "type": "address"}, {"name": "amount", "type": "uint256"},
+                            {"name": "signerEpoch", "type": "uint32"}, {"name": "deadline", "type": "uint256"}]}
+    full = {"types": types, "primaryType": "RefundBurn",
+            "domain": {"name": "Fusion Prime Gateway", "version": "1", "chainId": 31338, "verifyingContract": GATEWAY},
+            "message": {"burnNonce": 9, "asset": r.asset, "burner": r.burner, "amount": 5_000, "signerEpoch": 2,
+                        "deadline": 1_800_000_000}}
+    signable = encode_typed_data(full_message=full)
+    assert r.digest(GATEWAY, 31338) == keccak(b"\x19" + signable.version + signable.header + signable.body)
+    assert RefundOrder.from_bytes(r.to_bytes()) == r
+    with pytest.raises(OrderError):
+        RefundOrder.from_bytes(r.to_bytes() + b"\x00")
+    # the burn id is abi.encode(chainId, gateway, nonce), hashed
+    expected = keccak(abi_encode(["uint256", "address", "uint256"], [31338, GATEWAY, 9]))
+    assert burn_id(31338, GATEWAY, 9) == expected
