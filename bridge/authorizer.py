@@ -16,7 +16,7 @@ participant (before it joins). This hook sorts them:
 * every other proposal (wallet sign sessions, key generation, refresh, reshare, presign) is
   delegated to the signer's :class:`~fusion_prime.signer.service.WalletAuthorizer` unchanged —
   except that a *wallet* request may not sign with the bridge's key at the Gateway signer's path
-  or under the deposit-address purpose unless its client is one of the bridge's admin clients:
+  or under the deposit-address or custody purposes unless its client is one of the bridge's admin clients:
   otherwise any wallet client could get a mint order (or a sweep of deposits) signed as an
   opaque digest, around every check above.
 """
@@ -38,10 +38,11 @@ from fusion_prime.protocol.errors import InvalidInput
 from fusion_prime.signer.requests import parse_forwarded, verify_request
 
 from .chainview import COSIGNED_EVENT, REFUSED_EVENT, NodeChainView
+from .custody import CUSTODY_PURPOSE
 from .db import BridgeDB
 from .derivation import PURPOSE
 from .mint_policy import PolicyConfig, Verdict, check_mint
-from .requests import BridgeRequestError, MintRequest, PauseRequest, decode, is_bridge_request
+from .requests import BridgeRequestError, MintRequest, PauseRequest, RefundRequest, decode, is_bridge_request
 
 log = logging.getLogger("fusion_prime.bridge.authorizer")
 PAUSE_COSIGNED_EVENT = "pause-cosigned"
@@ -71,6 +72,9 @@ class BridgeAuthorizer:
         self.reserved_key: bytes | None = None
         self.admin_clients: frozenset[bytes] = frozenset()
         self.signer_path: tuple[int, ...] = ()
+        #: request type -> the withdrawal side's check (``bridge/payout_authorizer.py``), set once
+        #: the bridge runs; each returns (ok, reason) and records its decision itself
+        self.withdrawal_hooks: dict[type, Callable[[peer_pb2.SessionProposal, Any], tuple[bool, str]]] = {}
 
     async def in_thread(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
         """Chain RPCs and the database write run in a worker thread, never on the node's loop."""
@@ -90,7 +94,7 @@ class BridgeAuthorizer:
         if self.reserved_key is None or bytes(s.key_id) != self.reserved_key:
             return True, ""
         path = tuple(s.path)
-        if path != self.signer_path and path[:1] != (PURPOSE,):
+        if path != self.signer_path and path[:1] not in ((PURPOSE,), (CUSTODY_PURPOSE,)):
             return True, ""
         try:
             client = verify_request(parse_forwarded(s.client_request)).body.client
@@ -113,11 +117,16 @@ class BridgeAuthorizer:
             return False, f"malformed bridge request: {exc}"
         if bytes(s.key_id) != ctx.key_id:
             return False, f"bridge requests sign only with key {ctx.key_id.hex()}"
-        if tuple(s.path) != ctx.signer_path:
-            return False, "bridge requests sign only at the Gateway signer's path"
+        if isinstance(request, MintRequest | PauseRequest | RefundRequest) and tuple(s.path) != ctx.signer_path:
+            return False, "bridge orders sign only at the Gateway signer's path"
         if isinstance(request, MintRequest):
             return self._mint(proposal, request, ctx)
-        return self._pause(proposal, request, ctx)
+        if isinstance(request, PauseRequest):
+            return self._pause(proposal, request, ctx)
+        handler = self.withdrawal_hooks.get(type(request))
+        if handler is None:
+            return False, f"bridge: {type(request).__name__} is not served by this node"
+        return handler(proposal, request)
 
     def _mint(self, proposal: peer_pb2.SessionProposal, request: MintRequest, ctx: BridgeContext) -> tuple[bool, str]:
         order = request.order

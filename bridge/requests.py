@@ -17,6 +17,13 @@ Encoding (canonical, one byte string per request)::
 * kind ``2`` (pause): ``destination chain id (u64) ‖ gateway (20) ‖ unpauseCount (u256) ‖ deadline
   (u256) ‖ reason length (u16) ‖ reason (UTF-8, ≤ 512 bytes)``. The reason is for the audit log of
   every participant; it is not part of the signed digest.
+* kind ``3`` (Bitcoin payout input): ``input index (u16) ‖ the payout proposal`` (the whole unsigned
+  transaction with what every participant needs to rebuild it, ``bridge/payouts.py``). The digest
+  is that input's BIP143 sighash and the path the spent coin's derivation path: a participant
+  rebuilds the whole transaction before it co-signs any one input of it.
+* kind ``4`` (refund): ``RefundOrder.to_bytes()`` — the Gateway's ``RefundBurn``.
+* kind ``5`` (EVM payout): the payout proposal of ``bridge/evm_payouts.py`` (payout, replacement,
+  gap filler or sweep); the digest is the transaction's signing hash.
 
 :func:`decode` accepts only what :func:`encode` produces.
 """
@@ -27,11 +34,15 @@ from dataclasses import dataclass
 
 from fusion_prime.protocol.addresses import keccak256
 
-from .orders import MintOrder, OrderError, address_bytes, checksum_address, domain_separator
+from .orders import MintOrder, OrderError, RefundOrder, address_bytes, checksum_address, domain_separator
 
 TAG = b"FPBRIDGE"
 KIND_MINT = 1
 KIND_PAUSE = 2
+KIND_BTC_PAYOUT = 3
+KIND_REFUND = 4
+KIND_EVM_PAYOUT = 5
+MAX_PROPOSAL = 1 << 20  # a 100-input, 100-output payout is ~ 20 kB; anything near this is abuse
 MAX_REASON = 512
 PAUSE_TYPE = "Pause(uint256 unpauseCount,uint256 deadline)"
 PAUSE_TYPEHASH = keccak256(PAUSE_TYPE.encode())
@@ -63,7 +74,30 @@ class PauseRequest:
         return keccak256(b"\x19\x01" + domain_separator(self.gateway, self.chain_id) + struct)
 
 
-BridgeRequest = MintRequest | PauseRequest
+@dataclass(frozen=True)
+class PayoutInputRequest:
+    """Sign input ``input_index`` of the Bitcoin payout ``proposal`` (opaque here; the authorize
+    hook decodes and rebuilds it)."""
+
+    input_index: int
+    proposal: bytes
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    """Sign this ``RefundBurn`` (the digest is its EIP-712 digest on the node's Gateway)."""
+
+    order: RefundOrder
+
+
+@dataclass(frozen=True)
+class EvmPayoutRequest:
+    """Sign the EVM transaction described by ``proposal`` (opaque here; see ``bridge/evm_payouts.py``)."""
+
+    proposal: bytes
+
+
+BridgeRequest = MintRequest | PauseRequest | PayoutInputRequest | RefundRequest | EvmPayoutRequest
 
 
 def is_bridge_request(raw: bytes) -> bool:
@@ -79,6 +113,16 @@ def encode(request: BridgeRequest) -> bytes:
         return (TAG + bytes([KIND_PAUSE]) + request.chain_id.to_bytes(8, "big")
                 + address_bytes(request.gateway, "gateway") + request.unpause_count.to_bytes(32, "big")
                 + request.deadline.to_bytes(32, "big") + len(reason).to_bytes(2, "big") + reason)
+    if isinstance(request, PayoutInputRequest):
+        if not 0 <= request.input_index < 1 << 16 or not 0 < len(request.proposal) <= MAX_PROPOSAL:
+            raise BridgeRequestError("payout input index or proposal size out of range")
+        return TAG + bytes([KIND_BTC_PAYOUT]) + request.input_index.to_bytes(2, "big") + request.proposal
+    if isinstance(request, RefundRequest):
+        return TAG + bytes([KIND_REFUND]) + request.order.to_bytes()
+    if isinstance(request, EvmPayoutRequest):
+        if not 0 < len(request.proposal) <= MAX_PROPOSAL:
+            raise BridgeRequestError("EVM payout proposal size out of range")
+        return TAG + bytes([KIND_EVM_PAYOUT]) + request.proposal
     raise TypeError(f"not a bridge request: {request!r}")
 
 
@@ -102,6 +146,16 @@ def decode(raw: bytes) -> BridgeRequest:
                                    unpause_count=int.from_bytes(body[28:60], "big"),
                                    deadline=int.from_bytes(body[60:92], "big"),
                                    reason=body[94:].decode("utf-8"))
+        elif kind == KIND_BTC_PAYOUT:
+            if len(body) < 3 or len(body) - 2 > MAX_PROPOSAL:
+                raise BridgeRequestError("payout request has a wrong length")
+            request = PayoutInputRequest(int.from_bytes(body[:2], "big"), body[2:])
+        elif kind == KIND_REFUND:
+            request = RefundRequest(RefundOrder.from_bytes(body))
+        elif kind == KIND_EVM_PAYOUT:
+            if not 0 < len(body) <= MAX_PROPOSAL:
+                raise BridgeRequestError("EVM payout request has a wrong length")
+            request = EvmPayoutRequest(body)
         else:
             raise BridgeRequestError(f"unknown bridge request kind {kind}")
     except (OrderError, UnicodeDecodeError) as exc:

@@ -27,10 +27,11 @@ from typing import Any, Protocol
 from web3 import Web3
 
 from .chains.bitcoin.rpcclient import BitcoinRPC
-from .chains.evm.adapter import LogFollower
+from .chains.evm.adapter import LogEvent, LogFollower
 from .db import DepositAddress
 from .deposits import BlockConnected, BlockDisconnected, DepositOutput, MintQueuedSeen, MintSeen
 from .orders import EVM_NATIVE_VOUT
+from .withdrawals import Burn, BurnSeen, RefundSeen
 
 MINTED_TOPIC = "0xbb777238ebf6b4266eef25713f7136598089f6c2198bf6590fcd7095a8fad8ba"
 MINT_QUEUED_TOPIC = "0xe12dc33135382f6a1b3b955c0e440fcc2fe64b4a9f69ca663610dbbb03bc6525"
@@ -199,3 +200,82 @@ class MintFollower:
         warnings = [f"confirmed Gateway log {x.transaction_hash}#{x.log_index} was orphaned by a destination reorg"
                     for x in update.orphaned_confirmed]
         return out, update.head, warnings
+
+
+# ---------------------------------------------------------------------------------- burns
+
+BURNED_TOPIC = "0xc21a03c470a4b06280d2f3a058144f7b0c5148ed5fa22707fa16b2add0c6a893"
+REFUNDED_TOPIC = "0x44ee92ec08683eee6190b64578736fc1071a786aa2cd3ac8846469f585a4d74b"
+#: the longest destination the Gateway accepts (a Bitcoin address of up to 90 characters)
+MAX_DESTINATION = 90
+
+
+@dataclass(frozen=True)
+class RoutedBurn:
+    """A burn-side observation of the Gateway and the wrapped asset it concerns."""
+
+    asset: str
+    observation: BurnSeen | RefundSeen
+
+
+def decode_burn_log(log: LogEvent) -> RoutedBurn | None:
+    """A ``Burned``/``Refunded`` log as an observation; None for anything malformed (a Gateway
+    log that does not decode is reported by the caller, never guessed at)."""
+    topic = log.topics[0].lower() if log.topics else ""
+    if len(log.topics) != 4:
+        return None
+    burn_id = "0x" + log.topics[1][2:].rjust(64, "0").lower()
+    asset = Web3.to_checksum_address("0x" + log.topics[2][-40:])
+    burner = Web3.to_checksum_address("0x" + log.topics[3][-40:])
+    data = log.data
+    if topic == BURNED_TOPIC:
+        if len(data) < 128:
+            return None
+        nonce, amount, offset, length = (int.from_bytes(data[i:i + 32], "big") for i in range(0, 128, 32))
+        if offset != 96 or length > MAX_DESTINATION or len(data) < 128 + length:
+            return None
+        destination = data[128:128 + length]
+        try:
+            burn = Burn(burn_id=burn_id, nonce=nonce, asset=asset, burner=burner, amount=amount,
+                        destination=destination, block=log.block_number, tx_hash=log.transaction_hash)
+        except ValueError:
+            return None
+        return RoutedBurn(asset, BurnSeen(burn))
+    if topic == REFUNDED_TOPIC:
+        return RoutedBurn(asset, RefundSeen(burn_id=burn_id, tx_hash=log.transaction_hash))
+    return None
+
+
+class BurnFollower:
+    """``Burned``/``Refunded`` of one Gateway at ``confirmations`` depth on the destination chain.
+
+    The reorg-aware :class:`LogFollower` reports a log only once its block is ``confirmations``
+    deep, i.e. it re-reads the log there. :meth:`rescan` re-reads a block range in one
+    ``eth_getLogs`` (a nonce gap: the machine ignores what it already has)."""
+
+    def __init__(self, w3: Web3, gateway: str, *, confirmations: int = 1, start_block: int = 0) -> None:
+        self.w3, self.gateway, self.confirmations = w3, gateway, confirmations
+        self.follower = LogFollower(w3, addresses=[gateway], topics=[[BURNED_TOPIC, REFUNDED_TOPIC]],
+                                    confirmations=confirmations, start_block=start_block)
+
+    def poll(self) -> tuple[list[RoutedBurn], int, list[str]]:
+        """(observations at depth, the highest block read at depth, warnings)."""
+        update = self.follower.poll()
+        out, warnings = [], []
+        for log in update.confirmed:
+            routed = decode_burn_log(log)
+            if routed is None:
+                warnings.append(f"undecodable Gateway burn log {log.transaction_hash}#{log.log_index}")
+            else:
+                out.append(routed)
+        warnings += [f"confirmed Gateway burn log {x.transaction_hash}#{x.log_index} was orphaned by a "
+                     "destination reorg" for x in update.orphaned_confirmed]
+        return out, update.head - self.confirmations + 1, warnings
+
+    def rescan(self, from_block: int) -> list[RoutedBurn]:
+        top = int(self.w3.eth.block_number) - self.confirmations + 1
+        if top < from_block:
+            return []
+        logs = self.w3.eth.get_logs({"fromBlock": from_block, "toBlock": top, "address": self.gateway,
+                                     "topics": [[BURNED_TOPIC, REFUNDED_TOPIC]]})
+        return [r for r in (decode_burn_log(LogEvent.from_web3(x)) for x in logs) if r is not None]
