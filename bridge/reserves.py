@@ -256,6 +256,11 @@ def canonical_address(chain: str, address: Any) -> str:
     return address
 
 
+def _path_text(path: tuple[int, ...]) -> str:
+    """``m/…``; the root itself is ``m`` (``parse_path`` reads both back)."""
+    return path_string(path) if path else "m"
+
+
 def _path(value: Any, what: str) -> tuple[int, ...]:
     try:
         return parse_path(value)
@@ -509,7 +514,7 @@ class ReservesReport:
                           "hash": self.challenge.block_hash},
             "group_key": {"public_key": self.group_key.hex(), "chain_code": self.chain_code.hex()},
             "gateway": {"chain": self.gateway.chain, "address": self.gateway.address,
-                        "signer_path": path_string(self.gateway.signer_path)},
+                        "signer_path": _path_text(self.gateway.signer_path)},
             "assets": [_asset_to_dict(a) for a in self.assets],
         }
 
@@ -549,6 +554,8 @@ class ReservesReport:
     def from_json(cls, text: str | bytes) -> ReservesReport:
         try:
             data = json.loads(text, parse_float=_no_float, parse_constant=_no_float)
+        except ReportError:
+            raise
         except (ValueError, TypeError) as exc:
             raise ReportError(f"not JSON: {exc}") from None
         return cls.from_dict(data)
@@ -584,7 +591,7 @@ def _dec(value: Any, what: str) -> int:
 
 def _asset_to_dict(a: AssetReserves) -> dict[str, Any]:
     def proof(p: AddressProof) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": p.role, "address": p.address, "path": path_string(p.path),
+        out: dict[str, Any] = {"role": p.role, "address": p.address, "path": _path_text(p.path),
                                "public_key": p.public_key.hex(), "signature": p.signature.hex(),
                                "balance": str(p.balance)}
         if p.utxos is not None:
@@ -999,13 +1006,13 @@ def build_report(*, challenge: Challenge, group_key: bytes, chain_code: bytes, g
             if skip_empty and balance == 0:
                 continue
             digest = attestation_digest(challenge, chain, addr)
-            r, s = sign(digest, path_string(a.path))
+            r, s = sign(digest, _path_text(a.path))
             if not (0 < r < Q and 0 < s < Q):
                 raise ReportError(f"the signer returned an out-of-range signature for {addr}")
             s = s if s <= HALF_Q else Q - s
             signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
             if not verify_attestation(child.to_bytes(), digest, signature):
-                raise ReportError(f"the signer's signature for {addr} at {path_string(a.path)} does not verify")
+                raise ReportError(f"the signer's signature for {addr} at {_path_text(a.path)} does not verify")
             signed.append(AddressProof(a.role, addr, a.path, child.to_bytes(), signature, balance, utxos))
         supply = SupplyStatement(plan.token, supply_block, supply_hash,
                                  destination.total_supply(plan.token, supply_block))
@@ -1122,7 +1129,7 @@ class _Verifier:
         try:
             signer_key = derive(Point.from_bytes(r.group_key), r.chain_code, gw.signer_path).public_key
         except InvalidInput as exc:
-            self.problem(f"gateway signer path {path_string(gw.signer_path)}: {exc}")
+            self.problem(f"gateway signer path {_path_text(gw.signer_path)}: {exc}")
             return
         block = r.challenge.height if r.challenge.chain == gw.chain else None
         try:
@@ -1134,7 +1141,7 @@ class _Verifier:
             return
         expected = ethereum_address(signer_key)
         if signer != expected:
-            self.problem(f"the group key's signer at {path_string(gw.signer_path)} is {expected}, but the Gateway "
+            self.problem(f"the group key's signer at {_path_text(gw.signer_path)} is {expected}, but the Gateway "
                          f"{gw.address} is signed for by {signer} at block {at}: not this group's Gateway")
         listed = {a.supply.token for a in r.assets}
         for token in sorted(set(configured) - listed):
@@ -1168,11 +1175,11 @@ class _Verifier:
         try:
             child = derive(Point.from_bytes(r.group_key), r.chain_code, proof.path).public_key
         except InvalidInput as exc:
-            self.problem(f"{where}: path {path_string(proof.path)}: {exc}")
+            self.problem(f"{where}: path {_path_text(proof.path)}: {exc}")
             return False
         if child.to_bytes() != proof.public_key:
             self.problem(f"{where}: public key {proof.public_key.hex()} is not the group key's child at "
-                         f"{path_string(proof.path)} ({child.to_bytes().hex()}): not derived from the group key")
+                         f"{_path_text(proof.path)} ({child.to_bytes().hex()}): not derived from the group key")
             ok = False
         try:
             own_address = _address_of(asset.source_chain, Point.from_bytes(proof.public_key))
@@ -1190,7 +1197,7 @@ class _Verifier:
         shape = {"custody": len(proof.path) == 2 and proof.path[0] == CUSTODY_PURPOSE,
                  "deposit": len(proof.path) == 1 + PATH_COMPONENTS and proof.path[0] == PURPOSE}
         if not shape[proof.role]:
-            self.problem(f"{where}: role {proof.role} but path {path_string(proof.path)} is not a {proof.role} path")
+            self.problem(f"{where}: role {proof.role} but path {_path_text(proof.path)} is not a {proof.role} path")
         return ok
 
     def check_balances(self, asset: AssetReserves, kind: str) -> int | None:
