@@ -1082,3 +1082,22 @@ def check_payout(proposal: PayoutProposal, view: PayoutView, params: BtcPayoutPa
     if rebuilt.unsigned_tx != proposal.unsigned_tx:
         return _refuse("rebuilt_different", _difference(proposal.tx, rebuilt))
     return Verdict(True, "ok", f"payout {txid} rebuilt identically", rebuilt)
+
+
+def check_payout_input(proposal: PayoutProposal, input_index: int, digest: bytes, path: Sequence[int],
+                       view: PayoutView, params: BtcPayoutParams) -> Verdict:
+    """:func:`check_payout`, then that the sign session asks for exactly input ``input_index``: its
+    BIP143 sighash in the node's *own* rebuild, with the key at that coin's path — a session for a
+    digest or path the rebuild does not produce gets nothing, whatever the proposal says."""
+    verdict = check_payout(proposal, view, params)
+    if not verdict.ok or verdict.plan is None:
+        return verdict
+    plan = verdict.plan
+    if isinstance(input_index, bool) or not isinstance(input_index, int) or not 0 <= input_index < len(plan.inputs):
+        return _refuse("wrong_input", f"input {input_index!r} is not one of the payout's {len(plan.inputs)} inputs")
+    if digest != plan.sighashes[input_index]:
+        return _refuse("wrong_digest", f"the digest is not input {input_index}'s sighash in this node's rebuild")
+    if tuple(path) != plan.inputs[input_index].path:
+        return _refuse("wrong_path", f"path {tuple(path)} is not the key path {plan.inputs[input_index].path} of "
+                                     f"input {input_index} ({plan.inputs[input_index]})")
+    return verdict
