@@ -390,9 +390,9 @@ def decode_signed_transaction(raw: bytes) -> DecodedTransaction:
         raise EvmPayoutError("data must be a string and the access list a list")
     entries = []
     for entry in access_item:
-        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], bytes)
-                or not isinstance(entry[1], list) or not all(isinstance(k, bytes) for k in entry[1])):
-            raise EvmPayoutError("malformed access list entry")
+        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], bytes) or len(entry[0]) != 20
+                or not isinstance(entry[1], list) or not all(isinstance(k, bytes) and len(k) == 32 for k in entry[1])):
+            raise EvmPayoutError("malformed access list entry (20-byte address, 32-byte storage keys)")
         entries.append(AccessListEntry(entry[0], tuple(entry[1])))
     y_parity, r, s = (_rlp_int(items[9], "y_parity"), _rlp_int(items[10], "r"), _rlp_int(items[11], "s"))
     if y_parity not in (0, 1) or not 0 < r < SECP256K1_N or not 0 < s <= SECP256K1_N // 2:
@@ -600,7 +600,8 @@ class NonceManager:
             if occupant.signed:
                 raise NonceError(f"nonce {nonce} is signed for {occupant.owner}")
             displaced = None if occupant.owner == GAP_FILL else occupant.owner
-        # every check passed: mutate
+        # every check passed: mutate. A co-signature is a fact, whatever this ledger planned for the purpose.
+        self._cancelled.discard(purpose_id)
         if held is not None:
             self._slots[held] = NonceSlot(held, GAP_FILL)
             del self._live[purpose_id]
@@ -614,7 +615,6 @@ class NonceManager:
         self._slots[nonce] = NonceSlot(nonce, purpose_id)
         self._live[purpose_id] = nonce
         self._next = max(self._next, nonce + 1)
-        self._cancelled.discard(purpose_id)
         return displaced
 
     def reassign(self, purpose_id: str) -> int:

@@ -593,6 +593,9 @@ def test_gap_fillers_are_co_signed_only_at_gaps() -> None:
     assert view.cosign_gap_fill(proposal).code == "not_a_gap"  # nothing waits on nonce 0
     assert view.cosign_payout(payout_proposal(first, honest_payout(first, 1))).ok
     assert view.cosign_gap_fill(proposal).ok
+    second = a_burn(2, destination=BOB)
+    view.burns[second.burn_id] = second
+    assert view.cosign_payout(payout_proposal(second, honest_payout(second, 0))).code == "nonce_in_use"
     bumped = plan_replacement(filler, ESTIMATE, PARAMS)
     assert view.cosign_gap_fill(GapFillProposal(bumped, CUSTODY.path_str, bumped.signing_hash())).ok
     for change in (dict(value=1), dict(to=BOB), dict(data=b"\x00")):
