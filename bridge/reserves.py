@@ -31,9 +31,24 @@ Why a verifier can trust a verified report:
 * balances, supply and the challenge are read from the chains, never taken from the report:
   solvency is judged on what the chains say, and every statement that differs is a problem.
 
-What a verifier *cannot* check from chain state: that the list of in-flight withdrawals is complete
-(a burn that was paid and one that was not look the same on the destination chain; each listed one
-is checked to be a recorded, unrefunded burn of that asset) — an omitted one understates liabilities.
+What a verifier can check at a past height, and what it cannot:
+
+* Bitcoin keeps no historical UTXO set. A verifier can show that each listed output was created in
+  a block of the active chain at or below the stated height, with the stated value and script
+  (``getrawtransaction`` in that block: no transaction index needed). "Unspent at height H" is
+  decided as: unspent now (``gettxout``, mempool ignored) ⇒ unspent at H; spent now ⇒ unspent at H
+  exactly when the spend is in a block after H, found by reading blocks H+1…tip. That needs those
+  blocks (a pruned node may lack them) and costs one block read per block of the report's age,
+  which ``max_age`` bounds. A stated block that left the active chain (a reorg) makes the asset's
+  balances unverifiable. A spend still in the mempool does not count: the coin was unspent at H.
+* EVM chains answer ``eth_getBalance`` and ``eth_call`` at a past block only while the node keeps
+  that block's state (an archive node always; a full node for about the last 128 blocks).
+* A report proves the balances at its stated heights, not at the moment it is read: coins that left
+  after them are not seen. ``max_age`` (per chain, in blocks behind the head) is how much of that a
+  verifier accepts; the same bound makes an old challenge stale.
+* That the list of in-flight withdrawals is complete cannot be checked from chain state (a burn
+  that was paid and one that was not look the same on the destination chain); each listed one is
+  checked to be a recorded, unrefunded burn of that asset — an omitted one understates liabilities.
 
 Canonical JSON: keys sorted, no whitespace, ASCII; amounts as decimal strings (wei exceed what a
 JSON double holds exactly); heights, output indices and burn nonces as JSON integers; Bitcoin
@@ -264,7 +279,7 @@ def _path_text(path: tuple[int, ...]) -> str:
 def _path(value: Any, what: str) -> tuple[int, ...]:
     try:
         return parse_path(value)
-    except InvalidInput as exc:
+    except (InvalidInput, TypeError) as exc:
         raise ReportError(f"{what}: {exc}") from None
 
 
@@ -439,6 +454,8 @@ class AssetReserves:
         if not isinstance(self.symbol, str) or not self.symbol or not self.symbol.isprintable():
             raise ReportError("symbol must be a non-empty printable string")
         kind = _kind(self.source_chain)
+        if kind == "bitcoin":
+            _network(self.source_chain)
         _height(self.height, f"{self.symbol} height")
         _block_hash_bytes(self.source_chain, self.block_hash, f"{self.symbol} block hash")
         _amount(self.tolerance, f"{self.symbol} tolerance")
@@ -546,7 +563,7 @@ class ReservesReport:
             group_key=_hex_bytes(g["public_key"], 33, "group_key.public_key"),
             chain_code=_hex_bytes(g["chain_code"], 32, "group_key.chain_code"),
             gateway=GatewayRef(chain=_str(gw["chain"], "gateway.chain"), address=gw["address"],
-                               signer_path=_path(gw["signer_path"], "gateway.signer_path")),
+                               signer_path=_path_field(gw["signer_path"], "gateway.signer_path")),
             assets=tuple(_asset_from_dict(a, f"assets[{i}]") for i, a in enumerate(assets)),
         )
 
@@ -583,10 +600,22 @@ def _str(value: Any, what: str) -> str:
 
 
 def _dec(value: Any, what: str) -> int:
-    """A decimal-string amount: digits only, no sign, no leading zero."""
+    """A decimal-string amount: digits only, no sign, no leading zero, at most a uint256."""
     if not isinstance(value, str) or not value.isascii() or not value.isdigit() or (len(value) > 1 and value[0] == "0"):
         raise ReportError(f"{what} must be a decimal string without leading zeros")
+    if len(value) > 78 or int(value) >= 2**256:
+        raise ReportError(f"{what} is larger than any amount on chain (2^256 - 1)")
     return int(value)
+
+
+def _path_field(value: Any, what: str) -> tuple[int, ...]:
+    """A path in the report's one spelling, ``m/…`` with plain decimal indices."""
+    if not isinstance(value, str):
+        raise ReportError(f"{what} must be a string m/…")
+    path = _path(value, what)
+    if _path_text(path) != value:
+        raise ReportError(f"{what} {value!r} is not in its canonical spelling {_path_text(path)!r}")
+    return path
 
 
 def _asset_to_dict(a: AssetReserves) -> dict[str, Any]:
@@ -632,7 +661,7 @@ def _asset_from_dict(value: Any, where: str) -> AssetReserves:
                                        for j, u in enumerate(p["utxos"])))
         addresses.append(AddressProof(
             role=_str(p["role"], f"{w}.role"), address=_str(p["address"], f"{w}.address"),
-            path=_path(p["path"], f"{w}.path"), public_key=_hex_bytes(p["public_key"], 33, f"{w}.public_key"),
+            path=_path_field(p["path"], f"{w}.path"), public_key=_hex_bytes(p["public_key"], 33, f"{w}.public_key"),
             signature=_hex_bytes(p["signature"], 64, f"{w}.signature"), balance=_dec(p["balance"], f"{w}.balance"),
             utxos=utxos))
     s = _obj(d["supply"], f"{where}.supply", {"token", "block", "block_hash", "amount"})
@@ -796,7 +825,9 @@ class BitcoinRPCReader:
 
 class Web3Reader:
     """:class:`EvmReader` over web3.py (an archive node, or one that still holds the stated blocks'
-    state: ``eth_getBalance`` and ``eth_call`` at a past block need it)."""
+    state: ``eth_getBalance`` and ``eth_call`` at a past block need it). ``configured_assets`` reads
+    the Gateway's ``AssetConfigured`` logs from block 0; a provider that caps log ranges needs a
+    reader that pages them."""
 
     def __init__(self, w3: Web3) -> None:
         from .chainview import artifact
@@ -1119,7 +1150,10 @@ class _Verifier:
             self.block(c.chain, reader, c.height, c.block_hash, "challenge")
         self.check_gateway()
         for asset in r.assets:
-            self.check_asset(asset)
+            try:
+                self.check_asset(asset)
+            except ReportError as exc:  # a value the chain answered that cannot even be read
+                self.problem(f"{asset.symbol}: {exc}")
 
     def check_gateway(self) -> None:
         r, gw = self.report, self.report.gateway
@@ -1231,16 +1265,8 @@ class _Verifier:
 
     def check_utxo(self, asset: AssetReserves, reader: Any, proof: AddressProof, u: ReportUtxo) -> int:
         """The UTXO's value as the chain has it if it paid the address, was confirmed by the stated
-        height and was still unspent there; 0 (and a problem) otherwise.
-
-        At a past height a Bitcoin node can show that the output was created in a block of the
-        active chain at or below that height, with this value and script (``getrawtransaction`` in
-        that block — no transaction index needed). It keeps no historical UTXO set, so "unspent at
-        height H" is decided as: unspent now (``gettxout``, mempool ignored) ⇒ unspent at H; spent
-        now ⇒ unspent at H exactly when the spend is in a block after H, found by reading the blocks
-        H+1…tip (bounded by the age limit; a pruned node that lacks them cannot answer). A stated
-        block that left the active chain (a reorg) makes the whole asset unverifiable. A mempool spend
-        does not count: the coin was unspent at H."""
+        height and was still unspent there; 0 (and a problem) otherwise. How "unspent at a past
+        height" is decided, and its limits, is in the module docstring."""
         where = f"{asset.symbol}: {proof.address}: UTXO {u.txid}:{u.vout}"
         if u.height > asset.height:
             self.problem(f"{where}: confirmed at height {u.height}, after the stated height {asset.height}")
@@ -1358,16 +1384,27 @@ def verify_report(report: ReservesReport | str | bytes | Mapping[str, Any], read
     ``max_age`` bounds, per chain, how many blocks behind its head a stated block may be
     (:data:`DEFAULT_MAX_AGE` otherwise): a challenge older than that is stale. ``tolerances``
     replaces the report's own permitted gap for the assets it names (a verifier need not accept the
-    operators' figure). What is checked, and what cannot be, is in the module docstring and
-    :meth:`_Verifier.check_utxo`.
+    operators' figure).
+
+    Checked: the report's form; every attestation signature (libsecp256k1, low-S) under its child
+    key; each child key is the group key's child at its path and each address that key's address;
+    the group key's signer address is the Gateway's ``activeSigner``; the challenge block is on its
+    chain and recent; each source block is on its chain and recent; each balance at its stated
+    block (Bitcoin: each UTXO existed there with its value and script and was unspent; EVM:
+    ``eth_getBalance``); each token's ``totalSupply`` at the stated block, minted by that Gateway,
+    backed by that source chain, equal to the Gateway's books; no asset the Gateway configured is
+    missing; each in-flight burn is recorded and unrefunded; the stated totals add up; and custody
+    as the chain shows it + tolerance ≥ supply as the chain shows it + in flight. What cannot be
+    checked at a past height is in the module docstring.
     """
     try:
         if not isinstance(report, ReservesReport):
             report = (ReservesReport.from_dict(dict(report)) if isinstance(report, Mapping)
                       else ReservesReport.from_json(report))
         expected = _parse_group_key(expected_group_key)
-    except (ReportError, ValueError) as exc:
-        return [f"malformed report: {exc}"]
+    except Exception as exc:  # whatever is wrong with the input, the answer is a problem, not a traceback
+        return [f"malformed report: {exc}" if isinstance(exc, ReportError)
+                else f"malformed report: {type(exc).__name__}: {exc}"]
     verifier = _Verifier(report, readers, dict(max_age or {}), dict(tolerances or {}))
     verifier.run(expected)
     return verifier.problems

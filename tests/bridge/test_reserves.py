@@ -8,7 +8,9 @@ coincurve. The same checks against real chains are in ``test_reserves_chains.py`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import secrets
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 import pytest
 from bip32 import BIP32
 from coincurve import PrivateKey, PublicKey
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusion_prime.bridge.custody import custody_address
@@ -259,6 +261,10 @@ class World:
 
 @pytest.fixture
 def world() -> World:
+    return _make_world()
+
+
+def _make_world() -> World:
     group = Group()
     btc, src, dst = FakeBitcoin(), FakeEvm(31337), FakeEvm(31338)
     dst.signer = _eth(group.key)
@@ -499,3 +505,56 @@ def test_address_proof_rejects_a_bad_signature_length() -> None:
     with pytest.raises(ReportError, match="64 bytes"):
         AddressProof("custody", "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", (1, 0), b"\x02" + b"\1" * 32,
                      b"\0" * 63, 0, ())
+
+
+# ------------------------------------------------------------------ any tampering, fuzzed
+
+@functools.cache
+def _shared() -> tuple[World, str]:
+    world = _make_world()
+    return world, world.build().to_json()
+
+
+def _leaf_paths(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += _leaf_paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            out += _leaf_paths(value, (*prefix, index))
+    return out
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6)
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.data())
+def test_any_change_is_a_problem_never_a_traceback(data: st.DataObject) -> None:
+    """Replace any one value of a valid report by any JSON value (or a near miss of the same value):
+    the verifier answers with problems, never an exception, and only the two free labels (the
+    asset's symbol, and its tolerance, which a verifier may override) can change without one."""
+    world, text = _shared()
+    base = json.loads(text)
+    path = data.draw(st.sampled_from(_leaf_paths(base)))
+    target = base
+    for step in path[:-1]:
+        target = target[step]  # type: ignore[index]
+    old = target[path[-1]]  # type: ignore[index]
+    near = [str(int(old) + 1)] if isinstance(old, str) and old.isdigit() else []
+    near += [old + 1] if isinstance(old, int) and not isinstance(old, bool) else []
+    near += [old[:-1] + ("0" if old[-1] != "0" else "1")] if isinstance(old, str) and old else []
+    value = data.draw(st.sampled_from(near) | json_values if near else json_values)
+    mutated = copy.deepcopy(base)
+    holder = mutated
+    for step in path[:-1]:
+        holder = holder[step]  # type: ignore[index]
+    holder[path[-1]] = value  # type: ignore[index]
+    problems = verify_report(json.dumps(mutated), world.readers)
+    assert isinstance(problems, list) and all(isinstance(p, str) and p for p in problems)
+    if mutated != base and path[-1] not in ("symbol", "tolerance"):
+        assert problems, (path, value)
