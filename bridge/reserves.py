@@ -963,12 +963,13 @@ def verify_attestation(public_key: bytes, digest: bytes, signature: bytes) -> bo
         return False
 
 
-def latest_challenge(reader: ChainReader, chain: str) -> Challenge:
-    """The head block of ``chain`` as a challenge (what the operators take when they start a report)."""
-    if isinstance(reader, BitcoinReader):
-        height = reader.tip_height()
-    else:
-        height = reader.head()
+def latest_challenge(reader: ChainReader, chain: str, depth: int = 0) -> Challenge:
+    """The block ``depth`` below the head of ``chain`` as a challenge (what the operators take when
+    they start a report; a little depth keeps a reorg from unmaking the challenge)."""
+    head = reader.tip_height() if isinstance(reader, BitcoinReader) else reader.head()
+    height = head - _non_negative(depth, "challenge depth", ReportError)
+    if height < 0:
+        raise ReportError(f"{chain}: the chain is not {depth} blocks long")
     block_hash = reader.block_hash(height)
     if block_hash is None:
         raise ReportError(f"{chain}: the head block {height} has no hash")
