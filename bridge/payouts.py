@@ -39,7 +39,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from functools import cached_property, lru_cache
 from typing import Protocol
 
 from fusion_prime.protocol.addresses import BECH32_HRP, b58check, b58check_decode, segwit_decode
@@ -149,6 +150,18 @@ def fee_rate_kvb(rate: FeeRate, what: str = "fee rate") -> int:
     if kvb != kvb.to_integral_value():
         raise PayoutError(f"{what} {value} sat/vB has more than three decimals")
     return int(kvb)
+
+
+def round_fee_rate(estimate: Decimal | int | str | float) -> Decimal:
+    """A node's raw estimate (sat/vB, any precision; ``estimatesmartfee``'s BTC/kvB × 100 000) as
+    a fee rate plans accept: rounded *up* to 0.001 sat/vB, at least 0.001."""
+    try:
+        value = Decimal(str(estimate))
+    except (InvalidOperation, ValueError):
+        raise PayoutError(f"fee estimate {estimate!r} is not a number") from None
+    if isinstance(estimate, bool) or not value.is_finite() or value <= 0:
+        raise PayoutError(f"fee estimate {estimate!r} is not a positive number of sat/vB")
+    return canonical_fee_rate(max(value.quantize(Decimal("0.001"), rounding=ROUND_CEILING), Decimal("0.001")))
 
 
 def _rate_of(kvb: int) -> Decimal:
@@ -298,11 +311,27 @@ def decode_destination(raw: bytes, network: str) -> bytes:
         raise PayoutError(f"unknown Bitcoin network {network!r}")
     if not isinstance(raw, bytes | bytearray):
         raise UnpayableDestination("destination must be bytes")
-    raw = bytes(raw)
+    if len(raw) > 90:  # before the cache: nothing longer is an address, and nothing longer is kept
+        raise UnpayableDestination(f"destination is {len(raw)} bytes; no Bitcoin address is longer than 90")
+    script, refusal = _decode_destination(bytes(raw), network)
+    if refusal is not None:
+        raise UnpayableDestination(refusal)
+    return script
+
+
+@lru_cache(maxsize=4096)
+def _decode_destination(raw: bytes, network: str) -> tuple[bytes, str | None]:
+    """(script, None) or (b"", why): cached, because every sign session of a 100-input payout
+    rebuilds the same 100 outputs (the bech32 checksum is pure Python)."""
+    try:
+        return _decode_destination_uncached(raw, network), None
+    except UnpayableDestination as exc:
+        return b"", str(exc)
+
+
+def _decode_destination_uncached(raw: bytes, network: str) -> bytes:
     if not raw:
         raise UnpayableDestination("destination is empty")
-    if len(raw) > 90:
-        raise UnpayableDestination(f"destination is {len(raw)} bytes; no Bitcoin address is longer than 90")
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
@@ -357,8 +386,10 @@ def payout_value(burn: _HasAmountAndDestination, params: BtcPayoutParams) -> int
     """What the burn's output pays: ``amount − withdrawal_fee``; :class:`BelowMinimum` below the
     destination's dust threshold, :class:`UnpayableDestination` / :class:`UnpayableAmount` if it can
     never be paid (all three are refunded)."""
-    script = decode_destination(burn.destination, params.network)
-    amount = burn.amount
+    return _value_paying(burn.amount, decode_destination(burn.destination, params.network), params)
+
+
+def _value_paying(amount: int, script: bytes, params: BtcPayoutParams) -> int:
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
         raise UnpayableAmount(f"burn amount {amount!r} is not a number of satoshis")
     if amount > MAX_MONEY:
@@ -389,7 +420,8 @@ class PayoutPlan:
     checks that the transaction spends exactly ``inputs`` (in order, BIP125-signalling), pays one
     output per burn plus at most a change output, and has nLockTime = ``view_height``, so a plan is
     never internally inconsistent. ``fee``, ``vsize`` (the signed-size estimate), ``txid`` and
-    ``sighashes`` (BIP143, SIGHASH_ALL, one per input) are derived.
+    ``sighashes`` (BIP143, SIGHASH_ALL, one per input; computed when first asked for, or one at a
+    time with :meth:`sighash`) are derived.
     """
 
     burns: tuple[PayoutBurn, ...]
@@ -401,7 +433,6 @@ class PayoutPlan:
     fee: int = field(init=False)
     vsize: int = field(init=False)
     txid: str = field(init=False)
-    sighashes: tuple[bytes, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.burns, tuple) or not self.burns or not all(
@@ -437,8 +468,6 @@ class PayoutPlan:
         object.__setattr__(self, "fee", total_in - total_out)
         object.__setattr__(self, "vsize", estimate_p2wpkh_vsize(len(tx.vin), [o.script_pubkey for o in tx.vout]))
         object.__setattr__(self, "txid", tx.txid_hex)
-        object.__setattr__(self, "sighashes", tuple(
-            p2wpkh_sighash(tx, i, c.public_key, c.value) for i, c in enumerate(self.inputs)))
 
     def __repr__(self) -> str:
         return (f"PayoutPlan(txid={self.txid}, burns={len(self.burns)}, inputs={len(self.inputs)}, fee={self.fee}, "
@@ -449,6 +478,22 @@ class PayoutPlan:
     def tx(self) -> Tx:
         """A fresh copy of the unsigned transaction (the plan itself never changes)."""
         return Tx.from_bytes(self.unsigned_tx)
+
+    def sighash(self, index: int) -> bytes:
+        """The BIP143 SIGHASH_ALL digest of input ``index`` (P2WPKH script code of its coin's key)."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.inputs):
+            raise PayoutError(f"input {index!r} is not one of the payout's {len(self.inputs)} inputs")
+        cached = self.__dict__.get("sighashes")
+        if cached is not None:
+            return cached[index]
+        coin = self.inputs[index]
+        return p2wpkh_sighash(self.tx, index, coin.public_key, coin.value)
+
+    @cached_property
+    def sighashes(self) -> tuple[bytes, ...]:
+        """Every input's digest, in input order (what the threshold network is asked to sign)."""
+        tx = self.tx
+        return tuple(p2wpkh_sighash(tx, i, c.public_key, c.value) for i, c in enumerate(self.inputs))
 
     @property
     def burn_ids(self) -> tuple[bytes, ...]:
@@ -615,11 +660,21 @@ def plan_payout(burns: Iterable[PayoutBurn], coins: Iterable[CustodyCoin], fee_r
     rate_kvb = fee_rate_kvb(fee_rate)
     if rate_kvb > fee_rate_kvb(params.max_fee_rate):
         raise FeeAboveCap(f"fee rate {_rate_of(rate_kvb)} sat/vB is above the maximum {params.max_fee_rate} sat/vB")
-    payouts = [TxOut(payout_value(b, params), decode_destination(b.destination, params.network)) for b in ordered]
+    scripts = [decode_destination(b.destination, params.network) for b in ordered]
+    payouts = [TxOut(_value_paying(b.amount, script, params), script)
+               for b, script in zip(ordered, scripts, strict=True)]
     target = sum(o.value for o in payouts)
-    scripts = [o.script_pubkey for o in payouts]
     change_dust = dust_threshold(change_script)
     n = len(ordered)
+    # The estimate is separable: weight(k inputs, outputs) = weight(1, outputs) + weight(k, none) −
+    # weight(1, none). Serialising a 100-output list once instead of once per candidate input keeps
+    # a participant's rebuild (run for every input's sign session) cheap; the result is checked below.
+    weight_one = {True: estimate_p2wpkh_weight(1, [*scripts, change_script]), False: estimate_p2wpkh_weight(1, scripts)}
+    inputs_only_one = estimate_p2wpkh_weight(1, [])
+
+    def vsize_of(k: int, with_change: bool) -> int:
+        weight = weight_one[with_change] + estimate_p2wpkh_weight(k, []) - inputs_only_one
+        return (weight + WITNESS_SCALE_FACTOR - 1) // WITNESS_SCALE_FACTOR
 
     chosen: list[CustodyCoin] = []
     total = 0
@@ -630,7 +685,7 @@ def plan_payout(burns: Iterable[PayoutBurn], coins: Iterable[CustodyCoin], fee_r
             raise TooManyInputs(f"paying {n} burns ({target} sat) needs more than {params.max_inputs} inputs")
         chosen.append(coin)
         total += coin.value
-        vsize_change = estimate_p2wpkh_vsize(len(chosen), [*scripts, change_script])
+        vsize_change = vsize_of(len(chosen), True)
         fee_change = _fee(rate_kvb, vsize_change)
         cap = fee_cap(n, vsize_change, params)
         if fee_change > cap:  # another input only raises the fee; the cap's terms do not grow past it
@@ -644,7 +699,7 @@ def plan_payout(burns: Iterable[PayoutBurn], coins: Iterable[CustodyCoin], fee_r
             selected = (chosen, change)
             break
         fee_no_change = total - target
-        vsize_no_change = estimate_p2wpkh_vsize(len(chosen), scripts)
+        vsize_no_change = vsize_of(len(chosen), False)
         if fee_no_change <= fee_cap(n, vsize_no_change, params):
             selected = (chosen, None)
             break
@@ -660,7 +715,10 @@ def plan_payout(burns: Iterable[PayoutBurn], coins: Iterable[CustodyCoin], fee_r
     inputs, change_value = selected
     outputs = [*payouts, TxOut(change_value, change_script)] if change_value is not None else payouts
     tx = Tx(TX_VERSION, [TxIn(c.outpoint, sequence=SEQUENCE_RBF) for c in inputs], outputs, view_height)
-    return PayoutPlan(ordered, tuple(inputs), tx.serialize(), _rate_of(rate_kvb), view_height)
+    plan = PayoutPlan(ordered, tuple(inputs), tx.serialize(), _rate_of(rate_kvb), view_height)
+    if plan.vsize != vsize_of(len(inputs), change_value is not None):  # the separability above
+        raise PayoutError("internal: the size estimate is not separable; payouts.plan_payout must be revisited")
+    return plan
 
 
 # ------------------------------------------------------------------------------------ bumping
@@ -1051,10 +1109,14 @@ def check_payout(proposal: PayoutProposal, view: PayoutView, params: BtcPayoutPa
     rate = proposal.fee_rate
     if rate > params.max_fee_rate:
         return _refuse("fee_above_cap", f"fee rate {rate} sat/vB is above the maximum {params.max_fee_rate} sat/vB")
-    own = view.fee_estimate()
-    if own is None:
-        return _refuse("no_fee_estimate", "this node has no fee estimate to check the rate against")
-    own = Decimal(str(own))
+    estimate = view.fee_estimate()
+    try:
+        own = Decimal(str(estimate))
+    except (InvalidOperation, ValueError):
+        own = Decimal("NaN")
+    if estimate is None or not own.is_finite() or own <= 0:
+        return _refuse("no_fee_estimate", f"this node has no usable fee estimate ({estimate!r}) to check the rate "
+                                          f"against")
     if not (rate * params.fee_band >= own and rate <= own * params.fee_band):
         return _refuse("fee_out_of_band", f"fee rate {rate} sat/vB is outside [{own} / {params.fee_band}, "
                                           f"{own} × {params.fee_band}] around this node's estimate {own} sat/vB")
@@ -1064,6 +1126,9 @@ def check_payout(proposal: PayoutProposal, view: PayoutView, params: BtcPayoutPa
             if original.burn_ids != ids:
                 return _refuse("rebuilt_different", f"payout outputs: the bump names other burns than the payout "
                                                     f"{original.txid} it replaces")
+            if original.view_height != proposal.view_height:
+                return _refuse("rebuilt_different", f"locktime: a bump keeps the view height {original.view_height} "
+                                                    f"of the payout it replaces, not {proposal.view_height}")
             rebuilt = bump_payout(original, rate, params)
         else:
             coins = view.custody_coins(proposal.view_height, txid)
@@ -1095,7 +1160,7 @@ def check_payout_input(proposal: PayoutProposal, input_index: int, digest: bytes
     plan = verdict.plan
     if isinstance(input_index, bool) or not isinstance(input_index, int) or not 0 <= input_index < len(plan.inputs):
         return _refuse("wrong_input", f"input {input_index!r} is not one of the payout's {len(plan.inputs)} inputs")
-    if digest != plan.sighashes[input_index]:
+    if digest != plan.sighash(input_index):
         return _refuse("wrong_digest", f"the digest is not input {input_index}'s sighash in this node's rebuild")
     if tuple(path) != plan.inputs[input_index].path:
         return _refuse("wrong_path", f"path {tuple(path)} is not the key path {plan.inputs[input_index].path} of "

@@ -45,6 +45,7 @@ from fusion_prime.bridge.payouts import (
     minimum_bump_rate,
     payout_value,
     plan_payout,
+    round_fee_rate,
 )
 from fusion_prime.protocol.addresses import bech32_segwit
 from fusion_prime.protocol.curve import Point, Q
@@ -298,9 +299,10 @@ def _malformed() -> list[tuple[str, bytes, str]]:
 @pytest.mark.parametrize(("raw", "why"), [(raw, why) for _, raw, why in _malformed()],
                          ids=[name for name, _, _ in _malformed()])
 def test_malformed_destinations_are_unpayable_with_a_reason(raw: bytes, why: str) -> None:
-    with pytest.raises(UnpayableDestination) as err:
-        decode_destination(raw, "regtest")
-    assert why in str(err.value)
+    for _ in range(2):  # decoding is cached: the second answer is the same refusal
+        with pytest.raises(UnpayableDestination) as err:
+            decode_destination(raw, "regtest")
+        assert why in str(err.value)
 
 
 def test_destination_must_be_bytes_and_network_known() -> None:
@@ -486,6 +488,17 @@ def test_bad_batches_are_refused() -> None:
                         view_height=VIEW_HEIGHT)
 
 
+def test_estimates_round_up_to_a_rate_plans_accept() -> None:
+    assert round_fee_rate(Decimal("1.2341")) == Decimal("1.235")
+    assert round_fee_rate(2.5) == Decimal("2.5")
+    assert round_fee_rate("0.00001") == Decimal("0.001")
+    assert round_fee_rate(Decimal("0.00123") * 100_000) == Decimal(123)  # estimatesmartfee's BTC/kvB
+    plan_payout(five_burns(), custody_coins(), round_fee_rate(7.0004), CUSTODY_SCRIPT, PARAMS, view_height=VIEW_HEIGHT)
+    for bad in (0, -1, "x", float("inf"), None, True):
+        with pytest.raises(PayoutError):
+            round_fee_rate(bad)  # type: ignore[arg-type]
+
+
 def test_params_and_coins_are_validated() -> None:
     for bad in ({"network": "litecoin"}, {"withdrawal_fee": 0}, {"fee_band": Decimal("0.5")},
                 {"min_input_confirmations": 0}, {"max_batch": 0}, {"max_fee_rate": 0}):
@@ -638,9 +651,14 @@ def test_each_input_is_signed_only_for_its_own_sighash_and_path() -> None:
     plan = honest_plan()
     view = FakeView.knowing(plan.burns)
     proposal = proposal_of(plan)
+    fresh = PayoutPlan.from_bytes(plan.to_bytes())  # nothing computed yet: sighash(i) alone
     for i, c in enumerate(plan.inputs):
+        assert fresh.sighash(i) == plan.sighashes[i]
         assert check_payout_input(proposal, i, plan.sighashes[i], c.path, view, PARAMS).ok
         assert plan.input_index(plan.sighashes[i], c.path) == i
+    assert len(set(plan.sighashes)) == len(plan.inputs)
+    with pytest.raises(PayoutError):
+        plan.sighash(len(plan.inputs))
     assert check_payout_input(proposal, 0, plan.sighashes[1], plan.inputs[0].path, view, PARAMS).code == "wrong_digest"
     assert check_payout_input(proposal, 0, plan.sighashes[0], plan.inputs[1].path, view, PARAMS).code == "wrong_path"
     assert check_payout_input(proposal, 2, plan.sighashes[0], plan.inputs[0].path, view, PARAMS).code == "wrong_input"
@@ -784,6 +802,7 @@ def test_batch_shape_refusals() -> None:
     (Decimal(5), RATE, "ok"),  # the band's edges are inside
     (Decimal(20), RATE, "ok"),
     (None, RATE, "no_fee_estimate"),
+    (Decimal("NaN"), RATE, "no_fee_estimate"),
     (Decimal(60), Decimal(60), "fee_above_cap"),  # above max_fee_rate, whatever the estimate
 ])
 def test_fee_rate_refusals(estimate: Decimal | None, rate: Decimal, code: str) -> None:
@@ -883,5 +902,9 @@ def test_bump_refusals() -> None:
                                  bump.fee_rate, replaces=plan.txid)
     view.estimate = Decimal(15)
     assert check_payout(other_burns, view, PARAMS).code == "rebuilt_different"
+    other_height = PayoutProposal(bump.unsigned_tx, bump.burn_ids, VIEW_HEIGHT + 1, block_hash(VIEW_HEIGHT + 1),
+                                  bump.fee_rate, replaces=plan.txid)
+    verdict = check_payout(other_height, view, PARAMS)
+    assert verdict.code == "rebuilt_different" and verdict.reason.startswith("locktime")
     view.burns[plan.burn_ids[0]] = replace(view.burns[plan.burn_ids[0]], refunded=True)
     assert check_payout(proposal_of(bump), view, PARAMS).code == "burn_refunded"
