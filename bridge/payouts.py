@@ -950,7 +950,11 @@ class PayoutView(Protocol):
     def custody_coins(self, view_height: int, exclude_reserved_except: str | None) -> Sequence[CustodyCoin]:
         """Unspent outputs (at this node's tip) at the custody and deposit addresses, created at or
         below ``view_height``, minus those spent by any payout this node archived (pending or
-        confirmed) other than the one whose txid is ``exclude_reserved_except``."""
+        confirmed) other than the one whose txid is ``exclude_reserved_except``.
+
+        Deposit outputs belong here once they are final by the deposit rules (minted): a payout
+        whose input is reorganised away cannot confirm, and it must not be rebuilt on other inputs
+        while that input may come back — so only coins no reorg is expected to take are spent."""
         ...
 
     def fee_estimate(self) -> Decimal | None:
