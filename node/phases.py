@@ -10,6 +10,7 @@ keygen       ``KeygenMachine``                    key share (``KeyShare.key_id``
 aux-info     ``AuxInfoMachine``                   aux info (``AuxInfo.aux_id``)
 presign      ``PresignMachine``                   presignature (``Presignature.presign_id``)
 sign         ``SignMachine``                      nothing: the signature goes to the caller
+                                                  (once every signer confirmed the transcript)
 key-refresh  ``KeyRefreshMachine``                new share version + aux info in one commit,
                                                   which erases old-epoch presignatures
 reshare      ``ReshareMachine``                   new members: new share version; leaving
@@ -193,7 +194,11 @@ class PresignPhase:
 
 class SignPhase:
     """No ``stage``: a signature is publicly verifiable and nothing durable changes at the end
-    of a sign session (the presignature was consumed before it started)."""
+    of a sign session (the presignature was consumed before it started). The session still
+    ends the same way at every signer: the sign machine confirms its transcript by itself in
+    the step that ends its last round and is done only with every signer's confirmation
+    (``SignMachine``, ``require_confirmation(store=False)``; issue 11), so the driver has no
+    store to wait for and the node keeps no certificate for it."""
 
     phase = "sign"
 

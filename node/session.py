@@ -331,9 +331,14 @@ class SessionDriver:
         self._note_rejections()
         current, round_started = (m.round, m.awaiting_store), trio.current_time()
         while m.status is Status.RUNNING:
-            if m.awaiting_store and self.stage is not None and not m._stored:
+            if m.awaiting_store and not m.confirmed:
                 # The last round is done: store the output as pending, durably, and only then
                 # confirm it. Nothing usable changes until every participant has confirmed.
+                # (A phase with nothing to store - sign - confirms inside the machine, in the
+                # step that ends its last round: require_confirmation(store=False).)
+                if self.stage is None:  # a machine that waits for a store this node cannot make
+                    self._route(sends, m.store_failed("this node has no staging for this phase's output"))
+                    break
                 try:
                     await trio.to_thread.run_sync(self.stage, m.output, m.transcript)
                 except Exception as exc:  # a disk or storage fault: this session ends, nobody is blamed
@@ -761,7 +766,9 @@ class SessionManager:
                 try:
                     result = await trio.to_thread.run_sync(handler.finish, active.ctx, outcome.output)
                     certificate = driver.machine.certificate
-                    if certificate is not None and self.storage is not None:
+                    # Kept only where an output was staged (a peer that missed the end may need
+                    # it to make that output current); a sign's certificate has nothing to promote.
+                    if certificate is not None and driver.stage is not None and self.storage is not None:
                         await self._db(self.storage.output_confirmed, active.ctx.session_id, certificate.to_bytes())
                     outcome = SessionOutcome(outcome.session_id, outcome.phase, "done", outcome.participants,
                                              result, (), "", outcome.duration)
@@ -777,7 +784,8 @@ class SessionManager:
                                          reason="node shut down during the session")
                 self.transport.close_session(active.ctx.session_id)
             with trio.CancelScope(shield=True):
-                if not outcome.ok and driver.machine._stored and self.storage is not None:
+                if not outcome.ok and driver.stage is not None and driver.machine.confirmed \
+                        and self.storage is not None:
                     try:  # staged but never confirmed by everyone: nothing current changed
                         await self._db(self.storage.output_abandoned, active.ctx.session_id, outcome.reason[:500])
                     except Exception as exc:

@@ -44,6 +44,16 @@ survive a party that makes the last round end differently at different peers):
   (the sender stopped a run that was fine). A deadline becomes a ``timeout`` notice listing who
   owed what: a party that says it never received a message another party provably sent can
   only be told apart from that sender by nobody, so both are named together as a *dispute*.
+  A timeout notice forwards the (small) notices its sender holds from others, each still
+  signed by its author, so that a notice shown to one party only still reaches the verdicts
+  of the others.
+
+Once a party has *confirmed*, a notice no longer ends the session at that party unless it
+proves a fault of someone other than its sender: the sender may have confirmed to the others
+(who then complete the certificate with our confirmation and relay it), so "I stopped" - or a
+sender's proof of its own fault - shown to one party only must not leave that party aborted
+while the others finish. The certificate or the deadline ends it. Phases with nothing to store
+(signing) confirm in the step that ends their last round (``require_confirmation(store=False)``).
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ KIND_ABORT = 4  # "I stopped": culprits, disputes, reason and the signed evidenc
 CONTROL_KINDS = (KIND_CONFIRM, KIND_RELAY, KIND_ABORT)
 MAX_PAYLOAD = 4 << 20
 MAX_NOTICE_EVIDENCE = 64
+MAX_FORWARDED_NOTICE = 16 << 10  # a stop or timeout notice, forwarded inside a timeout notice
 CONFIRM_TAG = b"fusion-prime/confirm/v1"
 
 
@@ -252,6 +263,7 @@ class RoundMachine(ABC):
         self.rejected: list[str] = []
         # confirmation and notices (see the module docstring)
         self._confirming = False  # require_confirmation() was called
+        self._store_first = False  # ... by a node that stores the output before it confirms
         self.awaiting_store = False  # the last round is done; the node must store, then call stored()
         self._stored = False
         self._transcript: bytes | None = None
@@ -259,6 +271,11 @@ class RoundMachine(ABC):
         self._relayed = False
         self.certificate: Certificate | None = None
         self._notices: dict[int, ProtocolMessage] = {}  # unverified abort notices, judged later
+        # After this party confirmed, notices do not end the session (see _judge_notices): who
+        # said it stopped (its missing confirmation is excused at the deadline), and who proved
+        # only its own fault (named at the deadline).
+        self._stopped_late: dict[int, str] = {}
+        self._faulted_late: dict[int, str] = {}
         self._notices_dirty = False
         # timeout notices: what each party says it waits for, as (party, round, kind, private)
         self.reported_missing: dict[int, list[tuple[int, int, int, bool]]] = {}
@@ -350,11 +367,26 @@ class RoundMachine(ABC):
         """The digest this party confirms (set when the output is ready to be stored)."""
         return self._transcript or b""
 
-    def require_confirmation(self) -> None:
-        """Finish only once every party confirmed it stored the output (call before start)."""
+    def require_confirmation(self, *, store: bool = True) -> None:
+        """Finish only once every party confirmed the same transcript (call before start).
+
+        ``store=True`` (a phase whose output the node keeps): when the last round is done the
+        machine waits in ``awaiting_store`` until the node has stored the output and called
+        ``stored()``. ``store=False`` (a phase with nothing durable to write at its end, such
+        as signing): the machine confirms in the same step that completes the last round. A
+        later ``store=True`` wins over an earlier ``store=False``: nobody confirms an output
+        its node still has to store."""
         if self._round != 0:
             raise ProtocolError("confirmation must be required before the machine starts")
         self._confirming = True
+        self._store_first = self._store_first or store
+
+    @property
+    def confirmed(self) -> bool:
+        """This party has sent its confirmation: from now on every other party may complete
+        the certificate with it, so this party may no longer end the session on its own
+        judgement alone (see ``_judge_notices``)."""
+        return self._stored
 
     def stored(self) -> list[bytes]:
         """The node stored the output durably: broadcast our confirmation of the transcript."""
@@ -399,7 +431,15 @@ class RoundMachine(ABC):
         still arrive; ``conclude_timeout`` ends it."""
         if self.status is not Status.RUNNING:
             return []
-        return [self._notice((), "round deadline passed", (), timeout=waiting)]
+        return [self._notice((), "round deadline passed", self._forwardable_notices(), timeout=waiting)]
+
+    def _forwardable_notices(self) -> list[ProtocolMessage]:
+        """The peers' notices this party holds, forwarded as evidence in its timeout notice: a
+        notice that its sender showed some parties only then reaches every party that hears
+        from us, so the verdicts at the deadline are drawn from the same statements. Only small
+        notices travel (a stop or a timeout notice, not one carrying round messages), so that
+        our notice stays far below the payload limit whatever the others sent."""
+        return [n for _, n in sorted(self._notices.items()) if len(n.payload) <= MAX_FORWARDED_NOTICE]
 
     def conclude_timeout(self, waiting: Sequence[tuple[int, int, int, bool]]) -> None:
         """End the machine with the culprits and disputes ``timeout_verdict`` computes."""
@@ -411,6 +451,8 @@ class RoundMachine(ABC):
             for j, r, k, p in waiting)
         if disputes:
             reason += "; disputed: " + ", ".join(f"{a} and {b}" for a, b in disputes)
+        for k, why in sorted({**self._stopped_late, **self._faulted_late}.items()):
+            reason += f"; party {k} after this party confirmed: {why[:200]}"
         self.status = Status.ABORTED
         self.abort = Abort(culprits, reason, disputes)
 
@@ -426,7 +468,9 @@ class RoundMachine(ABC):
         * A broadcast, echo or confirmation that *every* other observer (two at least) lacks
           names its sender: an honest observer does not lie about what it lacks.
         * Otherwise - a private message, or a broadcast only some lack - nobody can tell
-          whether the sender withheld it or the observer lies: each such pair is a *dispute*."""
+          whether the sender withheld it or the observer lies: each such pair is a *dispute*.
+        * After this party confirmed (see ``_judge_notices``): a party whose notice proved only
+          its own fault is a culprit; a party that said it stopped owes no confirmation."""
         observers: dict[int, list[tuple[int, int, int, bool]]] = {self.me: list(waiting)}
         for k, entries in self.reported_missing.items():
             observers.setdefault(k, list(entries))
@@ -459,8 +503,11 @@ class RoundMachine(ABC):
                     culprits.add(k)
         for k in culprits:
             observers.pop(k, None)
+        culprits.update(self._faulted_late)
         for (j, r, kind, private), who in sorted(lack.items()):
             who = who - culprits
+            if kind == KIND_CONFIRM and j in self._stopped_late:
+                continue  # it said it stopped (a storage fault, say): nobody is named for that
             if j not in observers:
                 culprits.add(j)
             elif excused(j, r, kind):
@@ -672,6 +719,7 @@ class RoundMachine(ABC):
         if self.status is not Status.RUNNING:
             return []
         self._notices_dirty = False
+        forwarded: dict[int, ProtocolMessage] = {}
         for k, notice in sorted(self._notices.items()):
             try:
                 dec = Decoder(notice.payload, "abort notice")
@@ -683,6 +731,8 @@ class RoundMachine(ABC):
                 raise Blame(k, "sent a malformed abort notice", evidence=(notice,)) from None
             del claimed, flat  # what k claims is never taken on trust: only evidence counts
             if timeout:
+                for j, inner in self._forwarded_notices(k, evidence).items():
+                    forwarded.setdefault(j, inner)
                 slots = [(timeout[i], timeout[i + 1], timeout[i + 2], timeout[i + 3])
                          for i in range(0, len(timeout) - len(timeout) % 4, 4)]
                 if (len(timeout) % 4 or len(slots) > 2 * len(self.parties)
@@ -694,15 +744,53 @@ class RoundMachine(ABC):
                 self.reported_missing[k] = [s for s in slots if s[0] in self._roster and s[0] != k]
                 continue
             verdict, proof = self._judge_evidence(evidence)
+            why = "; ".join(f"party {j}: {w}" for j, w in sorted(verdict.items()))
+            if self._stored and set(verdict) <= {k}:
+                # This party has confirmed: with its confirmation - and k's, if k sent it to
+                # them - the others may complete the certificate and relay it here. k's word
+                # that it stopped, or k's proof of its own fault, cannot show that k confirmed
+                # to nobody, so it does not end the session here (else a party could confirm to
+                # one peer and stop another: one done, one aborted). The certificate or the
+                # deadline ends it; timeout_verdict names k for a proven fault of its own and
+                # excuses a stopped k's missing confirmation.
+                if verdict:
+                    self._faulted_late[k] = why
+                else:
+                    self._stopped_late[k] = reason
+                continue
             if verdict:
-                why = "; ".join(f"party {j}: {w}" for j, w in sorted(verdict.items()))
+                # Someone other than k is proven at fault, so k is honest (one faulty party at
+                # most) and never confirms: no certificate can exist, abort now.
                 raise Blame(verdict.keys(), f"{why} (evidence from party {k})", evidence=proof)
-            if self.awaiting_store or self._stored:
+            if self.awaiting_store:
                 # Every round here completed and was echo-consistent, and k's evidence proves
                 # nothing this party can check: k stopped (a storage fault, an internal error,
-                # or a lie). k will not confirm, so the session cannot finish; nobody is named.
+                # or a lie). We have not confirmed, so no certificate can exist; nobody is named.
                 return self._stop((), f"party {k} stopped the session: {reason[:200]}")
+        fresh = {j: n for j, n in forwarded.items() if j not in self._notices}
+        if fresh and self.status is Status.RUNNING:
+            self._notices.update(fresh)
+            self._notices_dirty = True
+            return self._judge_notices()
         return []
+
+    def _forwarded_notices(self, forwarder: int, evidence: Sequence[bytes]) -> dict[int, ProtocolMessage]:
+        """The notices of other parties that ``forwarder``'s timeout notice carries (see
+        ``_forwardable_notices``), each checked to be signed by its own sender for this session:
+        a forwarder can pass on what another party said, never put words in its mouth."""
+        out: dict[int, ProtocolMessage] = {}
+        for raw in evidence[:MAX_NOTICE_EVIDENCE]:
+            try:
+                m = ProtocolMessage.from_bytes(raw)
+            except InvalidInput:
+                continue
+            if (m.kind != KIND_ABORT or m.session_id != self.session_id or m.phase != self.phase
+                    or m.round != self.rounds + 1 or m.receiver != BROADCAST or m.sender in (self.me, forwarder)
+                    or m.sender not in self._roster or len(m.payload) > MAX_FORWARDED_NOTICE
+                    or not verify_signature(self._roster[m.sender], m.digest(), m.signature)):
+                continue
+            out.setdefault(m.sender, m)
+        return out
 
     def _judge_evidence(self, evidence: Sequence[bytes]) -> tuple[dict[int, str], list[ProtocolMessage]]:
         """Re-judge signed messages from a notice. Only faults that this party can verify from
@@ -811,6 +899,11 @@ class RoundMachine(ABC):
                     self.awaiting_store = True
                     self._notices_dirty = True
                     out.extend(self._judge_notices())  # a notice that arrived early is judged now
+                    if not self._store_first and self.status is Status.RUNNING:
+                        # Nothing to store: confirm now; confirmations that came early may
+                        # already complete the certificate.
+                        out.extend(self._send_confirm())
+                        out.extend(self._check_confirms())
                 else:
                     self.status = Status.DONE
                 break

@@ -13,6 +13,10 @@ Round 1  **consumption acknowledgement** (not in the paper). Every signer broadc
 Round 2  σ_i (CGGMP21 Fig. 8, round 1), computed and sent only now, after every signer's ack
          and every echo of round 1 is in.
 Round 3  identification (Fig. 8, "Output", step 2) — only if the combined signature fails.
+Then     **confirmation** (not in the paper; ``RoundMachine.require_confirmation``, issue 11):
+         every signer broadcasts a signed ``CONFIRM`` of the transcript digest, and the machine
+         is ``DONE`` - its signature released to the node - only with every signer's
+         confirmation (a ``Certificate``).
 
 Why round 1 exists (DESIGN.md §3, "Presignature pool"): the paper assumes every party keeps its
 state, so a presignature is used once. A real node can lose that memory — its database rolled
@@ -39,6 +43,26 @@ public scalar ρ = H(presignature, X', τ, m):
 
 The combined signature is verified against X' before it is returned, normalised to low-S,
 with the recovery id of R'.
+
+Why the confirmation (issue 11, "Outcomes agree"): Fig. 8 lets each signer output as soon as
+its own view of the σ round is complete and consistent. Echoes are judged by each receiver
+alone, so a signer that sends a malformed (signed) round-2 echo - or, after the round,
+anything - to one peer only could leave one honest signer done with the signature and another
+aborted naming it; a wallet or a bridge would then see one node report a signature that
+another node's audit log records as a failed session, and the coordinator would retry on a
+new presignature for a signature that already exists. With the confirmation step an honest
+signer confirms only once its own round 2 (and every earlier round) ended without a fault,
+so while any honest signer aborts, no honest signer holds every confirmation; the aborting
+signer's notice carries the signed evidence (the bad echo) and every other honest signer
+re-judges it and names the same culprit. Nothing durable has to be written before confirming
+(the presignature was consumed before round 1; the signature is public), so the machine
+confirms in the step that completes round 2 (``require_confirmation(store=False)``): the
+cost is one message delay, and the ConsumptionAck guarantee is untouched - σ_i still leaves
+only after every signer's ack. The confirmation cannot make σ_j un-sent: a signer that holds
+every σ_j can compute the signature whatever the others decide, so an aborted session's
+signature may exist at its culprit. That is harmless (it is a valid signature of a digest
+every signer agreed to sign, under a presignature nobody uses again); what the step secures
+is that the honest signers, and so the node that answers the caller, agree on the outcome.
 """
 
 from __future__ import annotations
@@ -179,6 +203,8 @@ class SignMachine(RoundMachine):
         if presignature.epoch != key_share.epoch:
             raise InvalidInput("presignature was made before the key's last refresh")
         super().__init__(session_id, me, signers, identity, roster)
+        # Outcomes agree (issue 11): done only with every signer's confirmation; see the module doc.
+        self.require_confirmation(store=False)
         self.derived = derive(key_share.group_key, key_share.chain_code, path)
         self.digest = digest
         self.ssid = bind_session(
