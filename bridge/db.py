@@ -48,6 +48,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -392,7 +393,81 @@ def _migration_3(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE deposits ALTER COLUMN vout TYPE BIGINT")
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3)
+def _define_v4(md: sa.MetaData) -> dict[str, sa.Table]:
+    """Withdrawals (burn -> payout), as migration 4 creates them (frozen like ``_define_v1``)."""
+    tables = [
+        sa.Table(
+            "withdrawals", md,
+            sa.Column("burn_id", sa.LargeBinary(32), primary_key=True),
+            sa.Column("asset", sa.String(64), nullable=False),
+            sa.Column("source_chain", sa.String(64), nullable=False),
+            sa.Column("burn_nonce", sa.BigInteger, nullable=False),
+            sa.Column("burner", sa.String(64), nullable=False),
+            sa.Column("amount", Amount, nullable=False),
+            sa.Column("destination", sa.Text, nullable=False),  # hex of the raw bytes in Burned
+            sa.Column("burn_block", sa.BigInteger, nullable=False),
+            sa.Column("burn_tx", sa.String(128), nullable=False),
+            sa.Column("state", sa.String(16), nullable=False),
+            sa.Column("payout_id", sa.String(66)),
+            sa.Column("txid", sa.String(128)),
+            sa.Column("confirmations", sa.Integer, nullable=False),
+            sa.Column("required_confirmations", sa.Integer, nullable=False),
+            sa.Column("refund_tx", sa.String(128)),
+            sa.Column("reason", sa.Text),
+            sa.Column("updated_at", sa.Double, nullable=False),
+            sa.UniqueConstraint("asset", "burn_nonce", name="withdrawals_one_per_nonce"),
+            sa.Index("withdrawals_by_state", "state"),
+            sa.Index("withdrawals_by_burner", "burner"),
+        ),
+        # Every payout transaction this node built, co-signed or found, signed or not: the
+        # archive THORChain and tBTC keep (a variant that can still confirm is never forgotten),
+        # and what "this burn is already in a payout" is decided from.
+        sa.Table(
+            "payout_archive", md,
+            sa.Column("txid", sa.String(128), primary_key=True),
+            sa.Column("payout_id", sa.String(66), nullable=False),
+            sa.Column("source_chain", sa.String(64), nullable=False),
+            sa.Column("role", sa.String(16), nullable=False),  # coordinator | cosigned | found
+            sa.Column("burn_ids", sa.JSON, nullable=False),
+            sa.Column("inputs", sa.JSON, nullable=False),  # ["txid:vout", ...] (EVM: ["account:nonce"])
+            sa.Column("proposal", sa.Text),  # hex of the canonical proposal
+            sa.Column("raw", sa.Text),  # hex of the signed transaction, once known
+            sa.Column("fee", Amount, nullable=False),
+            sa.Column("replaces", sa.String(128)),
+            sa.Column("created_at", sa.Double, nullable=False),
+            sa.Index("payout_archive_by_payout", "payout_id"),
+        ),
+    ]
+    return {t.name: t for t in tables}
+
+
+_tables_v4 = _define_v4(metadata)
+withdrawals = _tables_v4["withdrawals"]
+payout_archive = _tables_v4["payout_archive"]
+
+
+def _migration_4(conn: Connection) -> None:
+    """Withdrawal status rows and the payout archive (append-only: a payout is never forgotten)."""
+    v4 = sa.MetaData()
+    _define_v4(v4)
+    v4.create_all(conn)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "CREATE TRIGGER payout_archive_no_delete BEFORE DELETE ON payout_archive "
+            "FOR EACH ROW EXECUTE FUNCTION bridge_refuse_change()"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER withdrawals_no_delete BEFORE DELETE ON withdrawals "
+            "FOR EACH ROW EXECUTE FUNCTION bridge_refuse_change()"
+        )
+    else:
+        conn.exec_driver_sql("CREATE TRIGGER payout_archive_no_delete BEFORE DELETE ON payout_archive "
+                             "BEGIN SELECT RAISE(ABORT, 'payout_archive is append-only'); END")
+        conn.exec_driver_sql("CREATE TRIGGER withdrawals_no_delete BEFORE DELETE ON withdrawals "
+                             "BEGIN SELECT RAISE(ABORT, 'withdrawals is append-only'); END")
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3, _migration_4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -532,6 +607,25 @@ class Reader:
             q = q.where(deposits.c.source_chain == source_chain)
         q = q.order_by(sa.nulls_last(deposits.c.height.asc()), deposits.c.deposit_id).limit(limit)
         return [_deposit_from_row(r) for r in self.conn.execute(q)]
+
+    def get_withdrawal(self, burn_id: bytes) -> dict[str, Any] | None:
+        row = self.conn.execute(sa.select(withdrawals).where(withdrawals.c.burn_id == burn_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    def withdrawals_by_burner(self, burner: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.conn.execute(sa.select(withdrawals).where(sa.func.lower(withdrawals.c.burner) == burner.lower())
+                                 .order_by(withdrawals.c.burn_nonce.desc()).limit(limit)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def archived_payout(self, txid: str) -> dict[str, Any] | None:
+        row = self.conn.execute(sa.select(payout_archive).where(payout_archive.c.txid == txid)).first()
+        return None if row is None else dict(row._mapping)
+
+    def archived_payouts(self, source_chain: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(payout_archive).order_by(payout_archive.c.created_at)
+        if source_chain is not None:
+            q = q.where(payout_archive.c.source_chain == source_chain)
+        return [dict(r._mapping) for r in self.conn.execute(q).all()]
 
     def get_cursor(self, chain: str) -> Cursor | None:
         row = self.conn.execute(sa.select(chain_cursors).where(chain_cursors.c.chain == chain)).first()
@@ -786,6 +880,37 @@ class Transaction(Reader):
         self.record_event("cursor-set", detail)
         return cursor
 
+    def put_withdrawal(self, row: dict[str, Any]) -> None:
+        """Insert or update a withdrawal's status row (what the status API shows); the machine's
+        snapshot is the truth, this row mirrors it in the same transaction."""
+        _check_bytes32("burn_id", row.get("burn_id"))
+        row = {**row, "updated_at": self._now}
+        current = self.conn.execute(sa.select(withdrawals.c.burn_id).where(withdrawals.c.burn_id == row["burn_id"])
+                                    .with_for_update()).first()
+        if current is None:
+            self.conn.execute(sa.insert(withdrawals).values(row))
+        else:
+            fixed = {"burn_id", "asset", "source_chain", "burn_nonce", "burner", "amount", "destination"}
+            self.conn.execute(sa.update(withdrawals).where(withdrawals.c.burn_id == row["burn_id"])
+                              .values({k: v for k, v in row.items() if k not in fixed}))
+
+    def archive_payout(self, *, txid: str, payout_id: str, source_chain: str, role: str, burn_ids: list[str],
+                       inputs: list[str], fee: int, proposal: str | None = None, raw: str | None = None,
+                       replaces: str | None = None) -> bool:
+        """Archive a payout variant once (idempotent per txid; a later call may add the signed
+        ``raw``). Returns whether a new row was written. Audited."""
+        existing = self.archived_payout(txid)
+        if existing is not None:
+            if raw and not existing["raw"]:
+                self.conn.execute(sa.update(payout_archive).where(payout_archive.c.txid == txid).values(raw=raw))
+            return False
+        self.conn.execute(sa.insert(payout_archive).values(
+            txid=txid, payout_id=payout_id, source_chain=source_chain, role=role, burn_ids=list(burn_ids),
+            inputs=list(inputs), proposal=proposal, raw=raw, fee=fee, replaces=replaces, created_at=self._now))
+        self.record_event("payout-archived", {"txid": txid, "payout_id": payout_id, "role": role,
+                                              "burn_ids": list(burn_ids), "fee": fee, "replaces": replaces})
+        return True
+
     def set_meta(self, name: str, value: str) -> None:
         """A small operator setting (audited). The event chain's head is not writable this way."""
         if name in _RESERVED_META:
@@ -941,6 +1066,22 @@ class BridgeDB:
 
 # --- opening --------------------------------------------------------------------------------------
 
+def _set_wal(cur: Any) -> Any:
+    """``PRAGMA journal_mode=WAL``, waiting out a concurrent opener: switching a new file to WAL
+    needs an exclusive lock, and SQLite answers "database is locked" at once (no busy handler)
+    when another process or thread is opening or migrating the same file."""
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            return cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def _sqlite_engine(url: sa.URL) -> Engine:
     if url.database in (None, "", ":memory:") or url.query.get("mode") == "memory":
         raise InvalidRecord("the bridge database must be a file (sqlite:///path), not in memory")
@@ -952,7 +1093,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         try:
-            mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _set_wal(cur)
             if str(mode).lower() != "wal":
                 raise BridgeDBError(f"SQLite refused WAL mode (got {mode!r})")
             cur.execute("PRAGMA synchronous=FULL")  # a committed transition survives power loss

@@ -513,3 +513,45 @@ def test_postgresql_urls_use_psycopg3(pg_url: str) -> None:
         db.close()
     with pytest.raises(InvalidRecord):
         open_database(pg_url.replace("+psycopg", "+psycopg2"))
+
+
+# --- withdrawals (migration 4) ---------------------------------------------------------------------
+
+def _withdrawal_row(n: int, **fields) -> dict:
+    row = dict(burn_id=n.to_bytes(32, "big"), asset="0x" + "cc" * 20, source_chain=BTC, burn_nonce=n,
+               burner=RECIPIENT, amount=MAX, destination=b"bcrt1qpayee".hex(), burn_block=7, burn_tx="0x" + "ee" * 32,
+               state="observed", confirmations=0, required_confirmations=1)
+    row.update(fields)
+    return row
+
+
+def test_withdrawal_rows_mirror_states_and_keep_the_burn_facts(bridge_db: BridgeDB) -> None:
+    with bridge_db.transaction() as tx:
+        tx.put_withdrawal(_withdrawal_row(1))
+    with bridge_db.transaction() as tx:  # a later state; the burn's own facts cannot be rewritten
+        tx.put_withdrawal(_withdrawal_row(1, state="broadcast", txid="ab" * 32, amount=5, burner=OTHER_RECIPIENT))
+    with bridge_db.read() as r:
+        row = r.get_withdrawal((1).to_bytes(32, "big"))
+        assert row is not None and row["state"] == "broadcast" and row["txid"] == "ab" * 32
+        assert row["amount"] == MAX and row["burner"] == RECIPIENT, "uint256 amounts survive; facts are fixed"
+        assert [w["burn_nonce"] for w in r.withdrawals_by_burner(RECIPIENT.upper().replace("0X", "0x"))] == [1]
+    with pytest.raises(sa.exc.IntegrityError), bridge_db.transaction() as tx:  # one row per (asset, nonce)
+        tx.put_withdrawal(_withdrawal_row(2, burn_nonce=1))
+
+
+def test_payout_archive_keeps_every_variant_once_and_is_append_only(bridge_db: BridgeDB) -> None:
+    with bridge_db.transaction() as tx:
+        assert tx.archive_payout(txid="aa" * 32, payout_id="0x" + "01" * 32, source_chain=BTC, role="coordinator",
+                                 burn_ids=["0x" + "02" * 32], inputs=["cc" * 32 + ":0"], fee=500, proposal="00")
+    with bridge_db.transaction() as tx:  # the same variant again adds only its signed form
+        assert not tx.archive_payout(txid="aa" * 32, payout_id="0x" + "01" * 32, source_chain=BTC, role="cosigned",
+                                     burn_ids=[], inputs=[], fee=0, raw="0200")
+        assert tx.archive_payout(txid="bb" * 32, payout_id="0x" + "01" * 32, source_chain=BTC, role="coordinator",
+                                 burn_ids=["0x" + "02" * 32], inputs=["cc" * 32 + ":0"], fee=900, replaces="aa" * 32)
+    with bridge_db.read() as r:
+        first = r.archived_payout("aa" * 32)
+        assert first is not None and first["role"] == "coordinator" and first["raw"] == "0200"
+        assert [p["txid"] for p in r.archived_payouts(BTC)] == ["aa" * 32, "bb" * 32]
+    assert [e.event for e in bridge_db.events()].count("payout-archived") == 2
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), bridge_db.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM payout_archive")
