@@ -1,0 +1,221 @@
+"""Issue 11, "Done means": a split at the last round of keygen, key refresh, presign and sign,
+through the real message path - three in-process nodes over gRPC with mutual TLS, level
+``test-2048`` - where node3's own transport rewrites what it sends to node1 only, signed with
+node3's identity key. node2 gets node3's genuine messages.
+
+Before the confirmation step (and, for sign, before sign had one) node2 finished while node1
+aborted naming node3: a key share, a new epoch or a presignature current at one honest node and
+not at another, or a signature reported by one node and a failed session by the other. Now, for
+every phase: every honest participant ends aborted naming node3 alone, nothing becomes current
+anywhere (no key, no new epoch, no presignature, no signature), and a retry without node3 - or,
+where the committee must include it, an honest retry - completes.
+
+The reshare split is tested in ``test_reshare_split.py``; the engine's cases (confirmation to
+one peer only, withheld messages, false complaints) with the sum protocol in
+``test_agreement.py``."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import trio
+from fp_guards import HANG_GUARD
+from fp_node_helpers import make_node, running_nodes
+from test_agreement import _finished_record, _resigned, _tamper
+from test_network_refresh import devnet_without_presign_pools, verifies
+
+from fusion_prime.protocol.machine import BROADCAST, KIND_ECHO, KIND_MAIN, ProtocolMessage
+from fusion_prime.protocol.sign import SIGMA_ROUND
+
+LAST_ROUND = {"keygen": 3, "key-refresh": 3, "presign": 3, "sign": SIGMA_ROUND}
+HONEST = ("node1", "node2")
+
+
+class Culprit:
+    """node3's outgoing-message rule: in ``phase``'s last round, what ``kind`` names goes to
+    node1 rewritten (and re-signed by node3); everything else - and everything to node2 - as
+    the honest code produced it. ``phase = None`` switches it off."""
+
+    def __init__(self, phase: str | None, kind: str = "echo") -> None:
+        self.phase, self.kind = phase, kind
+        self.rewritten = 0
+
+    def __call__(self, peer: str, msg: ProtocolMessage, identity) -> bytes:  # type: ignore[no-untyped-def]
+        if peer != "node1" or msg.phase != self.phase or msg.round != LAST_ROUND[msg.phase]:
+            return msg.to_bytes()
+        if self.kind == "echo" and msg.kind == KIND_ECHO:
+            payload = b"\x01not an echo"
+        elif self.kind == "private" and msg.kind == KIND_MAIN and msg.receiver != BROADCAST:
+            payload = b"\x01not a round message"
+        elif self.kind == "broadcast" and msg.kind == KIND_MAIN and msg.receiver == BROADCAST:
+            payload = self.other_broadcast(msg)
+        else:
+            return msg.to_bytes()
+        self.rewritten += 1
+        return _resigned(msg, identity, payload)
+
+    @staticmethod
+    def other_broadcast(msg: ProtocolMessage) -> bytes:
+        """For sign's σ round: a well-formed σ that is not node3's (σ + 1)."""
+        from fusion_prime.protocol.curve import Q, scalar_from_bytes, scalar_to_bytes
+        from fusion_prime.protocol.encoding import Decoder, Encoder
+
+        sigma = scalar_from_bytes(Decoder(msg.payload, "σ").bytes(32), allow_zero=True)
+        return Encoder().bytes(scalar_to_bytes((sigma + 1) % Q)).finish()
+
+
+@pytest.fixture
+def network(tmp_path):
+    devnet = devnet_without_presign_pools(tmp_path / "net", 3)
+    nodes = [make_node(d, fill_pool=False) for d in devnet]
+    culprit = Culprit(None)
+    _tamper(nodes[2], culprit)
+    return nodes, culprit
+
+
+async def _ended_everywhere(nodes, session_id: bytes) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(HANG_GUARD):
+        for n in nodes:
+            while n.storage.session_state(session_id) in (None, "running"):
+                await trio.sleep(0.05)
+
+
+async def _assert_split_averted(nodes, outcome, culprit: Culprit) -> None:  # type: ignore[no-untyped-def]
+    """node1 coordinated ``outcome``: every honest participant ended aborted naming node3 alone."""
+    assert culprit.rewritten, "node3 never misbehaved: the test would prove nothing"
+    assert not outcome.ok and outcome.culprits == ("node3",), outcome
+    await _ended_everywhere(nodes, outcome.session_id)
+    for n in nodes[:2]:
+        record = _finished_record(n, outcome.session_id)
+        assert record["event"] == "session-aborted", (n.cfg.node_id, record)
+        assert record["detail"]["culprits"] == ["node3"], (n.cfg.node_id, record)
+    # node3 ran the honest code and its own output was never confirmed either
+    assert _finished_record(nodes[2], outcome.session_id)["event"] != "session-done"
+
+
+async def _keygen(node1, committee, threshold=2):  # type: ignore[no-untyped-def]
+    def fill(p):  # type: ignore[no-untyped-def]
+        p.keygen.threshold, p.keygen.level = threshold, node1.cfg.security_level
+
+    others = [n for n in node1.material.peers if n not in committee]
+    return await node1.sessions.coordinate("keygen", len(committee), fill, required=committee, exclude=others,
+                                           attempts=1)
+
+
+async def _key_with_aux(node1):  # type: ignore[no-untyped-def]
+    kg = await _keygen(node1, ["node1", "node2", "node3"])
+    assert kg.ok, kg
+    aux = await node1.aux_info(["node1", "node2", "node3"])
+    assert aux.ok, aux
+    return kg.output["key_id"], kg.output["public_key"]
+
+
+def test_keygen_split_at_the_last_round(network):  # type: ignore[no-untyped-def]
+    nodes, culprit = network
+    node1 = nodes[0]
+    culprit.phase = "keygen"
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with running_nodes(*nodes):
+            split = await _keygen(node1, ["node1", "node2", "node3"])
+            await _assert_split_averted(nodes, split, culprit)
+            for n in nodes:
+                assert n.storage.list_keys() == [], n.cfg.node_id
+                staged = n.storage.staged_output(split.session_id)
+                assert staged is None or staged[1] != "confirmed", (n.cfg.node_id, staged)
+            retry = await _keygen(node1, list(HONEST))
+            assert retry.ok, retry
+            for n in nodes[:2]:
+                assert n.storage.list_keys() == [retry.output["key_id"]], n.cfg.node_id
+            assert nodes[2].storage.list_keys() == []
+
+    trio.run(main)
+
+
+def test_key_refresh_split_at_the_last_round(network):  # type: ignore[no-untyped-def]
+    """The review's case: after a split refresh node1 was at epoch 1 and node3 at epoch 0, and
+    their presign failed with each blaming the other. Now every node stays at epoch 0 (and
+    presigns and signs there), and an honest retry moves all three to epoch 1."""
+    nodes, culprit = network
+    node1 = nodes[0]
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with running_nodes(*nodes):
+            key_id, group_key = await _key_with_aux(node1)
+            culprit.phase = "key-refresh"
+            split = await node1.refresh(key_id)
+            await _assert_split_averted(nodes, split, culprit)
+            for n in nodes:
+                assert n.storage.key_epoch(key_id) == 0, n.cfg.node_id
+            pre = await node1.presign(key_id, ["node1", "node3"])
+            assert pre.ok, pre
+            digest = hashlib.sha256(b"epoch 0 still signs").digest()
+            signed = await node1.sign(key_id, digest)
+            assert signed.ok and verifies(group_key, digest, signed.output), signed
+            culprit.phase = None
+            retry = await node1.refresh(key_id)
+            assert retry.ok, retry
+            await _ended_everywhere(nodes, retry.session_id)
+            for n in nodes:
+                assert n.storage.key_epoch(key_id) == 1, n.cfg.node_id
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("kind", ["echo", "private"])
+def test_presign_split_at_the_last_round(network, kind):  # type: ignore[no-untyped-def]
+    """node3 sends node1 a malformed last-round echo, or a malformed last-round private message
+    (which node1 turns into a complaint that node2 re-judges): no presignature anywhere, and a
+    presign without node3 completes."""
+    nodes, culprit = network
+    node1 = nodes[0]
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with running_nodes(*nodes):
+            key_id, _ = await _key_with_aux(node1)
+            culprit.phase, culprit.kind = "presign", kind
+            split = await node1.presign(key_id, ["node1", "node2", "node3"])
+            await _assert_split_averted(nodes, split, culprit)
+            for n in nodes:
+                assert n.storage.held_presignatures() == [], n.cfg.node_id
+                counts = n.storage.presignature_counts(key_id)
+                assert (counts.available, counts.reserved, counts.consumed) == (0, 0, 0), n.cfg.node_id
+            retry = await node1.presign(key_id, list(HONEST))
+            assert retry.ok, retry
+            await _ended_everywhere(nodes[:2], retry.session_id)
+            made = retry.output["presignature_id"]
+            assert [n.storage.presignature_state(made) for n in nodes] == ["available", "available", None]
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("kind", ["echo", "broadcast"])
+def test_sign_split_at_the_last_round(network, kind):  # type: ignore[no-untyped-def]
+    """node3 sends node1 a malformed σ-round echo (before: node2 done with the signature, node1
+    aborted), or a σ that is not its own (an equivocation the echoes expose). No node reports
+    a signature, the presignature stays consumed at every signer, and the next request signs
+    without node3."""
+    nodes, culprit = network
+    node1 = nodes[0]
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with running_nodes(*nodes):
+            key_id, group_key = await _key_with_aux(node1)
+            pre = await node1.presign(key_id, ["node1", "node2", "node3"])
+            assert pre.ok, pre
+            await _ended_everywhere(nodes, pre.session_id)
+            presig_id = pre.output["presignature_id"]
+            culprit.phase, culprit.kind = "sign", kind
+            digest = hashlib.sha256(b"split me").digest()
+            split = await node1.sign(key_id, digest, attempts=1)
+            assert split.output is None
+            assert sorted(split.participants) == ["node1", "node2", "node3"], split
+            await _assert_split_averted(nodes, split, culprit)
+            for n in nodes:
+                assert n.storage.presignature_state(presig_id) == "consumed", n.cfg.node_id
+            retry = await node1.sign(key_id, digest)
+            assert retry.ok and verifies(group_key, digest, retry.output), retry
+            assert "node3" not in retry.participants, retry
+
+    trio.run(main)
