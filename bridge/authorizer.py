@@ -75,6 +75,8 @@ class BridgeAuthorizer:
         #: request type -> the withdrawal side's check (``bridge/payout_authorizer.py``), set once
         #: the bridge runs; each returns (ok, reason) and records its decision itself
         self.withdrawal_hooks: dict[type, Callable[[peer_pb2.SessionProposal, Any], tuple[bool, str]]] = {}
+        #: asset -> (solvent, why not): no mint is co-signed for an asset whose custody is short
+        self.solvency: Callable[[str], tuple[bool, str]] = lambda asset: (True, "")
 
     async def in_thread(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
         """Chain RPCs and the database write run in a worker thread, never on the node's loop."""
@@ -134,6 +136,12 @@ class BridgeAuthorizer:
         digest = bytes(proposal.sign.digest)
         detail: dict[str, Any] = {"order": order.to_bytes().hex(), "digest": digest.hex(),
                                   "coordinator": proposal.coordinator, "session_id": proposal.session_id.hex()}
+        solvent, why = self.solvency(order.asset)
+        if not solvent:
+            ctx.db.record_event(REFUSED_EVENT, {**detail, "code": "insolvent", "reason": why}, did)
+            log_event(log, logging.WARNING, "mint refused", node=self.node_id, deposit_id="0x" + did.hex(),
+                      code="insolvent", reason=why)
+            return False, f"bridge: insolvent: {why}"
         try:
             with ctx.db.transaction() as tx:
                 if ctx.db.dialect == "postgresql":  # one decision per deposit at a time

@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--deposit", help="deposit id (64 hex digits): until it is minted, dust or erratum")
     which.add_argument("--address", help="deposit address: its deposits, including ones not sent yet")
+    p = sub.add_parser("withdrawal", help="burns and their payouts: by burn id or by burner")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--burn", help="burn id (64 hex digits, from the Burned event)")
+    which.add_argument("--burner", help="0x account that burned: its burns, newest first")
     sub.add_parser("health", help="the node's bridge health (chain heads, routes, errata)")
     return parser
 
@@ -93,6 +97,11 @@ def _run(args: argparse.Namespace) -> None:
         elif args.command == "watch":
             for update in bridge.watch(args.deposit, address=args.address):
                 _emit(to_dict(update), lines=True)
+        elif args.command == "withdrawal":
+            if args.burn is not None:
+                _emit(to_dict(bridge.withdrawal(args.burn)))
+            else:
+                _emit([to_dict(w) for w in bridge.withdrawals(args.burner)])
         else:
             _emit(to_dict(bridge.health()))
 

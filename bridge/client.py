@@ -206,6 +206,15 @@ class BridgeClient(_Base):
             if not token:
                 return out
 
+    def withdrawal(self, burn_id: bytes | str) -> bridge_pb2.WithdrawalStatus:
+        """One burn's payout (or refund) by burn id (bytes or hex)."""
+        return self._call("GetWithdrawal", bridge_pb2.GetWithdrawalRequest(burn_id=deposit_id_bytes(burn_id)))
+
+    def withdrawals(self, burner: str, limit: int = 0) -> list[bridge_pb2.WithdrawalStatus]:
+        """The burns of ``burner``, newest first."""
+        return list(self._call("ListWithdrawals", bridge_pb2.ListWithdrawalsRequest(burner=burner, limit=limit))
+                    .withdrawals)
+
     def watch(self, deposit_id: bytes | str | None = None, *, address: str | None = None, resume: bool = True
               ) -> Iterator[bridge_pb2.DepositUpdate]:
         """The current state of the deposit (or of every deposit to ``address``), then each
@@ -312,6 +321,13 @@ class AsyncBridgeClient(_Base):
                     raise BridgeError(exc.code().name, exc.details() or "") from None
             finally:
                 call.cancel()
+
+    async def withdrawal(self, burn_id: bytes | str) -> bridge_pb2.WithdrawalStatus:
+        return await self._call("GetWithdrawal", bridge_pb2.GetWithdrawalRequest(burn_id=deposit_id_bytes(burn_id)))
+
+    async def withdrawals(self, burner: str, limit: int = 0) -> list[bridge_pb2.WithdrawalStatus]:
+        response = await self._call("ListWithdrawals", bridge_pb2.ListWithdrawalsRequest(burner=burner, limit=limit))
+        return list(response.withdrawals)
 
     async def health(self) -> bridge_pb2.HealthResponse:
         return await self._call("Health", bridge_pb2.HealthRequest())

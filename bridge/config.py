@@ -28,6 +28,14 @@ Example::
     max_confirmations = 6
     dust_limit = 294
     sweep_cost = 200
+    withdrawal_fee = 20000            # base units kept from every burn (pays the fee); 0: no payouts
+    max_fee_rate = 50                 # Bitcoin: sat/vB; EVM: maxFeePerGas in wei
+    fallback_fee_rate = 2             # when the node's own estimator has nothing (regtest)
+    max_batch = 100                   # burns per Bitcoin payout
+    batch_wait_seconds = 30           # the oldest payable burn waits at most this for a batch
+    stuck_after_seconds = 600         # an unconfirmed payout is bumped after this
+    payout_confirmations = 1          # a payout is "confirmed" at this depth
+    solvency_tolerance = 0            # custody may fall this far below liabilities (fees, sweeps)
 
     [[bridge.peers]]                  # the other operators' Bridge APIs: a deposit address registered
     node_id = "node2"                 # here is forwarded to them (each derives it again itself)
@@ -56,6 +64,24 @@ class BridgeConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class WithdrawalSettings:
+    """The payout rules of one source chain; every operator must configure the same values (a
+    participant rebuilds the coordinator's payout with its own and co-signs only an identical one)."""
+
+    withdrawal_fee: int
+    max_fee_rate: int
+    fallback_fee_rate: int
+    fee_band: float = 2.0
+    min_input_confirmations: int = 1
+    payout_confirmations: int = 1
+    max_batch: int = 100
+    batch_wait_seconds: int = 30
+    stuck_after_seconds: int = 600
+    solvency_tolerance: int = 0
+    payout_takeover_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class SourceChain:
     caip2: str
     rpc: str
@@ -65,6 +91,7 @@ class SourceChain:
     rpc_user: str | None = None
     rpc_password: str | None = None
     start_height: int | None = None  # first block to scan on a fresh database (default: the tip)
+    withdrawals: WithdrawalSettings | None = None  # None: burns of this asset are refunded, never paid
 
     @property
     def kind(self) -> str:
@@ -161,12 +188,33 @@ def parse_bridge_config(data: dict[str, Any], path: Path | None = None) -> Bridg
                 dust_limit=_get(c, "dust_limit", int, 0, where=cw),
                 sweep_cost=_get(c, "sweep_cost", int, 0, where=cw))
             start = _get(c, "start_height", int, -1, where=cw)
+            fee = _get(c, "withdrawal_fee", int, 0, where=cw)
+            settings = None
+            if fee > 0:
+                settings = WithdrawalSettings(
+                    withdrawal_fee=fee, max_fee_rate=_get(c, "max_fee_rate", int, where=cw),
+                    fallback_fee_rate=_get(c, "fallback_fee_rate", int, where=cw),
+                    fee_band=float(_get(c, "fee_band", (int, float), 2.0, where=cw)),
+                    min_input_confirmations=_get(c, "min_input_confirmations", int, 1, where=cw),
+                    payout_confirmations=_get(c, "payout_confirmations", int, 1, where=cw),
+                    max_batch=_get(c, "max_batch", int, 100, where=cw),
+                    batch_wait_seconds=_get(c, "batch_wait_seconds", int, 30, where=cw),
+                    stuck_after_seconds=_get(c, "stuck_after_seconds", int, 600, where=cw),
+                    solvency_tolerance=_get(c, "solvency_tolerance", int, 0, where=cw),
+                    payout_takeover_seconds=float(_get(c, "payout_takeover_seconds", (int, float), 60.0, where=cw)))
+                if not (0 < settings.fallback_fee_rate <= settings.max_fee_rate and settings.fee_band >= 1
+                        and settings.min_input_confirmations >= 1 and settings.payout_confirmations >= 1
+                        and 1 <= settings.max_batch <= 1000 and settings.batch_wait_seconds >= 0
+                        and settings.stuck_after_seconds > 0 and settings.solvency_tolerance >= 0):
+                    raise BridgeConfigError(f"{cw}: withdrawal settings out of range (0 < fallback_fee_rate <= "
+                                            "max_fee_rate, fee_band >= 1, confirmations >= 1, 1 <= max_batch "
+                                            "<= 1000, stuck_after_seconds > 0, solvency_tolerance >= 0)")
             chains.append(SourceChain(
                 caip2=caip2, rpc=_get(c, "rpc", str, where=cw), symbol=_get(c, "symbol", str, where=cw),
                 asset=checksum_address(asset_text, "asset") if asset_text else None, params=params,
                 rpc_user=_get(c, "rpc_user", str, None, where=cw),
                 rpc_password=_get(c, "rpc_password", str, None, where=cw),
-                start_height=start if start >= 0 else None))
+                start_height=start if start >= 0 else None, withdrawals=settings))
         if len({c.caip2 for c in chains}) != len(chains):
             raise BridgeConfigError("one [[bridge.chains]] entry per source chain")
         if destination in {c.caip2 for c in chains}:

@@ -19,6 +19,7 @@ authorize hook gets its chain view, the Bridge gRPC service and the runtime star
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import os
@@ -39,12 +40,14 @@ from ..signer.policy import PolicyBook, PolicyEnforcer
 from ..signer.service import WalletAuthorizer, WalletServicer, start_wallet_server
 from .authorizer import BridgeAuthorizer, BridgeContext
 from .chains.bitcoin.rpcclient import BitcoinRPC
-from .chainview import NodeChainView
+from .chainview import NodeChainView, gateway_contract
 from .config import BridgeConfig, load_bridge_config
 from .db import open_database
 from .derivation import deposit_address
 from .mint_policy import AssetRule, PolicyConfig
+from .requests import PayoutInputRequest, RefundRequest
 from .runtime import BridgeRuntime
+from .withdrawal_runtime import WithdrawalAuthorizer, WithdrawalRuntime, build_sides
 
 log = logging.getLogger("fusion_prime.bridge.daemon")
 CONFIG_POLL_SECONDS = 1.0
@@ -93,6 +96,8 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
     runtime = BridgeRuntime(bcfg, db=db, sign=node.sign, node_id=node.cfg.node_id, committee=committee,
                             group_key=share.group_key, chain_code=share.chain_code, view=view, sources=sources,
                             destination=destination, registry=node.metrics.registry)
+    runtime.withdrawals = _withdrawal_side(node, authorizer, bcfg, db, share, committee, destination, bitcoin,
+                                           runtime)
     server = servicer = None
     try:
         server, servicer = _start_service(node, bcfg, db, share, bridge_listen, bridge_port_file)
@@ -106,6 +111,7 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
         await runtime.run()
     finally:
         authorizer.context = None
+        authorizer.withdrawal_hooks = {}
         if servicer is not None and hasattr(servicer, "close"):
             servicer.close()
             if getattr(servicer, "forwarder", None) is not None:
@@ -113,6 +119,34 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
         if server is not None:
             server.stop(grace=1.0)
         db.close()
+
+
+def _withdrawal_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfig, db: Any, share: Any,
+                     committee: list[str], destination: Any, bitcoin: Any, runtime: BridgeRuntime) -> Any:
+    """Burns → payouts and refunds (``bridge/withdrawal_runtime.py``), and the participant's hooks.
+
+    Payouts need every two signing sets to share a node (``2 × threshold > committee``): that node
+    refuses a second payout of a burn it saw in a first. Without it, burns are refunded instead."""
+    assert bcfg.gateway is not None and bcfg.key_id is not None
+    info = node.storage.key_info(bcfg.key_id) or {}
+    threshold = int(info.get("threshold", 0))
+    if 2 * threshold <= len(committee):
+        log_event(log, logging.WARNING, "payouts disabled: two signing sets of this committee need not share a node",
+                  threshold=threshold, committee=len(committee))
+        bcfg = dataclasses.replace(bcfg, chains=tuple(dataclasses.replace(c, withdrawals=None) for c in bcfg.chains))
+    sides = build_sides(bcfg, group_key=share.group_key, chain_code=share.chain_code, bitcoin=bitcoin, db=db)
+    gateway = gateway_contract(destination, bcfg.gateway)
+    hooks = WithdrawalAuthorizer(db=db, sides=sides, gateway=gateway, destination_chain_id=bcfg.destination_chain_id,
+                                 gateway_address=bcfg.gateway, signer_path=bcfg.signer_path, node_id=node.cfg.node_id,
+                                 max_deadline_ahead=bcfg.max_deadline_ahead)
+    authorizer.withdrawal_hooks = {PayoutInputRequest: hooks.payout_input, RefundRequest: hooks.refund}
+    authorizer.solvency = lambda asset: next(((s.solvent, s.solvency_reason) for s in sides.values()
+                                              if s.asset.lower() == asset.lower()), (True, ""))
+    return WithdrawalRuntime(bcfg, db=db, sign=node.sign, node_id=node.cfg.node_id, committee=committee,
+                             group_key=share.group_key, chain_code=share.chain_code, destination=destination,
+                             gateway=gateway, bitcoin=bitcoin, authorizer=hooks,
+                             relay=runtime._transact if runtime.relayer is not None else None,
+                             alert=runtime._alert, pause=runtime.pause_for)
 
 
 def _start_service(node: Node, bcfg: BridgeConfig, db: Any, share: Any, listen: str, port_file: Path | None

@@ -437,6 +437,21 @@ def _define_v4(md: sa.MetaData) -> dict[str, sa.Table]:
             sa.Column("created_at", sa.Double, nullable=False),
             sa.Index("payout_archive_by_payout", "payout_id"),
         ),
+        # Outputs the group key controls on a UTXO chain that payouts may spend: minted deposit
+        # outputs (learned from the Gateway's Minted logs, so every node knows the same ones,
+        # registered here or not) and payout change. Whether one is still unspent is asked of
+        # this node's own chain endpoint every time.
+        sa.Table(
+            "custody_coins", md,
+            sa.Column("chain", sa.String(64), primary_key=True),
+            sa.Column("txid", sa.String(64), primary_key=True),
+            sa.Column("vout", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("value", Amount, nullable=False),
+            sa.Column("path", sa.JSON, nullable=False),
+            sa.Column("public_key", sa.String(66), nullable=False),
+            sa.Column("origin", sa.String(16), nullable=False),  # deposit | change
+            sa.Column("created_at", sa.Double, nullable=False),
+        ),
     ]
     return {t.name: t for t in tables}
 
@@ -444,6 +459,7 @@ def _define_v4(md: sa.MetaData) -> dict[str, sa.Table]:
 _tables_v4 = _define_v4(metadata)
 withdrawals = _tables_v4["withdrawals"]
 payout_archive = _tables_v4["payout_archive"]
+custody_coins = _tables_v4["custody_coins"]
 
 
 def _migration_4(conn: Connection) -> None:
@@ -626,6 +642,11 @@ class Reader:
         if source_chain is not None:
             q = q.where(payout_archive.c.source_chain == source_chain)
         return [dict(r._mapping) for r in self.conn.execute(q).all()]
+
+    def custody_coins(self, chain: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute(sa.select(custody_coins).where(custody_coins.c.chain == chain)
+                                 .order_by(custody_coins.c.txid, custody_coins.c.vout)).all()
+        return [dict(r._mapping) for r in rows]
 
     def get_cursor(self, chain: str) -> Cursor | None:
         row = self.conn.execute(sa.select(chain_cursors).where(chain_cursors.c.chain == chain)).first()
@@ -909,6 +930,18 @@ class Transaction(Reader):
             inputs=list(inputs), proposal=proposal, raw=raw, fee=fee, replaces=replaces, created_at=self._now))
         self.record_event("payout-archived", {"txid": txid, "payout_id": payout_id, "role": role,
                                               "burn_ids": list(burn_ids), "fee": fee, "replaces": replaces})
+        return True
+
+    def add_custody_coin(self, *, chain: str, txid: str, vout: int, value: int, path: list[int], public_key: str,
+                         origin: str) -> bool:
+        """Remember an output the group controls (idempotent). Returns whether it was new."""
+        exists = self.conn.execute(sa.select(custody_coins.c.txid).where(
+            (custody_coins.c.chain == chain) & (custody_coins.c.txid == txid) & (custody_coins.c.vout == vout))).first()
+        if exists is not None:
+            return False
+        self.conn.execute(sa.insert(custody_coins).values(chain=chain, txid=txid, vout=vout, value=value,
+                                                          path=list(path), public_key=public_key, origin=origin,
+                                                          created_at=self._now))
         return True
 
     def set_meta(self, name: str, value: str) -> None:

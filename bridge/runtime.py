@@ -205,6 +205,8 @@ class BridgeRuntime:
         self.relayed: list[str] = []
         #: more sections of the status file (the daemon adds the registration forwarder's)
         self.status_extra: dict[str, Callable[[], Any]] = {}
+        #: the withdrawal side (``bridge/withdrawal_runtime.py``), attached by the daemon
+        self.withdrawals: Any = None
         r = registry if registry is not None else CollectorRegistry()
         self.m_paused = Gauge("fp_bridge_chain_paused", "1 while minting from a source chain is paused", ["chain"],
                               registry=r)
@@ -241,6 +243,8 @@ class BridgeRuntime:
                     await self._persist(chain, None, actions)
                 await self._execute(chain, actions)
             await trio.to_thread.run_sync(self._reload_queued)
+            if self.withdrawals is not None:
+                await self.withdrawals.start(nursery)
             task_status.started()
             while True:
                 try:
@@ -270,6 +274,8 @@ class BridgeRuntime:
             if chain is not None:
                 await self.feed(chain, routed.observation)
                 self._note_queued(chain, routed.observation)
+            if routed.output is not None and self.withdrawals is not None:
+                await trio.to_thread.run_sync(self.withdrawals.note_minted, routed.asset, routed.output)
         if mints and head >= 0:
             block = await trio.to_thread.run_sync(lambda: self.destination.eth.get_block(head))
             await trio.to_thread.run_sync(self.db.set_cursor, self.cfg.destination_chain, head,
@@ -279,6 +285,12 @@ class BridgeRuntime:
         await self._start_due()
         if self._queued:
             await self._execute_queued()
+        if self.withdrawals is not None:
+            try:
+                await self.withdrawals.step()
+            except Exception as exc:  # the deposit side goes on; the next step retries
+                log_event(log, logging.ERROR, "withdrawal step failed", node=self.node_id,
+                          error=f"{type(exc).__name__}: {exc}")
         self._write_status()
 
     async def _epoch(self) -> None:
@@ -637,6 +649,11 @@ class BridgeRuntime:
              order.amount, order.signer_epoch, order.nonce, order.deadline)
         return self._transact(self.gateway.functions.executeMint(t))
 
+    async def pause_for(self, reason: str) -> None:
+        """Pause the Gateway for a reason other than a deposit erratum (the withdrawal side's
+        solvency halt): the same group-signed ``Pause`` relayed by this node."""
+        await self._pause(PauseChain(chain="*", deposit_id="", reason=reason))
+
     async def _pause(self, a: PauseChain) -> None:
         """Group-sign ``Pause(unpauseCount, deadline)`` and relay it (every node that sees the
         erratum does so; a pause is idempotent)."""
@@ -646,7 +663,8 @@ class BridgeRuntime:
                     return
                 count = await trio.to_thread.run_sync(self.view.unpause_count)
                 request = PauseRequest(self.cfg.destination_chain_id, self.cfg.gateway, count,
-                                       int(self.clock()) + 3600, f"erratum {a.deposit_id} on {a.chain}")
+                                       int(self.clock()) + 3600,
+                                       f"erratum {a.deposit_id} on {a.chain}" if a.deposit_id else a.reason)
                 outcome = await self.sign_fn(self.cfg.key_id, request.digest(), self.cfg.signer_path,
                                              client_request=encode(request))
                 if outcome.ok:
@@ -674,6 +692,8 @@ class BridgeRuntime:
                 states[d.state] = states.get(d.state, 0) + 1
             out["chains"][chain] = {"tip": m.tip, "paused": m.paused, "pause_reason": m.pause_reason,
                                     "deposits": states}
+        if self.withdrawals is not None:
+            out["withdrawals"] = self.withdrawals.status()
         for name, fn in self.status_extra.items():
             out[name] = fn()
         return out

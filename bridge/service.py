@@ -190,6 +190,17 @@ def _recipient(value: str) -> str:
         raise _Invalid(str(exc)) from None
 
 
+def withdrawal_status(row: dict[str, Any]) -> bridge_pb2.WithdrawalStatus:
+    """A ``withdrawals`` row as the API shows it."""
+    return bridge_pb2.WithdrawalStatus(
+        burn_id=bytes(row["burn_id"]), burn_nonce=int(row["burn_nonce"]), asset=row["asset"],
+        source_chain=row["source_chain"], burner=row["burner"], amount=str(int(row["amount"])),
+        destination=bytes.fromhex(row["destination"]), state=row["state"], txid=row["txid"] or "",
+        confirmations=max(0, int(row["confirmations"] or 0)), required_confirmations=int(row["required_confirmations"]),
+        refund_tx=row["refund_tx"] or "", reason=row["reason"] or "", updated_at=float(row["updated_at"]),
+        burn_tx=row["burn_tx"], burn_block=int(row["burn_block"]))
+
+
 def _deposit_id(value: bytes) -> bytes:
     if len(value) != 32:
         raise _Invalid(f"deposit_id must be 32 bytes, got {len(value)}")
@@ -590,6 +601,30 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                                         event=event.event)
 
     # Health ------------------------------------------------------------------------------------
+    @_guarded
+    def GetWithdrawal(self, request: bridge_pb2.GetWithdrawalRequest, context: grpc.ServicerContext
+                      ) -> bridge_pb2.WithdrawalStatus:
+        if len(request.burn_id) != 32:
+            raise _Invalid(f"burn_id must be 32 bytes, got {len(request.burn_id)}")
+        with self.db.read() as r:
+            row = r.get_withdrawal(bytes(request.burn_id))
+        if row is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no burn {bytes(request.burn_id).hex()} on this node (not at "
+                                                     "depth yet, or not a burn of this Gateway)")
+        return withdrawal_status(row)
+
+    @_guarded
+    def ListWithdrawals(self, request: bridge_pb2.ListWithdrawalsRequest, context: grpc.ServicerContext
+                        ) -> bridge_pb2.ListWithdrawalsResponse:
+        try:
+            burner = checksum_address(request.burner, "burner")
+        except OrderError as exc:
+            raise _Invalid(str(exc)) from None
+        limit = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        with self.db.read() as r:
+            rows = r.withdrawals_by_burner(burner, limit)
+        return bridge_pb2.ListWithdrawalsResponse(withdrawals=[withdrawal_status(row) for row in rows])
+
     @_guarded
     def Health(self, request: bridge_pb2.HealthRequest, context: grpc.ServicerContext) -> bridge_pb2.HealthResponse:
         out = bridge_pb2.HealthResponse(node=self.node_id)

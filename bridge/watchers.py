@@ -165,11 +165,24 @@ class BlockFollower:
 
 
 @dataclass(frozen=True)
+class MintedOutput:
+    """What a ``Minted`` log says was deposited: the source output that now backs the tokens (the
+    withdrawal side's custody coins come from here, so every node knows the same ones)."""
+
+    chain_key: bytes  # the Gateway's source chain key (bridge/orders.chain_key)
+    txid: str  # 64 hex, RPC display order
+    vout: int
+    recipient: str
+    amount: int
+
+
+@dataclass(frozen=True)
 class RoutedMint:
     """A destination observation and the wrapped asset it concerns (which source chain's machine)."""
 
     asset: str
     observation: MintSeen | MintQueuedSeen
+    output: MintedOutput | None = None
 
 
 class MintFollower:
@@ -189,9 +202,13 @@ class MintFollower:
             if topic == MINTED_TOPIC:
                 deposit = "0x" + log.topics[1][2:].rjust(64, "0")
                 asset = Web3.to_checksum_address("0x" + log.topics[2][-40:])
+                recipient = Web3.to_checksum_address("0x" + log.topics[3][-40:])
+                output = MintedOutput(chain_key=bytes(words[1]), txid=bytes(words[2]).hex(),
+                                      vout=int.from_bytes(words[3], "big"), recipient=recipient,
+                                      amount=int.from_bytes(words[0], "big"))
                 out.append(RoutedMint(asset, MintSeen(deposit_id=deposit, tx_hash=log.transaction_hash,
                                                       block=log.block_number,
-                                                      order_digest="0x" + words[5].hex())))
+                                                      order_digest="0x" + words[5].hex()), output))
             elif topic == MINT_QUEUED_TOPIC:
                 deposit = "0x" + log.topics[2][2:].rjust(64, "0")
                 asset = Web3.to_checksum_address("0x" + log.topics[3][-40:])

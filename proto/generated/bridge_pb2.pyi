@@ -160,6 +160,62 @@ class DepositUpdate(_message.Message):
     event: str
     def __init__(self, deposit: _Optional[_Union[DepositStatus, _Mapping]] = ..., current: _Optional[bool] = ..., event_seq: _Optional[int] = ..., event: _Optional[str] = ...) -> None: ...
 
+class WithdrawalStatus(_message.Message):
+    __slots__ = ("burn_id", "burn_nonce", "asset", "source_chain", "burner", "amount", "destination", "state", "txid", "confirmations", "required_confirmations", "refund_tx", "reason", "updated_at", "burn_tx", "burn_block")
+    BURN_ID_FIELD_NUMBER: _ClassVar[int]
+    BURN_NONCE_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    BURNER_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TXID_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    REFUND_TX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BURN_TX_FIELD_NUMBER: _ClassVar[int]
+    BURN_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    burn_id: bytes
+    burn_nonce: int
+    asset: str
+    source_chain: str
+    burner: str
+    amount: str
+    destination: bytes
+    state: str
+    txid: str
+    confirmations: int
+    required_confirmations: int
+    refund_tx: str
+    reason: str
+    updated_at: float
+    burn_tx: str
+    burn_block: int
+    def __init__(self, burn_id: _Optional[bytes] = ..., burn_nonce: _Optional[int] = ..., asset: _Optional[str] = ..., source_chain: _Optional[str] = ..., burner: _Optional[str] = ..., amount: _Optional[str] = ..., destination: _Optional[bytes] = ..., state: _Optional[str] = ..., txid: _Optional[str] = ..., confirmations: _Optional[int] = ..., required_confirmations: _Optional[int] = ..., refund_tx: _Optional[str] = ..., reason: _Optional[str] = ..., updated_at: _Optional[float] = ..., burn_tx: _Optional[str] = ..., burn_block: _Optional[int] = ...) -> None: ...
+
+class GetWithdrawalRequest(_message.Message):
+    __slots__ = ("burn_id",)
+    BURN_ID_FIELD_NUMBER: _ClassVar[int]
+    burn_id: bytes
+    def __init__(self, burn_id: _Optional[bytes] = ...) -> None: ...
+
+class ListWithdrawalsRequest(_message.Message):
+    __slots__ = ("burner", "limit")
+    BURNER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    burner: str
+    limit: int
+    def __init__(self, burner: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListWithdrawalsResponse(_message.Message):
+    __slots__ = ("withdrawals",)
+    WITHDRAWALS_FIELD_NUMBER: _ClassVar[int]
+    withdrawals: _containers.RepeatedCompositeFieldContainer[WithdrawalStatus]
+    def __init__(self, withdrawals: _Optional[_Iterable[_Union[WithdrawalStatus, _Mapping]]] = ...) -> None: ...
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -59,6 +59,16 @@ class BridgeStub:
                 request_serializer=bridge__pb2.HealthRequest.SerializeToString,
                 response_deserializer=bridge__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.GetWithdrawal = channel.unary_unary(
+                '/fusionprime.bridge.v1.Bridge/GetWithdrawal',
+                request_serializer=bridge__pb2.GetWithdrawalRequest.SerializeToString,
+                response_deserializer=bridge__pb2.WithdrawalStatus.FromString,
+                _registered_method=True)
+        self.ListWithdrawals = channel.unary_unary(
+                '/fusionprime.bridge.v1.Bridge/ListWithdrawals',
+                request_serializer=bridge__pb2.ListWithdrawalsRequest.SerializeToString,
+                response_deserializer=bridge__pb2.ListWithdrawalsResponse.FromString,
+                _registered_method=True)
 
 
 class BridgeServicer:
@@ -101,6 +111,20 @@ class BridgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWithdrawal(self, request, context):
+        """One burn by id; NOT_FOUND if this node has not seen it at depth yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWithdrawals(self, request, context):
+        """The burns of one account, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +152,16 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=bridge__pb2.HealthRequest.FromString,
                     response_serializer=bridge__pb2.HealthResponse.SerializeToString,
+            ),
+            'GetWithdrawal': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWithdrawal,
+                    request_deserializer=bridge__pb2.GetWithdrawalRequest.FromString,
+                    response_serializer=bridge__pb2.WithdrawalStatus.SerializeToString,
+            ),
+            'ListWithdrawals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWithdrawals,
+                    request_deserializer=bridge__pb2.ListWithdrawalsRequest.FromString,
+                    response_serializer=bridge__pb2.ListWithdrawalsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +299,60 @@ class Bridge:
             '/fusionprime.bridge.v1.Bridge/Health',
             bridge__pb2.HealthRequest.SerializeToString,
             bridge__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWithdrawal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fusionprime.bridge.v1.Bridge/GetWithdrawal',
+            bridge__pb2.GetWithdrawalRequest.SerializeToString,
+            bridge__pb2.WithdrawalStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWithdrawals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fusionprime.bridge.v1.Bridge/ListWithdrawals',
+            bridge__pb2.ListWithdrawalsRequest.SerializeToString,
+            bridge__pb2.ListWithdrawalsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,7 @@ from coincurve import PrivateKey
 from eth_account import Account
 from fp_guards import HANG_GUARD
 from web3 import Web3
+from web3.logs import DISCARD
 
 from fusion_prime.bridge.chains.bitcoin.encoding import (
     REGTEST,
@@ -61,8 +62,13 @@ DST_CHAIN = "eip155:31338"
 COIN = 100_000_000
 ETHER = 10**18
 ADMIN = PartyIdentity.generate()
+#: the payout rules (issue 15): 20,000 sat kept from every burn, 2 sat/vB on regtest (no estimates),
+#: burns batched for 2 s
+BTC_WITHDRAWALS = {"withdrawal_fee": 20_000, "max_fee_rate": 50, "fallback_fee_rate": 2, "max_batch": 20,
+                   "batch_wait_seconds": 2, "stuck_after_seconds": 600, "payout_confirmations": 1,
+                   "payout_takeover_seconds": 30}
 BTC_RULES = {"min_confirmations": 2, "value_per_block": 50 * COIN, "max_confirmations": 6, "dust_limit": 294,
-             "sweep_cost": 10_000}
+             "sweep_cost": 10_000, **BTC_WITHDRAWALS}
 ETH_RULES = {"min_confirmations": 2, "value_per_block": ETHER, "max_confirmations": 6, "dust_limit": 0,
              "sweep_cost": 10**15}
 #: the Gateway's large-mint thresholds (mints above them are queued for ``LARGE_MINT_DELAY``)
@@ -198,6 +204,28 @@ class Net:
                 args.append(did)
             rows = conn.execute(q + " ORDER BY seq", args).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    def withdrawal(self, node_id: str, burn_id: bytes) -> dict[str, Any] | None:
+        """``node_id``'s status row of a burn (its bridge database, read-only)."""
+        path = self.base / node_id / "bridge.sqlite3"
+        if not path.exists():
+            return None
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+            conn.row_factory = sqlite3.Row
+            try:
+                row = conn.execute("SELECT * FROM withdrawals WHERE burn_id = ?", (burn_id,)).fetchone()
+            except sqlite3.OperationalError:  # not migrated yet
+                return None
+        return dict(row) if row is not None else None
+
+    def burn(self, symbol: str, holder: str, amount: int, destination: bytes) -> tuple[int, bytes]:
+        """``holder`` (an unlocked anvil account) burns; returns (burn nonce, burn id)."""
+        tx = self.gateway.functions.burn(self.tokens[symbol].address, amount, destination).transact(
+            {"from": Web3.to_checksum_address(holder)})
+        receipt = self.dst.eth.wait_for_transaction_receipt(tx)
+        assert receipt["status"] == 1, receipt
+        (event,) = self.gateway.events.Burned().process_receipt(receipt, errors=DISCARD)  # (token Transfer logs)
+        return int(event["args"]["burnNonce"]), bytes(event["args"]["burnId"])
 
     def log_text(self, node_id: str, *, current: bool = False) -> str:
         """``node_id``'s daemon logs (only its current run's, with ``current``)."""
