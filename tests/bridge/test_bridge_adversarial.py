@@ -28,7 +28,6 @@ Nothing here asserts a duration; deadlines only turn a hang into a failure.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -40,18 +39,13 @@ from typing import Any
 
 import pytest
 import trio
-from fp_bridge_net import BTC_CHAIN, COIN, DST_CHAIN, Net, bridge_network, wait_for
-from fp_guards import HANG_GUARD
+from fp_bridge_net import BTC_CHAIN, COIN, DST_CHAIN, Attacker, Net, bridge_network, wait_for
 from web3 import Web3
 
 from fusion_prime.bridge.chains.bitcoin.encoding import REGTEST, address_to_script
 from fusion_prime.bridge.chainview import COSIGNED_EVENT, REFUSED_EVENT
 from fusion_prime.bridge.orders import MintOrder, deposit_id, encode_signature, recover_signer
-from fusion_prime.bridge.requests import MintRequest, encode
 from fusion_prime.bridge.runtime import coordinator_rank
-from fusion_prime.node.config import load_config
-from fusion_prime.node.daemon import COORDINATOR_RESERVATION, Node
-from fusion_prime.node.material import storage_key
 
 pytestmark = pytest.mark.xdist_group(name="bridge-network")
 
@@ -123,36 +117,6 @@ def test_a_deposit_to_an_address_registered_after_its_block_was_read_is_found(ne
 
 def _refusals(net: Net, node_id: str, did: bytes) -> list[dict[str, Any]]:
     return net.events(node_id, REFUSED_EVENT, did)
-
-
-class Attacker:
-    """node1's storage, run in this process as a node whose own hook accepts anything."""
-
-    def __init__(self, net: Net) -> None:
-        d = net.devnode("node1")
-        cfg = load_config(d.config_path)
-        self.net = net
-        self.node = Node(cfg, storage_key(cfg, dict(os.environ)), fill_pool=False, prime_pool=False)
-
-    async def wait_healthy(self) -> None:
-        with trio.fail_after(HANG_GUARD):
-            while not {"node2", "node3"} <= set(await self.node.sessions.healthy_peers("presign")):
-                await trio.sleep(0.2)
-
-    async def propose(self, honest: str, order: MintOrder, digest: bytes | None = None) -> Any:
-        """One sign session for ``order`` with exactly {node1, ``honest``}: a presignature for that
-        pair is made first, so the proposal goes to the node under test."""
-        await self.wait_healthy()
-        signers = ["node1", honest]
-        pre = await self.node.presign(self.net.key_id, signers)
-        assert pre.ok, pre
-        presig = pre.output["presignature_id"]
-        assert await trio.to_thread.run_sync(self.node.storage.reserve_presignature_id, presig,
-                                             COORDINATOR_RESERVATION)
-        digest = digest if digest is not None else order.digest(self.net.gateway.address, DST_CHAIN_ID)
-        outcome, _refused = await self.node._sign_with(self.net.key_id, presig, signers, digest, (),
-                                                       encode(MintRequest(order)))
-        return outcome
 
 
 def _epoch(net: Net) -> int:

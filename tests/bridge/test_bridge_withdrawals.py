@@ -11,16 +11,26 @@ address no node can pay, and one below the minimum withdrawal, are each refunded
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
-from fp_bridge_net import BTC_CHAIN, BTC_WITHDRAWALS, COIN, Net, bridge_network, wait_for
+import trio
+from fp_bridge_net import BTC_CHAIN, BTC_WITHDRAWALS, COIN, Attacker, Net, bridge_network, wait_for
 
+from fusion_prime.bridge.chains.bitcoin.rpcclient import BitcoinRPC
+from fusion_prime.bridge.chains.bitcoin.tx import Tx
+from fusion_prime.bridge.config import load_bridge_config
+from fusion_prime.bridge.db import open_database
 from fusion_prime.bridge.orders import deposit_id
+from fusion_prime.bridge.payouts import PayoutBurn, PayoutProposal, finalize_payout, plan_payout
+from fusion_prime.bridge.requests import PayoutInputRequest, encode
+from fusion_prime.bridge.withdrawal_runtime import PAYOUT_REFUSED, build_sides
+from fusion_prime.node.phases import load_key_share
 from fusion_prime.protocol.addresses import b58check, bech32_segwit, hash160
 from fusion_prime.protocol.curve import Point
-from fusion_prime.signer.bitcoin import address_to_script
+from fusion_prime.signer.bitcoin import TxOut, address_to_script, p2wpkh_sighash
 
 pytestmark = pytest.mark.xdist_group(name="bridge-network")
 
@@ -117,3 +127,142 @@ def test_an_unpayable_and_a_below_minimum_burn_are_refunded_once(net: Net) -> No
             (r := net.withdrawal(n, bid)) is not None and r["state"] == "refunded" for n in NODES), procs=net.procs)
         row = net.withdrawal("node1", bid)
         assert row is not None and row["txid"] is None, "a refunded burn was never in a payout"
+
+
+# ----------------------------------------------------------------------- a malicious coordinator
+
+
+def test_a_malicious_coordinator_gets_no_signature_for_a_bad_payout(net: Net) -> None:
+    """node1, run as an impostor that signs whatever it proposes, offers node2 and node3 payouts
+    of a real burn: to another address, for more, at a fee above the band, with change to a
+    non-custody address, and a second payout of a burn already paid. Every honest node rebuilds
+    the transaction from its own view and refuses each, naming why; the honest payout of the same
+    burn through the same path *is* signed, and the devnet accepts it."""
+    # no honest payout races the impostor: batches wait (and nobody takes over) for a long time
+    slow = {"batch_wait_seconds": 100_000, "payout_takeover_seconds": 100_000}
+    net.restart_all(btc=slow)
+    holder = net.dst.eth.accounts[8]
+    _fund(net, holder, COIN)
+    _fund(net, holder, COIN)  # two coins: the second payout of one burn has other coins to spend
+    destination = _destinations()["p2wpkh"]
+    _, bid = net.burn("fpBTC", holder, 40_000_000, destination.encode())
+    wait_for("the burn queued everywhere", lambda: all(
+        (r := net.withdrawal(n, bid)) is not None and r["state"] == "queued" for n in NODES), procs=net.procs)
+    net.stop("node1")
+    attacker = Attacker(net)
+    view_side = _side(net, "node2", attacker)
+    view, params = view_side.view, view_side.params
+    tip = view.tip_height()
+    coins = view.custody_coins(tip, None)
+    facts = view.burn(bid)
+    burn = PayoutBurn(bid, facts.nonce, facts.amount, facts.destination)
+    honest = plan_payout([burn], coins, view.fee_estimate(), view.change_script(), params, view_height=tip)
+    block = view.block_hash(tip)
+    attacker_script = bytes.fromhex("0014") + bytes(range(20))
+
+    def mutated(change: Callable[[Tx], None], rate: Any = None) -> tuple[PayoutProposal, bytes]:
+        tx = Tx.from_bytes(honest.unsigned_tx, allow_witness=False)
+        change(tx)
+        proposal = PayoutProposal(tx.serialize(with_witness=False), honest.burn_ids, tip, block,
+                                  rate if rate is not None else honest.fee_rate)
+        coin = honest.inputs[0]
+        return proposal, p2wpkh_sighash(tx, 0, coin.public_key, coin.value)
+
+    def to_attacker(tx: Tx) -> None:
+        tx.vout[0] = TxOut(tx.vout[0].value, attacker_script)
+
+    def more(tx: Tx) -> None:
+        tx.vout[0] = TxOut(tx.vout[0].value + 10_000, tx.vout[0].script_pubkey)
+        tx.vout[-1] = TxOut(tx.vout[-1].value - 10_000, tx.vout[-1].script_pubkey)
+
+    def change_away(tx: Tx) -> None:
+        tx.vout[-1] = TxOut(tx.vout[-1].value, attacker_script)
+
+    def fat_fee(tx: Tx) -> None:
+        tx.vout[-1] = TxOut(tx.vout[-1].value - 15_000, tx.vout[-1].script_pubkey)
+
+    cases = {"to_another_address": mutated(to_attacker), "higher_amount": mutated(more),
+             "change_not_to_custody": mutated(change_away), "fee_above_band": mutated(fat_fee, rate=20)}
+    results: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(attacker.node.run)
+            try:
+                for name, (proposal, digest) in cases.items():
+                    for honest_node in ("node2", "node3"):
+                        results[(name, honest_node)] = await attacker.propose_request(
+                            honest_node, digest, honest.inputs[0].path,
+                            encode(PayoutInputRequest(0, proposal.to_bytes())))
+                good = PayoutProposal.of(honest, block)
+                results["control"] = await attacker.propose_request(
+                    "node2", honest.sighash(0), honest.inputs[0].path, encode(PayoutInputRequest(0, good.to_bytes())))
+            finally:
+                attacker.node.stop()
+
+    try:
+        trio.run(main)
+    finally:
+        net.start("node1")
+    for key, outcome in results.items():
+        if key != "control":
+            assert not outcome.ok and outcome.output is None, (key, outcome)
+    for name in cases:
+        for honest_node in ("node2", "node3"):
+            codes = [e["code"] for e in net.events(honest_node, PAYOUT_REFUSED, bid)]
+            expected = {"fee_above_band": {"fee_out_of_band"}}.get(name, {"rebuilt_different"})
+            assert expected & set(codes), (name, honest_node, codes)
+    # the control: signed, and the transaction it completes is accepted and pays the burn once
+    control = results["control"]
+    assert control.ok, control
+    tx = finalize_payout(honest, [control.output])
+    net.rpc.sendrawtransaction(tx.serialize().hex())
+    net.miner.mine(1)
+    wait_for("every node sees the burn paid", lambda: all(
+        (r := net.withdrawal(n, bid)) is not None and r["state"] in ("broadcast", "confirmed") for n in NODES),
+        procs=net.procs)
+    # a second payout of the same burn, from the other coin, is refused by both honest nodes
+    tip2 = view.tip_height()
+    coins2 = view.custody_coins(tip2, None)
+    assert coins2 and all(c.txid != honest.inputs[0].txid for c in coins2)
+    second = plan_payout([burn], coins2, view.fee_estimate(), view.change_script(), params, view_height=tip2)
+    proposal2 = PayoutProposal.of(second, view.block_hash(tip2))
+    net.stop("node1")
+    attacker = Attacker(net)
+    again: dict[str, Any] = {}
+
+    async def second_round() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(attacker.node.run)
+            try:
+                for honest_node in ("node2", "node3"):
+                    again[honest_node] = await attacker.propose_request(
+                        honest_node, second.sighash(0), second.inputs[0].path,
+                        encode(PayoutInputRequest(0, proposal2.to_bytes())))
+            finally:
+                attacker.node.stop()
+
+    try:
+        trio.run(second_round)
+    finally:
+        net.start("node1")
+        net.restart_all(btc={})
+    for honest_node, outcome in again.items():
+        assert not outcome.ok, (honest_node, outcome)
+        codes = [e["code"] for e in net.events(honest_node, PAYOUT_REFUSED, bid)]
+        assert "burn_already_paid" in codes, (honest_node, codes)
+    paid = net.rpc.getrawtransaction(tx.txid_hex, True)
+    assert int(paid["confirmations"]) >= 1
+    view_side.view.db.close()
+
+
+def _side(net: Net, node_id: str, attacker: Any) -> Any:
+    """``node_id``'s own Bitcoin payout side, opened beside its running daemon (its database and
+    its chain endpoint: exactly what its authorize hook rebuilds from). The group key and chain
+    code come from node1's key share (the impostor holds node1's storage)."""
+    share = load_key_share(attacker.node.storage, net.key_id)
+    bcfg = load_bridge_config(net.base / node_id / "bridge.toml")
+    db = open_database(bcfg.database)
+    sides = build_sides(bcfg, group_key=share.group_key, chain_code=share.chain_code,
+                        bitcoin=BitcoinRPC(net.rpc_url, "tester", "secret"), db=db)
+    return sides[net.tokens["fpBTC"].address]

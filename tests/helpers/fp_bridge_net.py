@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -269,6 +270,53 @@ class Net:
             self.start(d.node_id)
 
 
+class Attacker:
+    """node1's storage, run in the test process as a node whose own hook accepts anything: a
+    malicious coordinator with a real identity, talking to the honest nodes through the real
+    message path (node1's daemon must be stopped first)."""
+
+    def __init__(self, net: Net) -> None:
+        from fusion_prime.node.daemon import Node
+        from fusion_prime.node.material import storage_key
+
+        d = net.devnode("node1")
+        cfg = load_config(d.config_path)
+        self.net = net
+        self.node = Node(cfg, storage_key(cfg, dict(os.environ)), fill_pool=False, prime_pool=False)
+
+    async def wait_healthy(self) -> None:
+        import trio
+
+        with trio.fail_after(HANG_GUARD):
+            while not {"node2", "node3"} <= set(await self.node.sessions.healthy_peers("presign")):
+                await trio.sleep(0.2)
+
+    async def propose_request(self, honest: str, digest: bytes, path: tuple[int, ...], client_request: bytes) -> Any:
+        """One sign session with exactly {node1, ``honest``} (a presignature for that pair is
+        made first, so the proposal goes to the node under test)."""
+        import trio
+
+        from fusion_prime.node.daemon import COORDINATOR_RESERVATION
+
+        await self.wait_healthy()
+        signers = ["node1", honest]
+        pre = await self.node.presign(self.net.key_id, signers)
+        assert pre.ok, pre
+        presig = pre.output["presignature_id"]
+        assert await trio.to_thread.run_sync(self.node.storage.reserve_presignature_id, presig,
+                                             COORDINATOR_RESERVATION)
+        outcome, _refused = await self.node._sign_with(self.net.key_id, presig, signers, digest, path, client_request)
+        return outcome
+
+    async def propose(self, honest: str, order: Any, digest: bytes | None = None) -> Any:
+        """A mint order (``digest``: what the proposal claims to sign; default the order's own)."""
+        from fusion_prime.bridge.requests import MintRequest, encode
+
+        chain_id = int(DST_CHAIN.partition(":")[2])
+        digest = digest if digest is not None else order.digest(self.net.gateway.address, chain_id)
+        return await self.propose_request(honest, digest, (), encode(MintRequest(order)))
+
+
 def _start(d: Any, starts: dict[str, int]) -> subprocess.Popen[bytes]:
     starts[d.node_id] = starts.get(d.node_id, 0) + 1
     for f in ("wallet.port", "bridge.port"):
@@ -285,7 +333,9 @@ def _start(d: Any, starts: dict[str, int]) -> subprocess.Popen[bytes]:
 
 
 def _write_bridge(d: Any, rpc_url: str, src_url: str, dst_url: str, *, key_id: str = "", gateway: str = "",
-                  tokens: dict[str, str] | None = None, btc_rpc: str | None = None, **overrides: Any) -> None:
+                  tokens: dict[str, str] | None = None, btc_rpc: str | None = None,
+                  btc: dict[str, Any] | None = None, **overrides: Any) -> None:
+    """``btc``: keys of the Bitcoin chain's table to override (its withdrawal settings)."""
     tokens = tokens or {}
     bridge = {"key_id": key_id, "database": f"sqlite:///{d.folder / 'bridge.sqlite3'}",
               "destination_chain": DST_CHAIN, "destination_rpc": dst_url, "gateway": gateway,
@@ -294,7 +344,7 @@ def _write_bridge(d: Any, rpc_url: str, src_url: str, dst_url: str, *, key_id: s
               "status_file": str(d.folder / "bridge-status.json"), **overrides}
     chains = [
         {"caip2": BTC_CHAIN, "rpc": btc_rpc or rpc_url, "rpc_user": "tester", "rpc_password": "secret",
-         "symbol": "BTC", "asset": tokens.get("fpBTC", ""), **BTC_RULES},
+         "symbol": "BTC", "asset": tokens.get("fpBTC", ""), **BTC_RULES, **(btc or {})},
         {"caip2": SRC_CHAIN, "rpc": src_url, "symbol": "ETH", "asset": tokens.get("fpETH", ""), **ETH_RULES},
     ]
     (d.folder / "bridge.toml").write_text(bridge_toml(bridge, chains))
