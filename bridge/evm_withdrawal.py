@@ -554,7 +554,6 @@ class EvmPayoutSide:
         self.destination_chain, self.key_id, self.sign_fn, self.node_id = destination_chain, key_id, sign, node_id
         self.solvency, self.clock = solvency, clock
         self.custody_account = address_bytes(custody.address)
-        self.custody_input_prefix = to_checksum_address(self.custody_account) + ":"
         self.fallback_fee = chain.withdrawals.fallback_fee_rate
         #: a payout is final (and its nonce settled) at this depth
         self.confirmations = chain.withdrawals.payout_confirmations
@@ -602,8 +601,10 @@ class EvmPayoutSide:
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
         answer = self.w3.provider.make_request(method, params)  # type: ignore[arg-type]
-        if "error" in answer:
-            raise EvmWithdrawalError(f"{method}: {answer['error'].get('message', answer['error'])}")
+        error = answer.get("error")
+        if error:
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise EvmWithdrawalError(f"{method}: {message}"[:300])
         return answer.get("result")
 
     def pool_has_nonce_above(self, account: bytes, nonce: int) -> bool:
@@ -616,8 +617,14 @@ class EvmPayoutSide:
         wanted = "0x" + account.hex()
         for group in ("pending", "queued"):
             for sender, txs in ((content or {}).get(group) or {}).items():
-                if str(sender).lower() == wanted and any(int(n) > nonce for n in txs):
-                    return True
+                if str(sender).lower() != wanted:
+                    continue
+                for n in txs:
+                    try:
+                        if int(str(n), 0) > nonce:
+                            return True
+                    except ValueError:  # an endpoint's odd spelling: not evidence of anything
+                        continue
         return False
 
     def depths(self, txids: list[str], *, require_success: bool = True) -> list[int | None]:
@@ -1213,13 +1220,19 @@ class EvmPayoutSide:
 
     # -- upkeep
 
-    async def maintain(self) -> None:
+    async def maintain(self, *, coordinating: bool = True) -> None:
         """Each ledger (custody and deposit addresses) observes the chain; dropped transactions are
         re-broadcast, cancelled nonces filled, stuck gap fillers and sweeps replaced. A payout's
         ``Replace`` is ignored here: the machine bumps payouts (``BuildPayout.replaces``), so every
-        payout variant it must watch is one it asked for."""
+        payout variant it must watch is one it asked for.
+
+        Every node should call it (its ledger then settles what the chain confirmed, and
+        re-broadcasting is harmless); only the asset's coordinator signs (``coordinating``): a gap
+        in a non-coordinator's ledger is usually a nonce another coordinator is using."""
         observed = await trio.to_thread.run_sync(self._observe_all)
         for account, path, action in observed:
+            if not coordinating and not isinstance(action, Rebroadcast | Settled):
+                continue
             if isinstance(action, Rebroadcast):
                 ok, err = await trio.to_thread.run_sync(self.broadcast, "0x" + action.raw.hex())
                 log_event(log, logging.INFO if ok else logging.WARNING, "EVM transaction re-broadcast",
@@ -1399,7 +1412,10 @@ class EvmPayoutSide:
 
     def status(self) -> dict[str, Any]:
         """(worker thread) The custody ledger in brief, for the runtime's status."""
-        ledger = self.ledger()
+        try:
+            ledger = self.ledger()
+        except (ValueError, NonceError) as exc:
+            return {"custody": self.custody.address, "ledger": f"unreadable: {exc}"}
         if ledger is None:
             return {"custody": self.custody.address, "ledger": None}
         return {"custody": self.custody.address, "confirmed_nonce": ledger.confirmed_count,

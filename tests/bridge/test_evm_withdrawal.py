@@ -453,6 +453,8 @@ def test_a_released_nonce_is_filled_so_later_payouts_confirm(net: Network, manua
     run(net.node1.maintain)
     assert len(net.sessions) == 1  # no gap yet: n belongs to a burn that may still be paid
     assert net.node1.release(refunded.burn_id) == held  # the burn is refunded instead
+    run(lambda: net.node1.maintain(coordinating=False))
+    assert len(net.sessions) == 1  # only the coordinator fills gaps
     run(net.node1.maintain)
     gap_fills = [p for p in net.sessions if p.kind == KIND_GAP_FILL]
     assert [p.tx.nonce for p in gap_fills] == [held]
@@ -466,9 +468,32 @@ def test_a_released_nonce_is_filled_so_later_payouts_confirm(net: Network, manua
     run(net.node1.maintain)  # settles both
     ledger = net.node1.ledger()
     assert ledger is not None and ledger.slots() == () and ledger.confirmed_count == held + 2
+    assert net.node1.status()["next_nonce"] == held + 2
+    # node2 finds both on chain: the payout is reported, the gap filler only archived
+    found = net.node2.found_payouts([paid])
+    assert [(f.txid, f.burn_ids) for f in found] == [(signed.txid, (paid.burn_id,))]
+    assert sorted(r["payout_id"] for r in archive(net.db2) if r["role"] == "found") == sorted(
+        [f"gap-fill:{held}", payout_id_of((paid.burn_id,))])
     assert ledger.nonce_of(payout_purpose(bytes.fromhex(refunded.burn_id[2:]))) is None
     with pytest.raises(NonceError):  # a released burn never gets a nonce again
         ledger.assign(payout_purpose(bytes.fromhex(refunded.burn_id[2:])))
+
+
+def test_a_cosigner_whose_endpoint_is_down_refuses_and_says_so(net: Network) -> None:
+    burn = new_burn(net, ETHER)
+    dead = Web3(Web3.HTTPProvider("http://127.0.0.1:9", request_kwargs={"timeout": 5}))
+    blind = make_side(dead, net.key, net.db2, "node2", net.node2.sign_fn, net.clock)
+    tx = plan_eth_payout(EvmBurn(bytes.fromhex(burn.burn_id[2:]), burn.amount, burn.destination), 0,
+                         FeeQuote(3 * GWEI, GWEI), evm_payout_params(SOURCE), net.node1.custody,
+                         destination_has_code=False)
+    ok, why = ask(blind, tx, net.node1.custody.path, EvmProposal(KIND_PAYOUT, tx, burn_id=bytes.fromhex(
+        burn.burn_id[2:])))
+    assert not ok and why.startswith("bridge: view_unavailable: ")
+    assert [e["code"] for e in events(net.db2, burn.burn_id, PAYOUT_REFUSED)] == ["view_unavailable"]
+    assert events(net.db2, burn.burn_id, PAYOUT_COSIGNED) == []
+    assert blind.depths([burn.tx_hash]) == [None]
+    assert blind.broadcast("0x02") == (False, "not a signed payout: not a type-2 (EIP-1559) signed transaction")
+    assert blind.broadcast("zz") == (False, "raw transaction is not hex")
 
 
 def test_a_proposed_nonce_is_never_released(net: Network) -> None:
