@@ -60,6 +60,7 @@ from typing import Any
 
 import rlp
 import trio
+from sqlalchemy.dialects import postgresql, sqlite
 from web3 import Web3
 
 from fusion_prime.node.logs import log_event
@@ -374,10 +375,18 @@ def _put_meta(t: dbm.Transaction, name: str, value: str) -> None:
         t.conn.execute(dbm.sa.insert(dbm.meta).values(name=name, value=value))
 
 
-def _locked_meta(t: dbm.Transaction, name: str) -> str | None:
-    """A meta value read with a row lock (PostgreSQL: concurrent writers of one ledger queue here;
-    SQLite's write lock already serialises them)."""
-    return t.conn.scalar(dbm.sa.select(dbm.meta.c.value).where(dbm.meta.c.name == name).with_for_update())
+def _locked_meta(t: dbm.Transaction, name: str, initial: Callable[[], str]) -> str:
+    """A meta value read with a row lock, created from ``initial()`` if absent. On PostgreSQL the
+    row is inserted (or found inserted by a concurrent writer) *before* it is locked, so two first
+    writers of one ledger queue on its row instead of both starting a ledger; SQLite's write lock
+    already serialises them."""
+    select = dbm.sa.select(dbm.meta.c.value).where(dbm.meta.c.name == name).with_for_update()
+    value = t.conn.scalar(select)
+    if value is not None:
+        return str(value)
+    insert = postgresql.insert if t.conn.dialect.name == "postgresql" else sqlite.insert
+    t.conn.execute(insert(dbm.meta).values(name=name, value=initial()).on_conflict_do_nothing())
+    return str(t.conn.scalar(select))
 
 
 def _input_of(account: bytes, nonce: int) -> str:
@@ -795,9 +804,11 @@ class EvmPayoutSide:
 
     def _ledger(self, t: dbm.Transaction, account: bytes) -> NonceManager:
         """The stored ledger of ``account`` (row-locked), or a new one starting at the final count."""
-        raw = _locked_meta(t, _ledger_meta(self.chain.caip2, account))
-        if raw is None:
-            return NonceManager(account, self._count(account, self._final_block()))
+        def fresh() -> str:
+            ledger = NonceManager(account, self._count(account, self._final_block()))
+            return json.dumps(ledger.to_dict(), sort_keys=True, separators=(",", ":"))
+
+        raw = _locked_meta(t, _ledger_meta(self.chain.caip2, account), fresh)
         try:
             ledger = NonceManager.from_dict(json.loads(raw))
         except (ValueError, NonceError) as exc:

@@ -12,6 +12,7 @@ say who was paid and how often. Clocks are counters; no wall-clock bounds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import secrets
@@ -200,38 +201,51 @@ def manual_mining(chain: Web3) -> Iterator[None]:
         rpc(chain, "evm_setAutomine", True)
 
 
-@pytest.fixture
-def net(chain: Web3, tmp_path: Path) -> Iterator[Network]:
-    key = GroupKey(secrets.token_bytes(16))  # a fresh custody account per test
-    db1 = open_database(f"sqlite:///{tmp_path / 'node1.sqlite3'}")
-    db2 = open_database(f"sqlite:///{tmp_path / 'node2.sqlite3'}")
+@contextlib.contextmanager
+def network(w3: Web3, url1: str, url2: str) -> Iterator[Network]:
+    """node1 on ``url1``, node2 on ``url2``, a fresh group key (so a fresh custody account)."""
+    key = GroupKey(secrets.token_bytes(16))
+    db1, db2 = open_database(url1), open_database(url2)
     clock = Clock()
     holder: dict[str, Network] = {}
 
     async def sign(key_id: bytes, digest: bytes, path: tuple[int, ...], *, client_request: bytes) -> Outcome:
-        network = holder["net"]
+        net = holder["net"]
         request = decode(client_request)
         assert isinstance(request, EvmPayoutRequest)
-        network.sessions.append(EvmProposal.from_bytes(request.proposal))
+        net.sessions.append(EvmProposal.from_bytes(request.proposal))
         pb = session_proposal(digest, path, client_request)
-        for node in network.hooks():  # the coordinator's own hook first, as Node.sign does
+        for node in net.hooks():  # the coordinator's own hook first, as Node.sign does
             ok, why = await trio.to_thread.run_sync(node.authorize, pb, request)
             if not ok:
                 return Outcome("refused", reason=f"{node.node_id}: {why}")
-        sig = network.key.sign(digest, path)
-        if network.high_s:  # the same signature in its other form: the side must normalise it
+        sig = net.key.sign(digest, path)
+        if net.high_s:  # the same signature in its other form: the side must normalise it
             sig = Signature(sig.r, SECP256K1_N - sig.s, sig.recovery_id ^ 1, sig.public_key)
         return Outcome("done", output=sig)
 
-    network = Network(chain, key, make_side(chain, key, db1, "node1", sign, clock),
-                      make_side(chain, key, db2, "node2", sign, clock), db1, db2, clock)
-    holder["net"] = network
-    rpc(chain, "anvil_setBalance", network.custody, hex(10 * ETHER))
+    net = Network(w3, key, make_side(w3, key, db1, "node1", sign, clock), make_side(w3, key, db2, "node2", sign, clock),
+                  db1, db2, clock)
+    holder["net"] = net
+    rpc(w3, "anvil_setBalance", net.custody, hex(10 * ETHER))
     try:
-        yield network
+        yield net
     finally:
         db1.close()
         db2.close()
+
+
+@pytest.fixture
+def net(chain: Web3, tmp_path: Path) -> Iterator[Network]:
+    with network(chain, f"sqlite:///{tmp_path / 'node1.sqlite3'}", f"sqlite:///{tmp_path / 'node2.sqlite3'}") as n:
+        yield n
+
+
+@pytest.fixture
+def pg_net(chain: Web3, tmp_path: Path, pg_url: str) -> Iterator[Network]:
+    """node1's database on PostgreSQL (row locks instead of SQLite's one writer)."""
+    with network(chain, pg_url, f"sqlite:///{tmp_path / 'node2.sqlite3'}") as n:
+        yield n
 
 
 _nonces = iter(range(1, 10**9))
@@ -563,7 +577,7 @@ def test_the_participant_refuses_a_sweep_of_an_address_it_does_not_know(net: Net
 # ------------------------------------------------------------------------------- restarts
 
 
-def test_the_nonce_ledger_survives_a_restart(net: Network) -> None:
+def check_restart(net: Network) -> None:
     first = new_burn(net, ETHER)
     a = build(net.node1, first)
     assert isinstance(a, PayoutSigned), a
@@ -589,6 +603,38 @@ def test_the_nonce_ledger_survives_a_restart(net: Network) -> None:
         assert restarted.broadcast(raw) == (True, "")
     wait_mined(net.w3, b.txid)
     assert net.node1.depths([a.txid, b.txid]) == [2, 1]  # automine: one block each, in nonce order
+
+
+def test_the_nonce_ledger_survives_a_restart(net: Network) -> None:
+    check_restart(net)
+
+
+def test_the_nonce_ledger_survives_a_restart_on_postgresql(pg_net: Network) -> None:
+    check_restart(pg_net)
+
+
+def test_concurrent_builders_of_one_ledger_take_distinct_nonces_on_postgresql(pg_net: Network) -> None:
+    """Two side objects over one PostgreSQL database (each with its own in-process lock) take
+    nonces at once: the ledger row's lock - from its very first write - serialises them."""
+    burns = [new_burn(pg_net, ETHER) for _ in range(8)]
+    other = make_side(pg_net.w3, pg_net.key, pg_net.db1, "node1", pg_net.node1.sign_fn, pg_net.clock)
+    nonces: list[int] = []
+
+    async def main() -> None:
+        async def take(side: EvmPayoutSide, burn: Burn) -> None:
+            action = BuildPayout(payout_id_of((burn.burn_id,)), (burn.burn_id,))
+            _tx, nonce = await trio.to_thread.run_sync(side._prepare_payout, action, burn)
+            nonces.append(nonce)
+
+        with trio.fail_after(HANG_GUARD):
+            async with trio.open_nursery() as nursery:
+                for i, burn in enumerate(burns):
+                    nursery.start_soon(take, (pg_net.node1, other)[i % 2], burn)
+
+    trio.run(main)
+    assert sorted(nonces) == list(range(min(nonces), min(nonces) + len(burns)))
+    ledger = pg_net.node1.ledger()
+    assert ledger is not None and ledger.next_nonce == min(nonces) + len(burns)
 
 
 # ------------------------------------------------------------------------- refund rule
