@@ -401,6 +401,37 @@ def test_a_stuck_payout_is_replaced_and_exactly_one_is_mined(net: Network, manua
 # ------------------------------------------------------------------------- the participant
 
 
+def test_a_cosigner_refuses_a_payout_that_would_leave_custody_short(net: Network, manual_mining: None) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def short(burned: int, spent: int) -> str | None:
+        calls.append((burned, spent))
+        return "custody 1 wei below liabilities"
+
+    def fine(burned: int, spent: int) -> str | None:
+        calls.append((burned, spent))
+        return None
+
+    burn = new_burn(net, 4 * ETHER)
+    net.node2.solvency = short
+    failed = build(net.node1, burn)
+    assert isinstance(failed, PayoutFailed) and "node2: bridge: insolvent: custody 1 wei below" in failed.reason
+    net.node2.solvency = fine
+    signed = build(net.node1, burn)
+    assert isinstance(signed, PayoutSigned), signed
+    fields = signed_fields(signed.raw)
+    assert calls == [(4 * ETHER, 4 * ETHER - FEE + 21_000 * fields["maxFeePerGas"])] * 2
+    # a bump at the same nonce moves no more than the fee cap allows: not a new spend to check
+    net.node2.solvency = short
+    assert net.node1.broadcast(signed.raw) == (True, "")
+    bumped = build(net.node1, burn, replaces=signed.txid)
+    assert isinstance(bumped, PayoutSigned), bumped
+    assert len(calls) == 2
+    assert [e["code"] for e in events(net.db2, burn.burn_id, PAYOUT_REFUSED)] == ["insolvent"]
+
+
+
+
 def test_the_participant_refuses_what_it_cannot_rebuild(net: Network) -> None:
     burn = new_burn(net, ETHER)
     signed = build(net.node1, burn)  # node2 co-signs the honest payout first
