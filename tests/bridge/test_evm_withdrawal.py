@@ -436,7 +436,7 @@ def test_the_participant_refuses_what_it_cannot_rebuild(net: Network) -> None:
     burn = new_burn(net, ETHER)
     signed = build(net.node1, burn)  # node2 co-signs the honest payout first
     assert isinstance(signed, PayoutSigned), signed
-    honest = decode_unsigned_transaction(EvmProposal.from_bytes(net.sessions[-1].to_bytes()).tx.signing_payload())
+    honest = net.sessions[-1].tx
     burn_raw = bytes.fromhex(burn.burn_id[2:])
     path = net.node1.custody.path
     other = secrets.token_bytes(20)
