@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--burn", help="burn id (64 hex digits, from the Burned event)")
     which.add_argument("--burner", help="0x account that burned: its burns, newest first")
+    p = sub.add_parser("prove-reserves", help="a fresh proof-of-reserves report (JSON) to verify with "
+                                              "python -m fusion_prime.bridge.reserves verify")
+    p.add_argument("--out", help="write the report here (default: stdout)")
     sub.add_parser("health", help="the node's bridge health (chain heads, routes, errata)")
     return parser
 
@@ -97,6 +100,12 @@ def _run(args: argparse.Namespace) -> None:
         elif args.command == "watch":
             for update in bridge.watch(args.deposit, address=args.address):
                 _emit(to_dict(update), lines=True)
+        elif args.command == "prove-reserves":
+            report = bridge.prove_reserves()
+            if args.out:
+                Path(args.out).write_text(report + "\n")
+            else:
+                sys.stdout.write(report + "\n")
         elif args.command == "withdrawal":
             if args.burn is not None:
                 _emit(to_dict(bridge.withdrawal(args.burn)))

@@ -171,9 +171,9 @@ class BridgeClient(_Base):
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
+            return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             raise BridgeError(exc.code().name, exc.details() or "") from None
 
@@ -209,6 +209,10 @@ class BridgeClient(_Base):
     def withdrawal(self, burn_id: bytes | str) -> bridge_pb2.WithdrawalStatus:
         """One burn's payout (or refund) by burn id (bytes or hex)."""
         return self._call("GetWithdrawal", bridge_pb2.GetWithdrawalRequest(burn_id=deposit_id_bytes(burn_id)))
+
+    def prove_reserves(self) -> str:
+        """A fresh proof-of-reserves report (JSON); verify it with ``python -m fusion_prime.bridge.reserves verify``."""
+        return str(self._call("ProveReserves", bridge_pb2.ProveReservesRequest(), timeout=600).report_json)
 
     def withdrawals(self, burner: str, limit: int = 0) -> list[bridge_pb2.WithdrawalStatus]:
         """The burns of ``burner``, newest first."""

@@ -45,7 +45,7 @@ from .config import BridgeConfig, load_bridge_config
 from .db import open_database
 from .derivation import deposit_address
 from .mint_policy import AssetRule, PolicyConfig
-from .requests import PayoutInputRequest, RefundRequest
+from .requests import AttestationRequest, PayoutInputRequest, RefundRequest
 from .runtime import BridgeRuntime
 from .withdrawal_runtime import WithdrawalAuthorizer, WithdrawalRuntime, build_sides
 
@@ -101,6 +101,10 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
     server = servicer = None
     try:
         server, servicer = _start_service(node, bcfg, db, share, bridge_listen, bridge_port_file)
+        if servicer is not None and runtime.withdrawals is not None:
+            token = trio.lowlevel.current_trio_token()
+            readers = _reserve_readers(bcfg, sources)
+            servicer.reserves = functools.partial(runtime.withdrawals.prove_reserves, token, readers)
         forwarder = getattr(servicer, "forwarder", None)
         if forwarder is not None:
             runtime.status_extra["registration_forwarding"] = lambda: {
@@ -121,6 +125,13 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
         db.close()
 
 
+def _reserve_readers(bcfg: BridgeConfig, sources: dict[str, Any]) -> dict[str, Any]:
+    from .reserves import BitcoinRPCReader, Web3Reader
+
+    return {c.caip2: (BitcoinRPCReader(sources[c.caip2]) if c.kind == "bitcoin" else Web3Reader(sources[c.caip2]))
+            for c in bcfg.chains if c.caip2 in sources}
+
+
 def _withdrawal_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfig, db: Any, share: Any,
                      committee: list[str], destination: Any, bitcoin: Any, runtime: BridgeRuntime) -> Any:
     """Burns → payouts and refunds (``bridge/withdrawal_runtime.py``), and the participant's hooks.
@@ -138,8 +149,10 @@ def _withdrawal_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfi
     gateway = gateway_contract(destination, bcfg.gateway)
     hooks = WithdrawalAuthorizer(db=db, sides=sides, gateway=gateway, destination_chain_id=bcfg.destination_chain_id,
                                  gateway_address=bcfg.gateway, signer_path=bcfg.signer_path, node_id=node.cfg.node_id,
-                                 max_deadline_ahead=bcfg.max_deadline_ahead)
-    authorizer.withdrawal_hooks = {PayoutInputRequest: hooks.payout_input, RefundRequest: hooks.refund}
+                                 max_deadline_ahead=bcfg.max_deadline_ahead, group_key=share.group_key,
+                                 chain_code=share.chain_code, destination_chain=bcfg.destination_chain)
+    authorizer.withdrawal_hooks = {PayoutInputRequest: hooks.payout_input, RefundRequest: hooks.refund,
+                                   AttestationRequest: hooks.attestation}
     authorizer.solvency = lambda asset: next(((s.solvent, s.solvency_reason) for s in sides.values()
                                               if s.asset.lower() == asset.lower()), (True, ""))
     return WithdrawalRuntime(bcfg, db=db, sign=node.sign, node_id=node.cfg.node_id, committee=committee,

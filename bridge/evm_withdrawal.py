@@ -35,9 +35,9 @@ sends it every :class:`~fusion_prime.bridge.requests.EvmPayoutRequest` (sign-req
   session at the deposit address's own path. A sweep keeps back gas for the *cap* fee, not for the
   fee it offers, so it can be replaced at any fee up to the cap without exceeding the balance.
 * **Upkeep** (:meth:`~EvmPayoutSide.maintain`): each ledger observes the chain — dropped
-  transactions are re-broadcast, nonces whose purpose was cancelled are filled by a 0-value custody
-  self-transfer (signed like a payout), stuck gap fillers and sweeps are replaced. Stuck *payouts*
-  are left to the withdrawal machine, which asks for a bump itself.
+  transactions are re-broadcast, and at the coordinator nonces whose purpose was cancelled are
+  filled by a 0-value custody self-transfer (signed like a payout) and stuck gap fillers and
+  sweeps are replaced. Stuck *payouts* are left to the withdrawal machine, which asks for a bump.
 * **Payouts of other coordinators** (:meth:`~EvmPayoutSide.found_payouts`): transactions sent from
   the custody address that this node did not build are found block by block, archived (role
   ``found``) and matched to the burns they pay.
@@ -1142,7 +1142,11 @@ class EvmPayoutSide:
         ``SWEEPS_PER_CALL``). An address is swept when what would arrive exceeds the worst-case gas
         at the cap (it is worth moving) and no earlier sweep of it is still unconfirmed."""
         done = 0
-        deposits = await trio.to_thread.run_sync(self._sweepable)
+        try:
+            deposits = await trio.to_thread.run_sync(self._sweepable)
+        except Exception as exc:  # the database: the next call tries again
+            log_event(log, logging.WARNING, "deposit addresses unreadable", node=self.node_id, error=type(exc).__name__)
+            return
         for d in deposits:
             if done >= SWEEPS_PER_CALL:
                 return
@@ -1156,8 +1160,12 @@ class EvmPayoutSide:
                 continue
             tx, purpose = prepared
             done += 1
-            await self._sign_and_send(tx, d.path, d.address, purpose,
-                                      EvmProposal(KIND_SWEEP, tx, deposit_address=d.address))
+            try:
+                await self._sign_and_send(tx, d.path, d.address, purpose,
+                                          EvmProposal(KIND_SWEEP, tx, deposit_address=d.address))
+            except Exception as exc:  # the nonce stays assigned, unsigned: the next call signs it again
+                log_event(log, logging.WARNING, "sweep not signed", node=self.node_id, chain=self.chain.caip2,
+                          address=to_checksum_address(d.address), error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _sweepable(self) -> list[_Deposit]:
         with self.db.read() as r:
@@ -1240,27 +1248,40 @@ class EvmPayoutSide:
         Every node should call it (its ledger then settles what the chain confirmed, and
         re-broadcasting is harmless); only the asset's coordinator signs (``coordinating``): a gap
         in a non-coordinator's ledger is usually a nonce another coordinator is using."""
-        observed = await trio.to_thread.run_sync(self._observe_all)
+        try:
+            observed = await trio.to_thread.run_sync(self._observe_all)
+        except Exception as exc:  # the endpoint or the database: the next call observes again
+            log_event(log, logging.WARNING, "nonce ledgers not observed", node=self.node_id, chain=self.chain.caip2,
+                      error=f"{type(exc).__name__}: {exc}"[:300])
+            return
         for account, path, action in observed:
             if not coordinating and not isinstance(action, Rebroadcast | Settled):
                 continue
-            if isinstance(action, Rebroadcast):
-                ok, err = await trio.to_thread.run_sync(self.broadcast, "0x" + action.raw.hex())
-                log_event(log, logging.INFO if ok else logging.WARNING, "EVM transaction re-broadcast",
-                          node=self.node_id, sender=to_checksum_address(account), nonce=action.nonce, error=err)
-            elif isinstance(action, FillGap) and account == self.custody_account:
-                if not await trio.to_thread.run_sync(self._gap_fillable, action.nonce):
-                    continue
-                fees = await trio.to_thread.run_sync(self.fee_estimate)
-                tx = plan_gap_fill(action.nonce, fees, self.params, self.custody)
-                await self._sign_and_send(tx, path, account, GAP_FILL, EvmProposal(KIND_GAP_FILL, tx))
-            elif isinstance(action, Replace) and not action.owner.startswith("burn:"):
-                await self._replace(account, path, action)
-            elif isinstance(action, Settled) and action.owner.startswith("burn:"):
-                await trio.to_thread.run_sync(self._check_settled, action)
-            elif isinstance(action, FillGap):
-                log_event(log, logging.WARNING, "a deposit address's nonce gap cannot be filled", node=self.node_id,
-                          sender=to_checksum_address(account), nonce=action.nonce)
+            try:
+                await self._act(account, path, action)
+            except Exception as exc:  # one account's trouble must not stop the others
+                log_event(log, logging.WARNING, "nonce ledger action failed", node=self.node_id,
+                          sender=to_checksum_address(account), action=type(action).__name__,
+                          error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def _act(self, account: bytes, path: tuple[int, ...], action: Any) -> None:
+        if isinstance(action, Rebroadcast):
+            ok, err = await trio.to_thread.run_sync(self.broadcast, "0x" + action.raw.hex())
+            log_event(log, logging.INFO if ok else logging.WARNING, "EVM transaction re-broadcast",
+                      node=self.node_id, sender=to_checksum_address(account), nonce=action.nonce, error=err)
+        elif isinstance(action, FillGap) and account == self.custody_account:
+            if not await trio.to_thread.run_sync(self._gap_fillable, action.nonce):
+                return
+            fees = await trio.to_thread.run_sync(self.fee_estimate)
+            tx = plan_gap_fill(action.nonce, fees, self.params, self.custody)
+            await self._sign_and_send(tx, path, account, GAP_FILL, EvmProposal(KIND_GAP_FILL, tx))
+        elif isinstance(action, Replace) and not action.owner.startswith("burn:"):
+            await self._replace(account, path, action)
+        elif isinstance(action, Settled) and action.owner.startswith("burn:"):
+            await trio.to_thread.run_sync(self._check_settled, action)
+        elif isinstance(action, FillGap):
+            log_event(log, logging.WARNING, "a deposit address's nonce gap cannot be filled", node=self.node_id,
+                      sender=to_checksum_address(account), nonce=action.nonce)
 
     def _observe_all(self) -> list[tuple[bytes, tuple[int, ...], Any]]:
         """(worker thread) observe() every ledger with live slots, saving each in its transaction."""

@@ -24,6 +24,9 @@ Encoding (canonical, one byte string per request)::
 * kind ``4`` (refund): ``RefundOrder.to_bytes()`` — the Gateway's ``RefundBurn``.
 * kind ``5`` (EVM payout): the payout proposal of ``bridge/evm_payouts.py`` (payout, replacement,
   gap filler or sweep); the digest is the transaction's signing hash.
+* kind ``6`` (reserve attestation): ``u8 len ‖ chain ‖ u8 n ‖ n × u32 path ‖ u8 len ‖ challenge chain ‖
+  u64 challenge height ‖ challenge hash (32)``; the digest is ``reserves.attestation_digest`` of the
+  address *the participant derives itself* at that path: a tagged hash, never a transaction.
 
 :func:`decode` accepts only what :func:`encode` produces.
 """
@@ -42,6 +45,7 @@ KIND_PAUSE = 2
 KIND_BTC_PAYOUT = 3
 KIND_REFUND = 4
 KIND_EVM_PAYOUT = 5
+KIND_ATTESTATION = 6
 MAX_PROPOSAL = 1 << 20  # a 100-input, 100-output payout is ~ 20 kB; anything near this is abuse
 MAX_REASON = 512
 PAUSE_TYPE = "Pause(uint256 unpauseCount,uint256 deadline)"
@@ -97,7 +101,20 @@ class EvmPayoutRequest:
     proposal: bytes
 
 
-BridgeRequest = MintRequest | PauseRequest | PayoutInputRequest | RefundRequest | EvmPayoutRequest
+@dataclass(frozen=True)
+class AttestationRequest:
+    """Sign the proof-of-reserves attestation of the group's address at ``path`` on ``chain``,
+    against the destination-chain block (``challenge_chain``, ``challenge_height``, ``challenge_hash``)."""
+
+    chain: str
+    path: tuple[int, ...]
+    challenge_chain: str
+    challenge_height: int
+    challenge_hash: bytes
+
+
+BridgeRequest = (MintRequest | PauseRequest | PayoutInputRequest | RefundRequest | EvmPayoutRequest
+                 | AttestationRequest)
 
 
 def is_bridge_request(raw: bytes) -> bool:
@@ -123,7 +140,37 @@ def encode(request: BridgeRequest) -> bytes:
         if not 0 < len(request.proposal) <= MAX_PROPOSAL:
             raise BridgeRequestError("EVM payout proposal size out of range")
         return TAG + bytes([KIND_EVM_PAYOUT]) + request.proposal
+    if isinstance(request, AttestationRequest):
+        chain, cchain = request.chain.encode("ascii"), request.challenge_chain.encode("ascii")
+        if (not 0 < len(chain) < 256 or not 0 < len(cchain) < 256 or len(request.path) > 32
+                or not all(0 <= i < 2**31 for i in request.path) or len(request.challenge_hash) != 32
+                or not 0 <= request.challenge_height < 2**64):
+            raise BridgeRequestError("attestation request out of range")
+        return (TAG + bytes([KIND_ATTESTATION, len(chain)]) + chain + bytes([len(request.path)])
+                + b"".join(i.to_bytes(4, "big") for i in request.path) + bytes([len(cchain)]) + cchain
+                + request.challenge_height.to_bytes(8, "big") + request.challenge_hash)
     raise TypeError(f"not a bridge request: {request!r}")
+
+
+def _decode_attestation(body: bytes) -> AttestationRequest:
+    try:
+        pos = 0
+        n = body[pos]
+        chain = body[pos + 1:pos + 1 + n].decode("ascii")
+        pos += 1 + n
+        k = body[pos]
+        path = tuple(int.from_bytes(body[pos + 1 + 4 * i:pos + 5 + 4 * i], "big") for i in range(k))
+        pos += 1 + 4 * k
+        m = body[pos]
+        cchain = body[pos + 1:pos + 1 + m].decode("ascii")
+        pos += 1 + m
+        height = int.from_bytes(body[pos:pos + 8], "big")
+        block = body[pos + 8:pos + 40]
+        if len(block) != 32 or pos + 40 != len(body):
+            raise BridgeRequestError("attestation request has a wrong length")
+    except (IndexError, UnicodeDecodeError):
+        raise BridgeRequestError("attestation request does not decode") from None
+    return AttestationRequest(chain, path, cchain, height, bytes(block))
 
 
 def decode(raw: bytes) -> BridgeRequest:
@@ -156,6 +203,8 @@ def decode(raw: bytes) -> BridgeRequest:
             if not 0 < len(body) <= MAX_PROPOSAL:
                 raise BridgeRequestError("EVM payout request has a wrong length")
             request = EvmPayoutRequest(body)
+        elif kind == KIND_ATTESTATION:
+            request = _decode_attestation(body)
         else:
             raise BridgeRequestError(f"unknown bridge request kind {kind}")
     except (OrderError, UnicodeDecodeError) as exc:

@@ -614,6 +614,17 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
         return withdrawal_status(row)
 
     @_guarded
+    def ProveReserves(self, request: bridge_pb2.ProveReservesRequest, context: grpc.ServicerContext
+                      ) -> bridge_pb2.ProveReservesResponse:
+        reserves = getattr(self, "reserves", None)
+        if reserves is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the bridge is not running on this node yet")
+        try:
+            return bridge_pb2.ProveReservesResponse(report_json=reserves())
+        except Exception as exc:  # a refused attestation or an unreadable chain: say which
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"no report: {type(exc).__name__}: {exc}"[:1000])
+
+    @_guarded
     def ListWithdrawals(self, request: bridge_pb2.ListWithdrawalsRequest, context: grpc.ServicerContext
                         ) -> bridge_pb2.ListWithdrawalsResponse:
         try:

@@ -51,13 +51,14 @@ from web3 import Web3
 from fusion_prime.node.logs import log_event
 from fusion_prime.proto.generated import peer_pb2
 from fusion_prime.protocol.curve import Point
+from fusion_prime.protocol.hd import derive, parse_path
 from fusion_prime.signer.bitcoin import p2wpkh_script
 
 from . import db as dbm
 from .chains.bitcoin.rpcclient import BitcoinRPC, BitcoinRPCError
 from .config import BridgeConfig, SourceChain
-from .custody import CustodyAddress, custody_address
-from .derivation import DerivationError, deposit_address
+from .custody import CUSTODY_PURPOSE, CustodyAddress, custody_address
+from .derivation import PURPOSE, DerivationError, deposit_address
 from .orders import RefundOrder, burn_id, chain_key, checksum_address, encode_signature, recover_signer
 from .payouts import (
     BtcPayoutParams,
@@ -77,8 +78,21 @@ from .payouts import (
     plan_payout,
     round_fee_rate,
 )
-from .requests import PayoutInputRequest, RefundRequest, encode
-from .reserves import SolvencyInputs, after_payout, check_solvency
+from .requests import AttestationRequest, PayoutInputRequest, RefundRequest, encode
+from .reserves import (
+    AssetPlan,
+    Challenge,
+    GatewayRef,
+    InFlightWithdrawal,
+    ReserveAddress,
+    SolvencyInputs,
+    Web3Reader,
+    after_payout,
+    attestation_digest,
+    build_report,
+    check_solvency,
+    latest_challenge,
+)
 from .watchers import BurnFollower, MintedOutput
 from .withdrawals import (
     Action,
@@ -112,7 +126,13 @@ PAYOUT_COSIGNED = "payout-cosigned"
 PAYOUT_REFUSED = "payout-refused"
 REFUND_COSIGNED = "refund-cosigned"
 REFUND_REFUSED = "refund-refused"
+ATTESTATION_COSIGNED = "attestation-cosigned"
+ATTESTATION_REFUSED = "attestation-refused"
+#: a proof-of-reserves challenge (a destination block) at most this many blocks below the head
+MAX_CHALLENGE_AGE = 64
 SOLVENCY_EVERY = 10
+#: consecutive short reads (SOLVENCY_EVERY steps apart) before this node halts anything
+INSOLVENT_READS = 3
 #: sign sessions of one payout run at most this many at a time (the presignature pool and the
 #: per-key queue do the rest)
 PAYOUT_SIGN_CONCURRENCY = 8
@@ -277,8 +297,10 @@ class WithdrawalAuthorizer:
 
     def __init__(self, *, db: dbm.BridgeDB, sides: dict[str, AssetSide], gateway: Any, destination_chain_id: int,
                  gateway_address: str, signer_path: tuple[int, ...], node_id: str,
-                 max_deadline_ahead: int, clock: Callable[[], float] = time.time) -> None:
+                 max_deadline_ahead: int, group_key: Point | None = None, chain_code: bytes = b"",
+                 destination_chain: str = "", clock: Callable[[], float] = time.time) -> None:
         self.db, self.sides, self.gateway = db, sides, gateway
+        self.group_key, self.chain_code, self.destination_chain = group_key, chain_code, destination_chain
         self.destination_chain_id, self.gateway_address = destination_chain_id, gateway_address
         self.signer_path, self.node_id, self.max_deadline_ahead, self.clock = (
             signer_path, node_id, max_deadline_ahead, clock)
@@ -442,6 +464,54 @@ class WithdrawalAuthorizer:
             return "deadline_out_of_range", (f"deadline {order.deadline} is not within "
                                              f"({now}, {now + self.max_deadline_ahead}]")
         return None, why
+
+
+    # -- proof-of-reserves attestations
+    def attestation(self, proposal_pb: peer_pb2.SessionProposal, request: AttestationRequest) -> tuple[bool, str]:
+        code, reason = self._check_attestation(request, bytes(proposal_pb.sign.digest), tuple(proposal_pb.sign.path))
+        detail = {"chain": request.chain, "path": list(request.path), "challenge_height": request.challenge_height,
+                  "coordinator": proposal_pb.coordinator}
+        try:
+            self.db.record_event(ATTESTATION_COSIGNED if code is None else ATTESTATION_REFUSED,
+                                 {**detail, **({} if code is None else {"code": code, "reason": reason})})
+        except Exception as exc:
+            if code is None:
+                return False, f"bridge: attestation not recorded: {exc}"
+        return (True, "") if code is None else (False, f"bridge: {code}: {reason}")
+
+    def _check_attestation(self, r: AttestationRequest, digest: bytes, path: tuple[int, ...]) -> tuple[str | None, str]:
+        if self.group_key is None:
+            return "not_configured", "this node has no group key for attestations"
+        if path != r.path:
+            return "wrong_path", "the session's path is not the attested address's path"
+        if not ((len(path) == 2 and path[0] == CUSTODY_PURPOSE) or (len(path) == 9 and path[0] == PURPOSE)):
+            return "not_a_reserve_address", f"path {path} is neither a custody nor a deposit path"
+        if r.chain not in {side.chain.caip2 for side in self.sides.values()}:
+            return "unknown_chain", f"{r.chain} is not a source chain of this bridge"
+        if r.challenge_chain != self.destination_chain:
+            return "wrong_challenge_chain", f"challenges are blocks of {self.destination_chain}"
+        w3 = self.gateway.w3
+        head = int(w3.eth.block_number)
+        if not 0 <= head - r.challenge_height <= MAX_CHALLENGE_AGE:
+            return "stale_challenge", f"block {r.challenge_height} is not within {MAX_CHALLENGE_AGE} of the head {head}"
+        if bytes(w3.eth.get_block(r.challenge_height)["hash"]) != r.challenge_hash:
+            return "unknown_challenge", f"block {r.challenge_height} has another hash here"
+        child = derive(self.group_key, self.chain_code, path).public_key
+        address = reserve_address_of(r.chain, child)
+        challenge = Challenge(r.challenge_chain, r.challenge_height, "0x" + r.challenge_hash.hex())
+        if digest != attestation_digest(challenge, r.chain, address):
+            return "digest_mismatch", "the digest is not the attestation of the address this node derives"
+        return None, address
+
+
+def reserve_address_of(chain: str, key: Point) -> str:
+    """The address a reserve attestation names: P2WPKH on Bitcoin, the EIP-55 address on EVM."""
+    from fusion_prime.protocol.addresses import ethereum_address, p2wpkh_address
+
+    from .derivation import bitcoin_network
+    from .orders import chain_kind
+
+    return p2wpkh_address(key, bitcoin_network(chain)) if chain_kind(chain) == "bitcoin" else ethereum_address(key)
 
 
 _SUPPLY_INDEX = 0  # Gateway.assetState(asset) -> (supply, mintRemaining, burnRemaining, configVersion)
@@ -626,7 +696,7 @@ class WithdrawalRuntime:
     def note_minted(self, asset: str, output: MintedOutput) -> None:
         """(worker thread) A ``Minted`` log at depth: its deposit output is now a custody coin."""
         side = self.sides.get(asset)
-        if side is None or side.chain.kind != "bitcoin" or output.chain_key != chain_key(side.chain.caip2):
+        if side is None or output.chain_key != chain_key(side.chain.caip2):
             return
         try:
             d = deposit_address(self.group_key, self.chain_code, side.chain.caip2, self.cfg.destination_chain,
@@ -879,6 +949,13 @@ class WithdrawalRuntime:
         assert side.view is not None and side.params is not None
         m = self.machines[asset]
         change_script = side.view.change_script()
+        inputs = [f"{i['txid']}:{i['vout']}" for i in tx.get("vin", []) if "txid" in i]
+        known = await trio.to_thread.run_sync(self._archived, side.chain.caip2)
+        original = next((p for p in known if set(p["inputs"]) & set(inputs)), None)
+        if original is not None:
+            # a bump (or another variant) of a payout this node knows: same burns, same payout id
+            await self._adopt_variant(asset, side, tx, confirmations, original, change_script)
+            return
         candidates = sorted((w for w in m.withdrawals.values() if w.state in ("queued", "signing", "signed")),
                             key=lambda w: w.burn.nonce)
         expected = []
@@ -924,6 +1001,48 @@ class WithdrawalRuntime:
         log_event(log, logging.INFO, "payout found on chain", node=self.node_id, txid=tx["txid"], burns=len(ids),
                   confirmations=confirmations)
         await self.feed(asset, PayoutFound(pid, ids, tx["txid"], tx.get("hex") or "", confirmations))
+
+    async def _adopt_variant(self, asset: str, side: AssetSide, tx: dict[str, Any], confirmations: int,
+                             original: dict[str, Any], change_script: bytes) -> None:
+        """A transaction spending an input of a known payout: accepted as its variant only if it
+        pays exactly the same outputs (the change aside) - that is what a bump is."""
+        def payouts(outputs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+            return [o for o in outputs if o[0] != change_script.hex()]
+
+        outs = [(o["scriptPubKey"]["hex"], int((Decimal(str(o["value"])) * 100_000_000).to_integral_exact()))
+                for o in tx.get("vout", [])]
+        before: list[tuple[str, int]] = []
+        plan = await trio.to_thread.run_sync(side.view.payout, original["txid"]) if side.view else None
+        if plan is not None:
+            before = [(o.script_pubkey.hex(), o.value) for o in plan.tx.vout]
+        else:
+            raw = original.get("raw")
+            if raw and self.bitcoin is not None:
+                decoded = await trio.to_thread.run_sync(self.bitcoin.call, "decoderawtransaction", raw)
+                before = [(o["scriptPubKey"]["hex"], int((Decimal(str(o["value"])) * 100_000_000)
+                                                         .to_integral_exact())) for o in decoded["vout"]]
+        if before and payouts(outs) != payouts(before):
+            self.alert("critical", f"{tx['txid']} spends the inputs of payout {original['txid']} but pays other "
+                                   "outputs", None)
+            return
+        ids = tuple(original["burn_ids"])
+        change = next(((n, v) for n, (sc, v) in enumerate(outs) if sc == change_script.hex()), None)
+
+        def record() -> None:
+            with self.db.transaction() as t:
+                t.archive_payout(txid=tx["txid"], payout_id=original["payout_id"], source_chain=side.chain.caip2,
+                                 role="found", burn_ids=list(ids), inputs=list(original["inputs"]), fee=0,
+                                 raw=tx.get("hex") or None, replaces=original["txid"])
+                if change is not None and side.view is not None:
+                    t.add_custody_coin(chain=side.chain.caip2, txid=tx["txid"], vout=change[0], value=change[1],
+                                       path=list(side.view.custody.path),
+                                       public_key=side.view.custody.public_key.hex(), origin="change")
+
+        await trio.to_thread.run_sync(record)
+        log_event(log, logging.INFO, "payout variant found on chain", node=self.node_id, txid=tx["txid"],
+                  replaces=original["txid"], confirmations=confirmations)
+        await self.feed(asset, PayoutFound(original["payout_id"], ids, tx["txid"], tx.get("hex") or "",
+                                           confirmations))
 
     def _archived(self, chain: str) -> list[dict[str, Any]]:
         with self.db.read() as r:
@@ -993,12 +1112,12 @@ class WithdrawalRuntime:
                 log_event(log, logging.WARNING, "solvency unreadable", node=self.node_id, asset=asset, error=str(exc))
                 continue
             verdict = check_solvency(inputs)
-            # Two reads in a row must agree before this node halts anything: the custody read
+            # INSOLVENT_READS reads in a row must agree before this node halts anything: the custody read
             # (the chain, with its mempool) and the in-flight read (the database) are not one
             # snapshot, and a payout broadcast between them looks like a shortfall for a moment.
             short = self._short.get(asset, 0) + 1 if not verdict.ok else 0
             self._short[asset] = short
-            if 0 < short < 2:
+            if 0 < short < INSOLVENT_READS:
                 continue
             was = side.solvent
             side.solvent, side.solvency_reason = verdict.ok, ("" if verdict.ok else verdict.reason)
@@ -1010,6 +1129,56 @@ class WithdrawalRuntime:
                 self._nursery.start_soon(self.pause, f"insolvent: {verdict.reason}")
             if verdict.ok:
                 self._paused_for.discard(asset)
+
+    # -- proof of reserves
+    def prove_reserves(self, trio_token: trio.lowlevel.TrioToken, source_readers: dict[str, Any]) -> str:
+        """(a gRPC worker thread) A proof-of-reserves report (``bridge/reserves.py``): every custody
+        and minted-deposit address attested by the group key through one sign session each, which
+        every participant checks on its own (``WithdrawalAuthorizer.attestation``)."""
+        assert self.cfg.gateway is not None and self.cfg.key_id is not None
+        readers: dict[str, Any] = {self.cfg.destination_chain: Web3Reader(self.destination), **source_readers}
+        challenge = latest_challenge(readers[self.cfg.destination_chain], self.cfg.destination_chain, depth=1)
+        addresses, assets = [], []
+        with self.db.read() as r:
+            for asset, side in self.sides.items():
+                chain = side.chain.caip2
+                if chain not in readers:
+                    continue
+                addresses.append(ReserveAddress.custody(chain))
+                paths = sorted({tuple(c["path"]) for c in r.custody_coins(chain) if c["origin"] == "deposit"})
+                addresses += [ReserveAddress.deposit(chain, p) for p in paths]
+                rows = r.conn.execute(dbm.sa.select(dbm.withdrawals).where(
+                    (dbm.withdrawals.c.asset == asset)
+                    & dbm.withdrawals.c.state.notin_(("broadcast", "confirmed", "refunded")))).all()
+                in_flight = tuple(InFlightWithdrawal(int(w._mapping["burn_nonce"]),
+                                                     checksum_address(w._mapping["burner"]), int(w._mapping["amount"]))
+                                  for w in rows)
+                tolerance = side.chain.withdrawals.solvency_tolerance if side.chain.withdrawals else 0
+                assets.append(AssetPlan(symbol=_token_symbol(self.destination, asset), source_chain=chain,
+                                        token=asset, tolerance=tolerance, in_flight=in_flight))
+        chains_of = {a.chain for a in addresses}
+
+        def sign(digest: bytes, path_text: str) -> tuple[int, int]:
+            path = tuple(parse_path(path_text))
+            child = derive(self.group_key, self.chain_code, path).public_key
+            chain = next((c for c in sorted(chains_of)
+                          if attestation_digest(challenge, c, reserve_address_of(c, child)) == digest), None)
+            if chain is None:
+                raise ValueError("not an attestation of a listed address")
+            request = AttestationRequest(chain, path, challenge.chain, challenge.height,
+                                         bytes.fromhex(challenge.block_hash.removeprefix("0x")))
+            outcome = trio.from_thread.run(lambda: self.sign_fn(self.cfg.key_id, digest, path,
+                                                                client_request=encode(request)), trio_token=trio_token)
+            if not outcome.ok:
+                raise ValueError(f"attestation not signed: {outcome.status}: {outcome.reason}")
+            return outcome.output.r, outcome.output.s
+
+        report = build_report(challenge=challenge, group_key=self.group_key.to_bytes(), chain_code=self.chain_code,
+                              gateway=GatewayRef(self.cfg.destination_chain, self.cfg.gateway, self.cfg.signer_path),
+                              assets=assets, addresses=addresses, sign=sign, readers=readers)
+        log_event(log, logging.INFO, "proof of reserves built", node=self.node_id, addresses=len(addresses),
+                  challenge=challenge.height)
+        return report.to_json()
 
     # -- status
     def status(self) -> dict[str, Any]:
@@ -1023,6 +1192,12 @@ class WithdrawalRuntime:
                           "withdrawals": states, "payouts": len(m.payouts), "solvent": side.solvent,
                           "solvency_reason": side.solvency_reason}
         return out
+
+
+def _token_symbol(w3: Web3, token: str) -> str:
+    abi = [{"name": "symbol", "type": "function", "stateMutability": "view", "inputs": [],
+            "outputs": [{"name": "", "type": "string"}]}]
+    return str(w3.eth.contract(address=Web3.to_checksum_address(token), abi=abi).functions.symbol().call())
 
 
 def _put_meta(tx: dbm.Transaction, name: str, value: str) -> None:

@@ -196,6 +196,16 @@ class WithdrawalStatus(_message.Message):
     burn_block: int
     def __init__(self, burn_id: _Optional[bytes] = ..., burn_nonce: _Optional[int] = ..., asset: _Optional[str] = ..., source_chain: _Optional[str] = ..., burner: _Optional[str] = ..., amount: _Optional[str] = ..., destination: _Optional[bytes] = ..., state: _Optional[str] = ..., txid: _Optional[str] = ..., confirmations: _Optional[int] = ..., required_confirmations: _Optional[int] = ..., refund_tx: _Optional[str] = ..., reason: _Optional[str] = ..., updated_at: _Optional[float] = ..., burn_tx: _Optional[str] = ..., burn_block: _Optional[int] = ...) -> None: ...
 
+class ProveReservesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProveReservesResponse(_message.Message):
+    __slots__ = ("report_json",)
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    report_json: str
+    def __init__(self, report_json: _Optional[str] = ...) -> None: ...
+
 class GetWithdrawalRequest(_message.Message):
     __slots__ = ("burn_id",)
     BURN_ID_FIELD_NUMBER: _ClassVar[int]

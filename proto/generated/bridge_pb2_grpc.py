@@ -69,6 +69,11 @@ class BridgeStub:
                 request_serializer=bridge__pb2.ListWithdrawalsRequest.SerializeToString,
                 response_deserializer=bridge__pb2.ListWithdrawalsResponse.FromString,
                 _registered_method=True)
+        self.ProveReserves = channel.unary_unary(
+                '/fusionprime.bridge.v1.Bridge/ProveReserves',
+                request_serializer=bridge__pb2.ProveReservesRequest.SerializeToString,
+                response_deserializer=bridge__pb2.ProveReservesResponse.FromString,
+                _registered_method=True)
 
 
 class BridgeServicer:
@@ -125,6 +130,13 @@ class BridgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProveReserves(self, request, context):
+        """Build a proof-of-reserves report now (one threshold signature per attested address: slow).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +174,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.ListWithdrawals,
                     request_deserializer=bridge__pb2.ListWithdrawalsRequest.FromString,
                     response_serializer=bridge__pb2.ListWithdrawalsResponse.SerializeToString,
+            ),
+            'ProveReserves': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProveReserves,
+                    request_deserializer=bridge__pb2.ProveReservesRequest.FromString,
+                    response_serializer=bridge__pb2.ProveReservesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +370,33 @@ class Bridge:
             '/fusionprime.bridge.v1.Bridge/ListWithdrawals',
             bridge__pb2.ListWithdrawalsRequest.SerializeToString,
             bridge__pb2.ListWithdrawalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProveReserves(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fusionprime.bridge.v1.Bridge/ProveReserves',
+            bridge__pb2.ProveReservesRequest.SerializeToString,
+            bridge__pb2.ProveReservesResponse.FromString,
             options,
             channel_credentials,
             insecure,

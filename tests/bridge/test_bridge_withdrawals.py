@@ -10,27 +10,45 @@ address no node can pay, and one below the minimum withdrawal, are each refunded
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import signal
+import sqlite3
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import trio
-from fp_bridge_net import BTC_CHAIN, BTC_WITHDRAWALS, COIN, Attacker, Net, bridge_network, wait_for
+from fp_bridge_net import (
+    BTC_CHAIN,
+    BTC_WITHDRAWALS,
+    COIN,
+    DST_CHAIN,
+    SRC_CHAIN,
+    Attacker,
+    Net,
+    bridge_network,
+    wait_for,
+)
+from web3.logs import DISCARD
 
+from fusion_prime.bridge.chains.bitcoin.encoding import parse_hash_hex
 from fusion_prime.bridge.chains.bitcoin.rpcclient import BitcoinRPC
-from fusion_prime.bridge.chains.bitcoin.tx import Tx
+from fusion_prime.bridge.chains.bitcoin.tx import OutPoint, Tx, TxIn
 from fusion_prime.bridge.config import load_bridge_config
 from fusion_prime.bridge.db import open_database
+from fusion_prime.bridge.derivation import path_string
 from fusion_prime.bridge.orders import deposit_id
 from fusion_prime.bridge.payouts import PayoutBurn, PayoutProposal, finalize_payout, plan_payout
 from fusion_prime.bridge.requests import PayoutInputRequest, encode
+from fusion_prime.bridge.reserves import BitcoinRPCReader, Web3Reader, verify_report
 from fusion_prime.bridge.withdrawal_runtime import PAYOUT_REFUSED, build_sides
 from fusion_prime.node.phases import load_key_share
 from fusion_prime.protocol.addresses import b58check, bech32_segwit, hash160
 from fusion_prime.protocol.curve import Point
-from fusion_prime.signer.bitcoin import TxOut, address_to_script, p2wpkh_sighash
+from fusion_prime.signer.bitcoin import TxOut, address_to_script, finalize_p2wpkh_input, p2wpkh_sighash
 
 pytestmark = pytest.mark.xdist_group(name="bridge-network")
 
@@ -266,3 +284,204 @@ def _side(net: Net, node_id: str, attacker: Any) -> Any:
     sides = build_sides(bcfg, group_key=share.group_key, chain_code=share.chain_code,
                         bitcoin=BitcoinRPC(net.rpc_url, "tester", "secret"), db=db)
     return sides[net.tokens["fpBTC"].address]
+
+
+# ----------------------------------------------------------------------- batching, bumps, crashes
+
+
+def _coordinator(net: Net) -> str:
+    asset = net.tokens["fpBTC"].address
+    found = wait_for("a payout coordinator", lambda: [n for n in NODES if net.status(n).get(
+        "withdrawals", {}).get(asset, {}).get("coordinating")], procs=net.procs)
+    return found[0]
+
+
+def _archive(net: Net, node_id: str) -> list[dict[str, Any]]:
+    path = net.base / node_id / "bridge.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM payout_archive ORDER BY created_at").fetchall()]
+
+
+def _mine_until_paid(net: Net, ids: list[bytes]) -> set[str]:
+    def all_paid() -> bool:
+        if all(_paid(net, bid) for bid in ids):
+            return True
+        net.miner.mine(1)
+        return False
+
+    wait_for("every burn paid and confirmed", all_paid, procs=net.procs)
+    return {_paid(net, bid)["txid"] for bid in ids}
+
+
+def test_ten_burns_in_one_block_are_paid_in_one_transaction(net: Net) -> None:
+    holder = net.dst.eth.accounts[9]
+    _fund(net, holder, COIN)
+    token = net.tokens["fpBTC"].address
+    destination = _destinations()["p2wsh"].encode()
+    net.dst.provider.make_request("evm_setAutomine", [False])
+    try:
+        hashes = [net.gateway.functions.burn(token, 1_000_000 + i, destination).transact({"from": holder})
+                  for i in range(10)]
+        net.dst.provider.make_request("evm_mine", [])
+    finally:
+        net.dst.provider.make_request("evm_setAutomine", [True])
+    receipts = [net.dst.eth.wait_for_transaction_receipt(h) for h in hashes]
+    assert len({r["blockNumber"] for r in receipts}) == 1 and all(r["status"] == 1 for r in receipts)
+    ids = [bytes(net.gateway.events.Burned().process_receipt(r, errors=DISCARD)[0]["args"]["burnId"])
+           for r in receipts]
+    txids = _mine_until_paid(net, ids)
+    assert len(txids) == 1, txids
+    tx = net.rpc.getrawtransaction(txids.pop(), True)
+    script = address_to_script(_destinations()["p2wsh"], "regtest").hex()
+    values = sorted(int((Decimal(str(o["value"])) * COIN).to_integral_exact()) for o in tx["vout"]
+                    if o["scriptPubKey"]["hex"] == script)
+    assert values == [1_000_000 + i - FEE for i in range(10)]
+
+
+def test_a_stuck_payout_is_bumped_on_the_same_inputs_and_confirms_once(net: Net) -> None:
+    net.restart_all(btc={"stuck_after_seconds": 3})
+    try:
+        holder = net.dst.eth.accounts[1]
+        _fund(net, holder, COIN)
+        coordinator = _coordinator(net)
+        _, bid = net.burn("fpBTC", holder, 25_000_000, _destinations()["p2tr"].encode())
+        # no block while the payout waits: it is stuck until bumped at least once
+        wait_for("a bump", lambda: len([p for p in _archive(net, coordinator) if bid.hex() in json.dumps(p["burn_ids"])
+                                        and p["raw"]]) >= 2, procs=net.procs)
+        variants = [p for p in _archive(net, coordinator) if "0x" + bid.hex() in p["burn_ids"]]
+        assert len({json.dumps(p["inputs"]) for p in variants}) == 1, "every variant spends the same inputs"
+        assert all(p["replaces"] for p in variants[1:]) and variants[0]["replaces"] is None
+        fees = [int(p["fee"]) for p in variants]
+        assert fees == sorted(fees) and fees[-1] > fees[0], fees
+        (txid,) = _mine_until_paid(net, [bid])
+        assert txid in {p["txid"] for p in variants}
+        mined = [p["txid"] for p in variants if _in_chain(net, p["txid"])]
+        assert mined == [txid], "exactly one variant confirmed"
+        tx = net.rpc.getrawtransaction(txid, True)
+        script = address_to_script(_destinations()["p2tr"], "regtest").hex()
+        assert [int((Decimal(str(o["value"])) * COIN).to_integral_exact()) for o in tx["vout"]
+                if o["scriptPubKey"]["hex"] == script] == [25_000_000 - FEE]
+    finally:
+        net.restart_all(btc={})
+
+
+def _in_chain(net: Net, txid: str) -> bool:
+    try:
+        return int(net.rpc.getrawtransaction(txid, True).get("confirmations", 0)) >= 1
+    except Exception:  # unknown to the node: a conflicted variant
+        return False
+
+
+def test_a_coordinator_killed_while_signing_pays_the_identical_transaction_after_restart(net: Net) -> None:
+    holder = net.dst.eth.accounts[2]
+    _fund(net, holder, COIN)
+    coordinator = _coordinator(net)
+    others = [n for n in NODES if n != coordinator]
+    # the co-signers are away: the coordinator plans, archives and waits in its sign sessions
+    for n in others:
+        net.stop(n)
+    _, bid = net.burn("fpBTC", holder, 33_000_000, _destinations()["p2pkh"].encode())
+    planned = wait_for("the payout planned", lambda: [p for p in _archive(net, coordinator)
+                                                      if "0x" + bid.hex() in p["burn_ids"]], procs=net.procs)
+    assert len(planned) == 1 and not planned[0]["raw"], "planned, not signed"
+    net.stop(coordinator, signal.SIGKILL)
+    for n in others:
+        net.start(n)
+    net.start(coordinator)
+    (txid,) = _mine_until_paid(net, [bid])
+    assert txid == planned[0]["txid"], "the retry signed the identical transaction"
+
+
+
+# ----------------------------------------------------------------------- proof of reserves
+
+
+def test_a_proof_of_reserves_built_by_the_network_verifies_and_a_tampered_one_does_not(net: Net) -> None:
+    """A node builds the report over the Bridge API: one attestation per custody and minted-deposit
+    address, each signed by the group key only after every participant derived the address and
+    recomputed the digest itself. An independent verifier (its own chain connections) accepts it;
+    a raised balance, a swapped signature and an understated supply are each caught."""
+    with net.bridge("node2") as b:
+        report = b.prove_reserves()
+    readers = {BTC_CHAIN: BitcoinRPCReader(BitcoinRPC(net.rpc_url, "tester", "secret")), SRC_CHAIN: Web3Reader(net.src),
+               DST_CHAIN: Web3Reader(net.dst)}
+    assert verify_report(report, readers) == []
+    data = json.loads(report)
+    btc = next(a for a in data["assets"] if a["source_chain"] == BTC_CHAIN)
+    assert len(btc["addresses"]) >= 2 and any(a["role"] == "custody" for a in btc["addresses"])
+    assert any(net.events(n, "attestation-cosigned") for n in ("node1", "node3")), "participants co-signed"
+
+    def tampered(change: Callable[[dict[str, Any]], None]) -> list[str]:
+        copy = json.loads(report)
+        change(next(a for a in copy["assets"] if a["source_chain"] == BTC_CHAIN))
+        return verify_report(json.dumps(copy, sort_keys=True, separators=(",", ":")), readers)
+
+    def raise_balance(asset: dict[str, Any]) -> None:
+        entry = next(a for a in asset["addresses"] if a.get("utxos"))
+        entry["utxos"][0]["value"] = str(int(entry["utxos"][0]["value"]) + 1)
+        entry["balance"] = str(int(entry["balance"]) + 1)
+
+    def swap_signatures(asset: dict[str, Any]) -> None:
+        a, b = asset["addresses"][:2]
+        a["signature"], b["signature"] = b["signature"], a["signature"]
+
+    def understate_supply(asset: dict[str, Any]) -> None:
+        asset["supply"]["amount"] = str(int(asset["supply"]["amount"]) - 1)
+
+    for change in (raise_balance, swap_signatures, understate_supply):
+        assert tampered(change), change.__name__
+
+
+# ----------------------------------------------------------------------- custody made short
+
+
+def test_custody_moved_out_behind_the_bridges_back_halts_mints_and_payouts(net: Net) -> None:
+    """An operator's admin client signs a custody coin away through the wallet API (not through the
+    bridge). Every node's solvency check sees custody below supply + burns in flight: it reports
+    it, pauses the Gateway with a group-signed Pause, and refuses to co-sign any mint or payout.
+    (Last in this module: it leaves the bridge halted.)"""
+    net.restart_all(btc={"batch_wait_seconds": 100_000, "payout_takeover_seconds": 100_000})
+    holder = net.dst.eth.accounts[4]
+    _fund(net, holder, COIN)
+    _, waiting_burn = net.burn("fpBTC", holder, 30_000_000, _destinations()["p2wpkh"].encode())
+    wait_for("the burn queued everywhere", lambda: all(
+        (r := net.withdrawal(n, waiting_burn)) is not None and r["state"] == "queued" for n in NODES),
+        procs=net.procs)
+    asset = net.tokens["fpBTC"].address
+    assert all(net.status(n)["withdrawals"][asset]["solvent"] for n in NODES)
+    # the theft: the largest unspent custody coin, signed away by the admin wallet client
+    with contextlib.closing(sqlite3.connect(f"file:{net.base / 'node2' / 'bridge.sqlite3'}?mode=ro", uri=True)) as c:
+        rows = c.execute("SELECT txid, vout, value, path, public_key FROM custody_coins").fetchall()
+    unspent = [r for r in rows if net.rpc.gettxout(r[0], r[1], True)]
+    txid, vout, value, path, pubkey = max(unspent, key=lambda r: int(r[2]))
+    tx = Tx(2, [TxIn(OutPoint(parse_hash_hex(txid), vout), sequence=0xFFFFFFFD)],
+            [TxOut(int(value) - 1_000, net.miner.script)])
+    digest = p2wpkh_sighash(tx, 0, bytes.fromhex(pubkey), int(value))
+    with net.wallet("node1") as w:
+        sig = w.sign(net.key_id, digest, path_string(tuple(json.loads(path))))
+    finalize_p2wpkh_input(tx, 0, bytes.fromhex(pubkey), sig.r, sig.s)
+    net.rpc.sendrawtransaction(tx.serialize().hex())
+    net.miner.mine(1)
+    wait_for("every node finds custody short", lambda: all(
+        not net.status(n).get("withdrawals", {}).get(asset, {}).get("solvent", True) for n in NODES),
+        procs=net.procs)
+    wait_for("the Gateway paused", lambda: bool(net.gateway.functions.paused().call()), procs=net.procs)
+    reason = net.status("node2")["withdrawals"][asset]["solvency_reason"]
+    assert "short by" in reason, reason
+    # a new deposit is not minted: every node refuses the mint as insolvent
+    txid2, vout2 = net.miner.pay(net.address(BTC_CHAIN, holder), 20_000_000)
+    did = deposit_id(BTC_CHAIN, txid2, vout2)
+    net.miner.mine(2)
+    wait_for("the mint refused as insolvent", lambda: any(
+        e.get("code") == "insolvent" for n in NODES for e in net.events(n, "mint-refused", did)), procs=net.procs)
+    assert net.minted_events(did) == []
+    # the waiting burn is not paid: batching is allowed again, and every payout is refused
+    net.restart_all(btc={"batch_wait_seconds": 0})
+    wait_for("the payout refused as insolvent", lambda: any(
+        e.get("code") == "insolvent" for n in NODES for e in net.events(n, "payout-refused", waiting_burn))
+        or any("insolvent" in (net.withdrawal(n, waiting_burn) or {}).get("reason", "") for n in NODES)
+        or "insolvent" in net.log_text(_coordinator(net), current=True), procs=net.procs)
+    assert all((net.withdrawal(n, waiting_burn) or {}).get("state") in ("queued", "signing") for n in NODES)
+    assert not [p for n in NODES for p in _archive(net, n) if "0x" + waiting_burn.hex() in p["burn_ids"]
+                and p["raw"]], "nothing signed for the burn"
