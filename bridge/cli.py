@@ -36,8 +36,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m fusion_prime.bridge.cli", description=__doc__.splitlines()[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", required=True, help="host:port of a node's Bridge API")
-    parser.add_argument("--server-cert", required=True, help="that node's TLS certificate (PEM), pinned")
+    parser.add_argument("--target", help="host:port of a node's Bridge API (every command but burn)")
+    parser.add_argument("--server-cert", help="that node's TLS certificate (PEM), pinned")
     parser.add_argument("--server-name", help="the name in the certificate (the node id)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per unary call (default 30)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--burn", help="burn id (64 hex digits, from the Burned event)")
     which.add_argument("--burner", help="0x account that burned: its burns, newest first")
+    p = sub.add_parser("burn", help="burn fpBTC/fpETH on the Gateway to be paid on its home chain (your EVM "
+                                    "key signs; no node is asked)")
+    p.add_argument("--rpc", required=True, help="the destination chain's JSON-RPC URL")
+    p.add_argument("--gateway", required=True, help="the Gateway's address")
+    p.add_argument("--token", required=True, help="the wrapped token's address (fpBTC, fpETH)")
+    p.add_argument("--amount", required=True, type=int, help="base units to burn (sat for fpBTC, wei for fpETH)")
+    p.add_argument("--destination", required=True, help="where to be paid: a Bitcoin address, or a 0x address")
+    p.add_argument("--key-file", required=True, help="file holding your EVM account's hex private key")
     p = sub.add_parser("prove-reserves", help="a fresh proof-of-reserves report (JSON) to verify with "
                                               "python -m fusion_prime.bridge.reserves verify")
     p.add_argument("--out", help="write the report here (default: stdout)")
@@ -77,7 +85,36 @@ def _emit(data: Any, *, lines: bool = False) -> None:
     sys.stdout.flush()
 
 
+def _burn(args: argparse.Namespace) -> dict[str, Any]:
+    """Send ``Gateway.burn(token, amount, destination)`` from the caller's own account."""
+    from eth_account import Account
+    from web3 import Web3
+    from web3.logs import DISCARD
+
+    from .chainview import gateway_contract
+
+    w3 = Web3(Web3.HTTPProvider(args.rpc, request_kwargs={"timeout": 60}))
+    account = Account.from_key(Path(args.key_file).read_text().strip())
+    gateway = gateway_contract(w3, args.gateway)
+    destination = args.destination.encode() if not args.destination.startswith("0x") else \
+        bytes.fromhex(args.destination[2:])
+    tx = gateway.functions.burn(Web3.to_checksum_address(args.token), args.amount, destination).build_transaction(
+        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address, "pending")})
+    sent = w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(sent, timeout=120)
+    if int(receipt["status"]) != 1:
+        raise ValueError(f"burn transaction 0x{bytes(sent).hex()} reverted")
+    (event,) = gateway.events.Burned().process_receipt(receipt, errors=DISCARD)
+    return {"burn_id": "0x" + bytes(event["args"]["burnId"]).hex(), "burn_nonce": int(event["args"]["burnNonce"]),
+            "amount": str(args.amount), "destination": args.destination, "tx": "0x" + bytes(sent).hex()}
+
+
 def _run(args: argparse.Namespace) -> None:
+    if args.command == "burn":
+        _emit(_burn(args))
+        return
+    if not args.target or not args.server_cert:
+        raise BridgeError("INVALID_ARGUMENT", "--target and --server-cert name the node to ask")
     cert = Path(args.server_cert).read_bytes()
     with BridgeClient(args.target, cert, server_name=args.server_name, timeout=args.timeout) as bridge:
         if args.command == "deposit-address":

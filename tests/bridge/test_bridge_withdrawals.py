@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import signal
 import sqlite3
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+from eth_account import Account
 from fp_bridge_net import (
     BTC_CHAIN,
     BTC_WITHDRAWALS,
@@ -37,6 +39,7 @@ from web3.logs import DISCARD
 from fusion_prime.bridge.chains.bitcoin.encoding import parse_hash_hex
 from fusion_prime.bridge.chains.bitcoin.rpcclient import BitcoinRPC
 from fusion_prime.bridge.chains.bitcoin.tx import OutPoint, Tx, TxIn
+from fusion_prime.bridge.cli import main as cli_main
 from fusion_prime.bridge.config import load_bridge_config
 from fusion_prime.bridge.db import open_database
 from fusion_prime.bridge.derivation import path_string
@@ -133,10 +136,22 @@ def test_an_unpayable_and_a_below_minimum_burn_are_refunded_once(net: Net) -> No
     bad = b"bcrt1qnotavalidaddressatallxxxxxxxxxxxxxxxxx"  # passes the Gateway's form check only
     _, bad_id = net.burn("fpBTC", holder, 5_000_000, bad)
     small = FEE + 100  # above the Gateway's minimum burn, below fee + dust
-    _, small_id = net.burn("fpBTC", holder, small, _destinations()["p2wpkh"].encode())
+    # this one through the CLI, from an account of its own key (as a user would)
+    user = Account.create()
+    key_file = net.base / "user.key"
+    key_file.write_text(user.key.hex())
+    net.dst.eth.send_transaction({"from": holder, "to": user.address, "value": 10**18})
+    net.tokens["fpBTC"].functions.transfer(user.address, small).transact({"from": holder})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["burn", "--rpc", net.dst.provider.endpoint_uri, "--gateway", net.gateway.address,
+                         "--token", net.tokens["fpBTC"].address, "--amount", str(small),
+                         "--destination", _destinations()["p2wpkh"], "--key-file", str(key_file)]) == 0
+    small_id = bytes.fromhex(json.loads(out.getvalue())["burn_id"][2:])
     assert net.balance("fpBTC", holder) == before - 5_000_000 - small
     refunded = net.gateway.events.Refunded()
-    wait_for("both refunded", lambda: net.balance("fpBTC", holder) == before, procs=net.procs)
+    wait_for("both refunded", lambda: net.balance("fpBTC", holder) == before - small
+             and net.balance("fpBTC", user.address) == small, procs=net.procs)
     logs = refunded.get_logs(from_block=0)
     ids = [bytes(e["args"]["burnId"]) for e in logs]
     assert ids.count(bad_id) == 1 and ids.count(small_id) == 1
@@ -145,6 +160,9 @@ def test_an_unpayable_and_a_below_minimum_burn_are_refunded_once(net: Net) -> No
             (r := net.withdrawal(n, bid)) is not None and r["state"] == "refunded" for n in NODES), procs=net.procs)
         row = net.withdrawal("node1", bid)
         assert row is not None and row["txid"] is None, "a refunded burn was never in a payout"
+        with net.bridge("node3") as b:
+            status = b.withdrawal(bid)
+        assert status.state == "refunded" and status.refund_tx and status.reason, status
 
 
 # ----------------------------------------------------------------------- a malicious coordinator
