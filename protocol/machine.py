@@ -276,6 +276,7 @@ class RoundMachine(ABC):
         # only its own fault (named at the deadline).
         self._stopped_late: dict[int, str] = {}
         self._faulted_late: dict[int, str] = {}
+        self._mined: set[bytes] = set()  # signatures of timeout notices whose forwarded notices were taken
         self._notices_dirty = False
         # timeout notices: what each party says it waits for, as (party, round, kind, private)
         self.reported_missing: dict[int, list[tuple[int, int, int, bool]]] = {}
@@ -730,7 +731,8 @@ class RoundMachine(ABC):
             except (InvalidInput, UnicodeDecodeError):
                 raise Blame(k, "sent a malformed abort notice", evidence=(notice,)) from None
             del claimed, flat  # what k claims is never taken on trust: only evidence counts
-            if timeout:
+            if timeout and notice.signature not in self._mined:  # each notice's forwarded ones are checked once
+                self._mined.add(notice.signature)
                 for j, inner in self._forwarded_notices(k, evidence).items():
                     forwarded.setdefault(j, inner)
                 slots = [(timeout[i], timeout[i + 1], timeout[i + 2], timeout[i + 3])
