@@ -36,6 +36,7 @@ Example::
     stuck_after_seconds = 600         # an unconfirmed payout is bumped after this
     payout_confirmations = 1          # a payout is "confirmed" at this depth
     solvency_tolerance = 0            # custody may fall this far below liabilities (fees, sweeps)
+    large_withdrawal = 1000000000     # a burn above this waits large_withdrawal_delay_seconds (default 3 h)
 
     [[bridge.peers]]                  # the other operators' Bridge APIs: a deposit address registered
     node_id = "node2"                 # here is forwarded to them (each derives it again itself)
@@ -79,6 +80,10 @@ class WithdrawalSettings:
     stuck_after_seconds: int = 600
     solvency_tolerance: int = 0
     payout_takeover_seconds: float = 60.0
+    #: a burn above this (base units; 0: none) waits ``large_withdrawal_delay_seconds`` before it
+    #: is paid: the guardian's window to pause
+    large_withdrawal: int = 0
+    large_withdrawal_delay_seconds: int = 3 * 3600
 
 
 @dataclass(frozen=True)
@@ -201,11 +206,15 @@ def parse_bridge_config(data: dict[str, Any], path: Path | None = None) -> Bridg
                     batch_wait_seconds=_get(c, "batch_wait_seconds", int, 30, where=cw),
                     stuck_after_seconds=_get(c, "stuck_after_seconds", int, 600, where=cw),
                     solvency_tolerance=_get(c, "solvency_tolerance", int, 0, where=cw),
-                    payout_takeover_seconds=float(_get(c, "payout_takeover_seconds", (int, float), 60.0, where=cw)))
+                    payout_takeover_seconds=float(_get(c, "payout_takeover_seconds", (int, float), 60.0, where=cw)),
+                    large_withdrawal=_get(c, "large_withdrawal", int, 0, where=cw),
+                    large_withdrawal_delay_seconds=_get(c, "large_withdrawal_delay_seconds", int, 3 * 3600,
+                                                        where=cw))
                 if not (0 < settings.fallback_fee_rate <= settings.max_fee_rate and settings.fee_band >= 1
                         and settings.min_input_confirmations >= 1 and settings.payout_confirmations >= 1
                         and 1 <= settings.max_batch <= 1000 and settings.batch_wait_seconds >= 0
-                        and settings.stuck_after_seconds > 0 and settings.solvency_tolerance >= 0):
+                        and settings.stuck_after_seconds > 0 and settings.solvency_tolerance >= 0
+                        and settings.large_withdrawal >= 0 and settings.large_withdrawal_delay_seconds >= 0):
                     raise BridgeConfigError(f"{cw}: withdrawal settings out of range (0 < fallback_fee_rate <= "
                                             "max_fee_rate, fee_band >= 1, confirmations >= 1, 1 <= max_batch "
                                             "<= 1000, stuck_after_seconds > 0, solvency_tolerance >= 0)")

@@ -44,10 +44,11 @@ from .chainview import NodeChainView, gateway_contract
 from .config import BridgeConfig, load_bridge_config
 from .db import open_database
 from .derivation import deposit_address
+from .evm_withdrawal import route_authorize
 from .mint_policy import AssetRule, PolicyConfig
-from .requests import AttestationRequest, PayoutInputRequest, RefundRequest
+from .requests import AttestationRequest, EvmPayoutRequest, PayoutInputRequest, RefundRequest
 from .runtime import BridgeRuntime
-from .withdrawal_runtime import WithdrawalAuthorizer, WithdrawalRuntime, build_sides
+from .withdrawal_runtime import WithdrawalAuthorizer, WithdrawalRuntime, attach_evm_solvency, build_sides
 
 log = logging.getLogger("fusion_prime.bridge.daemon")
 CONFIG_POLL_SECONDS = 1.0
@@ -97,7 +98,7 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
                             group_key=share.group_key, chain_code=share.chain_code, view=view, sources=sources,
                             destination=destination, registry=node.metrics.registry)
     runtime.withdrawals = _withdrawal_side(node, authorizer, bcfg, db, share, committee, destination, bitcoin,
-                                           runtime)
+                                           runtime, sources)
     server = servicer = None
     try:
         server, servicer = _start_service(node, bcfg, db, share, bridge_listen, bridge_port_file)
@@ -133,7 +134,8 @@ def _reserve_readers(bcfg: BridgeConfig, sources: dict[str, Any]) -> dict[str, A
 
 
 def _withdrawal_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfig, db: Any, share: Any,
-                     committee: list[str], destination: Any, bitcoin: Any, runtime: BridgeRuntime) -> Any:
+                     committee: list[str], destination: Any, bitcoin: Any, runtime: BridgeRuntime,
+                     sources: dict[str, Any]) -> Any:
     """Burns → payouts and refunds (``bridge/withdrawal_runtime.py``), and the participant's hooks.
 
     Payouts need every two signing sets to share a node (``2 × threshold > committee``): that node
@@ -145,14 +147,20 @@ def _withdrawal_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfi
         log_event(log, logging.WARNING, "payouts disabled: two signing sets of this committee need not share a node",
                   threshold=threshold, committee=len(committee))
         bcfg = dataclasses.replace(bcfg, chains=tuple(dataclasses.replace(c, withdrawals=None) for c in bcfg.chains))
-    sides = build_sides(bcfg, group_key=share.group_key, chain_code=share.chain_code, bitcoin=bitcoin, db=db)
+    evm_sources = {c.caip2: sources[c.caip2] for c in bcfg.chains if c.kind == "evm" and c.caip2 in sources}
+    sides = build_sides(bcfg, group_key=share.group_key, chain_code=share.chain_code, bitcoin=bitcoin, db=db,
+                        evm_sources=evm_sources, sign=node.sign, node_id=node.cfg.node_id)
     gateway = gateway_contract(destination, bcfg.gateway)
     hooks = WithdrawalAuthorizer(db=db, sides=sides, gateway=gateway, destination_chain_id=bcfg.destination_chain_id,
                                  gateway_address=bcfg.gateway, signer_path=bcfg.signer_path, node_id=node.cfg.node_id,
                                  max_deadline_ahead=bcfg.max_deadline_ahead, group_key=share.group_key,
                                  chain_code=share.chain_code, destination_chain=bcfg.destination_chain)
+    attach_evm_solvency(sides, hooks)
     authorizer.withdrawal_hooks = {PayoutInputRequest: hooks.payout_input, RefundRequest: hooks.refund,
                                    AttestationRequest: hooks.attestation}
+    evm_sides = [s.evm for s in sides.values() if s.evm is not None]
+    if evm_sides:
+        authorizer.withdrawal_hooks[EvmPayoutRequest] = hooks.gate_evm(route_authorize(evm_sides))
     authorizer.solvency = lambda asset: next(((s.solvent, s.solvency_reason) for s in sides.values()
                                               if s.asset.lower() == asset.lower()), (True, ""))
     return WithdrawalRuntime(bcfg, db=db, sign=node.sign, node_id=node.cfg.node_id, committee=committee,

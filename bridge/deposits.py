@@ -144,6 +144,8 @@ class MintSeen:
     tx_hash: str
     block: int
     order_digest: str | None = None
+    #: the edge found the minting order among those this node co-signed as a participant
+    cosigned: bool = False
 
 
 @dataclass(frozen=True)
@@ -712,7 +714,7 @@ class DepositMachine:
             return
         dep.minted_tx, dep.minted_block, dep.minted_digest = ev.tx_hash, ev.block, ev.order_digest
         known = {"0x" + self._route_digest(o, dep.destination_chain).hex() for o in dep.issued}
-        if ev.order_digest is not None and ev.order_digest not in known:
+        if ev.order_digest is not None and ev.order_digest not in known and not ev.cosigned:
             out.append(Alert("warning", f"deposit {dep.deposit_id} minted by order {ev.order_digest}, which this "
                                         f"node did not issue", dep.deposit_id))
         if dep.state == REORGED:

@@ -22,8 +22,8 @@ Encoding (canonical, one byte string per request)::
   is that input's BIP143 sighash and the path the spent coin's derivation path: a participant
   rebuilds the whole transaction before it co-signs any one input of it.
 * kind ``4`` (refund): ``RefundOrder.to_bytes()`` — the Gateway's ``RefundBurn``.
-* kind ``5`` (EVM payout): the payout proposal of ``bridge/evm_payouts.py`` (payout, replacement,
-  gap filler or sweep); the digest is the transaction's signing hash.
+* kind ``5`` (EVM payout): ``evm_withdrawal.EvmProposal.to_bytes()`` (payout, replacement, gap
+  filler or sweep, with the unsigned transaction); the digest is the transaction's signing hash.
 * kind ``6`` (reserve attestation): ``u8 len ‖ chain ‖ u8 n ‖ n × u32 path ‖ u8 len ‖ challenge chain ‖
   u64 challenge height ‖ challenge hash (32)``; the digest is ``reserves.attestation_digest`` of the
   address *the participant derives itself* at that path: a tagged hash, never a transaction.

@@ -272,7 +272,11 @@ class BridgeRuntime:
         for routed in mints:
             chain = self.chain_by_asset.get(routed.asset)
             if chain is not None:
-                await self.feed(chain, routed.observation)
+                obs = routed.observation
+                if isinstance(obs, MintSeen) and obs.order_digest is not None:
+                    if await trio.to_thread.run_sync(self._cosigned_digest, obs.deposit_id, obs.order_digest):
+                        obs = dataclasses.replace(obs, cosigned=True)
+                await self.feed(chain, obs)
                 self._note_queued(chain, routed.observation)
             if routed.output is not None and self.withdrawals is not None:
                 await trio.to_thread.run_sync(self.withdrawals.note_minted, routed.asset, routed.output)
@@ -487,6 +491,15 @@ class BridgeRuntime:
             self._in_flight.add(did)
             self._attempted.add(did)
             self._spawn(self._sign_order, chain, did, order)
+
+    def _cosigned_digest(self, deposit_id: str, digest: str) -> bool:
+        """(worker thread) Whether this node co-signed the order with ``digest`` for the deposit."""
+        try:
+            orders = self.view.cosigned_orders(bytes.fromhex(deposit_id[2:]))
+        except Exception:  # the alert it would silence is only a warning: fail towards raising it
+            return False
+        return any("0x" + o.digest(self.cfg.gateway, self.cfg.destination_chain_id).hex() == digest.lower()
+                   for o in orders)
 
     def _cosigned_live(self, order: MintOrder, now: float) -> MintOrder | None:
         """(worker thread) The live order with ``order``'s terms and epoch this node co-signed, if any."""

@@ -100,6 +100,7 @@ from .withdrawals import (
     Broadcast,
     BuildPayout,
     Burn,
+    BurnSeen,
     Observation,
     PayoutBroadcast,
     PayoutDepth,
@@ -290,6 +291,8 @@ class AssetSide:
     classify: Callable[[Burn], str | None]
     solvent: bool = True
     solvency_reason: str = ""
+    #: ETH payouts on an EVM source chain (``bridge/evm_withdrawal.py``); None on Bitcoin
+    evm: Any = None
 
 
 class WithdrawalAuthorizer:
@@ -348,6 +351,9 @@ class WithdrawalAuthorizer:
             plan = verdict.plan
             if not side.solvent:
                 return self._refuse_payout(proposal, detail, "insolvent", side.solvency_reason)
+            held = self._held(side, plan.burn_ids)
+            if held is not None:
+                return self._refuse_payout(proposal, detail, *held)
             solvency = self._solvency_after(side, plan)
             if solvency is not None:
                 return self._refuse_payout(proposal, detail, "insolvent", solvency)
@@ -365,6 +371,52 @@ class WithdrawalAuthorizer:
                   burns=len(plan.burn_ids), inputs=len(plan.inputs), fee=plan.fee,
                   coordinator=proposal_pb.coordinator)
         return True, ""
+
+    def _held(self, side: AssetSide, burn_ids: Sequence[bytes]) -> tuple[str, str] | None:
+        """Why this node pays none of ``burn_ids`` yet: the Gateway is paused (the guardian's or the
+        solvency halt: nothing goes out), or a large burn is still inside its delay - judged by its
+        block's timestamp on the destination chain, which every node reads the same."""
+        if bool(self.gateway.functions.paused().call()):
+            return "gateway_paused", "the Gateway is paused: no payout until it is unpaused"
+        w = side.chain.withdrawals
+        if w is None or not w.large_withdrawal:
+            return None
+        now = self.clock()
+        with self.db.read() as r:
+            rows = [r.get_withdrawal(b) for b in burn_ids]
+        for row in rows:
+            if row is None or int(row["amount"]) <= w.large_withdrawal:
+                continue
+            at = int(self.gateway.w3.eth.get_block(int(row["burn_block"]))["timestamp"])
+            if now < at + w.large_withdrawal_delay_seconds:
+                return "held", (f"burn nonce {row['burn_nonce']} ({row['amount']}) is above {w.large_withdrawal} and "
+                                f"waits until {at + w.large_withdrawal_delay_seconds}")
+        return None
+
+    def gate_evm(self, hook: Callable[[peer_pb2.SessionProposal, Any], tuple[bool, str]]
+                 ) -> Callable[[peer_pb2.SessionProposal, Any], tuple[bool, str]]:
+        """The EVM participant hook behind the same pause and large-withdrawal rules as Bitcoin's."""
+        from .evm_withdrawal import EvmProposal, EvmProposalError
+
+        def gated(proposal_pb: peer_pb2.SessionProposal, request: Any) -> tuple[bool, str]:
+            try:
+                burn = EvmProposal.from_bytes(request.proposal).burn_id
+            except (EvmProposalError, ValueError):
+                burn = None  # malformed: the EVM hook refuses and records it
+            if burn is not None:
+                side = self._side_of_burn(bytes(burn))
+                if side is not None:
+                    try:
+                        held = self._held(side, [bytes(burn)])
+                    except Exception as exc:  # the destination does not answer: no co-signature on a guess
+                        held = ("view_unavailable", f"{type(exc).__name__}: {exc}")
+                    if held is not None:
+                        log_event(log, logging.WARNING, "payout refused", node=self.node_id, code=held[0],
+                                  reason=held[1])
+                        return False, f"bridge: {held[0]}: {held[1]}"
+            return hook(proposal_pb, request)
+
+        return gated
 
     def _solvency_after(self, side: AssetSide, plan: PayoutPlan) -> str | None:
         assert side.view is not None
@@ -384,8 +436,8 @@ class WithdrawalAuthorizer:
         return None if verdict.ok else verdict.reason
 
     def solvency_inputs(self, side: AssetSide) -> SolvencyInputs:
-        assert side.view is not None and side.chain.withdrawals is not None
-        custody = side.view.unspent_total()
+        assert side.chain.withdrawals is not None and (side.view is not None or side.evm is not None)
+        custody = side.view.unspent_total() if side.view is not None else side.evm.custody_total()
         supply = int(self.gateway.functions.assetState(side.asset).call()[_SUPPLY_INDEX])
         # Owed and not yet leaving custody: a burn counts until its payout is broadcast (from
         # then on the spend is in this node's mempool, so custody - read with the mempool - has
@@ -541,8 +593,10 @@ class WithdrawalRuntime:
             wcfg = WithdrawalConfig(
                 asset=asset, source_chain=side.chain.caip2, classify=side.classify,
                 payout_confirmations=w.payout_confirmations if w else 1,
-                max_batch=w.max_batch if w else 1, batch_wait=w.batch_wait_seconds if w else 0,
-                stuck_after=w.stuck_after_seconds if w else 600, retry_after=max(1, int(cfg.retry_seconds * 5)))
+                max_batch=(1 if side.evm is not None else w.max_batch) if w else 1,
+                batch_wait=w.batch_wait_seconds if w else 0,
+                stuck_after=w.stuck_after_seconds if w else 600, retry_after=max(1, int(cfg.retry_seconds * 5)),
+                hold_above=w.large_withdrawal if w else 0, hold_seconds=w.large_withdrawal_delay_seconds if w else 0)
             raw = db.get_meta(SNAPSHOT_META + asset)
             self.machines[asset] = (WithdrawalMachine.from_dict(json.loads(raw), wcfg) if raw
                                     else WithdrawalMachine(wcfg))
@@ -593,6 +647,7 @@ class WithdrawalRuntime:
         routed, _, warnings = await trio.to_thread.run_sync(self.burns.poll)
         for w in warnings:
             self.alert("critical", w, None)
+        await self._prefetch(routed)
         for r in routed:
             if r.asset in self.machines:
                 await self.feed(r.asset, r.observation)
@@ -605,6 +660,12 @@ class WithdrawalRuntime:
             await self._check_solvency()
         for asset in self.machines:
             await self.feed(asset, Tick())
+        for asset, side in self.sides.items():
+            if side.evm is not None:
+                m = self.machines[asset]
+                await side.evm.maintain(coordinating=m.coordinating)
+                if m.coordinating and side.solvent:
+                    await side.evm.sweep_due()
         head = await trio.to_thread.run_sync(lambda: int(self.destination.eth.block_number))
         await trio.to_thread.run_sync(self._save_cursor, head)
 
@@ -686,8 +747,18 @@ class WithdrawalRuntime:
         self._nursery.start_soon(run)
 
     # -- burns
+    async def _prefetch(self, routed: list[Any]) -> None:
+        """Warm each EVM side's destination-code cache before its classify runs on the loop."""
+        for asset, side in self.sides.items():
+            if side.evm is None:
+                continue
+            burns = [r.observation.burn for r in routed if r.asset == asset and isinstance(r.observation, BurnSeen)]
+            if burns:
+                await trio.to_thread.run_sync(side.evm.prefetch_code, burns)
+
     async def _rescan(self, a: RescanBurns) -> None:
         routed = await trio.to_thread.run_sync(self.burns.rescan, a.from_block)
+        await self._prefetch(routed)
         for r in routed:
             if r.asset in self.machines:
                 await self.feed(r.asset, r.observation)
@@ -697,6 +768,9 @@ class WithdrawalRuntime:
         """(worker thread) A ``Minted`` log at depth: its deposit output is now a custody coin."""
         side = self.sides.get(asset)
         if side is None or output.chain_key != chain_key(side.chain.caip2):
+            return
+        if side.evm is not None:
+            side.evm.note_minted(output)
             return
         try:
             d = deposit_address(self.group_key, self.chain_code, side.chain.caip2, self.cfg.destination_chain,
@@ -720,11 +794,21 @@ class WithdrawalRuntime:
     # -- payouts
     async def _build_payout(self, asset: str, a: BuildPayout) -> None:
         side = self.sides[asset]
-        if side.view is None or side.params is None or self.cfg.key_id is None:
+        if ((side.view is None or side.params is None) and side.evm is None) or self.cfg.key_id is None:
             await self.feed(asset, PayoutFailed(a.payout_id, "payouts are not enabled for this asset", a.replaces))
             return
         if not side.solvent:
             await self.feed(asset, PayoutFailed(a.payout_id, f"insolvent: {side.solvency_reason}", a.replaces))
+            return
+        if a.replaces is None and await trio.to_thread.run_sync(lambda: bool(self.gateway.functions.paused().call())):
+            await self.feed(asset, PayoutFailed(a.payout_id, "the Gateway is paused", a.replaces))
+            return
+        if side.evm is not None:
+            w = self.machines[asset].get(a.burn_ids[0])
+            if w is None:
+                await self.feed(asset, PayoutFailed(a.payout_id, "burn unknown to this node", a.replaces))
+                return
+            await self.feed(asset, await side.evm.build(a, w.burn))
             return
         try:
             plan, block_hash = await trio.to_thread.run_sync(self._plan, asset, side, a)
@@ -826,6 +910,14 @@ class WithdrawalRuntime:
                                   role=row["role"], burn_ids=[], inputs=[], fee=0, raw=raw)
 
     async def _broadcast(self, asset: str, a: Broadcast) -> None:
+        side = self.sides[asset]
+        if side.evm is not None and a.raw:
+            ok, err = await trio.to_thread.run_sync(side.evm.broadcast, a.raw)
+            log_event(log, logging.INFO if ok else logging.WARNING,
+                      "payout broadcast" if ok else "payout broadcast failed", node=self.node_id, txid=a.txid,
+                      error=err)
+            await self.feed(asset, PayoutBroadcast(a.payout_id, a.txid, ok, err))
+            return
         if self.bitcoin is None or not a.raw:
             return
         rpc = self.bitcoin
@@ -849,11 +941,16 @@ class WithdrawalRuntime:
         """Each variant of each unconfirmed payout: mined (depth), in the mempool (0) or unknown."""
         for asset, m in self.machines.items():
             side = self.sides[asset]
-            if side.view is None or self.bitcoin is None:
+            if (side.view is None or self.bitcoin is None) and side.evm is None:
                 continue
             variants = [(p.payout_id, v["txid"]) for p in m.payouts.values() if p.state != "confirmed"
                         for v in p.variants]
             if not variants:
+                continue
+            if side.evm is not None:
+                depths = await trio.to_thread.run_sync(side.evm.depths, [t for _, t in variants])
+                for (_pid, txid), depth in zip(variants, depths, strict=True):
+                    await self.feed(asset, PayoutDepth(txid, depth))
                 continue
             depths = await trio.to_thread.run_sync(self._depths, [t for _, t in variants])
             for (_pid, txid), depth in zip(variants, depths, strict=True):
@@ -878,6 +975,13 @@ class WithdrawalRuntime:
         """Payouts this node co-signed for another coordinator: their burns are being paid."""
         for asset, m in self.machines.items():
             side = self.sides[asset]
+            if side.evm is not None:
+                candidates = [w.burn for w in m.withdrawals.values()
+                              if w.state in ("observed", "queued", "signing", "signed", "broadcast")]
+                if candidates:
+                    for found in await trio.to_thread.run_sync(side.evm.found_payouts, candidates):
+                        await self.feed(asset, found)
+                continue
             known = {v["txid"] for p in m.payouts.values() for v in p.variants}
             rows = await trio.to_thread.run_sync(self._archived, side.chain.caip2)
             for row in rows:
@@ -1104,7 +1208,7 @@ class WithdrawalRuntime:
     # -- solvency
     async def _check_solvency(self) -> None:
         for asset, side in self.sides.items():
-            if side.view is None:
+            if side.view is None and side.evm is None:
                 continue
             try:
                 inputs = await trio.to_thread.run_sync(self.authorizer.solvency_inputs, side)
@@ -1191,6 +1295,11 @@ class WithdrawalRuntime:
             out[asset] = {"chain": side.chain.caip2, "coordinating": m.coordinating, "next_nonce": m.next_nonce,
                           "withdrawals": states, "payouts": len(m.payouts), "solvent": side.solvent,
                           "solvency_reason": side.solvency_reason}
+            if side.evm is not None:
+                try:
+                    out[asset]["evm"] = side.evm.status()
+                except Exception as exc:  # a status read must not stop the status file
+                    out[asset]["evm"] = {"error": str(exc)}
         return out
 
 
@@ -1209,19 +1318,54 @@ def _put_meta(tx: dbm.Transaction, name: str, value: str) -> None:
 
 
 def build_sides(cfg: BridgeConfig, *, group_key: Point, chain_code: bytes, bitcoin: BitcoinRPC | None,
-                db: dbm.BridgeDB) -> dict[str, AssetSide]:
-    """Each configured asset's withdrawal side (Bitcoin payouts where enabled; otherwise refunds)."""
+                db: dbm.BridgeDB, evm_sources: dict[str, Web3] | None = None, sign: SignFn | None = None,
+                node_id: str = "") -> dict[str, AssetSide]:
+    """Each configured asset's withdrawal side: Bitcoin payouts, or ETH payouts on an EVM source
+    chain (``evm_sources`` and ``sign`` given), where enabled; otherwise its burns are refunded."""
     from .derivation import bitcoin_network
+    from .evm_withdrawal import EvmPayoutSide, EvmWithdrawalError, evm_payout_params
 
     sides: dict[str, AssetSide] = {}
     for chain in cfg.chains:
         if chain.asset is None:
             continue
-        params = view = None
+        params = view = evm = None
         if chain.kind == "bitcoin" and chain.withdrawals is not None and bitcoin is not None:
             params = btc_params(chain, bitcoin_network(chain.caip2))
             view = BtcPayoutView(chain=chain, asset=chain.asset, rpc=bitcoin, db=db, params=params,
                                  custody=custody_address(group_key, chain_code, chain.caip2))
-        sides[chain.asset] = AssetSide(chain=chain, asset=chain.asset, params=params, view=view,
-                                       classify=classify_burn(chain, params))
+        elif (chain.kind == "evm" and chain.withdrawals is not None and evm_sources and chain.caip2 in evm_sources
+              and sign is not None and cfg.key_id is not None):
+            try:
+                evm = EvmPayoutSide(chain=chain, asset=chain.asset, w3=evm_sources[chain.caip2], db=db,
+                                    params=evm_payout_params(chain),
+                                    custody=custody_address(group_key, chain_code, chain.caip2),
+                                    group_key=group_key, chain_code=chain_code,
+                                    destination_chain=cfg.destination_chain, key_id=cfg.key_id, sign=sign,
+                                    node_id=node_id)
+            except EvmWithdrawalError as exc:
+                log_event(log, logging.ERROR, "ETH payouts disabled for this chain", chain=chain.caip2, error=str(exc))
+        side = AssetSide(chain=chain, asset=chain.asset, params=params, view=view,
+                         classify=classify_burn(chain, params), evm=evm)
+        if evm is not None:
+            side.classify = evm.classify
+        sides[chain.asset] = side
     return sides
+
+
+def attach_evm_solvency(sides: dict[str, AssetSide], hooks: WithdrawalAuthorizer) -> None:
+    """Give each EVM side the participant's solvency check (custody after the payout's worst-case spend)."""
+    for side in sides.values():
+        if side.evm is None:
+            continue
+
+        def check(burned: int, spent: int, side: AssetSide = side) -> str | None:
+            if not side.solvent:
+                return side.solvency_reason or "insolvent"
+            try:
+                verdict = after_payout(hooks.solvency_inputs(side), burned, spent)
+            except Exception as exc:  # the chains do not answer: no co-signature on a guess
+                return f"solvency unknown: {type(exc).__name__}: {exc}"
+            return None if verdict.ok else verdict.reason
+
+        side.evm.solvency = check

@@ -35,6 +35,9 @@ States of a withdrawal (one per burn, keyed by the Gateway's burn id)::
   confirming pays the burns. The burns of a payout that was broadcast never go back to ``queued``:
   only a payout whose signing failed before any variant existed is given up and re-batched —
   THORChain once paid an outbound twice by rescheduling one that could still confirm.
+* **Large withdrawals wait.** A burn above ``hold_above`` stays ``queued`` for ``hold_seconds``
+  (the node's own limit beyond the Gateway's window cap): the guardian's window to pause the
+  Gateway, and a paused Gateway pays nothing out.
 * **Refunds.** A burn the destination rules cannot pay (``classify`` names why) is refunded by a
   group-signed ``RefundBurn`` (the Gateway's refund rule: exactly the burned amount to the burner,
   once). A refund is never proposed for a burn that is in a payout.
@@ -331,6 +334,10 @@ class WithdrawalConfig:
     #: a broadcast variant unknown to the chain this long is broadcast again
     rebroadcast_after: int = 60
     first_nonce: int = 1
+    #: a burn above this (base units; 0: none) waits ``hold_seconds`` before it is paid - the
+    #: guardian's window to pause the Gateway (every co-signer enforces it too)
+    hold_above: int = 0
+    hold_seconds: int = 0
 
 
 class WithdrawalMachine:
@@ -421,7 +428,11 @@ class WithdrawalMachine:
         out.append(Record(burn.burn_id, None, OBSERVED, f"nonce {burn.nonce}, {burn.amount} in block {burn.block}"))
         self._advance_nonce(burn, out)
         why = self.config.classify(burn)
-        if why is None:
+        if why is None and self.config.hold_above and burn.amount > self.config.hold_above:
+            w.next_try = now + self.config.hold_seconds
+            self._move(w, QUEUED, f"payable; held {self.config.hold_seconds} s (above {self.config.hold_above}): "
+                                  "the guardian may pause meanwhile", out)
+        elif why is None:
             self._move(w, QUEUED, "payable", out)
         else:
             w.reason = why

@@ -28,12 +28,15 @@ from fp_bridge_net import (
     BTC_WITHDRAWALS,
     COIN,
     DST_CHAIN,
+    ETH_WITHDRAWALS,
+    ETHER,
     SRC_CHAIN,
     Attacker,
     Net,
     bridge_network,
     wait_for,
 )
+from web3 import Web3
 from web3.logs import DISCARD
 
 from fusion_prime.bridge.chains.bitcoin.encoding import parse_hash_hex
@@ -43,7 +46,7 @@ from fusion_prime.bridge.cli import main as cli_main
 from fusion_prime.bridge.config import load_bridge_config
 from fusion_prime.bridge.db import open_database
 from fusion_prime.bridge.derivation import path_string
-from fusion_prime.bridge.orders import deposit_id
+from fusion_prime.bridge.orders import EVM_NATIVE_VOUT, deposit_id
 from fusion_prime.bridge.payouts import PayoutBurn, PayoutProposal, finalize_payout, plan_payout
 from fusion_prime.bridge.requests import PayoutInputRequest, encode
 from fusion_prime.bridge.reserves import BitcoinRPCReader, Web3Reader, verify_report
@@ -163,6 +166,33 @@ def test_an_unpayable_and_a_below_minimum_burn_are_refunded_once(net: Net) -> No
         with net.bridge("node3") as b:
             status = b.withdrawal(bid)
         assert status.state == "refunded" and status.refund_tx and status.reason, status
+
+
+
+def test_an_fpeth_burn_is_paid_in_eth_from_custody_after_the_deposit_is_swept(net: Net) -> None:
+    holder = net.dst.eth.accounts[5]
+    address = net.address(SRC_CHAIN, holder)
+    sent = net.src.eth.send_transaction({"from": net.src.eth.accounts[1], "to": address, "value": 2 * ETHER})
+    assert net.src.eth.wait_for_transaction_receipt(sent)["status"] == 1
+    net.src.provider.make_request("evm_mine", [])  # the second confirmation
+    did = deposit_id(SRC_CHAIN, bytes(sent), EVM_NATIVE_VOUT)
+    wait_for("fpETH minted", lambda: len(net.minted_events(did)) == 1, procs=net.procs)
+    wait_for("minted everywhere", lambda: net.states(did) == {"minted"}, procs=net.procs)
+    # the coordinator sweeps the minted deposit address into custody (it keeps back only gas)
+    wait_for("deposit swept", lambda: net.src.eth.get_balance(address) < ETHER // 100, procs=net.procs)
+    payee = Account.create().address
+    _, bid = net.burn("fpETH", holder, ETHER, bytes.fromhex(payee[2:]))
+    fee = ETH_WITHDRAWALS["withdrawal_fee"]
+    wait_for("ETH paid", lambda: net.src.eth.get_balance(payee) > 0, procs=net.procs)
+    assert net.src.eth.get_balance(payee) == ETHER - fee
+    wait_for("confirmed everywhere", lambda: all(
+        (r := net.withdrawal(n, bid)) is not None and r["state"] in ("broadcast", "confirmed") for n in NODES),
+        procs=net.procs)
+    row = next(r for n in NODES if (r := net.withdrawal(n, bid)) and r["txid"])
+    tx = net.src.eth.get_transaction(row["txid"] if row["txid"].startswith("0x") else "0x" + row["txid"])
+    assert Web3.to_checksum_address(tx["to"]) == payee and int(tx["value"]) == ETHER - fee
+    # paid from the custody address, which every node derives alone; the deposit address is empty
+    assert net.src.eth.get_balance(tx["from"]) > 0 and Web3.to_checksum_address(tx["from"]) != address
 
 
 # ----------------------------------------------------------------------- a malicious coordinator

@@ -465,3 +465,15 @@ def test_the_property_saw_reissues() -> None:
     if not REISSUES:
         test_orders_never_overlap()
     assert max(REISSUES) >= 3
+
+
+def test_a_mint_by_an_order_this_node_co_signed_raises_no_alert_and_a_foreign_one_does() -> None:
+    for cosigned, alerts in ((True, 0), (False, 1)):
+        d = Driver()
+        d.chain(1, 9)
+        d(block(10, out()), dt=10)
+        d.chain(11, 12)
+        foreign = "0x" + "ef" * 32  # another coordinator's order (not issued by this machine)
+        acts = d(MintSeen(did(), "0x" + "cd" * 32, 77, foreign, cosigned=cosigned), dt=5)
+        assert d.state() == MINTED
+        assert len([a for a in of(acts, Alert) if "did not issue" in a.message]) == alerts

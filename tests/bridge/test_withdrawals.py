@@ -226,3 +226,16 @@ def test_a_bad_burn_id_is_refused():
     with pytest.raises(ValueError):
         Burn(burn_id="0x1234", nonce=1, asset=ASSET, burner="0x" + "11" * 20, amount=1, destination=b"x", block=1,
              tx_hash="0x")
+
+
+def test_a_large_burn_waits_its_delay_before_it_is_batched():
+    m = _machine(hold_above=1_000_000, hold_seconds=3_600)
+    acts = m.handle(BurnSeen(_burn(1, amount=5_000_000)), 1000)
+    assert m.get(_burn(1).burn_id).state == QUEUED and not _only(acts, BuildPayout)
+    m.handle(BurnSeen(_burn(2, amount=10_000)), 1000)  # small: paid without waiting for the large one
+    (small,) = _only(m.handle(Tick(), 1030), BuildPayout)
+    assert small.burn_ids == (_burn(2).burn_id,)
+    m.handle(PayoutSigned(small.payout_id, "aa" * 32, "01", 500, 1), 1031)
+    assert not _only(m.handle(Tick(), 4599), BuildPayout), "the large burn is still inside its delay"
+    (later,) = _only(m.handle(Tick(), 4600), BuildPayout)
+    assert later.burn_ids == (_burn(1).burn_id,)

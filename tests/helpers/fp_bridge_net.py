@@ -70,8 +70,13 @@ BTC_WITHDRAWALS = {"withdrawal_fee": 20_000, "max_fee_rate": 50, "fallback_fee_r
                    "payout_takeover_seconds": 30}
 BTC_RULES = {"min_confirmations": 2, "value_per_block": 50 * COIN, "max_confirmations": 6, "dust_limit": 294,
              "sweep_cost": 10_000, **BTC_WITHDRAWALS}
+#: ETH payouts: 0.001 ETH kept from every burn (covers 21,000 gas up to 40 gwei), 2 gwei when the
+#: chain has no fee history
+ETH_WITHDRAWALS = {"withdrawal_fee": 10**15, "max_fee_rate": 40 * 10**9, "fallback_fee_rate": 2 * 10**9,
+                   "batch_wait_seconds": 0, "stuck_after_seconds": 600, "payout_confirmations": 1,
+                   "payout_takeover_seconds": 30}
 ETH_RULES = {"min_confirmations": 2, "value_per_block": ETHER, "max_confirmations": 6, "dust_limit": 0,
-             "sweep_cost": 10**15}
+             "sweep_cost": 10**15, **ETH_WITHDRAWALS}
 #: the Gateway's large-mint thresholds (mints above them are queued for ``LARGE_MINT_DELAY``)
 LARGE_BTC = 500 * COIN
 LARGE_ETH = 500 * ETHER
@@ -350,6 +355,16 @@ def _write_bridge(d: Any, rpc_url: str, src_url: str, dst_url: str, *, key_id: s
     (d.folder / "bridge.toml").write_text(bridge_toml(bridge, chains))
 
 
+def _following(d: Any, btc_tip: int) -> bool:
+    path = d.folder / "bridge-status.json"
+    try:
+        chains = json.loads(path.read_text()).get("chains", {})
+    except (OSError, ValueError):
+        return False
+    return (int(chains.get(BTC_CHAIN, {}).get("tip", -1)) >= btc_tip
+            and int(chains.get(SRC_CHAIN, {}).get("tip", -1)) >= 0)
+
+
 def _node_overrides(devnet: list[Any], d: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     if "peers" not in overrides:
         return dict(overrides)
@@ -450,6 +465,12 @@ def bridge_network(base: Path, *, security_level: str | None = None, presign_poo
                           **_node_overrides(devnet, d, overrides))
         bridge_ports = {d.node_id: wait_for(f"{d.node_id} bridge", lambda d=d: _port(d.folder / "bridge.port"),
                                             procs=procs) for d in devnet}
+        # The Bridge API answers before each runtime's first block walk, and a fresh runtime starts
+        # at the tip it first sees: wait until every one follows, or a deposit mined in between is
+        # below where a slow node starts.
+        tip = rpc.get_block_count()
+        wait_for("every bridge following the chains", lambda: all(
+            _following(d, tip) for d in devnet), procs=procs)
         token_abi = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "artifacts" /
                                 "WrappedAsset.json").read_text())["abi"]
         tokens = {s: dst.eth.contract(address=a, abi=token_abi) for s, a in deployment.tokens.items()}
