@@ -301,3 +301,71 @@ def test_a_node_restarted_before_the_certificate_finds_it_at_start(devnet3, monk
             assert node2.storage.staged_output(state["sid"])[1] == "confirmed"
 
     trio.run(second)
+
+
+def test_confirming_to_one_peer_and_stopping_the_other_does_not_split(devnet3):
+    """node3 sends its confirmation to node2 only; to node1 - once node1 has confirmed - it
+    sends a signed notice saying it stopped. node2 completes the certificate and relays it
+    (the relay reaches node1 after node3's notice). Before: node1 aborted on the notice while
+    node2 finished. Now node1, having confirmed, does not end the session on a notice that
+    proves nothing: the relay completes it, and both nodes finish with the same output."""
+    from fusion_prime.protocol.encoding import Encoder
+    from fusion_prime.protocol.machine import KIND_ABORT
+
+    nodes, phases = _network(devnet3)
+    state: dict = {}
+
+    original_admit = nodes[2].transport.admit
+
+    def admit(inbound, *a, **kw):  # node3 sees node1's confirmation arrive
+        try:
+            m = ProtocolMessage.from_bytes(inbound.payload)
+            if m.sender == 1 and m.kind == KIND_CONFIRM:
+                state["node1 confirmed"].set()
+        except Exception:
+            pass
+        return original_admit(inbound, *a, **kw)
+
+    nodes[2].transport.admit = admit
+    send3, send2 = nodes[2].transport.send, nodes[1].transport.send
+    identity3 = nodes[2].material.identity
+
+    async def node3_send(receiver, *, session_id, phase, round, broadcast, payload, deadline):
+        msg = ProtocolMessage.from_bytes(payload)
+        if receiver == "node1" and msg.kind in (KIND_CONFIRM, KIND_RELAY):
+            await state["node1 confirmed"].wait()
+            stop = Encoder().uints([]).uints([]).uints([]).bytes(b"could not store: disk full").list_of_bytes([])
+            unsigned = ProtocolMessage(msg.session_id, msg.phase, msg.round, KIND_ABORT, msg.sender, msg.receiver,
+                                       stop.finish())
+            payload = ProtocolMessage(unsigned.session_id, unsigned.phase, unsigned.round, KIND_ABORT,
+                                      unsigned.sender, unsigned.receiver, unsigned.payload,
+                                      identity3.sign(unsigned.digest())).to_bytes()
+            ok = await send3(receiver, session_id=session_id, phase=phase, round=round, broadcast=broadcast,
+                             payload=payload, deadline=deadline)
+            state["notice delivered"].set()
+            return ok
+        return await send3(receiver, session_id=session_id, phase=phase, round=round, broadcast=broadcast,
+                           payload=payload, deadline=deadline)
+
+    async def node2_send(receiver, *, session_id, phase, round, broadcast, payload, deadline):
+        if receiver == "node1" and ProtocolMessage.from_bytes(payload).kind == KIND_RELAY:
+            await state["notice delivered"].wait()  # the network is slow on this one path
+        return await send2(receiver, session_id=session_id, phase=phase, round=round, broadcast=broadcast,
+                           payload=payload, deadline=deadline)
+
+    nodes[2].transport.send, nodes[1].transport.send = node3_send, node2_send
+
+    async def main():
+        state["node1 confirmed"], state["notice delivered"] = trio.Event(), trio.Event()
+        async with running_nodes(*nodes):
+            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1, round_deadline=5.0)
+            assert state["notice delivered"].is_set(), "node3's notice must reach node1 before node2's relay"
+            assert outcome.ok, outcome
+            await _settled(nodes[:2], outcome.session_id)
+            for n in nodes[:2]:
+                assert _finished_record(n, outcome.session_id)["event"] == "session-done", n.cfg.node_id
+                assert n.storage.staged_output(outcome.session_id)[1] == "confirmed"
+            assert len(phases[0].finished) == len(phases[1].finished) == 1
+            assert phases[0].finished[0]["sum"] == phases[1].finished[0]["sum"]
+
+    trio.run(main)
