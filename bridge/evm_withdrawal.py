@@ -140,8 +140,9 @@ FALLBACK_PRIORITY_FEE = 10**9
 _ACCEPTED_AS_KNOWN = ("already known", "already imported", "known transaction", "alreadyknown")
 
 SignFn = Callable[..., Awaitable[Any]]
-#: (burned amount, wei leaving custody) -> why the asset would be insolvent after it, or None
-SolvencyFn = Callable[[int, int], str | None]
+#: (burned amount, wei leaving custody, the decision's open database transaction) -> why the asset
+#: would be insolvent after it, or None
+SolvencyFn = Callable[[int, int, dbm.Reader], str | None]
 
 
 class EvmWithdrawalError(ValueError):
@@ -789,12 +790,16 @@ class EvmPayoutSide:
                 return path
         return None
 
-    def custody_total(self) -> int:
+    def custody_total(self, reader: dbm.Reader | None = None) -> int:
         """(worker thread) Wei the group controls on this chain, for solvency: the custody address
         plus every minted deposit address not yet swept (or its leftover), each read at the
-        endpoint's ``pending`` state so a broadcast payout has already left custody."""
-        with self.db.read() as r:
-            deposits = self._deposits(r)
+        endpoint's ``pending`` state so a broadcast payout has already left custody. ``reader``:
+        an open transaction to read through (a participant's decision holds one)."""
+        if reader is not None:
+            deposits = self._deposits(reader)
+        else:
+            with self.db.read() as r:
+                deposits = self._deposits(r)
         total = int(self.w3.eth.get_balance(self.custody.address, "pending"))  # type: ignore[arg-type]
         for d in deposits:
             total += int(self.w3.eth.get_balance(to_checksum_address(d.address), "pending"))  # type: ignore[arg-type]
@@ -1384,7 +1389,7 @@ class EvmPayoutSide:
                         and view.cosigned_payout_nonce(burn_id) != proposal.tx.nonce:
                     burn = view.burn(burn_id)
                     spent = proposal.tx.value + self.params.gas_limit * proposal.tx.max_fee_per_gas
-                    why = self.solvency(burn.amount if burn is not None else 0, spent)
+                    why = self.solvency(burn.amount if burn is not None else 0, spent, t)
                     if why is not None:
                         verdict = Verdict(ok=False, reason=why, code="insolvent")
             elif proposal.kind == KIND_GAP_FILL:

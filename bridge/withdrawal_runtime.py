@@ -435,17 +435,22 @@ class WithdrawalAuthorizer:
         verdict = after_payout(inputs, burned, spent)
         return None if verdict.ok else verdict.reason
 
-    def solvency_inputs(self, side: AssetSide) -> SolvencyInputs:
+    def solvency_inputs(self, side: AssetSide, reader: dbm.Reader | None = None) -> SolvencyInputs:
+        """Custody, supply and burns in flight now (``reader``: an open transaction to read through)."""
         assert side.chain.withdrawals is not None and (side.view is not None or side.evm is not None)
-        custody = side.view.unspent_total() if side.view is not None else side.evm.custody_total()
+        custody = side.view.unspent_total() if side.view is not None else side.evm.custody_total(reader)
         supply = int(self.gateway.functions.assetState(side.asset).call()[_SUPPLY_INDEX])
         # Owed and not yet leaving custody: a burn counts until its payout is broadcast (from
         # then on the spend is in this node's mempool, so custody - read with the mempool - has
         # already dropped) or its refund re-minted it (then it is supply again).
-        with self.db.read() as r:
-            rows = r.conn.execute(dbm.sa.select(dbm.withdrawals).where(
-                (dbm.withdrawals.c.asset == side.asset)
-                & dbm.withdrawals.c.state.notin_(("broadcast", "confirmed", "refunded")))).all()
+        query = dbm.sa.select(dbm.withdrawals).where(
+            (dbm.withdrawals.c.asset == side.asset)
+            & dbm.withdrawals.c.state.notin_(("broadcast", "confirmed", "refunded")))
+        if reader is not None:
+            rows = reader.conn.execute(query).all()
+        else:
+            with self.db.read() as r:
+                rows = r.conn.execute(query).all()
         in_flight = sum(int(row._mapping["amount"]) for row in rows)
         return SolvencyInputs(asset=side.chain.symbol, custody=custody, supply=supply, in_flight=in_flight,
                               tolerance=side.chain.withdrawals.solvency_tolerance)
@@ -1359,11 +1364,11 @@ def attach_evm_solvency(sides: dict[str, AssetSide], hooks: WithdrawalAuthorizer
         if side.evm is None:
             continue
 
-        def check(burned: int, spent: int, side: AssetSide = side) -> str | None:
+        def check(burned: int, spent: int, reader: dbm.Reader | None = None, side: AssetSide = side) -> str | None:
             if not side.solvent:
                 return side.solvency_reason or "insolvent"
             try:
-                verdict = after_payout(hooks.solvency_inputs(side), burned, spent)
+                verdict = after_payout(hooks.solvency_inputs(side, reader), burned, spent)
             except Exception as exc:  # the chains do not answer: no co-signature on a guess
                 return f"solvency unknown: {type(exc).__name__}: {exc}"
             return None if verdict.ok else verdict.reason

@@ -404,11 +404,11 @@ def test_a_stuck_payout_is_replaced_and_exactly_one_is_mined(net: Network, manua
 def test_a_cosigner_refuses_a_payout_that_would_leave_custody_short(net: Network, manual_mining: None) -> None:
     calls: list[tuple[int, int]] = []
 
-    def short(burned: int, spent: int) -> str | None:
+    def short(burned: int, spent: int, _reader: object) -> str | None:
         calls.append((burned, spent))
         return "custody 1 wei below liabilities"
 
-    def fine(burned: int, spent: int) -> str | None:
+    def fine(burned: int, spent: int, _reader: object) -> str | None:
         calls.append((burned, spent))
         return None
 

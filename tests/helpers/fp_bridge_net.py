@@ -71,10 +71,11 @@ BTC_WITHDRAWALS = {"withdrawal_fee": 20_000, "max_fee_rate": 50, "fallback_fee_r
 BTC_RULES = {"min_confirmations": 2, "value_per_block": 50 * COIN, "max_confirmations": 6, "dust_limit": 294,
              "sweep_cost": 10_000, **BTC_WITHDRAWALS}
 #: ETH payouts: 0.001 ETH kept from every burn (covers 21,000 gas up to 40 gwei), 2 gwei when the
-#: chain has no fee history
+#: chain has no fee history; sweeping a deposit into custody costs gas that withdrawal fees earn
+#: back, so custody may run up to 0.01 ETH below the supply (THORChain's permitted gap)
 ETH_WITHDRAWALS = {"withdrawal_fee": 10**15, "max_fee_rate": 40 * 10**9, "fallback_fee_rate": 2 * 10**9,
                    "batch_wait_seconds": 0, "stuck_after_seconds": 600, "payout_confirmations": 1,
-                   "payout_takeover_seconds": 30}
+                   "payout_takeover_seconds": 30, "solvency_tolerance": 10**16}
 ETH_RULES = {"min_confirmations": 2, "value_per_block": ETHER, "max_confirmations": 6, "dust_limit": 0,
              "sweep_cost": 10**15, **ETH_WITHDRAWALS}
 #: the Gateway's large-mint thresholds (mints above them are queued for ``LARGE_MINT_DELAY``)
