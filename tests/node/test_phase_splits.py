@@ -126,6 +126,7 @@ def test_keygen_split_at_the_last_round(network):  # type: ignore[no-untyped-def
                 assert staged is None or staged[1] != "confirmed", (n.cfg.node_id, staged)
             retry = await _keygen(node1, list(HONEST))
             assert retry.ok, retry
+            await _ended_everywhere(nodes[:2], retry.session_id)  # node2 may finish a moment after node1
             for n in nodes[:2]:
                 assert n.storage.list_keys() == [retry.output["key_id"]], n.cfg.node_id
             assert nodes[2].storage.list_keys() == []
