@@ -48,7 +48,7 @@ bench: setup
 	@$(PY) tests/benchmarks/run.py
 
 demo: setup
-	$(PY) -m fusion_prime.node.demo
+	$(PY) -m fusion_prime.bridge.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .bitcoinlib
