@@ -360,9 +360,26 @@ class SessionDriver:
             msg = self._checked(inbound)
             if msg is None:
                 continue
-            self._route(sends, await self._step(m.receive, inbound.payload))
+            self._route(sends, await self._receive(inbound.payload))
             self._note_rejections()
         return self._final(started)
+
+    async def _receive(self, payload: bytes) -> list[bytes]:
+        """Feed one message to the machine. Once this node has confirmed, a machine bug that a
+        message sets off drops that message instead of ending the session here: the peers may
+        complete the certificate with our confirmation, so a withdrawal now would leave this
+        node aborted while they are done (issue 11 review, the same split as a late blame).
+        The certificate or the deadline still ends the session. Before we confirmed, the
+        exception ends the session (``run``), which is safe: no certificate can exist."""
+        m = self.machine
+        try:
+            return await self._step(m.receive, payload)
+        except Exception as exc:
+            if not m.confirmed or m.status is not Status.RUNNING:
+                raise
+            log_event(log, logging.ERROR, "session machine raised after confirming; message dropped",
+                      session_id=self.ctx.session_id, phase=self.phase, error=internal_error(exc))
+            return []
 
     def _checked(self, inbound: Any) -> ProtocolMessage | None:
         try:
@@ -380,6 +397,12 @@ class SessionDriver:
     def _final(self, started: float) -> SessionOutcome:
         m = self.machine
         if m.status is Status.DONE:
+            for party, why in sorted(m.late_faults.items()):
+                # A participant misbehaved after we confirmed; the session still completed
+                # (every participant confirmed the same transcript), so it is only reported.
+                log_event(log, logging.WARNING, "participant misbehaved after confirming",
+                          session_id=self.ctx.session_id, phase=self.phase,
+                          culprit=self.node_of.get(party, str(party)), reason=why[:500])
             return self._outcome("done", started, output=m.output)
         abort = m.abort
         culprits = [self.node_of.get(i, str(i)) for i in (abort.culprits if abort else ())]
@@ -405,8 +428,11 @@ class SessionDriver:
                 msg = self._checked(inbound)
                 # Notices, and confirmations or a relay that may still complete the certificate
                 if msg is not None and msg.kind in CONTROL_KINDS:
-                    self._route(sends, await self._step(m.receive, inbound.payload))
-        m.conclude_timeout(waiting)  # no-op if the grace window completed or aborted the machine
+                    self._route(sends, await self._receive(inbound.payload))
+        # Concluded on what we told the peers we wait for (our timeout notice), not on what we
+        # still lack now: the peers judge from that same statement, so the verdicts agree. What
+        # arrived in the grace window and completed the machine makes this a no-op.
+        m.conclude_timeout(waiting)
         outcome = self._final(started)
         if m.abort is not None and m.abort.reason.startswith("round deadline passed"):
             return dataclasses.replace(outcome, status="timeout")

@@ -48,12 +48,18 @@ survive a party that makes the last round end differently at different peers):
   signed by its author, so that a notice shown to one party only still reaches the verdicts
   of the others.
 
-Once a party has *confirmed*, a notice no longer ends the session at that party unless it
-proves a fault of someone other than its sender: the sender may have confirmed to the others
-(who then complete the certificate with our confirmation and relay it), so "I stopped" - or a
-sender's proof of its own fault - shown to one party only must not leave that party aborted
-while the others finish. The certificate or the deadline ends it. Phases with nothing to store
-(signing) confirm in the step that ends their last round (``require_confirmation(store=False)``).
+Once a party has *confirmed*, nothing ends the session at that party unless it proves that no
+certificate can exist: a notice by k proving a fault of someone other than k (k is then honest
+and stopped before confirming). Anything else - "I stopped", a malformed notice or relay, a
+confirmation of another transcript, a second σ, a message no round allows - proves at most a
+fault of its own signer, who may have confirmed to the others (they then complete the
+certificate with our confirmation and relay it): aborting on it would leave this party aborted
+while they finish (issue 11 review, R1-R7). Such faults are recorded (``late_faults``) and
+named at the deadline; the certificate or the deadline ends the session. A confirmation of our
+own transcript counts even if its signer also signed another one. Phases with nothing to store
+(signing) confirm in the step that ends their last round (``require_confirmation(store=False)``),
+and whatever a step has signed is sent even if a blame ends that step (an outbox: a dropped
+echo would get its honest sender named silent, R9).
 """
 
 from __future__ import annotations
@@ -132,14 +138,20 @@ class ProtocolMessage:
 
 class Blame(ProtocolError):
     """Raised inside a round handler: ``culprits`` sent something the protocol forbids.
-    ``evidence``: the signed messages that prove it to a third party (sent in the abort notice)."""
+    ``evidence``: the signed messages that prove it to a third party (sent in the abort notice).
+    ``shown_by``: the party whose abort notice carried that evidence, when it is not a culprit.
+    Such a party stopped on a fault it could prove of somebody else, so it is honest (one faulty
+    party at most) and never confirms: no certificate can exist, and the blame ends the session
+    even at a party that has confirmed (issue 11). Any other blame proves only that its culprits
+    signed something wrong - which says nothing about what they sent the other parties."""
 
     def __init__(self, culprits: int | Iterable[int], reason: str,
-                 evidence: Iterable[ProtocolMessage] = ()) -> None:
+                 evidence: Iterable[ProtocolMessage] = (), shown_by: int | None = None) -> None:
         self.culprits = (culprits,) if isinstance(culprits, int) else tuple(sorted(set(culprits)))
         super().__init__(f"party {', '.join(map(str, self.culprits))}: {reason}")
         self.reason = reason
         self.evidence = tuple(evidence)
+        self.shown_by = shown_by
 
 
 @dataclass(frozen=True)
@@ -389,6 +401,13 @@ class RoundMachine(ABC):
         judgement alone (see ``_judge_notices``)."""
         return self._stored
 
+    @property
+    def late_faults(self) -> dict[int, str]:
+        """Faults proven by a party's own signed messages after this party confirmed, which did
+        not end the session here (see ``_late``): the session may still end done, and the node
+        logs who misbehaved. Reasons only, never a payload."""
+        return dict(self._faulted_late)
+
     def stored(self) -> list[bytes]:
         """The node stored the output durably: broadcast our confirmation of the transcript."""
         if not self.awaiting_store or self._stored:
@@ -414,7 +433,9 @@ class RoundMachine(ABC):
         if self.status is not Status.RUNNING or self._round == 0:
             return []
         if self.awaiting_store:
-            return [(j, self.rounds + 1, KIND_CONFIRM, False) for j in self.peers if j not in self._confirms]
+            # a confirmation of another transcript is not the one owed (see _check_confirms)
+            return [(j, self.rounds + 1, KIND_CONFIRM, False) for j in self.peers
+                    if j not in self._confirms or self._confirms[j].payload != self._transcript]
         r = self._round
         st = self._st(r)
         broadcasters = self._broadcasters(r)
@@ -470,10 +491,17 @@ class RoundMachine(ABC):
           names its sender: an honest observer does not lie about what it lacks.
         * Otherwise - a private message, or a broadcast only some lack - nobody can tell
           whether the sender withheld it or the observer lies: each such pair is a *dispute*.
-        * After this party confirmed (see ``_judge_notices``): a party whose notice proved only
-          its own fault is a culprit; a party that said it stopped owes no confirmation."""
+        * After this party confirmed (see ``_judge_notices`` and ``_late``): a party proven at
+          fault by its own signed messages is a culprit; a party that said it stopped owes no
+          confirmation and is no observer."""
         observers: dict[int, list[tuple[int, int, int, bool]]] = {self.me: list(waiting)}
         for k, entries in self.reported_missing.items():
+            if k in self._stopped_late:
+                # It said it stopped, so it waits for nothing: what a timeout notice of its says
+                # it lacks is not counted. Else a party could say it stopped (its own missing
+                # confirmation excused) and also claim to lack every honest confirmation,
+                # putting each honest party in a dispute with it (issue 11 review, R8).
+                continue
             observers.setdefault(k, list(entries))
         blocked = {k: min((r, kind) for _, r, kind, _ in entries) for k, entries in observers.items() if entries}
 
@@ -532,15 +560,40 @@ class RoundMachine(ABC):
 
     # engine -------------------------------------------------------------------------------
     def _guarded(self, step) -> list[bytes]:  # type: ignore[no-untyped-def]
+        """Run one step and everything it unblocks. ``out`` is an outbox: what the step already
+        signed (an echo, a confirmation) is sent even when a blame ends the step. Dropping it
+        would leave the peers waiting for a message this party did produce, and at their
+        deadline they would name this honest party as silent (issue 11 review, R9)."""
         out: list[bytes] = []
         try:
             step_out = step()
             if step_out:
                 out.extend(step_out)
-            out.extend(self._advance())
+            self._advance(out)
         except Blame as blame:
+            if self._late(blame):
+                return out
             out.extend(self._stop(blame.culprits, blame.reason, blame.evidence))
         return out
+
+    def _late(self, blame: Blame) -> bool:
+        """After this party confirmed, a blame that proves only its culprits' own signed faults
+        does not end the session here: record it (``timeout_verdict`` names the culprits at the
+        deadline) and carry on. The culprit may have sent its true confirmation to the others,
+        who complete the certificate with ours and relay it here; aborting now would leave this
+        party aborted while they are done (issue 11 review, R1-R7). Only a blame ``shown_by``
+        another party's notice proves that no certificate can exist. True if recorded."""
+        if not self._stored or blame.shown_by is not None or self.status is not Status.RUNNING:
+            return False
+        for culprit in blame.culprits:
+            self._faulted_late.setdefault(culprit, blame.reason)
+        return True
+
+    def _fault(self, blame: Blame) -> None:
+        """Raise ``blame`` unless ``_late`` records it: for the places that must go on with the
+        step (the rest of a relay, the other notices, the certificate) after a late fault."""
+        if not self._late(blame):
+            raise blame
 
     def _abort(self, culprits: Iterable[int], reason: str) -> None:
         if self.status is Status.RUNNING:
@@ -609,7 +662,8 @@ class RoundMachine(ABC):
             return self._accept_control(msg)
         problem = self._shape_problem(msg)
         if problem is not None:
-            raise Blame(msg.sender, problem, evidence=(msg,))
+            self._fault(Blame(msg.sender, problem, evidence=(msg,)))
+            return []
         st = self._st(msg.round)
         slot: dict[Any, ProtocolMessage]
         key: Any
@@ -622,7 +676,9 @@ class RoundMachine(ABC):
             if previous.payload == msg.payload:
                 self.rejected.append(f"duplicate message from party {msg.sender}")
                 return []
-            raise Blame(msg.sender, f"signed two different messages for round {msg.round}", evidence=(previous, msg))
+            self._fault(Blame(msg.sender, f"signed two different messages for round {msg.round}",
+                              evidence=(previous, msg)))
+            return []
         slot[key] = msg
         return []
 
@@ -663,18 +719,24 @@ class RoundMachine(ABC):
     def _accept_control(self, msg: ProtocolMessage) -> list[bytes]:
         if msg.kind == KIND_CONFIRM:
             previous = self._confirms.get(msg.sender)
-            if previous is not None and previous.payload != msg.payload:
-                raise Blame(msg.sender, "signed two different confirmations", evidence=(previous, msg))
             if previous is None:
                 if not self._confirming:
                     raise Blame(msg.sender, "sent a confirmation in a session that has none", evidence=(msg,))
                 self._confirms[msg.sender] = msg
+            elif previous.payload != msg.payload:
+                # Keep the one of our own transcript: it is what the certificate needs, and a
+                # peer may complete (and relay) the certificate with it. The other one is
+                # evidence of the signer's fault.
+                if self._transcript is not None and msg.payload == self._transcript:
+                    self._confirms[msg.sender] = msg
+                self._fault(Blame(msg.sender, "signed two different confirmations", evidence=(previous, msg)))
             return []
         if msg.kind == KIND_RELAY:
             try:
                 relayed = Decoder(msg.payload, "relay").list_of_bytes(len(self.parties))
             except InvalidInput:
-                raise Blame(msg.sender, "sent a malformed relay", evidence=(msg,)) from None
+                self._fault(Blame(msg.sender, "sent a malformed relay", evidence=(msg,)))
+                return []
             for raw in relayed:
                 try:
                     inner = ProtocolMessage.from_bytes(raw)
@@ -698,12 +760,15 @@ class RoundMachine(ABC):
         """Called while waiting for confirmations: done once all are in and agree."""
         if not self._stored or self.status is not Status.RUNNING:
             return []
-        for j, c in self._confirms.items():
+        for j, c in sorted(self._confirms.items()):
             if c.payload != self._transcript:
                 # Echo made the broadcasts identical at every honest party, so an honest party's
-                # transcript equals ours: a different one is its sender's own doing.
-                raise Blame(j, "confirmed a different transcript", evidence=(c,))
-        if len(self._confirms) < len(self.parties):
+                # transcript equals ours: a different one is its sender's own doing. We have
+                # confirmed, so it is recorded, not an abort (``_late``): j may have confirmed
+                # our transcript to the others, and a relay may still bring that here.
+                self._fault(Blame(j, "confirmed a different transcript", evidence=(c,)))
+        if any(self._confirms.get(p) is None or self._confirms[p].payload != self._transcript
+               for p in self.parties):
             return []
         self.certificate = Certificate(self.session_id, self.phase, self._transcript or b"",
                                        tuple(self._confirms[p].to_bytes() for p in self.parties))
@@ -729,19 +794,26 @@ class RoundMachine(ABC):
                 evidence = dec.list_of_bytes()
                 dec.finish()
             except (InvalidInput, UnicodeDecodeError):
-                raise Blame(k, "sent a malformed abort notice", evidence=(notice,)) from None
+                self._fault(Blame(k, "sent a malformed abort notice", evidence=(notice,)))
+                continue  # recorded after we confirmed (``_late``); the other notices still count
             del claimed, flat  # what k claims is never taken on trust: only evidence counts
-            if timeout and notice.signature not in self._mined:  # each notice's forwarded ones are checked once
-                self._mined.add(notice.signature)
-                for j, inner in self._forwarded_notices(k, evidence).items():
-                    forwarded.setdefault(j, inner)
+            if timeout:
+                # A timeout notice is a statement of what k waits for, each time it is judged -
+                # never a stop (issue 11 review, R3: judged a second time, it used to fall
+                # through and excuse k's missing confirmation). Only the notices it forwards
+                # are taken once per notice.
+                if notice.signature not in self._mined:
+                    self._mined.add(notice.signature)
+                    for j, inner in self._forwarded_notices(k, evidence).items():
+                        forwarded.setdefault(j, inner)
                 slots = [(timeout[i], timeout[i + 1], timeout[i + 2], timeout[i + 3])
                          for i in range(0, len(timeout) - len(timeout) % 4, 4)]
                 if (len(timeout) % 4 or len(slots) > 2 * len(self.parties)
                         or any(not 1 <= r <= self.rounds + 1 or kd not in (KIND_MAIN, KIND_ECHO, KIND_CONFIRM)
                                or p not in (0, 1) or (kd == KIND_CONFIRM) != (r == self.rounds + 1)
                                for _, r, kd, p in slots)):
-                    raise Blame(k, "sent a malformed timeout notice", evidence=(notice,))
+                    self._fault(Blame(k, "sent a malformed timeout notice", evidence=(notice,)))
+                    continue
                 slots = [(j, r, kd, bool(p)) for j, r, kd, p in slots]
                 self.reported_missing[k] = [s for s in slots if s[0] in self._roster and s[0] != k]
                 continue
@@ -763,7 +835,8 @@ class RoundMachine(ABC):
             if verdict:
                 # Someone other than k is proven at fault, so k is honest (one faulty party at
                 # most) and never confirms: no certificate can exist, abort now.
-                raise Blame(verdict.keys(), f"{why} (evidence from party {k})", evidence=proof)
+                raise Blame(verdict.keys(), f"{why} (evidence from party {k})", evidence=proof,
+                            shown_by=k if set(verdict) - {k} else None)
             if self.awaiting_store:
                 # Every round here completed and was echo-consistent, and k's evidence proves
                 # nothing this party can check: k stopped (a storage fault, an internal error,
@@ -816,6 +889,15 @@ class RoundMachine(ABC):
                     bad = f"signed a kind {m.kind} message for round {m.round} to {m.receiver}, which cannot exist"
                 elif m.kind == KIND_CONFIRM and self._stored and m.payload != self._transcript:
                     bad = "confirmed a different transcript"
+                elif m.kind == KIND_CONFIRM:
+                    # Two confirmations by one signer prove its fault to anyone, also to a party
+                    # that has no transcript yet to compare them with.
+                    held = self._confirms.get(m.sender)
+                    twin = next((o for o in (*msgs, *([held] if held else [])) if o.kind == KIND_CONFIRM
+                                 and o.sender == m.sender and o.payload != m.payload), None)
+                    if twin is not None:
+                        bad = "signed two different confirmations"
+                        proof.append(twin)
                 elif m.kind == KIND_RELAY:
                     try:
                         Decoder(m.payload, "relay").list_of_bytes(len(self.parties))
@@ -874,13 +956,14 @@ class RoundMachine(ABC):
                     proof.append(m)
         return verdict, proof
 
-    def _advance(self) -> list[bytes]:
-        out: list[bytes] = []
+    def _advance(self, out: list[bytes]) -> None:
+        """Move on as far as the messages received allow, appending what to send to ``out``
+        (the caller's outbox, kept if a blame interrupts this)."""
         if self.status is Status.RUNNING and self._notices and self._notices_dirty:
             out.extend(self._judge_notices())
         if self.awaiting_store:
             out.extend(self._check_confirms())
-            return out
+            return
         while self.status is Status.RUNNING and self._round >= 1:
             r = self._round
             st = self._st(r)
@@ -910,7 +993,6 @@ class RoundMachine(ABC):
                     self.status = Status.DONE
                 break
             out.extend(self._begin_round(r + 1))
-        return out
 
     def _have_all_main(self, r: int) -> bool:
         main = self._st(r).main

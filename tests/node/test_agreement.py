@@ -8,13 +8,15 @@ engine and driver code the CGGMP21 phases use."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 from fp_guards import HANG_GUARD
 from fp_node_helpers import make_node, running_nodes
-from fp_sum_protocol import SumPhase, fill_sum
+from fp_sum_protocol import SumMachine, SumPhase, fill_sum
 
 from fusion_prime.protocol.machine import (
     BROADCAST,
+    KIND_ABORT,
     KIND_CONFIRM,
     KIND_ECHO,
     KIND_MAIN,
@@ -65,8 +67,23 @@ def _resigned(msg: ProtocolMessage, identity, payload: bytes) -> bytes:
                            identity.sign(m.digest())).to_bytes()
 
 
-def _network(devnet3):
-    phases = [StagedSumPhase() for _ in devnet3]
+class NoticeBugSumMachine(SumMachine):
+    """A machine with a bug that an abort notice sets off (any exception no handler expects, in
+    the code that judges a notice's evidence)."""
+
+    def _accept_control(self, msg):
+        if msg.kind == KIND_ABORT:
+            raise ValueError("a bug in judging a notice")
+        return super()._accept_control(msg)
+
+
+class NoticeBugStagedSumPhase(StagedSumPhase):
+    def build(self, ctx):
+        return NoticeBugSumMachine(ctx.session_id, ctx.me, ctx.parties, ctx.identity, ctx.roster)
+
+
+def _network(devnet3, first: type[StagedSumPhase] = StagedSumPhase):
+    phases = [first(), *(StagedSumPhase() for _ in devnet3[1:])]
     nodes = [make_node(d, phases={"sum": p}, fill_pool=False) for d, p in zip(devnet3, phases, strict=True)]
     return nodes, phases
 
@@ -303,16 +320,21 @@ def test_a_node_restarted_before_the_certificate_finds_it_at_start(devnet3, monk
     trio.run(second)
 
 
-def test_confirming_to_one_peer_and_stopping_the_other_does_not_split(devnet3):
+@pytest.mark.parametrize("node1_machine", ["honest", "bug-on-notices"])
+def test_confirming_to_one_peer_and_stopping_the_other_does_not_split(devnet3, node1_machine):
     """node3 sends its confirmation to node2 only; to node1 - once node1 has confirmed - it
     sends a signed notice saying it stopped. node2 completes the certificate and relays it
     (the relay reaches node1 after node3's notice). Before: node1 aborted on the notice while
     node2 finished. Now node1, having confirmed, does not end the session on a notice that
-    proves nothing: the relay completes it, and both nodes finish with the same output."""
-    from fusion_prime.protocol.encoding import Encoder
-    from fusion_prime.protocol.machine import KIND_ABORT
+    proves nothing: the relay completes it, and both nodes finish with the same output.
 
-    nodes, phases = _network(devnet3)
+    ``bug-on-notices``: node1's machine raises an unexpected exception on the notice (a bug a
+    crafted message sets off). Before, node1's driver withdrew - aborted while node2 was done;
+    now, having confirmed, it drops that message and completes with the relay."""
+    from fusion_prime.protocol.encoding import Encoder
+
+    nodes, phases = _network(devnet3, NoticeBugStagedSumPhase if node1_machine == "bug-on-notices"
+                             else StagedSumPhase)
     state: dict = {}
 
     original_admit = nodes[2].transport.admit
@@ -367,5 +389,43 @@ def test_confirming_to_one_peer_and_stopping_the_other_does_not_split(devnet3):
                 assert n.storage.staged_output(outcome.session_id)[1] == "confirmed"
             assert len(phases[0].finished) == len(phases[1].finished) == 1
             assert phases[0].finished[0]["sum"] == phases[1].finished[0]["sum"]
+
+    trio.run(main)
+
+
+def test_a_timeout_notice_in_place_of_a_confirmation_names_its_sender_at_every_node(devnet3):
+    """The review's R3 through the real path: node3 never confirms; in place of its
+    confirmation it sends each peer a signed timeout notice saying it lacks their
+    confirmations. Before: node1 and node2 re-judged that notice as a 'stop' (excusing node3's
+    missing confirmation), named nobody and each ended in a dispute with node3. Now both hold
+    each other's confirmation, so node3's claim is one nobody backs: both name node3 alone,
+    with no dispute, and nothing becomes current."""
+    from fusion_prime.protocol.encoding import Encoder
+    from fusion_prime.protocol.machine import KIND_ABORT
+
+    nodes, phases = _network(devnet3)
+
+    def rule(peer, msg, identity):
+        if msg.kind == KIND_RELAY:
+            return None
+        if msg.kind != KIND_CONFIRM:
+            return msg.to_bytes()
+        last = msg.round
+        claim = (Encoder().uints([]).uints([1, last, KIND_CONFIRM, 0, 2, last, KIND_CONFIRM, 0]).uints([])
+                 .bytes(b"round deadline passed").list_of_bytes([]).finish())
+        unsigned = ProtocolMessage(msg.session_id, msg.phase, msg.round, KIND_ABORT, msg.sender, msg.receiver, claim)
+        return ProtocolMessage(unsigned.session_id, unsigned.phase, unsigned.round, KIND_ABORT, unsigned.sender,
+                               unsigned.receiver, claim, identity.sign(unsigned.digest())).to_bytes()
+
+    _tamper(nodes[2], rule)
+
+    async def main():
+        async with running_nodes(*nodes):
+            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1, round_deadline=2.0)
+            await _settled(nodes[:2], outcome.session_id)
+            assert not outcome.ok and outcome.culprits == ("node3",), outcome
+            assert outcome.disputes == (), outcome
+            assert _finished_record(nodes[1], outcome.session_id)["detail"]["culprits"] == ["node3"]
+            assert phases[0].finished == [] and phases[1].finished == []
 
     trio.run(main)

@@ -220,3 +220,74 @@ def test_sign_split_at_the_last_round(network, kind):  # type: ignore[no-untyped
             assert "node3" not in retry.participants, retry
 
     trio.run(main)
+
+
+def test_a_confirmation_of_another_transcript_after_a_signer_confirmed_does_not_split_a_sign(network):  # type: ignore[no-untyped-def]
+    """The review's R2 through the real path: node3 confirms to node1; to node2 - once node2
+    has confirmed - it sends a confirmation of another transcript, and node1's relay reaches
+    node2 only after it. Before: node1 reported the signature while node2 recorded a failed
+    session naming node3 (a sign keeps no certificate, so nothing reconciled them). Now node2,
+    having confirmed, records node3's fault and completes with the relay: both are done."""
+    from fusion_prime.protocol.machine import KIND_CONFIRM, KIND_RELAY
+
+    nodes, _culprit = network
+    node1, _node2, node3 = nodes
+    state: dict = {}
+    admit3 = node3.transport.admit
+
+    def admit(inbound, *a, **kw):  # node3 sees node2's sign confirmation arrive
+        try:
+            m = ProtocolMessage.from_bytes(inbound.payload)
+            if m.phase == "sign" and m.sender == 2 and m.kind == KIND_CONFIRM:
+                state["node2 confirmed"].set()
+        except Exception:  # not a protocol message: nothing to observe
+            pass
+        return admit3(inbound, *a, **kw)
+
+    node3.transport.admit = admit
+    send3, send1 = node3.transport.send, node1.transport.send
+    identity3 = node3.material.identity
+
+    async def node3_send(receiver, *, session_id, phase, round, broadcast, payload, deadline):  # type: ignore[no-untyped-def]
+        msg = ProtocolMessage.from_bytes(payload)
+        if receiver == "node2" and msg.phase == "sign" and msg.kind == KIND_RELAY:
+            return True  # node2 can complete only through node1's relay
+        if receiver == "node2" and msg.phase == "sign" and msg.kind == KIND_CONFIRM:
+            await state["node2 confirmed"].wait()
+            ok = await send3(receiver, session_id=session_id, phase=phase, round=round, broadcast=broadcast,
+                             payload=_resigned(msg, identity3, bytes(32)), deadline=deadline)
+            state["other confirmation delivered"].set()
+            return ok
+        return await send3(receiver, session_id=session_id, phase=phase, round=round, broadcast=broadcast,
+                           payload=payload, deadline=deadline)
+
+    async def node1_send(receiver, *, session_id, phase, round, broadcast, payload, deadline):  # type: ignore[no-untyped-def]
+        msg = ProtocolMessage.from_bytes(payload)
+        if receiver == "node2" and msg.phase == "sign" and msg.kind == KIND_RELAY:
+            await state["other confirmation delivered"].wait()  # the network is slow on this one path
+        return await send1(receiver, session_id=session_id, phase=phase, round=round, broadcast=broadcast,
+                           payload=payload, deadline=deadline)
+
+    node3.transport.send, node1.transport.send = node3_send, node1_send
+
+    async def main():  # type: ignore[no-untyped-def]
+        state["node2 confirmed"], state["other confirmation delivered"] = trio.Event(), trio.Event()
+        async with running_nodes(*nodes):
+            key_id, group_key = await _key_with_aux(node1)
+            pre = await node1.presign(key_id, ["node1", "node2", "node3"])
+            assert pre.ok, pre
+            await _ended_everywhere(nodes, pre.session_id)
+            digest = hashlib.sha256(b"confirmed, then lied to").digest()
+            signed = await node1.sign(key_id, digest, attempts=1)
+            assert state["other confirmation delivered"].is_set(), "node3's other confirmation never reached node2"
+            assert signed.ok and verifies(group_key, digest, signed.output), signed
+            assert sorted(signed.participants) == ["node1", "node2", "node3"], signed
+            await _ended_everywhere(nodes[:2], signed.session_id)
+            for n in nodes[:2]:
+                record = _finished_record(n, signed.session_id)
+                assert record["event"] == "session-done", (n.cfg.node_id, record)
+            presig_id = pre.output["presignature_id"]
+            for n in nodes:
+                assert n.storage.presignature_state(presig_id) == "consumed", n.cfg.node_id
+
+    trio.run(main)

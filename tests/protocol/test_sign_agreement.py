@@ -66,9 +66,11 @@ def _culprit_rewrites(when: Callable[[int, ProtocolMessage], bool],
 
 
 def _deliver(machines: dict[int, SignMachine], rewrite: Rewrite | None = None,
-             hold: Callable[[int, ProtocolMessage], bool] | None = None) -> None:
+             hold: Callable[[int, ProtocolMessage], bool] | None = None,
+             released: Callable[[], None] | None = None) -> None:
     """Like ``protocol.runner`` (every message as bytes, in order), with a ``rewrite`` per
-    receiver and messages ``hold`` picks delivered only once nothing else is left to deliver."""
+    receiver and messages ``hold`` picks delivered only once nothing else is left to deliver
+    (``released`` is called just before they are)."""
     queue: deque[tuple[int, bytes]] = deque()
     held: list[tuple[int, bytes]] = []
 
@@ -85,6 +87,9 @@ def _deliver(machines: dict[int, SignMachine], rewrite: Rewrite | None = None,
             post(i, raw)
     while queue or held:
         if not queue:
+            if released is not None:
+                released()
+                released = None
             queue.extend(held)
             held.clear()
             hold = None
@@ -253,3 +258,191 @@ def test_no_sigma_leaves_before_every_ack_and_the_confirmation_follows_sigma() -
         first_sigma = order.index((SIGMA_ROUND, KIND_MAIN))
         assert (1, KIND_ECHO) in order[:first_sigma]
         assert order.index((ms[i].rounds + 1, KIND_CONFIRM)) > order.index((SIGMA_ROUND, KIND_ECHO))
+
+
+# The independent review of the sign confirmation (issue 11): R1-R9 are its attacks. -----------
+
+def _timeout_payload(slots: tuple[int, ...], evidence: tuple[bytes, ...] = ()) -> bytes:
+    """A timeout notice's payload: ``slots`` flattened as (party, round, kind, private)."""
+    return (Encoder().uints([]).uints(list(slots)).uints([]).bytes(b"round deadline passed")
+            .list_of_bytes(evidence).finish())
+
+
+LATE_ATTACKS = ["junk", "other-transcript", "two-confirmations", "malformed-notice", "malformed-relay",
+                "second-sigma"]
+
+
+def _late_attack(attack: str, confirm: bytes, sigma: bytes) -> list[bytes]:
+    """What party 3 sends party 2 in place of (or with) its confirmation, signed with its key."""
+    me = identities(3)[CULPRIT]
+    if attack == "junk":  # R1: a message no round allows
+        return [resign(confirm, me, b"junk", round=9, kind=KIND_MAIN)]
+    if attack == "other-transcript":  # R2
+        return [resign(confirm, me, bytes(32))]
+    if attack == "two-confirmations":  # another one, then the true one
+        return [resign(confirm, me, bytes(32)), confirm]
+    if attack == "malformed-notice":  # R5
+        return [resign(confirm, me, b"\xffnot a notice", kind=KIND_ABORT)]
+    if attack == "malformed-relay":  # R6
+        return [resign(confirm, me, b"\xffnot a relay", kind=KIND_RELAY)]
+    assert attack == "second-sigma"  # R7: a second, different σ_3
+    return [resign(sigma, me, Encoder().bytes(scalar_to_bytes(1)).finish())]
+
+
+@pytest.mark.parametrize("attack", LATE_ATTACKS)
+def test_a_fault_shown_to_a_signer_after_it_confirmed_does_not_split(attack: str) -> None:
+    """Party 3 confirms to party 1; to party 2 - once party 2 has confirmed - it sends a fault
+    of its own instead (a message no round allows, a confirmation of another transcript, a
+    malformed notice or relay, a second σ). Before: party 1 was done with the signature while
+    party 2 aborted naming party 3 - the sign split the confirmation was meant to close. Now
+    party 2, having confirmed, records the fault and waits: party 1's relay brings party 3's
+    true confirmation, and both are done with the same signature."""
+    ms, digest = _machines()
+    sigma: dict[str, bytes] = {}
+    late: set[bytes] = set()  # the signatures of what party 3 sends party 2 instead
+
+    def rewrite(sender: int, receiver: int, msg: ProtocolMessage, raw: bytes) -> list[bytes]:
+        if sender != CULPRIT:
+            return [raw]
+        if msg.kind == KIND_MAIN and msg.round == SIGMA_ROUND:
+            sigma.setdefault("sigma", raw)
+        if receiver == 2 and msg.kind == KIND_RELAY:
+            return []  # party 2 can complete only through party 1's relay
+        if receiver == 2 and msg.kind == KIND_CONFIRM:
+            out = _late_attack(attack, raw, sigma["sigma"])
+            late.update(ProtocolMessage.from_bytes(m).signature for m in out)
+            return out
+        return [raw]
+
+    def released() -> None:  # the attack reaches party 2 only now
+        assert ms[2].confirmed and ms[2].status is Status.RUNNING
+        assert ms[1].status is Status.DONE
+
+    _deliver(ms, rewrite, hold=lambda to, m: to == 2 and (m.kind == KIND_RELAY or m.signature in late),
+             released=released)
+    assert late
+    for i in HONEST:
+        assert ms[i].status is Status.DONE, (i, ms[i].abort)
+        assert ms[i].certificate is not None and ms[i].certificate.verify(list(SIGNERS), ROSTER)
+    assert ms[1].output == ms[2].output
+    assert PublicKey(ms[1].output.public_key.to_bytes()).verify(ms[1].output.to_der(), digest, hasher=None)
+    assert list(ms[2].late_faults) == [CULPRIT] and ms[1].late_faults == {}
+
+
+def test_a_bad_confirmation_before_sigma_does_not_get_its_receiver_named() -> None:
+    """R9: party 3 sends party 2 a confirmation of another transcript before its σ, and its σ
+    last. Party 2's last step signs its round-2 echo and its confirmation and then finds the
+    bad confirmation. Before: the blame dropped that echo and confirmation, party 1 waited for
+    the echo and at its deadline named party 2 - an honest signer. Now the late fault is only
+    recorded (and what a step signed is sent whatever happens): both are done."""
+    ms, digest = _machines()
+    me = identities(3)[CULPRIT]
+
+    def rewrite(sender: int, receiver: int, msg: ProtocolMessage, raw: bytes) -> list[bytes]:
+        if sender == CULPRIT and receiver == 2 and msg.kind == KIND_MAIN and msg.round == SIGMA_ROUND:
+            early = ProtocolMessage(msg.session_id, msg.phase, ms[2].rounds + 1, KIND_CONFIRM, CULPRIT,
+                                    BROADCAST, b"").to_bytes()
+            return [resign(early, me, bytes(32)), raw]
+        return [raw]
+
+    _deliver(ms, rewrite, hold=lambda to, m: (to == 2 and m.sender == CULPRIT and m.kind == KIND_MAIN
+                                              and m.round == SIGMA_ROUND))
+    for i in HONEST:
+        assert ms[i].status is Status.DONE, (i, ms[i].abort, ms[i].waiting_for())
+    assert ms[1].output == ms[2].output
+    assert PublicKey(ms[1].output.public_key.to_bytes()).verify(ms[1].output.to_der(), digest, hasher=None)
+    assert list(ms[2].late_faults) == [CULPRIT]
+
+
+def test_a_blame_does_not_swallow_the_echo_its_step_signed() -> None:
+    """Party 3 sends party 2 a malformed σ-round echo early and its σ last: party 2's last step
+    validates round 2, signs its echo, and only then reads the bad echo and stops. Before, the
+    blame dropped that echo (only the abort notice left), so party 1 never got it. Now the echo
+    leaves with the notice, and both name party 3."""
+    ms, _ = _machines()
+    me = identities(3)[CULPRIT]
+    sent_by_2: list[ProtocolMessage] = []
+
+    def rewrite(sender: int, receiver: int, msg: ProtocolMessage, raw: bytes) -> list[bytes]:
+        if sender == 2:
+            sent_by_2.append(msg)
+        if sender == CULPRIT and receiver == 2 and msg.kind == KIND_ECHO and msg.round == SIGMA_ROUND:
+            return [resign(raw, me, b"\x01not an echo")]
+        return [raw]
+
+    _deliver(ms, rewrite, hold=lambda to, m: (to == 2 and m.sender == CULPRIT and m.kind == KIND_MAIN
+                                              and m.round == SIGMA_ROUND))
+    assert aborts(ms, HONEST) == {1: (CULPRIT,), 2: (CULPRIT,)}
+    kinds = [(m.round, m.kind) for m in sent_by_2]
+    assert (SIGMA_ROUND, KIND_ECHO) in kinds
+    assert kinds.index((SIGMA_ROUND, KIND_ECHO)) < kinds.index((ms[2].rounds + 1, KIND_ABORT))
+
+
+@pytest.mark.parametrize("to", [(1, 2), (1,)], ids=["to-both", "to-party-1-only"])
+def test_a_timeout_notice_instead_of_a_confirmation_names_its_sender_everywhere(to: tuple[int, ...]) -> None:
+    """R3: party 3 withholds its confirmation and sends, instead, a timeout notice saying it
+    lacks both honest confirmations (R3b: to party 1 only; party 1's own timeout notice
+    forwards it to party 2). A timeout notice judged a second time used to fall through to the
+    'stopped' path, excusing party 3's missing confirmation: both honest signers named nobody
+    and each ended in a dispute with party 3 (R3b: different culprits). Both honest signers
+    hold each other's confirmation, so party 3's claim is one neither backs: both name it."""
+    ms, _ = _machines()
+    me = identities(3)[CULPRIT]
+    last = ms[1].rounds + 1
+    claim = (1, last, KIND_CONFIRM, 0, 2, last, KIND_CONFIRM, 0)
+
+    def rewrite(sender: int, receiver: int, msg: ProtocolMessage, raw: bytes) -> list[bytes]:
+        if sender == CULPRIT and msg.kind in (KIND_CONFIRM, KIND_RELAY):
+            return [resign(raw, me, _timeout_payload(claim), kind=KIND_ABORT)] if receiver in to else []
+        return [raw]
+
+    _deliver(ms, rewrite)
+    assert all(ms[i].status is Status.RUNNING and ms[i].confirmed for i in HONEST)
+    _deadline(ms)
+    assert aborts(ms, HONEST) == {1: (CULPRIT,), 2: (CULPRIT,)}
+    assert ms[1].abort.disputes == ms[2].abort.disputes == ()
+
+
+def test_a_stop_and_then_a_timeout_notice_puts_no_honest_signer_in_a_dispute() -> None:
+    """R8: party 3 withholds its confirmation and sends both honest signers, after they
+    confirmed, a notice that it stopped and then a timeout notice saying it lacks their
+    confirmations. Before: each honest signer ended in a dispute with party 3 (a retry may then
+    avoid an honest node). A party that said it stopped waits for nothing, so its claims are not
+    counted: both end naming nobody, with no dispute - as after the stop alone."""
+    ms, _ = _machines()
+    me = identities(3)[CULPRIT]
+    last = ms[1].rounds + 1
+    claim = (1, last, KIND_CONFIRM, 0, 2, last, KIND_CONFIRM, 0)
+
+    def rewrite(sender: int, receiver: int, msg: ProtocolMessage, raw: bytes) -> list[bytes]:
+        if sender == CULPRIT and msg.kind in (KIND_CONFIRM, KIND_RELAY):
+            return [resign(raw, me, _stop_notice()(msg), kind=KIND_ABORT),
+                    resign(raw, me, _timeout_payload(claim), kind=KIND_ABORT)]
+        return [raw]
+
+    _deliver(ms, rewrite, hold=lambda to, m: m.sender == CULPRIT and m.kind == KIND_ABORT)
+    assert all(ms[i].status is Status.RUNNING and ms[i].confirmed for i in HONEST)
+    _deadline(ms)
+    assert aborts(ms, HONEST) == {1: (), 2: ()}
+    assert ms[1].abort.disputes == ms[2].abort.disputes == ()
+
+
+def test_two_confirmations_shown_before_the_last_round_name_their_signer_everywhere() -> None:
+    """Party 3 sends party 2, before anyone has its σ, two different confirmations. Party 2 has
+    not confirmed, so it stops naming party 3 with both as evidence. Before: party 1, which
+    had no transcript yet to compare them with, found nothing in that evidence, and once its
+    round 2 was done aborted 'party 2 stopped', naming nobody - different verdicts. Two
+    confirmations signed by one party prove its fault to anyone: both name party 3."""
+    ms, _ = _machines()
+    me = identities(3)[CULPRIT]
+
+    def rewrite(sender: int, receiver: int, msg: ProtocolMessage, raw: bytes) -> list[bytes]:
+        if sender == CULPRIT and receiver == 2 and msg.kind == KIND_MAIN and msg.round == SIGMA_ROUND:
+            early = ProtocolMessage(msg.session_id, msg.phase, ms[2].rounds + 1, KIND_CONFIRM, CULPRIT,
+                                    BROADCAST, b"").to_bytes()
+            return [resign(early, me, bytes(32)), resign(early, me, b"\x01" * 32), raw]
+        return [raw]
+
+    _deliver(ms, rewrite, hold=lambda to, m: m.sender == CULPRIT and m.kind == KIND_MAIN and m.round == SIGMA_ROUND)
+    assert aborts(ms, HONEST) == {1: (CULPRIT,), 2: (CULPRIT,)}
+    assert not ms[1].confirmed and not ms[2].confirmed
