@@ -45,8 +45,12 @@ survive a party that makes the last round end differently at different peers):
   owed what: a party that says it never received a message another party provably sent can
   only be told apart from that sender by nobody, so both are named together as a *dispute*.
   A timeout notice forwards the (small) notices its sender holds from others, each still
-  signed by its author, so that a notice shown to one party only still reaches the verdicts
-  of the others.
+  signed by its author, and the signed messages behind the faults it recorded after
+  confirming, so that a notice or a fault shown to one party only still reaches the verdicts
+  of the others. At the deadline a party counts what it held when its own timeout notice went
+  out and what the others' timeout notices forward - not a stop or fault shown to it alone
+  afterwards, which it could no longer pass on - so every honest party judges from the same
+  statements.
 
 Once a party has *confirmed*, nothing ends the session at that party unless it proves that no
 certificate can exist: a notice by k proving a fault of someone other than k (k is then honest
@@ -283,12 +287,24 @@ class RoundMachine(ABC):
         self._relayed = False
         self.certificate: Certificate | None = None
         self._notices: dict[int, ProtocolMessage] = {}  # unverified abort notices, judged later
+        # notices of others that came forwarded inside a timeout notice, by signature
+        self._forwarded: dict[bytes, ProtocolMessage] = {}
         # After this party confirmed, notices do not end the session (see _judge_notices): who
         # said it stopped (its missing confirmation is excused at the deadline), and who proved
         # only its own fault (named at the deadline).
         self._stopped_late: dict[int, str] = {}
         self._faulted_late: dict[int, str] = {}
         self._mined: set[bytes] = set()  # signatures of timeout notices whose forwarded notices were taken
+        # What the deadline verdict counts must be what every honest party counts (issue 11
+        # review, finding 5): what this party held when its timeout notice (its *statement*)
+        # went out - which that notice forwards - and what other parties' timeout notices
+        # forward. Learned directly after the statement, a stop or a fault may have been shown to
+        # this party alone: it is kept for the reason only (``_unshared_late``).
+        self._statement_sent = False
+        self._held_at_statement: set[bytes] = set()  # signatures of the notices held then
+        self._stop_notices: dict[int, ProtocolMessage] = {}  # the notice behind each _stopped_late
+        self._late_evidence: dict[int, tuple[ProtocolMessage, ...]] = {}  # behind each _faulted_late
+        self._unshared_late: dict[int, str] = {}
         self._notices_dirty = False
         # timeout notices: what each party says it waits for, as (party, round, kind, private)
         self.reported_missing: dict[int, list[tuple[int, int, int, bool]]] = {}
@@ -453,15 +469,29 @@ class RoundMachine(ABC):
         still arrive; ``conclude_timeout`` ends it."""
         if self.status is not Status.RUNNING:
             return []
+        if not self._statement_sent:
+            self._statement_sent = True
+            self._held_at_statement = {n.signature for n in self._notices.values()} | set(self._forwarded)
         return [self._notice((), "round deadline passed", self._forwardable_notices(), timeout=waiting)]
 
     def _forwardable_notices(self) -> list[ProtocolMessage]:
-        """The peers' notices this party holds, forwarded as evidence in its timeout notice: a
-        notice that its sender showed some parties only then reaches every party that hears
-        from us, so the verdicts at the deadline are drawn from the same statements. Only small
-        notices travel (a stop or a timeout notice, not one carrying round messages), so that
-        our notice stays far below the payload limit whatever the others sent."""
-        return [n for _, n in sorted(self._notices.items()) if len(n.payload) <= MAX_FORWARDED_NOTICE]
+        """The peers' notices this party holds, and the signed messages behind the faults it
+        recorded after confirming (``_late_evidence``), forwarded as evidence in its timeout
+        notice: a notice or a fault that its sender showed some parties only then reaches every
+        party that hears from us, so the verdicts at the deadline are drawn from the same
+        statements. Only small messages travel (a stop or a timeout notice, a confirmation, a σ -
+        not a notice carrying round messages), so that our notice stays far below the payload
+        limit whatever the others sent."""
+        notices = {n.signature: n for n in (*self._notices.values(), *self._stop_notices.values(),
+                                            *self._forwarded.values())}
+        out = [n for _, n in sorted(notices.items()) if len(n.payload) <= MAX_FORWARDED_NOTICE]
+        seen = set(notices)
+        for _, evidence in sorted(self._late_evidence.items()):
+            for m in evidence:
+                if m.signature not in seen and m.sender != self.me and len(m.payload) <= MAX_FORWARDED_NOTICE:
+                    seen.add(m.signature)
+                    out.append(m)
+        return out[:MAX_NOTICE_EVIDENCE]
 
     def conclude_timeout(self, waiting: Sequence[tuple[int, int, int, bool]]) -> None:
         """End the machine with the culprits and disputes ``timeout_verdict`` computes."""
@@ -475,6 +505,8 @@ class RoundMachine(ABC):
             reason += "; disputed: " + ", ".join(f"{a} and {b}" for a, b in disputes)
         for k, why in sorted({**self._stopped_late, **self._faulted_late}.items()):
             reason += f"; party {k} after this party confirmed: {why[:200]}"
+        for k, why in sorted(self._unshared_late.items()):
+            reason += f"; party {k} after this party's timeout notice (not counted): {why[:200]}"
         self.status = Status.ABORTED
         self.abort = Abort(culprits, reason, disputes)
 
@@ -576,24 +608,47 @@ class RoundMachine(ABC):
             out.extend(self._stop(blame.culprits, blame.reason, blame.evidence))
         return out
 
-    def _late(self, blame: Blame) -> bool:
+    def _late(self, blame: Blame, shared: bool = False) -> bool:
         """After this party confirmed, a blame that proves only its culprits' own signed faults
         does not end the session here: record it (``timeout_verdict`` names the culprits at the
         deadline) and carry on. The culprit may have sent its true confirmation to the others,
         who complete the certificate with ours and relay it here; aborting now would leave this
         party aborted while they are done (issue 11 review, R1-R7). Only a blame ``shown_by``
-        another party's notice proves that no certificate can exist. True if recorded."""
+        another party's notice proves that no certificate can exist. True if recorded.
+        ``shared``: the blame comes from a notice every honest party holds too (see
+        ``_record_fault``)."""
         if not self._stored or blame.shown_by is not None or self.status is not Status.RUNNING:
             return False
         for culprit in blame.culprits:
-            self._faulted_late.setdefault(culprit, blame.reason)
+            self._record_fault(culprit, blame.reason, blame.evidence, shared)
         return True
 
-    def _fault(self, blame: Blame) -> None:
+    def _fault(self, blame: Blame, shared: bool = False) -> None:
         """Raise ``blame`` unless ``_late`` records it: for the places that must go on with the
         step (the rest of a relay, the other notices, the certificate) after a late fault."""
-        if not self._late(blame):
+        if not self._late(blame, shared):
             raise blame
+
+    def _record_fault(self, party: int, reason: str, evidence: Sequence[ProtocolMessage], shared: bool) -> None:
+        """A fault that does not end the session, for the deadline verdict - unless it was
+        learned directly after this party's timeout notice went out: that notice could not pass
+        it on, so the other parties may never learn it, and counting it here alone would make
+        the verdicts differ (finding 5). ``shared``: it came from a notice held when our
+        timeout notice went out, or forwarded in another party's timeout notice."""
+        if self._statement_sent and not shared:
+            self._unshared_late.setdefault(party, reason)
+            return
+        self._faulted_late.setdefault(party, reason)
+        self._late_evidence.setdefault(party, tuple(evidence))
+
+    def _record_stop(self, party: int, reason: str, notice: ProtocolMessage, shared: bool) -> None:
+        """``party`` said it stopped after we confirmed: its missing confirmation is excused at
+        the deadline. The same rule as ``_record_fault`` decides whether it counts."""
+        if self._statement_sent and not shared:
+            self._unshared_late.setdefault(party, f"said it stopped: {reason}")
+            return
+        self._stopped_late.setdefault(party, reason)
+        self._stop_notices.setdefault(party, notice)
 
     def _abort(self, culprits: Iterable[int], reason: str) -> None:
         if self.status is Status.RUNNING:
@@ -781,12 +836,17 @@ class RoundMachine(ABC):
 
     # abort notices ---------------------------------------------------------------------------
     def _judge_notices(self) -> list[bytes]:
-        """Judge the abort notices received so far against this party's own view."""
+        """Judge the abort notices received so far - sent to us, or forwarded inside another
+        party's timeout notice - against this party's own view."""
         if self.status is not Status.RUNNING:
             return []
         self._notices_dirty = False
-        forwarded: dict[int, ProtocolMessage] = {}
-        for k, notice in sorted(self._notices.items()):
+        found: list[ProtocolMessage] = []
+        notices = [(k, n, False) for k, n in sorted(self._notices.items())]
+        notices += [(n.sender, n, True) for _, n in sorted(self._forwarded.items())]
+        for k, notice, forwarded in notices:
+            # Whether what this notice shows counts at the deadline (see _record_fault)
+            shared = forwarded or notice.signature in self._held_at_statement
             try:
                 dec = Decoder(notice.payload, "abort notice")
                 claimed, timeout, flat = dec.uints(max_bits=32), dec.uints(max_bits=32), dec.uints(max_bits=32)
@@ -794,28 +854,32 @@ class RoundMachine(ABC):
                 evidence = dec.list_of_bytes()
                 dec.finish()
             except (InvalidInput, UnicodeDecodeError):
-                self._fault(Blame(k, "sent a malformed abort notice", evidence=(notice,)))
+                self._fault(Blame(k, "sent a malformed abort notice", evidence=(notice,)), shared)
                 continue  # recorded after we confirmed (``_late``); the other notices still count
             del claimed, flat  # what k claims is never taken on trust: only evidence counts
             if timeout:
                 # A timeout notice is a statement of what k waits for, each time it is judged -
                 # never a stop (issue 11 review, R3: judged a second time, it used to fall
-                # through and excuse k's missing confirmation). Only the notices it forwards
-                # are taken once per notice.
+                # through and excuse k's missing confirmation). What it forwards is taken once
+                # per notice.
                 if notice.signature not in self._mined:
                     self._mined.add(notice.signature)
-                    for j, inner in self._forwarded_notices(k, evidence).items():
-                        forwarded.setdefault(j, inner)
+                    found.extend(self._forwarded_notices(k, evidence))
+                    self._take_forwarded_faults(k, evidence)
                 slots = [(timeout[i], timeout[i + 1], timeout[i + 2], timeout[i + 3])
                          for i in range(0, len(timeout) - len(timeout) % 4, 4)]
                 if (len(timeout) % 4 or len(slots) > 2 * len(self.parties)
                         or any(not 1 <= r <= self.rounds + 1 or kd not in (KIND_MAIN, KIND_ECHO, KIND_CONFIRM)
                                or p not in (0, 1) or (kd == KIND_CONFIRM) != (r == self.rounds + 1)
                                for _, r, kd, p in slots)):
-                    self._fault(Blame(k, "sent a malformed timeout notice", evidence=(notice,)))
+                    self._fault(Blame(k, "sent a malformed timeout notice", evidence=(notice,)), shared)
                     continue
                 slots = [(j, r, kd, bool(p)) for j, r, kd, p in slots]
-                self.reported_missing[k] = [s for s in slots if s[0] in self._roster and s[0] != k]
+                said = [s for s in slots if s[0] in self._roster and s[0] != k]
+                if forwarded:
+                    self.reported_missing.setdefault(k, said)  # what k told us itself comes first
+                else:
+                    self.reported_missing[k] = said
                 continue
             verdict, proof = self._judge_evidence(evidence)
             why = "; ".join(f"party {j}: {w}" for j, w in sorted(verdict.items()))
@@ -828,9 +892,9 @@ class RoundMachine(ABC):
                 # deadline ends it; timeout_verdict names k for a proven fault of its own and
                 # excuses a stopped k's missing confirmation.
                 if verdict:
-                    self._faulted_late[k] = why
+                    self._record_fault(k, why, proof, shared)
                 else:
-                    self._stopped_late[k] = reason
+                    self._record_stop(k, reason, notice, shared)
                 continue
             if verdict:
                 # Someone other than k is proven at fault, so k is honest (one faulty party at
@@ -842,18 +906,19 @@ class RoundMachine(ABC):
                 # nothing this party can check: k stopped (a storage fault, an internal error,
                 # or a lie). We have not confirmed, so no certificate can exist; nobody is named.
                 return self._stop((), f"party {k} stopped the session: {reason[:200]}")
-        fresh = {j: n for j, n in forwarded.items() if j not in self._notices}
+        held = {n.signature for n in self._notices.values()} | set(self._forwarded)
+        fresh = {m.signature: m for m in found if m.signature not in held}
         if fresh and self.status is Status.RUNNING:
-            self._notices.update(fresh)
+            self._forwarded.update(fresh)
             self._notices_dirty = True
             return self._judge_notices()
         return []
 
-    def _forwarded_notices(self, forwarder: int, evidence: Sequence[bytes]) -> dict[int, ProtocolMessage]:
+    def _forwarded_notices(self, forwarder: int, evidence: Sequence[bytes]) -> list[ProtocolMessage]:
         """The notices of other parties that ``forwarder``'s timeout notice carries (see
         ``_forwardable_notices``), each checked to be signed by its own sender for this session:
         a forwarder can pass on what another party said, never put words in its mouth."""
-        out: dict[int, ProtocolMessage] = {}
+        out: list[ProtocolMessage] = []
         for raw in evidence[:MAX_NOTICE_EVIDENCE]:
             try:
                 m = ProtocolMessage.from_bytes(raw)
@@ -864,8 +929,30 @@ class RoundMachine(ABC):
                     or m.sender not in self._roster or len(m.payload) > MAX_FORWARDED_NOTICE
                     or not verify_signature(self._roster[m.sender], m.digest(), m.signature)):
                 continue
-            out.setdefault(m.sender, m)
+            out.append(m)
         return out
+
+    def _take_forwarded_faults(self, forwarder: int, evidence: Sequence[bytes]) -> None:
+        """The other signed messages in ``forwarder``'s timeout notice: what proved a fault to
+        it after it confirmed (``_late_evidence``). Re-judged here; a fault proven of a party
+        other than the forwarder is recorded for the deadline verdict (never an abort: it
+        proves nothing about whether a certificate exists), so a fault shown to one honest
+        party only is named by all (finding 5). What the forwarder signed itself is left out:
+        it could show its own fault to some parties only."""
+        msgs: list[bytes] = []
+        for raw in evidence[:MAX_NOTICE_EVIDENCE]:
+            try:
+                m = ProtocolMessage.from_bytes(raw)
+            except InvalidInput:
+                continue
+            if m.kind != KIND_ABORT and m.sender not in (self.me, forwarder):
+                msgs.append(raw)
+        if not msgs:
+            return
+        verdict, proof = self._judge_evidence(msgs)
+        for j, why in sorted(verdict.items()):
+            if j not in (self.me, forwarder):
+                self._record_fault(j, why, [m for m in proof if m.sender == j], shared=True)
 
     def _judge_evidence(self, evidence: Sequence[bytes]) -> tuple[dict[int, str], list[ProtocolMessage]]:
         """Re-judge signed messages from a notice. Only faults that this party can verify from

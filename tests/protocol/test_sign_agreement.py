@@ -446,3 +446,56 @@ def test_two_confirmations_shown_before_the_last_round_name_their_signer_everywh
     _deliver(ms, rewrite, hold=lambda to, m: m.sender == CULPRIT and m.kind == KIND_MAIN and m.round == SIGMA_ROUND)
     assert aborts(ms, HONEST) == {1: (CULPRIT,), 2: (CULPRIT,)}
     assert not ms[1].confirmed and not ms[2].confirmed
+
+
+def test_a_stop_shown_to_one_signer_after_its_timeout_notice_is_not_counted() -> None:
+    """R4: party 3 withholds its confirmation; after the honest signers' timeout notices were
+    exchanged it shows party 1 alone, in its grace window, a notice that it stopped. Party 1's
+    timeout notice has left and cannot pass that on, so party 2 never learns it. Before:
+    party 1 excused party 3 (naming nobody) while party 2 named it. Now the verdict counts only
+    what was held when the timeout notice went out, and what other timeout notices forward:
+    both name party 3."""
+    ms, _ = _machines()
+    me = identities(3)[CULPRIT]
+    kept: list[bytes] = []
+
+    def rewrite(sender: int, receiver: int, msg: ProtocolMessage, raw: bytes) -> list[bytes]:
+        if sender == CULPRIT and msg.kind in (KIND_CONFIRM, KIND_RELAY):
+            kept.append(raw)
+            return []
+        return [raw]
+
+    _deliver(ms, rewrite)
+    waiting = {i: ms[i].waiting_for() for i in HONEST}
+    notices = {i: ms[i].timeout_notice(waiting[i]) for i in HONEST}
+    for raw in notices[1]:
+        ms[2].receive(raw)
+    for raw in notices[2]:
+        ms[1].receive(raw)
+    ms[1].receive(resign(kept[0], me, _stop_notice()(ProtocolMessage.from_bytes(kept[0])), kind=KIND_ABORT))
+    for i in HONEST:
+        ms[i].conclude_timeout(waiting[i])
+    assert aborts(ms, HONEST) == {1: (CULPRIT,), 2: (CULPRIT,)}
+    assert "not counted" in ms[1].abort.reason
+
+
+def test_a_fault_shown_to_one_signer_reaches_the_other_at_the_deadline() -> None:
+    """Party 3 withholds its confirmation, tells both honest signers (after they confirmed)
+    that it stopped, and shows party 1 alone a message no round allows. Before: party 1 named
+    party 3 (a proven fault) while party 2 excused it (a stop) and named nobody. Now party 1's
+    timeout notice carries party 3's signed message; party 2 re-judges it: both name party 3."""
+    ms, _ = _machines()
+    me = identities(3)[CULPRIT]
+
+    def rewrite(sender: int, receiver: int, msg: ProtocolMessage, raw: bytes) -> list[bytes]:
+        if sender == CULPRIT and msg.kind in (KIND_CONFIRM, KIND_RELAY):
+            stop = resign(raw, me, _stop_notice()(msg), kind=KIND_ABORT)
+            return [stop, resign(raw, me, b"junk", round=9, kind=KIND_MAIN)] if receiver == 1 else [stop]
+        return [raw]
+
+    _deliver(ms, rewrite, hold=lambda to, m: m.sender == CULPRIT and m.round > SIGMA_ROUND)
+    assert all(ms[i].status is Status.RUNNING and ms[i].confirmed for i in HONEST)
+    assert list(ms[1].late_faults) == [CULPRIT] and ms[2].late_faults == {}
+    _deadline(ms)
+    assert aborts(ms, HONEST) == {1: (CULPRIT,), 2: (CULPRIT,)}
+    assert ms[1].abort.disputes == ms[2].abort.disputes == ()
