@@ -94,7 +94,17 @@ async def _assert_split_averted(nodes, outcome, culprit: Culprit) -> None:  # ty
     assert _finished_record(nodes[2], outcome.session_id)["event"] != "session-done"
 
 
+async def _wait_healthy(node1, peers, phase):  # type: ignore[no-untyped-def]
+    """Until node1's health probes (2 s each) see every peer: on a loaded machine a probe can time
+    out, and a session that requires every member would then fail before it starts."""
+    with trio.fail_after(HANG_GUARD):
+        while not set(peers) <= set(await node1.sessions.healthy_peers(phase)):
+            await trio.sleep(0.2)
+
+
 async def _keygen(node1, committee, threshold=2):  # type: ignore[no-untyped-def]
+    await _wait_healthy(node1, [n for n in committee if n != node1.cfg.node_id], "keygen")
+
     def fill(p):  # type: ignore[no-untyped-def]
         p.keygen.threshold, p.keygen.level = threshold, node1.cfg.security_level
 
