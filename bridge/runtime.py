@@ -280,6 +280,10 @@ class BridgeRuntime:
                 self._note_queued(chain, routed.observation)
             if routed.output is not None and self.withdrawals is not None:
                 await trio.to_thread.run_sync(self.withdrawals.note_minted, routed.asset, routed.output)
+        if self.withdrawals is not None:
+            # every Minted log up to here is processed (its custody coin recorded): the solvency
+            # check reads the supply no later than this block, so both sides count the same mints
+            self.withdrawals.minted_through = self.mints.follower._confirmed_upto
         if mints and head >= 0:
             block = await trio.to_thread.run_sync(lambda: self.destination.eth.get_block(head))
             await trio.to_thread.run_sync(self.db.set_cursor, self.cfg.destination_chain, head,

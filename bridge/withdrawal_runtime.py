@@ -309,6 +309,10 @@ class WithdrawalAuthorizer:
             signer_path, node_id, max_deadline_ahead, clock)
         self._lock = threading.Lock()  # one payout decision at a time: archive-then-sign is atomic
         self._verdicts: dict[bytes, tuple[float, PayoutPlan]] = {}
+        #: destination blocks through which this node has processed every Minted / Burned log
+        #: (-1: not yet); solvency reads the supply at the lower one (see solvency_inputs)
+        self.minted_through = -1
+        self.burned_through = -1
 
     def _side_of_burn(self, burn_id: bytes) -> AssetSide | None:
         with self.db.read() as r:
@@ -438,13 +442,20 @@ class WithdrawalAuthorizer:
     def solvency_inputs(self, side: AssetSide, reader: dbm.Reader | None = None) -> SolvencyInputs:
         """Custody, supply and burns in flight now (``reader``: an open transaction to read through)."""
         assert side.chain.withdrawals is not None and (side.view is not None or side.evm is not None)
+        # One snapshot for both sides: the supply is read at the block through which this node has
+        # processed every Minted and every Burned log, and only burns up to it count as in flight;
+        # otherwise a mint the follower has not reached yet is in the supply but its coin not in
+        # custody (100 mints in a row once read as a shortfall and paused the Gateway).
+        through = min(self.minted_through, self.burned_through)
+        if through < 0:
+            raise RuntimeError("the destination followers have not read a block yet")
         custody = side.view.unspent_total() if side.view is not None else side.evm.custody_total(reader)
-        supply = int(self.gateway.functions.assetState(side.asset).call()[_SUPPLY_INDEX])
+        supply = int(self.gateway.functions.assetState(side.asset).call(block_identifier=through)[_SUPPLY_INDEX])
         # Owed and not yet leaving custody: a burn counts until its payout is broadcast (from
         # then on the spend is in this node's mempool, so custody - read with the mempool - has
         # already dropped) or its refund re-minted it (then it is supply again).
         query = dbm.sa.select(dbm.withdrawals).where(
-            (dbm.withdrawals.c.asset == side.asset)
+            (dbm.withdrawals.c.asset == side.asset) & (dbm.withdrawals.c.burn_block <= through)
             & dbm.withdrawals.c.state.notin_(("broadcast", "confirmed", "refunded")))
         if reader is not None:
             rows = reader.conn.execute(query).all()
@@ -619,6 +630,14 @@ class WithdrawalRuntime:
         self._mempool_seen: set[str] = set()
         self._mempool_at = 0.0
 
+    @property
+    def minted_through(self) -> int:
+        return self.authorizer.minted_through
+
+    @minted_through.setter
+    def minted_through(self, height: int) -> None:
+        self.authorizer.minted_through = height
+
     # -- coordination
     def rank(self, asset: str) -> int:
         start = int(Web3.keccak(text=asset.lower()).hex().removeprefix("0x")[:8], 16) % len(self.committee)
@@ -656,6 +675,7 @@ class WithdrawalRuntime:
         for r in routed:
             if r.asset in self.machines:
                 await self.feed(r.asset, r.observation)
+        self.authorizer.burned_through = self.burns.follower._confirmed_upto
         for asset in self.machines:
             self._update_coordination(asset, now)
         await self._learn_cosigned()
