@@ -9,12 +9,15 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from fp_guards import HANG_GUARD
 from fp_signer_net import SignerNet, digest_of, verifies
 
 from fusion_prime.protocol.identity import PartyIdentity
+from fusion_prime.signer.client import WalletError
 
 ALICE = PartyIdentity.generate()
 pytestmark = pytest.mark.xdist_group(name="pool-availability")
@@ -37,11 +40,22 @@ def key(net):  # type: ignore[no-untyped-def]
 
 
 def _sign_all(net: SignerNet, key_id: bytes, jobs: list[tuple[str, str]]) -> list:  # type: ignore[type-arg]
-    """Sign (node, tag) jobs concurrently, one client per job; returns the signatures in order."""
+    """Sign (node, tag) jobs concurrently, one client per job; returns the signatures in order.
+
+    A client told RESOURCE_EXHAUSTED (its request waited the node's bounded 60 s for a
+    presignature: on a loaded 2-core machine on-demand presigns can fall behind a burst) sends
+    the same request again, as the API asks - the property is that every job is signed, once,
+    with its own presignature; how fast is the benchmark's business."""
     def one(job: tuple[str, str]):  # type: ignore[no-untyped-def]
         node_id, tag = job
-        with net.client_for(node_id) as w:
-            return w.sign(key_id, digest_of(tag), "m", request_id=tag)
+        deadline = time.monotonic() + HANG_GUARD
+        while True:
+            try:
+                with net.client_for(node_id) as w:
+                    return w.sign(key_id, digest_of(tag), "m", request_id=tag)
+            except WalletError as exc:
+                if exc.code != "RESOURCE_EXHAUSTED" or time.monotonic() > deadline:
+                    raise
 
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         return list(pool.map(one, jobs))
