@@ -944,6 +944,18 @@ class Transaction(Reader):
                                                           created_at=self._now))
         return True
 
+    def put_derived_meta(self, name: str, value: str) -> None:
+        """Upsert a meta row *without* an audit event: for derived state rewritten on every step
+        (a machine snapshot, a nonce ledger, a cursor) whose transitions are audited one by one
+        elsewhere. Operator settings go through :meth:`set_meta`."""
+        if name in _RESERVED_META:
+            raise InvalidRecord(f"meta {name!r} is maintained by the database layer")
+        exists = self.conn.execute(sa.select(meta.c.name).where(meta.c.name == name)).first() is not None
+        if exists:
+            self.conn.execute(sa.update(meta).where(meta.c.name == name).values(value=value))
+        else:
+            self.conn.execute(sa.insert(meta).values(name=name, value=value))
+
     def set_meta(self, name: str, value: str) -> None:
         """A small operator setting (audited). The event chain's head is not writable this way."""
         if name in _RESERVED_META:

@@ -112,7 +112,7 @@ from .mint_policy import Verdict
 from .orders import EVM_NATIVE_VOUT, OrderError, address_bytes, chain_key, evm_chain_id, to_checksum_address
 from .requests import EvmPayoutRequest, encode
 from .watchers import MintedOutput
-from .withdrawals import PayoutFailed, PayoutFound, PayoutSigned, payout_id_of
+from .withdrawals import PayoutFailed, PayoutFound, PayoutSigned, burn_key, payout_id_of
 
 log = logging.getLogger("fusion_prime.bridge.evm_withdrawal")
 
@@ -366,16 +366,6 @@ def _ledger_meta(chain: str, account: bytes) -> str:
     return LEDGER_META + hashlib.sha256(f"{chain}|{account.hex()}".encode()).hexdigest()[:48]
 
 
-def _put_meta(t: dbm.Transaction, name: str, value: str) -> None:
-    """Upsert a meta row without an audit event: the ledger is rewritten on every step and its
-    every step is audited by the archive rows and events written beside it."""
-    exists = t.conn.execute(dbm.sa.select(dbm.meta.c.name).where(dbm.meta.c.name == name)).first() is not None
-    if exists:
-        t.conn.execute(dbm.sa.update(dbm.meta).where(dbm.meta.c.name == name).values(value=value))
-    else:
-        t.conn.execute(dbm.sa.insert(dbm.meta).values(name=name, value=value))
-
-
 def _locked_meta(t: dbm.Transaction, name: str, initial: Callable[[], str]) -> str:
     """A meta value read with a row lock, created from ``initial()`` if absent. On PostgreSQL the
     row is inserted (or found inserted by a concurrent writer) *before* it is locked, so two first
@@ -422,14 +412,6 @@ def _raw_bytes(value: Any) -> bytes | None:
         return bytes.fromhex(value[2:] if value.startswith("0x") else value)
     except ValueError:
         return None
-
-
-def _burn_key(burn_id: str) -> bytes:
-    text = burn_id[2:] if burn_id.startswith("0x") else burn_id
-    raw = bytes.fromhex(text)
-    if len(raw) != 32:
-        raise ValueError("burn id must be 32 bytes")
-    return raw
 
 
 # ----------------------------------------------------------------------------- the view
@@ -515,7 +497,7 @@ class NodeEvmView:
             ids = row["burn_ids"] or []
             if ids:
                 try:
-                    return payout_purpose(_burn_key(ids[0]))
+                    return payout_purpose(burn_key(ids[0]))
                 except ValueError:
                     continue
             return GAP_FILL
@@ -824,7 +806,7 @@ class EvmPayoutSide:
         return ledger
 
     def _save(self, t: dbm.Transaction, ledger: NonceManager) -> None:
-        _put_meta(t, _ledger_meta(self.chain.caip2, ledger.account),
+        t.put_derived_meta(_ledger_meta(self.chain.caip2, ledger.account),
                   json.dumps(ledger.to_dict(), sort_keys=True, separators=(",", ":")))
 
     def ledger(self, account: bytes | None = None) -> NonceManager | None:
@@ -872,7 +854,7 @@ class EvmPayoutSide:
         if isinstance(prepared, PayoutSigned):
             return prepared
         tx, nonce = prepared
-        proposal = EvmProposal(KIND_PAYOUT, tx, burn_id=_burn_key(burn.burn_id))
+        proposal = EvmProposal(KIND_PAYOUT, tx, burn_id=burn_key(burn.burn_id))
         signed = await self._sign(tx, self.custody.path, self.custody_account, proposal)
         if isinstance(signed, str):
             log_event(log, logging.WARNING, "EVM payout not signed", node=self.node_id, chain=self.chain.caip2,
@@ -890,7 +872,7 @@ class EvmPayoutSide:
                             tx.max_fee_per_gas, action.replaces)
 
     def _evm_burn(self, burn: withdrawals.Burn) -> EvmBurn:
-        return EvmBurn(_burn_key(burn.burn_id), burn.amount, bytes(burn.destination))
+        return EvmBurn(burn_key(burn.burn_id), burn.amount, bytes(burn.destination))
 
     def _prepare_payout(self, action: withdrawals.BuildPayout, burn: withdrawals.Burn
                         ) -> tuple[Eip1559Transaction, int] | PayoutSigned:
@@ -973,7 +955,7 @@ class EvmPayoutSide:
     def _archive_signed(self, action: withdrawals.BuildPayout, burn: withdrawals.Burn, nonce: int, raw: bytes,
                         proposal: EvmProposal) -> str:
         """(worker thread) The signed variant into the ledger and the archive, in one transaction."""
-        purpose = payout_purpose(_burn_key(burn.burn_id))
+        purpose = payout_purpose(burn_key(burn.burn_id))
         with self._ledger_lock, self.db.transaction() as t:
             ledger = self._ledger(t, self.custody_account)
             tx_hash = ledger.record_signed(nonce, purpose, raw, int(self.clock()))
@@ -992,7 +974,7 @@ class EvmPayoutSide:
         nonce, or None when there is nothing to free. A nonce is kept with its burn once this node
         accepted a proposal of it there (its own hook runs before it proposes): this node would
         then refuse a gap filler at that nonce itself, and a signed variant may exist."""
-        burn = _burn_key(burn_id)
+        burn = burn_key(burn_id)
         purpose = payout_purpose(burn)
         with self._ledger_lock, self.db.transaction() as t:
             ledger = self._ledger(t, self.custody_account)
@@ -1072,7 +1054,7 @@ class EvmPayoutSide:
                     if outcome is not None:
                         found.append(outcome)
             with self.db.transaction() as t:
-                _put_meta(t, name, str(stop))
+                t.put_derived_meta(name, str(stop))
             self._scan_resumed = True
         except Exception as exc:  # an endpoint hiccup: the blocks are searched again next call
             log_event(log, logging.WARNING, "custody transaction search interrupted", node=self.node_id,
@@ -1106,7 +1088,7 @@ class EvmPayoutSide:
                         pays.append(b)
                 except EvmPayoutError:
                     continue
-            pays.sort(key=lambda b: (payout_purpose(_burn_key(b.burn_id)) != co_owner, b.nonce))
+            pays.sort(key=lambda b: (payout_purpose(burn_key(b.burn_id)) != co_owner, b.nonce))
             if not pays:
                 if txid not in self._unmatched:
                     log_event(log, logging.CRITICAL, "custody paid something no known burn asked for",
@@ -1125,7 +1107,7 @@ class EvmPayoutSide:
             if matched is not None:
                 try:
                     ledger = self._ledger(t, self.custody_account)
-                    purpose = payout_purpose(_burn_key(matched.burn_id))
+                    purpose = payout_purpose(burn_key(matched.burn_id))
                     if ledger.nonce_of(purpose) != tx.nonce:
                         ledger.adopt(purpose, tx.nonce)
                         self._save(t, ledger)

@@ -948,7 +948,8 @@ class AssetPlan:
     in_flight: tuple[InFlightWithdrawal, ...] = ()
 
 
-def _address_of(chain: str, public_key: Point) -> str:
+def address_of(chain: str, public_key: Point) -> str:
+    """The address an attestation names: P2WPKH on Bitcoin, the EIP-55 address on EVM."""
     if _kind(chain) == "bitcoin":
         return p2wpkh_address(public_key, _network(chain))
     return ethereum_address(public_key)
@@ -1012,7 +1013,7 @@ def build_report(*, challenge: Challenge, group_key: bytes, chain_code: bytes, g
         derived = []
         for a in by_chain.get(chain, []):
             child = derive(group, chain_code, a.path).public_key
-            derived.append((a, child, _address_of(chain, child)))
+            derived.append((a, child, address_of(chain, child)))
         reader = _reader_for(readers, chain, BitcoinReader if _kind(chain) == "bitcoin" else EvmReader)
         proofs: list[tuple[ReserveAddress, Point, str, int, tuple[ReportUtxo, ...] | None]] = []
         if isinstance(reader, BitcoinReader):
@@ -1217,7 +1218,7 @@ class _Verifier:
                          f"{_path_text(proof.path)} ({child.to_bytes().hex()}): not derived from the group key")
             ok = False
         try:
-            own_address = _address_of(asset.source_chain, Point.from_bytes(proof.public_key))
+            own_address = address_of(asset.source_chain, Point.from_bytes(proof.public_key))
         except InvalidInput:
             self.problem(f"{where}: public key {proof.public_key.hex()} is not a point")
             return False

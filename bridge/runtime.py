@@ -363,7 +363,7 @@ class BridgeRuntime:
 
     def _save_mark(self, mark: float) -> None:
         with self.db.transaction() as tx:
-            _put_meta(tx, ADDRESS_MARK_META, repr(mark))
+            tx.put_derived_meta(ADDRESS_MARK_META, repr(mark))
 
     # -- persistence
     async def _persist(self, chain: str, obs: Observation | None, actions: list[Action], *,
@@ -393,7 +393,7 @@ class BridgeRuntime:
                     self._mirror(tx, chain, dep, "; ".join(details))
             if isinstance(obs, BlockConnected) and cursor:  # a rescanned old block does not move it back
                 tx.set_cursor(chain, obs.height, obs.hash)
-            _put_meta(tx, SNAPSHOT_META + chain, snapshot)
+            tx.put_derived_meta(SNAPSHOT_META + chain, snapshot)
 
     def _mirror(self, tx: dbm.Transaction, chain: str, dep: Any, detail: str) -> None:
         """Bring the deposit's row (what the status API shows) to the machine's state."""
@@ -725,13 +725,3 @@ class BridgeRuntime:
 
 def _did(deposit_id: str | None) -> bytes | None:
     return bytes.fromhex(deposit_id[2:]) if deposit_id else None
-
-
-def _put_meta(tx: dbm.Transaction, name: str, value: str) -> None:
-    """Write the machine snapshot without an audit event: the snapshot is derived state, rewritten
-    after every observation, and the transitions it reflects are audited one by one already."""
-    exists = tx.conn.execute(sa.select(dbm.meta.c.name).where(dbm.meta.c.name == name)).first() is not None
-    if exists:
-        tx.conn.execute(sa.update(dbm.meta).where(dbm.meta.c.name == name).values(value=value))
-    else:
-        tx.conn.execute(sa.insert(dbm.meta).values(name=name, value=value))

@@ -87,6 +87,7 @@ from .reserves import (
     ReserveAddress,
     SolvencyInputs,
     Web3Reader,
+    address_of,
     after_payout,
     attestation_digest,
     build_report,
@@ -116,6 +117,7 @@ from .withdrawals import (
     Tick,
     WithdrawalConfig,
     WithdrawalMachine,
+    burn_key,
     payout_id_of,
 )
 
@@ -141,12 +143,6 @@ PAYOUT_SIGN_CONCURRENCY = 8
 VERDICT_TTL = 30.0
 
 SignFn = Callable[..., Awaitable[Any]]
-
-
-def burn_key(burn_id: str | bytes) -> bytes:
-    if isinstance(burn_id, bytes):
-        return burn_id
-    return bytes.fromhex(burn_id[2:] if burn_id.startswith("0x") else burn_id)
 
 
 def btc_params(chain: SourceChain, network: str) -> BtcPayoutParams:
@@ -565,21 +561,11 @@ class WithdrawalAuthorizer:
         if bytes(w3.eth.get_block(r.challenge_height)["hash"]) != r.challenge_hash:
             return "unknown_challenge", f"block {r.challenge_height} has another hash here"
         child = derive(self.group_key, self.chain_code, path).public_key
-        address = reserve_address_of(r.chain, child)
+        address = address_of(r.chain, child)
         challenge = Challenge(r.challenge_chain, r.challenge_height, "0x" + r.challenge_hash.hex())
         if digest != attestation_digest(challenge, r.chain, address):
             return "digest_mismatch", "the digest is not the attestation of the address this node derives"
         return None, address
-
-
-def reserve_address_of(chain: str, key: Point) -> str:
-    """The address a reserve attestation names: P2WPKH on Bitcoin, the EIP-55 address on EVM."""
-    from fusion_prime.protocol.addresses import ethereum_address, p2wpkh_address
-
-    from .derivation import bitcoin_network
-    from .orders import chain_kind
-
-    return p2wpkh_address(key, bitcoin_network(chain)) if chain_kind(chain) == "bitcoin" else ethereum_address(key)
 
 
 _SUPPLY_INDEX = 0  # Gateway.assetState(asset) -> (supply, mintRemaining, burnRemaining, configVersion)
@@ -696,7 +682,7 @@ class WithdrawalRuntime:
 
     def _save_cursor(self, head: int) -> None:
         with self.db.transaction() as tx:
-            _put_meta(tx, BURN_CURSOR_META, str(head))
+            tx.put_derived_meta(BURN_CURSOR_META, str(head))
 
     async def feed(self, asset: str, obs: Observation) -> list[Action]:
         async with self._lock:
@@ -735,7 +721,7 @@ class WithdrawalRuntime:
                 for a in alerts:
                     tx.record_event("bridge-alert", {"severity": a.severity, "message": a.message},
                                     burn_key(a.burn_id) if a.burn_id else None)
-                _put_meta(tx, SNAPSHOT_META + asset, snapshot)
+                tx.put_derived_meta(SNAPSHOT_META + asset, snapshot)
 
         await trio.to_thread.run_sync(write)
         for a in alerts:
@@ -1291,7 +1277,7 @@ class WithdrawalRuntime:
             path = tuple(parse_path(path_text))
             child = derive(self.group_key, self.chain_code, path).public_key
             chain = next((c for c in sorted(chains_of)
-                          if attestation_digest(challenge, c, reserve_address_of(c, child)) == digest), None)
+                          if attestation_digest(challenge, c, address_of(c, child)) == digest), None)
             if chain is None:
                 raise ValueError("not an attestation of a listed address")
             request = AttestationRequest(chain, path, challenge.chain, challenge.height,
@@ -1332,14 +1318,6 @@ def _token_symbol(w3: Web3, token: str) -> str:
     abi = [{"name": "symbol", "type": "function", "stateMutability": "view", "inputs": [],
             "outputs": [{"name": "", "type": "string"}]}]
     return str(w3.eth.contract(address=Web3.to_checksum_address(token), abi=abi).functions.symbol().call())
-
-
-def _put_meta(tx: dbm.Transaction, name: str, value: str) -> None:
-    exists = tx.conn.execute(dbm.sa.select(dbm.meta.c.name).where(dbm.meta.c.name == name)).first() is not None
-    if exists:
-        tx.conn.execute(dbm.sa.update(dbm.meta).where(dbm.meta.c.name == name).values(value=value))
-    else:
-        tx.conn.execute(dbm.sa.insert(dbm.meta).values(name=name, value=value))
 
 
 def build_sides(cfg: BridgeConfig, *, group_key: Point, chain_code: bytes, bitcoin: BitcoinRPC | None,

@@ -79,6 +79,14 @@ def _bytes32_hex(value: str, what: str) -> str:
     return text
 
 
+def burn_key(burn_id: str | bytes) -> bytes:
+    """The 32 bytes of a burn id given as bytes or (0x-)hex."""
+    raw = burn_id if isinstance(burn_id, bytes) else bytes.fromhex(burn_id.removeprefix("0x"))
+    if len(raw) != 32:
+        raise ValueError("burn id must be 32 bytes")
+    return raw
+
+
 def payout_id_of(burn_ids: tuple[str, ...]) -> str:
     """The payout of these burns, whoever batches them (a pure function of the burn ids)."""
     h = hashlib.sha256(b"FusionPrime/bridge/payout/v1" + b"".join(bytes.fromhex(b[2:]) for b in burn_ids))

@@ -40,6 +40,7 @@ if str(HELPERS) not in sys.path:
     sys.path.insert(0, str(HELPERS))
 
 from fp_bridge_net import BTC_CHAIN, Net, bridge_network, wait_for  # noqa: E402
+from fp_guards import HANG_GUARD  # noqa: E402
 
 from fusion_prime.bridge.chains.bitcoin.encoding import parse_hash_hex  # noqa: E402
 from fusion_prime.bridge.chains.bitcoin.signing import sign_p2wpkh  # noqa: E402
@@ -134,9 +135,9 @@ def _latency(net: Net, samples: int, depth: int) -> tuple[list[float], list[floa
         m0 = time.perf_counter()
         net.miner.mine(1)
         t0 = time.perf_counter()
-        deadline = t0 + 120
+        deadline = t0 + HANG_GUARD  # a hang guard (fp_guards), not a speed bound: the latency is the figure
         while not _minted(net, from_block, {did}):
-            assert time.perf_counter() < deadline, f"deposit {did.hex()} not minted within 120 s"
+            assert time.perf_counter() < deadline, f"deposit {did.hex()} never minted (hang guard)"
             time.sleep(LOG_POLL_SECONDS)
         latencies.append(time.perf_counter() - t0)
         mine_calls.append(t0 - m0)
@@ -166,9 +167,9 @@ def _burst(net: Net, n: int, depth: int, first_recipient: int) -> dict[str, Any]
     net.miner.mine(1)
     t0 = time.perf_counter()
     seen: dict[bytes, float] = {}
-    deadline = t0 + 600
+    deadline = t0 + HANG_GUARD  # a hang guard, not a speed bound
     while len(seen) < n:
-        assert time.perf_counter() < deadline, f"{len(seen)} of {n} minted within 600 s"
+        assert time.perf_counter() < deadline, f"{len(seen)} of {n} minted before the hang guard"
         now = time.perf_counter()
         for did in _minted(net, from_block, dids) - seen.keys():
             seen[did] = now - t0
