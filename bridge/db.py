@@ -483,7 +483,106 @@ def _migration_4(conn: Connection) -> None:
                              "BEGIN SELECT RAISE(ABORT, 'withdrawals is append-only'); END")
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3, _migration_4)
+def _define_v5(md: sa.MetaData) -> dict[str, sa.Table]:
+    """The settlement replica (``bridge/settlement/store.py``), as migration 5 creates it (frozen)."""
+    tables = [
+        # Every batch this node applied, as signed by its coordinator: the replica's history, what
+        # a lagging or resyncing peer replays, and the evidence against a coordinator that lied.
+        sa.Table(
+            "settlement_batches", md,
+            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("hash", sa.LargeBinary(32), nullable=False, unique=True),
+            sa.Column("prev_hash", sa.LargeBinary(32), nullable=False),
+            sa.Column("time_ms", sa.BigInteger, nullable=False),
+            sa.Column("coordinator", sa.String(64), nullable=False),
+            sa.Column("signed", sa.LargeBinary, nullable=False),
+            sa.Column("outcomes", sa.JSON, nullable=False),
+            sa.Column("stored_at", sa.Double, nullable=False),
+        ),
+        # The whole ledger at a batch (after every finalised cycle): a restart loads the latest
+        # and replays the batches after it.
+        sa.Table(
+            "settlement_snapshots", md,
+            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("snapshot", sa.LargeBinary, nullable=False),
+            sa.Column("created_at", sa.Double, nullable=False),
+        ),
+        # Materialised views for the back office (SQL reports), written in the batch's transaction.
+        sa.Table(
+            "settlement_accounts", md,
+            sa.Column("party", sa.String(66), primary_key=True),
+            sa.Column("asset", sa.String(16), primary_key=True),
+            sa.Column("balance", Amount, nullable=False),
+            sa.Column("held", Amount, nullable=False),
+            sa.Column("updated_seq", sa.BigInteger, nullable=False),
+        ),
+        sa.Table(
+            "settlement_trades", md,
+            sa.Column("trade_id", sa.String(64), primary_key=True),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("mode", sa.String(8), nullable=False),
+            sa.Column("cycle", sa.BigInteger, nullable=False),
+            sa.Column("record", sa.JSON, nullable=False),
+            sa.Column("updated_seq", sa.BigInteger, nullable=False),
+            sa.Index("settlement_trades_by_status", "status"),
+        ),
+        sa.Table(
+            "settlement_withdrawals", md,
+            sa.Column("withdrawal_id", sa.String(64), primary_key=True),
+            sa.Column("party", sa.String(66), nullable=False),
+            sa.Column("asset", sa.String(16), nullable=False),
+            sa.Column("amount", Amount, nullable=False),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("record", sa.JSON, nullable=False),
+            sa.Column("updated_seq", sa.BigInteger, nullable=False),
+            sa.Index("settlement_withdrawals_by_status", "status"),
+        ),
+        # Each cycle's checkpoint as this node computed it, and the group's signature once made.
+        sa.Table(
+            "settlement_checkpoints", md,
+            sa.Column("cycle", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("root", sa.LargeBinary(32), nullable=False),
+            sa.Column("checkpoint", sa.LargeBinary, nullable=False),
+            sa.Column("signature", sa.LargeBinary),
+            sa.Column("published_tx", sa.String(80)),
+            sa.Column("created_at", sa.Double, nullable=False),
+        ),
+    ]
+    return {t.name: t for t in tables}
+
+
+_tables_v5 = _define_v5(metadata)
+settlement_batches = _tables_v5["settlement_batches"]
+settlement_snapshots = _tables_v5["settlement_snapshots"]
+settlement_accounts = _tables_v5["settlement_accounts"]
+settlement_trades = _tables_v5["settlement_trades"]
+settlement_withdrawals = _tables_v5["settlement_withdrawals"]
+settlement_checkpoints = _tables_v5["settlement_checkpoints"]
+
+
+def _migration_5(conn: Connection) -> None:
+    """The settlement replica; its batch log is append-only (a resync replaces the replica by
+    replaying batches into a fresh database, never by editing history)."""
+    v5 = sa.MetaData()
+    _define_v5(v5)
+    v5.create_all(conn)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "CREATE TRIGGER settlement_batches_append_only BEFORE UPDATE OR DELETE ON settlement_batches "
+            "FOR EACH ROW EXECUTE FUNCTION bridge_refuse_change()"
+        )
+    else:
+        for statement in (
+            "CREATE TRIGGER settlement_batches_no_update BEFORE UPDATE ON settlement_batches "
+            "BEGIN SELECT RAISE(ABORT, 'settlement_batches is append-only'); END",
+            "CREATE TRIGGER settlement_batches_no_delete BEFORE DELETE ON settlement_batches "
+            "BEGIN SELECT RAISE(ABORT, 'settlement_batches is append-only'); END",
+        ):
+            conn.exec_driver_sql(statement)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3, _migration_4,
+                                                        _migration_5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
