@@ -43,6 +43,7 @@ from .db import BridgeDB
 from .derivation import PURPOSE
 from .mint_policy import PolicyConfig, Verdict, check_mint
 from .requests import BridgeRequestError, MintRequest, PauseRequest, RefundRequest, decode, is_bridge_request
+from .settlement.runtime import decode_checkpoint_request
 
 log = logging.getLogger("fusion_prime.bridge.authorizer")
 PAUSE_COSIGNED_EVENT = "pause-cosigned"
@@ -77,6 +78,8 @@ class BridgeAuthorizer:
         self.withdrawal_hooks: dict[type, Callable[[peer_pb2.SessionProposal, Any], tuple[bool, str]]] = {}
         #: asset -> (solvent, why not): no mint is co-signed for an asset whose custody is short
         self.solvency: Callable[[str], tuple[bool, str]] = lambda asset: (True, "")
+        #: the settlement runtime (``bridge/settlement/runtime.py``) once it runs: checkpoint proposals
+        self.settlement: Any = None
 
     async def in_thread(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
         """Chain RPCs and the database write run in a worker thread, never on the node's loop."""
@@ -85,10 +88,24 @@ class BridgeAuthorizer:
     def __call__(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:
         if proposal.phase == "sign" and is_bridge_request(proposal.sign.client_request):
             return self._bridge(proposal)
+        raw_checkpoint = decode_checkpoint_request(bytes(proposal.sign.client_request)) \
+            if proposal.phase == "sign" else None
+        if raw_checkpoint is not None:
+            return self._checkpoint(proposal, raw_checkpoint)
         ok, why = self.wallet(proposal)
         if ok and proposal.phase == "sign":
             return self._reserved_paths(proposal)
         return ok, why
+
+    def _checkpoint(self, proposal: peer_pb2.SessionProposal, raw: bytes) -> tuple[bool, str]:
+        """A settlement checkpoint: co-signed only if this node's own replica computed the same one."""
+        settlement, ctx = self.settlement, self.context
+        if settlement is None or ctx is None:
+            return False, "settlement: the ledger does not run on this node"
+        if bytes(proposal.sign.key_id) != ctx.key_id:
+            return False, f"settlement checkpoints sign only with key {ctx.key_id.hex()}"
+        return settlement.authorize_checkpoint(bytes(proposal.sign.digest), tuple(proposal.sign.path), raw,
+                                               proposal.coordinator)
 
     # -- wallet requests on the bridge key
     def _reserved_paths(self, proposal: peer_pb2.SessionProposal) -> tuple[bool, str]:

@@ -115,6 +115,25 @@ class BridgePeer:
 
 
 @dataclass(frozen=True)
+class SettlementSettings:
+    """``[bridge.settlement]``: the custody ledger every node keeps (``bridge/settlement/``).
+
+    Every node of the network must use the same values (they decide what the ledger does with a
+    batch); a node with other values computes other roots and is named at the first checkpoint."""
+
+    coordinator: str  # the node id that orders instructions into batches
+    cycle_seconds: float = 60.0  # a netting cycle's cut-off this long after the previous one
+    dispute_window_seconds: float = 30.0  # between a cut-off and the cycle's finalisation
+    batch_interval_seconds: float = 0.05  # the coordinator cuts a batch this often when there is work
+    max_batch_entries: int = 2000
+    snapshot_every: int = 200  # batches between replica snapshots (and at every finalised cycle)
+    registry: str | None = None  # the SettlementCheckpoints contract on the destination chain
+    open_to: frozenset[bytes] | None = None  # client keys that may open accounts; None: anyone
+    max_clock_skew_seconds: float = 30.0  # a batch timed further ahead of this node's clock is refused
+    checkpoint_dir: Path | None = None  # each signed checkpoint is also written here as a file
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     path: Path | None
     key_id: bytes | None
@@ -136,6 +155,7 @@ class BridgeConfig:
     destination_confirmations: int = 1
     status_file: Path | None = None
     peers: tuple[BridgePeer, ...] = ()
+    settlement: SettlementSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -242,6 +262,7 @@ def parse_bridge_config(data: dict[str, Any], path: Path | None = None) -> Bridg
         if len({p.node_id for p in peers}) != len(peers):
             raise BridgeConfigError("one [[bridge.peers]] entry per node")
         status = _get(b, "status_file", str, "", where=w)
+        settlement = _settlement(_get(b, "settlement", dict, {}, where=w), base)
         return BridgeConfig(
             path=path, key_id=key_id, database=_get(b, "database", str, where=w), destination_chain=destination,
             destination_rpc=_get(b, "destination_rpc", str, where=w), gateway=gateway,
@@ -258,11 +279,39 @@ def parse_bridge_config(data: dict[str, Any], path: Path | None = None) -> Bridg
             destination_confirmations=_get(b, "destination_confirmations", int, 1, where=w),
             status_file=(base / status) if status else None,
             peers=tuple(peers),
+            settlement=settlement,
         )
     except (OrderError, ValueError) as exc:
         if isinstance(exc, BridgeConfigError):
             raise
         raise BridgeConfigError(str(exc)) from None
+
+
+def _settlement(t: dict[str, Any], base: Path) -> SettlementSettings | None:
+    if not t:
+        return None
+    w = "[bridge.settlement]"
+    registry = _get(t, "registry", str, "", where=w)
+    open_to = _get(t, "open_to", list, None, where=w)
+    folder = _get(t, "checkpoint_dir", str, "", where=w)
+    s = SettlementSettings(
+        coordinator=_get(t, "coordinator", str, where=w),
+        cycle_seconds=float(_get(t, "cycle_seconds", (int, float), 60.0, where=w)),
+        dispute_window_seconds=float(_get(t, "dispute_window_seconds", (int, float), 30.0, where=w)),
+        batch_interval_seconds=float(_get(t, "batch_interval_seconds", (int, float), 0.05, where=w)),
+        max_batch_entries=_get(t, "max_batch_entries", int, 2000, where=w),
+        snapshot_every=_get(t, "snapshot_every", int, 200, where=w),
+        registry=checksum_address(registry, "registry") if registry else None,
+        open_to=None if open_to is None else frozenset(bytes.fromhex(x) for x in open_to),
+        max_clock_skew_seconds=float(_get(t, "max_clock_skew_seconds", (int, float), 30.0, where=w)),
+        checkpoint_dir=(base / folder) if folder else None)
+    if not (s.coordinator and s.cycle_seconds > 0 and s.dispute_window_seconds >= 0
+            and 0 < s.batch_interval_seconds <= 10 and 1 <= s.max_batch_entries <= 20_000 and s.snapshot_every >= 1
+            and s.max_clock_skew_seconds > 0):
+        raise BridgeConfigError(f"{w}: coordinator required; cycle_seconds > 0, dispute_window_seconds >= 0, "
+                                "0 < batch_interval_seconds <= 10, 1 <= max_batch_entries <= 20000, "
+                                "snapshot_every >= 1, max_clock_skew_seconds > 0")
+    return s
 
 
 def load_bridge_config(path: Path) -> BridgeConfig:
@@ -290,9 +339,12 @@ def bridge_toml(bridge: dict[str, Any], chains: list[dict[str, Any]]) -> str:
     tables, becomes ``[[bridge.peers]]``."""
     bridge = dict(bridge)
     peers = bridge.pop("peers", None) or []
+    settlement = bridge.pop("settlement", None)
     lines = ["[bridge]"] + [f"{k} = {_toml_value(v)}" for k, v in bridge.items()]
     for c in chains:
         lines += ["", "[[bridge.chains]]"] + [f"{k} = {_toml_value(v)}" for k, v in c.items()]
     for p in peers:
         lines += ["", "[[bridge.peers]]"] + [f"{k} = {_toml_value(v)}" for k, v in p.items()]
+    if settlement:
+        lines += ["", "[bridge.settlement]"] + [f"{k} = {_toml_value(v)}" for k, v in settlement.items()]
     return "\n".join(lines) + "\n"

@@ -99,9 +99,10 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
                             destination=destination, registry=node.metrics.registry)
     runtime.withdrawals = _withdrawal_side(node, authorizer, bcfg, db, share, committee, destination, bitcoin,
                                            runtime, sources)
+    settlement = _settlement_side(node, authorizer, bcfg, db, share, runtime)
     server = servicer = None
     try:
-        server, servicer = _start_service(node, bcfg, db, share, bridge_listen, bridge_port_file)
+        server, servicer = _start_service(node, bcfg, db, share, bridge_listen, bridge_port_file, settlement)
         if servicer is not None and runtime.withdrawals is not None:
             token = trio.lowlevel.current_trio_token()
             readers = _reserve_readers(bcfg, sources)
@@ -113,8 +114,13 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
                 "refused": forwarder.refused[-20:]}
         log_event(log, logging.INFO, "bridge running", node=node.cfg.node_id, gateway=bcfg.gateway,
                   chains=[c.caip2 for c in bcfg.chains])
-        await runtime.run()
+        async with trio.open_nursery() as nursery:
+            if settlement is not None:
+                nursery.start_soon(settlement.run)
+            await runtime.run()
+            nursery.cancel_scope.cancel()
     finally:
+        authorizer.settlement = None
         authorizer.context = None
         authorizer.withdrawal_hooks = {}
         if servicer is not None and hasattr(servicer, "close"):
@@ -170,8 +176,61 @@ def _withdrawal_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfi
                              alert=runtime._alert, pause=runtime.pause_for)
 
 
-def _start_service(node: Node, bcfg: BridgeConfig, db: Any, share: Any, listen: str, port_file: Path | None
-                   ) -> tuple[Any, Any]:
+def _settlement_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfig, db: Any, share: Any,
+                     runtime: BridgeRuntime) -> Any:
+    """The custody ledger (``bridge/settlement/``), if ``[bridge.settlement]`` is configured: its
+    runtime, the deposits that credit accounts, the withdrawals paid from them, and the
+    participant's checkpoint hook."""
+    settings = bcfg.settlement
+    if settings is None:
+        return None
+    from fusion_prime.protocol.addresses import ethereum_address
+    from fusion_prime.protocol.hd import derive
+
+    from .settlement.runtime import Peer, SettlementRuntime
+
+    assert bcfg.gateway is not None and bcfg.key_id is not None
+    keys = {nid: p.identity_public_key for nid, p in node.material.peers.items()}
+    keys[node.cfg.node_id] = node.material.identity.public_key
+    if settings.coordinator not in keys:
+        raise ValueError(f"[bridge.settlement] coordinator {settings.coordinator!r} is not in the roster")
+    peers = [Peer(p.node_id, p.address, p.tls_cert.read_bytes()) for p in bcfg.peers]
+    assets = {c.symbol: c.caip2 for c in bcfg.chains}
+    signer = ethereum_address(derive(share.group_key, share.chain_code, bcfg.signer_path).public_key)
+    registry = settings.registry or bcfg.gateway
+    funding = payouts = publish = None
+    try:
+        from .settlement.funding import Funding
+
+        funding = Funding(db, group_key=share.group_key, chain_code=share.chain_code, assets=assets)
+    except ImportError:  # pragma: no cover - shipped together
+        log_event(log, logging.WARNING, "settlement: deposits cannot credit accounts on this node")
+    if runtime.withdrawals is not None:
+        try:
+            from .settlement.payouts_link import AccountWithdrawals
+
+            payouts = AccountWithdrawals.for_runtime(runtime.withdrawals)
+        except (ImportError, AttributeError):  # pragma: no cover - shipped together
+            log_event(log, logging.WARNING, "settlement: account withdrawals are not paid by this node")
+    if settings.registry is not None and runtime.relayer is not None:
+        from .settlement.publish import publish_checkpoint
+
+        relayer, destination, registry_address = runtime.relayer, runtime.destination, settings.registry
+        publish = lambda signed: publish_checkpoint(destination, registry_address, signed, relayer)  # noqa: E731
+    settlement = SettlementRuntime(
+        settings, db=db, node_id=node.cfg.node_id, identity=node.material.identity, node_keys=keys, peers=peers,
+        assets=list(assets), sign=node.sign, key_id=bcfg.key_id, signer_path=bcfg.signer_path,
+        signer_address=signer, chain_id=bcfg.destination_chain_id, registry=registry, funding=funding,
+        payouts=payouts, publish=publish)
+    if funding is not None and hasattr(funding, "set_ledger_liabilities"):
+        funding.set_ledger_liabilities(lambda: settlement.read(
+            lambda led: {a: bal + pending for a, (bal, pending) in led.liabilities().items()}))
+    authorizer.settlement = settlement
+    return settlement
+
+
+def _start_service(node: Node, bcfg: BridgeConfig, db: Any, share: Any, listen: str, port_file: Path | None,
+                   settlement: Any = None) -> tuple[Any, Any]:
     """The Bridge gRPC service (``bridge/service.py``, written beside this module)."""
     try:
         from . import service
@@ -188,8 +247,15 @@ def _start_service(node: Node, bcfg: BridgeConfig, db: Any, share: Any, listen: 
     servicer = service.BridgeServicer(db, functools.partial(deposit_address, share.group_key, share.chain_code),
                                       sources=sources, destinations=destinations, node_id=node.cfg.node_id,
                                       forwarder=forwarder)
+    extra = []
+    if settlement is not None:
+        from .settlement.service import SettlementServicer, add_to_server
+
+        extra.append(add_to_server(SettlementServicer(
+            settlement, admins=bcfg.admin_clients, funding=settlement.funding,
+            sources={c.symbol: c.caip2 for c in bcfg.chains})))
     server, port = service.start_bridge_server(servicer, listen, node.cfg.tls_cert.read_bytes(),
-                                               node.cfg.tls_key.read_bytes())
+                                               node.cfg.tls_key.read_bytes(), extra=extra)
     if forwarder is not None:
         forwarder.start()  # after the server: a peer's forward to us may arrive meanwhile, that is fine
     if port_file is not None:

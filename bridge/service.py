@@ -53,7 +53,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -660,8 +660,8 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
         return out
 
 
-def start_bridge_server(servicer: BridgeServicer, listen: str, cert_pem: bytes, key_pem: bytes
-                        ) -> tuple[grpc.Server, int]:
+def start_bridge_server(servicer: BridgeServicer, listen: str, cert_pem: bytes, key_pem: bytes,
+                        extra: Sequence[Callable[[grpc.Server], None]] = ()) -> tuple[grpc.Server, int]:
     """Start the Bridge service on ``listen`` (``host:port``; port 0 picks one) with server-auth TLS.
 
     No client certificate is asked for (see the module docstring: nothing here is privileged, and
@@ -670,6 +670,8 @@ def start_bridge_server(servicer: BridgeServicer, listen: str, cert_pem: bytes, 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=BRIDGE_SERVER_THREADS, thread_name_prefix="bridge"),
                          maximum_concurrent_rpcs=BRIDGE_MAX_CONCURRENT_RPCS)
     bridge_pb2_grpc.add_BridgeServicer_to_server(servicer, server)
+    for add in extra:  # services served on the same port (the Settlement service)
+        add(server)
     port = server.add_secure_port(listen, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
     if port == 0:
         raise OSError(f"cannot listen on {listen}")

@@ -115,19 +115,36 @@ class SettlementStore:
         stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in cols})
         tx.conn.execute(stmt, rows)
 
+    def put_snapshot(self, ledger: Ledger) -> None:
+        """The replica as it is now (a resync's result): replaces any snapshot at or after its batch."""
+        t = bdb.settlement_snapshots
+        with self.db.transaction() as tx:
+            tx.conn.execute(sa.delete(t).where(t.c.seq >= ledger.seq))
+            tx.conn.execute(sa.insert(t).values(seq=ledger.seq, snapshot=ledger.to_snapshot(), created_at=time.time()))
+
+    def snapshot_at(self, seq: int) -> bytes | None:
+        t = bdb.settlement_snapshots
+        with self.db.read() as r:
+            row = r.conn.execute(sa.select(t.c.snapshot).where(t.c.seq == seq)).first()
+        return None if row is None else bytes(row[0])
+
     def record_event(self, name: str, detail: dict[str, Any]) -> None:
         with self.db.transaction() as tx:
             tx.record_event(name, detail)
 
     # ------------------------------------------------------------------ checkpoints
-    def put_checkpoint(self, cycle: int, root: bytes, checkpoint: bytes) -> None:
-        """This node's own checkpoint of a cycle (idempotent; a different one is a bug → error)."""
+    def put_checkpoint(self, cycle: int, root: bytes, checkpoint: bytes, *, replace: bool = False) -> None:
+        """This node's own checkpoint of a cycle (idempotent). A different one is refused unless
+        ``replace`` (a resync recomputed it; never over a group-signed one)."""
         t = bdb.settlement_checkpoints
         with self.db.transaction() as tx:
-            old = tx.conn.execute(sa.select(t.c.checkpoint).where(t.c.cycle == cycle)).first()
+            old = tx.conn.execute(sa.select(t.c.checkpoint, t.c.signature).where(t.c.cycle == cycle)).first()
             if old is not None:
-                if bytes(old[0]) != checkpoint:
+                if bytes(old[0]) == checkpoint:
+                    return
+                if not replace or old[1] is not None:
                     raise StoreError(f"cycle {cycle}: a different checkpoint is already stored")
+                tx.conn.execute(sa.update(t).where(t.c.cycle == cycle).values(root=root, checkpoint=checkpoint))
                 return
             tx.conn.execute(sa.insert(t).values(cycle=cycle, root=root, checkpoint=checkpoint, created_at=time.time()))
 
