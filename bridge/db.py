@@ -581,8 +581,63 @@ def _migration_5(conn: Connection) -> None:
             conn.exec_driver_sql(statement)
 
 
+def _define_v6(md: sa.MetaData) -> dict[str, sa.Table]:
+    """Account withdrawals on the payout side, as migration 6 creates them (frozen).
+
+    A withdrawal from a settlement account is paid by the bridge's payout machinery under a burn id
+    of its own (``withdrawals.account_burn_id``); this row is to it what a ``withdrawals`` row is to
+    a Gateway burn — what the status API and every participant's payout check read. Separate from
+    ``withdrawals`` because it is not a Gateway burn: it never counts as burned supply in flight,
+    never appears in a proof of reserves as one, is never refunded on the Gateway, and its ordering
+    nonce (above 2**255) does not fit that table's BIGINT."""
+    tables = [
+        sa.Table(
+            "account_withdrawals", md,
+            sa.Column("burn_id", sa.LargeBinary(32), primary_key=True),
+            sa.Column("withdrawal_id", sa.LargeBinary(32), nullable=False, unique=True),  # the ledger's id
+            sa.Column("party", sa.String(66), nullable=False),  # hex of the client key
+            sa.Column("ledger_asset", sa.String(16), nullable=False),  # the ledger's asset symbol
+            sa.Column("asset", sa.String(64), nullable=False),  # the withdrawal side paying it ("" if none)
+            sa.Column("source_chain", sa.String(64), nullable=False),  # the chain paid on
+            sa.Column("burn_nonce", Amount, nullable=False),  # withdrawals.account_nonce(burn_id)
+            sa.Column("amount", Amount, nullable=False),
+            sa.Column("destination", sa.Text, nullable=False),  # hex of the raw destination bytes paid
+            sa.Column("created_ms", sa.BigInteger, nullable=False),  # the ledger batch's time
+            sa.Column("state", sa.String(16), nullable=False),
+            sa.Column("payout_id", sa.String(66)),
+            sa.Column("txid", sa.String(128)),
+            sa.Column("confirmations", sa.Integer, nullable=False),
+            sa.Column("required_confirmations", sa.Integer, nullable=False),
+            sa.Column("reason", sa.Text),
+            sa.Column("updated_at", sa.Double, nullable=False),
+            sa.Index("account_withdrawals_by_state", "state"),
+        ),
+    ]
+    return {t.name: t for t in tables}
+
+
+_tables_v6 = _define_v6(metadata)
+account_withdrawals = _tables_v6["account_withdrawals"]
+
+
+def _migration_6(conn: Connection) -> None:
+    """Account withdrawals on the payout side; append-only like ``withdrawals`` (a withdrawal that
+    was ever in a payout is never forgotten)."""
+    v6 = sa.MetaData()
+    _define_v6(v6)
+    v6.create_all(conn)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "CREATE TRIGGER account_withdrawals_no_delete BEFORE DELETE ON account_withdrawals "
+            "FOR EACH ROW EXECUTE FUNCTION bridge_refuse_change()"
+        )
+    else:
+        conn.exec_driver_sql("CREATE TRIGGER account_withdrawals_no_delete BEFORE DELETE ON account_withdrawals "
+                             "BEGIN SELECT RAISE(ABORT, 'account_withdrawals is append-only'); END")
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3, _migration_4,
-                                                        _migration_5)
+                                                        _migration_5, _migration_6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -726,6 +781,25 @@ class Reader:
     def get_withdrawal(self, burn_id: bytes) -> dict[str, Any] | None:
         row = self.conn.execute(sa.select(withdrawals).where(withdrawals.c.burn_id == burn_id)).first()
         return None if row is None else dict(row._mapping)
+
+    def get_account_withdrawal(self, burn_id: bytes) -> dict[str, Any] | None:
+        """The account withdrawal paid under ``burn_id`` (``withdrawals.account_burn_id``), or None."""
+        row = self.conn.execute(sa.select(account_withdrawals).where(account_withdrawals.c.burn_id == burn_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    def account_withdrawal_by_id(self, withdrawal_id: bytes) -> dict[str, Any] | None:
+        """The account withdrawal with the settlement ledger's id ``withdrawal_id``, or None."""
+        row = self.conn.execute(sa.select(account_withdrawals)
+                                .where(account_withdrawals.c.withdrawal_id == withdrawal_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    def account_withdrawals_in(self, states: Collection[str], asset: str | None = None) -> list[dict[str, Any]]:
+        """Account withdrawals in one of ``states`` (of one withdrawal side's ``asset``), oldest first."""
+        q = sa.select(account_withdrawals).where(account_withdrawals.c.state.in_(list(states)))
+        if asset is not None:
+            q = q.where(sa.func.lower(account_withdrawals.c.asset) == asset.lower())
+        q = q.order_by(account_withdrawals.c.created_ms, account_withdrawals.c.burn_id)
+        return [dict(r._mapping) for r in self.conn.execute(q).all()]
 
     def withdrawals_by_burner(self, burner: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.conn.execute(sa.select(withdrawals).where(sa.func.lower(withdrawals.c.burner) == burner.lower())
@@ -1013,6 +1087,29 @@ class Transaction(Reader):
             fixed = {"burn_id", "asset", "source_chain", "burn_nonce", "burner", "amount", "destination"}
             self.conn.execute(sa.update(withdrawals).where(withdrawals.c.burn_id == row["burn_id"])
                               .values({k: v for k, v in row.items() if k not in fixed}))
+
+    def put_account_withdrawal(self, row: dict[str, Any]) -> bool:
+        """Insert or update an account withdrawal's row; returns whether it was new. What it pays
+        (withdrawal id, party, assets, chain, nonce, amount, destination, time) is fixed at first
+        sight: a row that disagrees is a :class:`Conflict`, never an overwrite."""
+        _check_bytes32("burn_id", row.get("burn_id"))
+        row = {**row, "updated_at": self._now}
+        t = account_withdrawals
+        current = self.conn.execute(sa.select(t).where(t.c.burn_id == row["burn_id"]).with_for_update()).first()
+        fixed = ("withdrawal_id", "party", "ledger_asset", "asset", "source_chain", "burn_nonce", "amount",
+                 "destination", "created_ms")
+        if current is None:
+            _check_bytes32("withdrawal_id", row.get("withdrawal_id"))
+            self.conn.execute(sa.insert(t).values(row))
+            return True
+        have = current._mapping
+        changed = [k for k in fixed if k in row and row[k] != have[k]]
+        if changed:
+            raise Conflict(f"account withdrawal 0x{row['burn_id'].hex()}: {', '.join(changed)} differ from the "
+                           "recorded ones")
+        self.conn.execute(sa.update(t).where(t.c.burn_id == row["burn_id"])
+                          .values({k: v for k, v in row.items() if k not in fixed and k != "burn_id"}))
+        return False
 
     def archive_payout(self, *, txid: str, payout_id: str, source_chain: str, role: str, burn_ids: list[str],
                        inputs: list[str], fee: int, proposal: str | None = None, raw: str | None = None,

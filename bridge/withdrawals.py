@@ -14,6 +14,7 @@ States of a withdrawal (one per burn, keyed by the Gateway's burn id)::
        │          └──────────┘ (session failed)   └──┘ bumped (same inputs, higher fee)
        ▼
     refunding ─► refund_signed ─► refunded            (unpayable destination, below minimum)
+    returning ─► returned                             (the same, for an account withdrawal)
 
 * A burn is acted on only once the follower delivers it at the required depth (the follower reads
   logs only below ``head − confirmations``, so it re-reads the log there); the same burn id
@@ -41,6 +42,16 @@ States of a withdrawal (one per burn, keyed by the Gateway's burn id)::
 * **Refunds.** A burn the destination rules cannot pay (``classify`` names why) is refunded by a
   group-signed ``RefundBurn`` (the Gateway's refund rule: exactly the burned amount to the burner,
   once). A refund is never proposed for a burn that is in a payout.
+* **Account withdrawals** (``bridge/settlement/payouts_link.py``). A withdrawal from a settlement
+  account enters as a burn-like :class:`Burn` whose ``account_withdrawal`` names the ledger's
+  withdrawal id: it is batched and paid exactly like a Gateway burn (same payout, same archive
+  rules, ``amount − withdrawal_fee`` paid), but it has no Gateway nonce (no gap detection, no
+  rescan), and when ``classify`` says it cannot be paid it goes to ``returning`` instead of
+  ``refunding``: no Gateway refund exists for it, the settlement ledger credits the amount back
+  (``WithdrawalReturned``), after which :class:`AccountClosed` ends it as ``returned``. Its burn
+  id is :func:`account_burn_id` (a tagged SHA-256 of the withdrawal id: never a Gateway burn id,
+  which is a keccak-256 of the Gateway's own fields) and its nonce :func:`account_nonce` (above
+  every Gateway nonce, so in a batch its output follows the burns').
 
 Time: ``now`` (Unix seconds) comes with every observation; :class:`Tick` lets time pass.
 """
@@ -61,8 +72,12 @@ CONFIRMED = "confirmed"
 REFUNDING = "refunding"
 REFUND_SIGNED = "refund_signed"
 REFUNDED = "refunded"
-STATES = (OBSERVED, QUEUED, SIGNING, SIGNED, BROADCAST, CONFIRMED, REFUNDING, REFUND_SIGNED, REFUNDED)
-FINAL = frozenset({CONFIRMED, REFUNDED})
+#: an account withdrawal that cannot be paid: waiting for the ledger to credit it back, then done
+RETURNING = "returning"
+RETURNED = "returned"
+STATES = (OBSERVED, QUEUED, SIGNING, SIGNED, BROADCAST, CONFIRMED, REFUNDING, REFUND_SIGNED, REFUNDED, RETURNING,
+          RETURNED)
+FINAL = frozenset({CONFIRMED, REFUNDED, RETURNED})
 
 #: payout states
 BUILDING = "building"
@@ -87,6 +102,27 @@ def burn_key(burn_id: str | bytes) -> bytes:
     return raw
 
 
+#: the burn id of an account withdrawal is SHA-256(tag ‖ withdrawal id): a Gateway burn id is a
+#: keccak-256 of (chain id, Gateway, nonce), so the two can only meet through a hash collision
+ACCOUNT_BURN_TAG = b"fusion-prime/bridge/account-withdrawal/v1"
+#: account withdrawals' nonces start here; the Gateway counts its burns from 1 and never gets close
+ACCOUNT_NONCE_BASE = 1 << 255
+
+
+def account_burn_id(withdrawal_id: bytes) -> str:
+    """The burn id (0x-hex) under which the bridge pays the ledger's withdrawal ``withdrawal_id``."""
+    if not isinstance(withdrawal_id, bytes) or len(withdrawal_id) != 32:
+        raise ValueError("withdrawal id must be 32 bytes")
+    return "0x" + hashlib.sha256(ACCOUNT_BURN_TAG + withdrawal_id).hexdigest()
+
+
+def account_nonce(burn_id: str | bytes) -> int:
+    """The ordering nonce of an account withdrawal's burn id: every node computes the same one
+    alone, it sorts after every Gateway nonce, and two of them are equal only if their burn ids
+    agree in 255 bits (a payout refuses two burns with one nonce)."""
+    return ACCOUNT_NONCE_BASE | (int.from_bytes(burn_key(burn_id), "big") >> 1)
+
+
 def payout_id_of(burn_ids: tuple[str, ...]) -> str:
     """The payout of these burns, whoever batches them (a pure function of the burn ids)."""
     h = hashlib.sha256(b"FusionPrime/bridge/payout/v1" + b"".join(bytes.fromhex(b[2:]) for b in burn_ids))
@@ -108,15 +144,29 @@ class Burn:
     destination: bytes
     block: int
     tx_hash: str
+    #: 0x-hex of the settlement ledger's withdrawal id for an account withdrawal; "" for a Gateway burn
+    account_withdrawal: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "burn_id", _bytes32_hex(self.burn_id, "burn id"))
         if self.nonce < 1 or self.amount <= 0 or self.block < 0:
             raise ValueError("a burn has nonce >= 1, a positive amount and a block")
+        if self.account_withdrawal:
+            wid = _bytes32_hex(self.account_withdrawal, "account withdrawal id")
+            object.__setattr__(self, "account_withdrawal", wid)
+            if account_burn_id(bytes.fromhex(wid[2:])) != self.burn_id or self.nonce != account_nonce(self.burn_id):
+                raise ValueError("an account withdrawal's burn id and nonce are derived from its withdrawal id")
+
+    @property
+    def is_account(self) -> bool:
+        """A withdrawal from a settlement account (no Gateway burn behind it)."""
+        return bool(self.account_withdrawal)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["destination"] = self.destination.hex()
+        if not self.account_withdrawal:
+            del d["account_withdrawal"]  # a Gateway burn's snapshot is what it always was
         return d
 
     @classmethod
@@ -261,12 +311,23 @@ class RefundFailed:
 
 
 @dataclass(frozen=True)
+class AccountClosed:
+    """The settlement ledger (this node's replica) ended an account withdrawal: ``paid`` (by
+    ``txid``) or ``returned`` (credited back). A payout is never built for it after this."""
+
+    burn_id: str
+    status: str  # "paid" | "returned"
+    txid: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Tick:
     pass
 
 
 Observation = (BurnSeen | BurnsScanned | RefundSeen | PayoutSigned | PayoutFailed | PayoutBroadcast | PayoutDepth
-               | PayoutFound | RefundSigned | RefundFailed | Tick)
+               | PayoutFound | RefundSigned | RefundFailed | AccountClosed | Tick)
 
 
 # -------------------------------------------------------------------------------- actions
@@ -371,8 +432,9 @@ class WithdrawalMachine:
         return None
 
     def in_flight(self) -> int:
-        """Burned and not yet paid or refunded: a liability that is no longer in the wrapped supply."""
-        return sum(w.burn.amount for w in self.withdrawals.values() if w.state not in FINAL)
+        """Burned and not yet paid or refunded: a liability that is no longer in the wrapped supply.
+        Account withdrawals are not in it: they never were supply, their liability is the ledger's."""
+        return sum(w.burn.amount for w in self.withdrawals.values() if w.state not in FINAL and not w.burn.is_account)
 
     def reserved_txids(self) -> set[str]:
         """Every variant of every payout that has not confirmed: their inputs are spoken for."""
@@ -404,6 +466,8 @@ class WithdrawalMachine:
             if w is not None and w.state == REFUNDING:
                 w.next_try = now + self.config.retry_after
                 out.append(Record(w.burn.burn_id, REFUNDING, REFUNDING, f"refund not signed: {obs.reason}"[:500]))
+        elif isinstance(obs, AccountClosed):
+            self._account_closed(obs, out)
         self._due(now, out)
         return out
 
@@ -433,8 +497,12 @@ class WithdrawalMachine:
             return
         w = Withdrawal(burn=burn, state=OBSERVED, observed_at=now)
         self.withdrawals[burn.burn_id] = w
-        out.append(Record(burn.burn_id, None, OBSERVED, f"nonce {burn.nonce}, {burn.amount} in block {burn.block}"))
-        self._advance_nonce(burn, out)
+        if burn.is_account:  # no Gateway nonce: nothing to count or rescan
+            out.append(Record(burn.burn_id, None, OBSERVED, f"account withdrawal {burn.account_withdrawal} of "
+                                                            f"{burn.amount}"))
+        else:
+            out.append(Record(burn.burn_id, None, OBSERVED, f"nonce {burn.nonce}, {burn.amount} in block {burn.block}"))
+            self._advance_nonce(burn, out)
         why = self.config.classify(burn)
         if why is None and self.config.hold_above and burn.amount > self.config.hold_above:
             w.next_try = now + self.config.hold_seconds
@@ -444,7 +512,31 @@ class WithdrawalMachine:
             self._move(w, QUEUED, "payable", out)
         else:
             w.reason = why
-            self._move(w, REFUNDING, why, out)
+            # an account withdrawal has no Gateway burn to refund: the ledger credits it back
+            self._move(w, RETURNING if burn.is_account else REFUNDING, why, out)
+
+    def _account_closed(self, obs: AccountClosed, out: list[Action]) -> None:
+        """The ledger ended an account withdrawal. Before any payout of it: it is done here too.
+        Once a payout is being signed or is out, the payout decides (a payout that no longer finds
+        the withdrawal pending is refused by every honest co-signer; one already out is alarming)."""
+        w = self.get(obs.burn_id)
+        if w is None or not w.burn.is_account or w.state in FINAL:
+            return
+        if obs.status not in ("paid", "returned"):
+            return
+        if w.state in (OBSERVED, QUEUED, RETURNING):
+            if obs.status == "returned":
+                self._move(w, RETURNED, f"returned to the account by the ledger: {obs.detail}", out)
+            else:
+                if w.state == RETURNING:
+                    out.append(Alert("critical", f"account withdrawal {w.burn.account_withdrawal} is paid per the "
+                                                 f"ledger ({obs.txid}) but unpayable by this node's rules",
+                                     w.burn.burn_id))
+                w.txid = obs.txid or w.txid
+                self._move(w, CONFIRMED, f"paid per the ledger by {obs.txid}", out)
+        elif obs.status == "returned" and w.state in (SIGNED, BROADCAST):
+            out.append(Alert("critical", f"account withdrawal {w.burn.account_withdrawal} was returned by the "
+                                         f"ledger while its payout {w.txid} is out", w.burn.burn_id))
 
     def _advance_nonce(self, burn: Burn, out: list[Action]) -> None:
         seen = {w.burn.nonce for w in self.withdrawals.values()}
@@ -568,8 +660,9 @@ class WithdrawalMachine:
             if w.state in (OBSERVED, QUEUED, SIGNING, SIGNED):
                 w.payout_id, w.txid = p.payout_id, obs.txid
                 self._move(w, BROADCAST, f"paid by {obs.txid} (another coordinator)", out)
-            elif w.state in (REFUNDING, REFUND_SIGNED):
-                out.append(Alert("critical", f"burn {bid} is being refunded and was paid by {obs.txid}", bid))
+            elif w.state in (REFUNDING, REFUND_SIGNED, RETURNING, RETURNED):
+                out.append(Alert("critical", f"burn {bid} is being refunded (or returned) and was paid by {obs.txid}",
+                                 bid))
         self._depth(PayoutDepth(obs.txid, obs.confirmations), now, out)
 
     # -- refunds
