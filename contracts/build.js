@@ -31,6 +31,7 @@ const TARGETS = {
   WrappedAsset: 'src/WrappedAsset.sol',
   Gateway: 'src/Gateway.sol',
   SettlementEscrow: 'src/SettlementEscrow.sol',
+  SettlementCheckpoints: 'src/SettlementCheckpoints.sol',
 };
 
 function fail(msg) {

@@ -24,7 +24,7 @@ def test_committed_artefacts_match_a_fresh_compile() -> None:
 
 def test_artefacts_have_what_the_bridge_loads() -> None:
     names = sorted(p.stem for p in ARTIFACTS.glob("*.json"))
-    assert names == ["Gateway", "SettlementEscrow", "WrappedAsset"]
+    assert names == ["Gateway", "SettlementCheckpoints", "SettlementEscrow", "WrappedAsset"]
     for name in names:
         art = artifact(name)
         assert art["contractName"] == name
