@@ -182,6 +182,13 @@ class Net:
     def bridge(self, node_id: str) -> BridgeClient:
         return BridgeClient(f"127.0.0.1:{self.bridge_ports[node_id]}", self.certs[node_id], server_name=node_id)
 
+    def settlement(self, node_id: str, identity: PartyIdentity) -> Any:
+        """A settlement client (``bridge/settlement/client.py``) of ``identity`` at ``node_id``."""
+        from fusion_prime.bridge.settlement.client import SettlementClient
+
+        return SettlementClient(f"127.0.0.1:{self.bridge_ports[node_id]}", self.certs[node_id], identity=identity,
+                                server_name=node_id)
+
     def wallet(self, node_id: str = "node1") -> WalletClient:
         return WalletClient(f"127.0.0.1:{self.wallet_ports[node_id]}", self.certs[node_id], ADMIN,
                             server_name=node_id)
@@ -374,6 +381,7 @@ def _bridge_peers(devnet: list[Any], d: Any) -> list[dict[str, str]]:
 @contextlib.contextmanager
 def bridge_network(base: Path, *, security_level: str | None = None, presign_pool_depth: int | None = None,
                    round_deadline_seconds: float = 20.0, forward_registrations: bool = False,
+                   settlement: dict[str, Any] | None = None,
                    progress: Callable[[str], None] | None = None, **overrides: Any) -> Iterator[Net]:
     """The whole network, running; ``overrides`` go into every node's bridge section.
 
@@ -384,7 +392,11 @@ def bridge_network(base: Path, *, security_level: str | None = None, presign_poo
     tests need a node that does not know an address yet).
 
     ``progress`` is told, in a line each, what has just been set up (the demo prints it; the tests
-    pass nothing), so a bring-up that takes half a minute at the 128-bit level is not silent."""
+    pass nothing), so a bring-up that takes half a minute at the 128-bit level is not silent.
+
+    ``settlement`` (``[bridge.settlement]`` keys) runs the custody ledger too, coordinated by node1,
+    with its checkpoints published to a ``SettlementCheckpoints`` registry deployed beside the
+    Gateway (it implies ``forward_registrations``: followers pull batches from node1's API)."""
     say = progress or (lambda _line: None)
     btc_node = RegtestNode(base / "btc")
     server = BitcoinRPCServer(btc_node, user=RPC_USER, password=RPC_PASSWORD).start()
@@ -408,7 +420,7 @@ def bridge_network(base: Path, *, security_level: str | None = None, presign_poo
             level = load_config(devnet[0].config_path).security_level
             progress(f"{len(devnet)} signer nodes configured under {base} (security level {level}): identity keys, "
                      "TLS certificates, encrypted storage")
-        if forward_registrations:
+        if forward_registrations or settlement is not None:
             for d, port in zip(devnet, free_ports(len(devnet)), strict=True):
                 (d.folder / "bridge.listen").write_text(f"127.0.0.1:{port}")
             overrides = {**overrides, "peers": None}  # filled per node below
@@ -461,10 +473,20 @@ def bridge_network(base: Path, *, security_level: str | None = None, presign_poo
                                        signer_retention=60)
         say(f"Gateway {deployment.gateway}, fpBTC {deployment.tokens['fpBTC']}, fpETH {deployment.tokens['fpETH']}; "
             "each node's bridge.toml now names them")
+        if settlement is not None:
+            from fusion_prime.bridge.settlement.checkpoint import GENESIS_ROOT
+            from fusion_prime.bridge.settlement.publish import deploy_registry
+
+            registry = deploy_registry(dst, deployment.gateway, GENESIS_ROOT, dst.eth.accounts[0])
+            say(f"SettlementCheckpoints registry {registry}: every cycle's checkpoint is published there")
+            overrides = {**overrides, "settlement": {"coordinator": "node1", "registry": registry, **settlement}}
+        node_overrides: dict[str, dict[str, Any]] = {}
         for d in devnet:
+            per_node = node_overrides[d.node_id] = _node_overrides(devnet, d, overrides)
+            if settlement is not None:
+                per_node["settlement"] = {**per_node["settlement"], "checkpoint_dir": str(d.folder / "checkpoints")}
             _write_bridge(d, server.url, src_anvil.url, dst_anvil.url, key_id=key_id.hex(),
-                          gateway=deployment.gateway, tokens=deployment.tokens,
-                          **_node_overrides(devnet, d, overrides))
+                          gateway=deployment.gateway, tokens=deployment.tokens, **per_node)
         bridge_ports = {d.node_id: wait_until(f"{d.node_id} bridge", lambda d=d: _port(d.folder / "bridge.port"),
                                             procs=procs) for d in devnet}
         # The Bridge API answers before each runtime's first block walk, and a fresh runtime starts
@@ -481,7 +503,7 @@ def bridge_network(base: Path, *, security_level: str | None = None, presign_poo
                   src_url=src_anvil.url, dst_url=dst_anvil.url, key_id=key_id,
                   gateway=gateway_contract(dst, deployment.gateway), tokens=tokens, relayers=relayers,
                   deployment=deployment, starts=starts,
-                  overrides={d.node_id: _node_overrides(devnet, d, overrides) for d in devnet})
+                  overrides=node_overrides)
     finally:
         for p in procs.values():
             if p.poll() is None:

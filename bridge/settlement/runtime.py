@@ -131,6 +131,15 @@ class SettlementRuntime:
 
     # ------------------------------------------------------------------ running
     async def run(self) -> None:
+        """Run until cancelled. A failure stops the ledger on this node (halted, reported in its
+        status and log) but never the signer and bridge it runs beside."""
+        try:
+            await self._run()
+        except Exception as exc:
+            self.halted = f"settlement runtime failed: {type(exc).__name__}: {exc}"
+            log_event(log, logging.CRITICAL, "settlement runtime stopped", node=self.node_id, error=self.halted)
+
+    async def _run(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self.ledger = await trio.to_thread.run_sync(self._load)
         await trio.to_thread.run_sync(self._resume_hooks)
@@ -505,7 +514,7 @@ class SettlementRuntime:
                 await trio.sleep(1.0)
                 continue
             try:
-                batches, head = await trio.to_thread.run_sync(self._pull, cancellable=True)
+                batches, head = await trio.to_thread.run_sync(self._pull)
                 delay = 0.5
             except (grpc.RpcError, SettlementError) as exc:
                 log_event(log, logging.DEBUG, "settlement pull failed", error=str(exc))
@@ -569,7 +578,7 @@ class SettlementRuntime:
         while True:
             await trio.sleep(1.0)
             try:
-                await trio.to_thread.run_sync(self._adopt_once, cancellable=True)
+                await trio.to_thread.run_sync(self._adopt_once)
             except (grpc.RpcError, SettlementError) as exc:
                 log_event(log, logging.DEBUG, "checkpoint adoption failed", error=str(exc))
 
