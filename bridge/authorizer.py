@@ -40,7 +40,7 @@ from fusion_prime.signer.requests import parse_forwarded, verify_request
 from .chainview import COSIGNED_EVENT, REFUSED_EVENT, NodeChainView
 from .custody import CUSTODY_PURPOSE
 from .db import BridgeDB
-from .derivation import PURPOSE
+from .derivation import ACCOUNT_PURPOSE, PURPOSE
 from .mint_policy import PolicyConfig, Verdict, check_mint
 from .requests import BridgeRequestError, MintRequest, PauseRequest, RefundRequest, decode, is_bridge_request
 from .settlement.runtime import decode_checkpoint_request
@@ -113,7 +113,7 @@ class BridgeAuthorizer:
         if self.reserved_key is None or bytes(s.key_id) != self.reserved_key:
             return True, ""
         path = tuple(s.path)
-        if path != self.signer_path and path[:1] not in ((PURPOSE,), (CUSTODY_PURPOSE,)):
+        if path != self.signer_path and path[:1] not in ((PURPOSE,), (CUSTODY_PURPOSE,), (ACCOUNT_PURPOSE,)):
             return True, ""
         try:
             client = verify_request(parse_forwarded(s.client_request)).body.client

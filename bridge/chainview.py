@@ -14,6 +14,8 @@ refused by every node whose chain view disagrees.
   canonical block at that height (a reorged-out transaction is absent), depth from the head.
 * The Gateway: ``mintedDeposit`` and ``signerSchedule`` on the destination chain.
 * What this node co-signed: ``mint-cosigned`` events in its own append-only event log.
+* Settlement account deposits (never minted): its own deposit rows, address registrations and
+  ``settlement-credited`` events.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from web3 import Web3
 
 from .chains.bitcoin.rpcclient import BitcoinRPC, BitcoinRPCError
 from .db import BridgeDB, Reader
+from .derivation import SETTLEMENT_DESTINATION
 from .mint_policy import BitcoinOutput, EvmDeposit
 from .orders import MintOrder, deposit_id
 
@@ -166,3 +169,22 @@ class NodeChainView:
         # stored as the canonical encoding: the event log's JSON turns ints >= 2^53 into strings
         events = self._read(lambda r: r.events(deposit_id))
         return [MintOrder.from_bytes(bytes.fromhex(e.detail["order"])) for e in events if e.event == COSIGNED_EVENT]
+
+    def settlement_deposit(self, deposit_id: bytes, address: str | None) -> str | None:
+        from .settlement.funding import credited_deposits
+
+        def look(r: Reader) -> str | None:
+            row = r.get_deposit(deposit_id)
+            if row is not None and row.destination_chain == SETTLEMENT_DESTINATION:
+                return f"is recorded as a deposit to the settlement account of {row.recipient}"
+            if credited_deposits(r, [deposit_id]):
+                return "was credited to a settlement account"
+            if address:
+                for spelling in {address, address.lower()}:
+                    registered = r.get_address(spelling)
+                    if registered is not None and registered.destination_chain == SETTLEMENT_DESTINATION:
+                        return f"pays {registered.address}, the settlement account deposit address of " \
+                               f"{registered.recipient}"
+            return None
+
+        return self._read(look)

@@ -202,7 +202,10 @@ def _settlement_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfi
     try:
         from .settlement.funding import Funding
 
-        funding = Funding(db, group_key=share.group_key, chain_code=share.chain_code, assets=assets)
+        # paused: no credit from a chain an erratum paused; solvency: the withdrawal side counts
+        # the ledger's liabilities (set_ledger_liabilities below)
+        funding = Funding(db, group_key=share.group_key, chain_code=share.chain_code, assets=assets,
+                          paused=runtime.chain_paused, solvency=runtime.withdrawals)
     except ImportError:  # pragma: no cover - shipped together
         log_event(log, logging.WARNING, "settlement: deposits cannot credit accounts on this node")
     if runtime.withdrawals is not None:
@@ -247,6 +250,13 @@ def _start_service(node: Node, bcfg: BridgeConfig, db: Any, share: Any, listen: 
     servicer = service.BridgeServicer(db, functools.partial(deposit_address, share.group_key, share.chain_code),
                                       sources=sources, destinations=destinations, node_id=node.cfg.node_id,
                                       forwarder=forwarder)
+    funding = getattr(settlement, "funding", None)
+    if funding is not None:
+        # account deposit addresses: served (and registered when a peer forwards one), and a new
+        # registration here is forwarded to the peers like any deposit address
+        servicer.funding = funding
+        if forwarder is not None:
+            funding.forward = forwarder.submit
     extra = []
     if settlement is not None:
         from .settlement.service import SettlementServicer, add_to_server

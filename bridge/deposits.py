@@ -38,6 +38,16 @@ States of a deposit (one per ``(source chain, txid, vout)``, keyed by the Gatewa
 
 Time: ``now`` (Unix seconds) is given with every observation; :class:`Tick` exists only to let time
 pass (deadline expiry) when nothing else happens.
+
+**Settlement account deposits** (issue 16): an output to a custody account's deposit address
+(``destination_chain == SETTLEMENT_DESTINATION``, ``recipient`` = the party's hex; see
+``derivation.py``) follows the same path — re-derived address, value-aware depth, dust, reorgs —
+but it is **never minted**: at depth it stays ``confirmed`` (no order is ever issued for it, and a
+signature or a ``Minted`` for it is an alert), waiting for the settlement coordinator to put a
+``Credit`` for it into a ledger batch (``bridge/settlement/funding.py``). Once the edge reports
+:class:`Credited`, the deposit is backing a ledger balance exactly as a minted one backs supply:
+reorganised out after that (or credited while out of the chain) it is an **erratum**, like a
+reorg after a mint. Only a machine configured with ``accounts=True`` takes such outputs.
 """
 
 from __future__ import annotations
@@ -47,7 +57,14 @@ from typing import Any
 
 from fusion_prime.protocol.curve import Point
 
-from .derivation import DerivationError, deposit_address, same_address
+from .derivation import (
+    SETTLEMENT_DESTINATION,
+    DerivationError,
+    account_deposit,
+    deposit_address,
+    party_hex,
+    same_address,
+)
 from .orders import (
     ChainParams,
     MintOrder,
@@ -169,6 +186,15 @@ class SignerEpochChanged:
 
 
 @dataclass(frozen=True)
+class Credited:
+    """A settlement batch credited this (account) deposit to its party's ledger account: from now
+    on it backs a balance, so leaving the chain is an erratum. ``reference`` names the batch."""
+
+    deposit_id: str
+    reference: str = ""
+
+
+@dataclass(frozen=True)
 class Resume:
     """The operators resolved an erratum (and the Gateway was unpaused): mint again."""
 
@@ -176,7 +202,7 @@ class Resume:
 
 
 Observation = (BlockConnected | ChainTip | BlockDisconnected | OrderSigned | SigningFailed | MintSeen
-               | MintQueuedSeen | Tick | SignerEpochChanged | Resume)
+               | MintQueuedSeen | Tick | SignerEpochChanged | Resume | Credited)
 
 
 # ------------------------------------------------------------------------------------- actions
@@ -262,6 +288,8 @@ class DepositConfig:
 
     ``group_key``/``chain_code`` make the machine re-derive every reported deposit address;
     ``signer`` (the group key's EVM address) makes it verify every signature before relaying.
+    ``accounts`` makes it take deposits to settlement account addresses (never minted; see the
+    module docstring); without it such an output is ignored with a warning like any unknown route.
     """
 
     source_chain: str
@@ -273,6 +301,7 @@ class DepositConfig:
     group_key: Point | None = None
     chain_code: bytes | None = None
     signer: str | None = None
+    accounts: bool = False
 
     def __post_init__(self) -> None:
         chain_kind(check_caip2(self.source_chain))
@@ -311,6 +340,12 @@ class Deposit:
     minted_tx: str | None = None
     minted_block: int | None = None
     minted_digest: str | None = None
+    credited: str | None = None  # account deposits: the batch that credited it (see Credited)
+
+    @property
+    def account(self) -> bool:
+        """A deposit to a settlement account's address: credited by a ledger batch, never minted."""
+        return self.destination_chain == SETTLEMENT_DESTINATION
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -321,7 +356,7 @@ class Deposit:
             "order": self.order.to_dict() if self.order else None,
             "signature": self.signature.hex() if self.signature is not None else None,
             "issued": [o.to_dict() for o in self.issued], "queued": self.queued, "minted_tx": self.minted_tx,
-            "minted_block": self.minted_block, "minted_digest": self.minted_digest,
+            "minted_block": self.minted_block, "minted_digest": self.minted_digest, "credited": self.credited,
         }
 
     @classmethod
@@ -335,7 +370,7 @@ class Deposit:
             confirmations=d["confirmations"], order=MintOrder.from_dict(d["order"]) if d["order"] else None,
             signature=bytes.fromhex(d["signature"]) if d["signature"] is not None else None,
             issued=[MintOrder.from_dict(o) for o in d["issued"]], queued=d["queued"], minted_tx=d["minted_tx"],
-            minted_block=d["minted_block"], minted_digest=d["minted_digest"],
+            minted_block=d["minted_block"], minted_digest=d["minted_digest"], credited=d.get("credited"),
         )
 
 
@@ -426,6 +461,8 @@ class DepositMachine:
                 self.signer_epoch = observation.epoch
             case Resume():
                 self._on_resume(observation, now, out)
+            case Credited():
+                self._on_credited(observation, out)
             case Tick():
                 pass
             case _:
@@ -490,15 +527,22 @@ class DepositMachine:
         try:
             txid = txid_bytes(o.txid).hex()
             did = "0x" + deposit_id(cfg.source_chain, txid, o.vout).hex()
-            recipient = checksum_address(o.recipient, "recipient")
-            route = cfg.route(o.destination_chain)
-            if route is None:
-                raise OrderError(f"no route to {o.destination_chain}")
+            if o.destination_chain == SETTLEMENT_DESTINATION:
+                if not cfg.accounts:
+                    raise OrderError("settlement account deposits are not taken on this chain")
+                recipient = party_hex(o.recipient)
+            else:
+                recipient = checksum_address(o.recipient, "recipient")
+                if cfg.route(o.destination_chain) is None:
+                    raise OrderError(f"no route to {o.destination_chain}")
             if isinstance(o.amount, bool) or not isinstance(o.amount, int) or o.amount < 0:
                 raise OrderError("amount must be a non-negative integer")
             if cfg.group_key is not None and cfg.chain_code is not None:
-                derived = deposit_address(cfg.group_key, cfg.chain_code, cfg.source_chain, o.destination_chain,
-                                          recipient)
+                if o.destination_chain == SETTLEMENT_DESTINATION:
+                    derived = account_deposit(cfg.group_key, cfg.chain_code, cfg.source_chain, recipient)
+                else:
+                    derived = deposit_address(cfg.group_key, cfg.chain_code, cfg.source_chain, o.destination_chain,
+                                              recipient)
                 if not same_address(chain_kind(cfg.source_chain), derived.address, o.address):
                     raise OrderError(f"{o.address} is not the deposit address of {o.destination_chain}/{recipient}")
         except (OrderError, DerivationError) as exc:
@@ -564,6 +608,8 @@ class DepositMachine:
         dep.block_hash, dep.block_height, dep.confirmations = None, None, 0
         if dep.state == MINTED:
             self._erratum(dep, f"{where} after the mint in {dep.minted_tx}", out)
+        elif dep.account and dep.credited is not None and dep.state in _IN_CHAIN_UNMINTED:
+            self._erratum(dep, f"{where} after it was credited to its settlement account ({dep.credited})", out)
         elif dep.state in _IN_CHAIN_UNMINTED:
             had_order = dep.order is not None and dep.state in (SIGNING, SIGNED)
             self._set(dep, REORGED, where + ("; its order is kept and not relayed" if had_order else ""), out)
@@ -594,6 +640,11 @@ class DepositMachine:
             return
         dep.confirmations = k
         if k >= dep.required:
+            if dep.account:
+                self._set(dep, CONFIRMED, f"{k} of {dep.required} confirmations; "
+                                          + ("credited" if dep.credited else "awaits its settlement credit")
+                                          + " (never minted)", out)
+                return
             self._set(dep, CONFIRMED, f"{k} of {dep.required} confirmations", out)
             self._start_mint(dep, now, out)
         elif k > 0:
@@ -603,7 +654,10 @@ class DepositMachine:
 
     def _start_mint(self, dep: Deposit, now: int, out: list[Action]) -> None:
         """From ``confirmed``: reuse the order this deposit already has while it is live (so a
-        re-confirmation or restart never yields a second order), else issue a new one."""
+        re-confirmation or restart never yields a second order), else issue a new one. Never for a
+        settlement account deposit: its value is credited to a ledger account, not minted."""
+        if dep.account:
+            return
         if self.paused:
             out.append(Record(dep.deposit_id, dep.state, dep.state, f"waiting: {self.pause_reason}"))
             return
@@ -619,6 +673,10 @@ class DepositMachine:
         self._issue(dep, now, out)
 
     def _issue(self, dep: Deposit, now: int, out: list[Action]) -> None:
+        if dep.account:  # unreachable through _start_mint; kept so no path can ever mint an account deposit
+            out.append(Alert("critical", f"refused to issue a mint order for settlement account deposit "
+                                         f"{dep.deposit_id}", dep.deposit_id))
+            return
         route = self.config.route(dep.destination_chain)
         assert route is not None
         order = MintOrder(asset=route.asset, source_chain=self.config.source_chain, source_txid=dep.txid,
@@ -712,6 +770,9 @@ class DepositMachine:
                 out.append(Alert("critical", f"a second Minted for {dep.deposit_id}: {ev.tx_hash} after "
                                              f"{dep.minted_tx}", dep.deposit_id))
             return
+        if dep.account:
+            out.append(Alert("critical", f"settlement account deposit {dep.deposit_id} was MINTED in {ev.tx_hash}: "
+                                         "the group never signs a mint for an account deposit", dep.deposit_id))
         dep.minted_tx, dep.minted_block, dep.minted_digest = ev.tx_hash, ev.block, ev.order_digest
         known = {"0x" + self._route_digest(o, dep.destination_chain).hex() for o in dep.issued}
         if ev.order_digest is not None and ev.order_digest not in known and not ev.cosigned:
@@ -732,6 +793,25 @@ class DepositMachine:
         dep.queued = True
         out.append(Record(dep.deposit_id, dep.state, dep.state,
                           f"large mint {ev.order_digest} queued until {ev.eta}; no re-issue while queued"))
+
+    def _on_credited(self, ev: Credited, out: list[Action]) -> None:
+        dep = self.deposits.get(ev.deposit_id)
+        if dep is None or not dep.account:
+            out.append(Alert("critical" if dep is not None else "warning",
+                             f"a settlement credit names deposit {ev.deposit_id}, which this node "
+                             + ("holds as a mint deposit" if dep is not None else "has not seen"), ev.deposit_id))
+            return
+        if dep.credited is not None:
+            return  # the same credit reported twice
+        dep.credited = ev.reference or "credited"
+        if dep.state == REORGED:
+            self._erratum(dep, f"credited ({dep.credited}) while its block is not in the chain", out)
+            return
+        if dep.state != CONFIRMED:
+            out.append(Alert("critical", f"settlement account deposit {dep.deposit_id} credited ({dep.credited}) "
+                                         f"while this node has it {dep.state} ({dep.confirmations} of "
+                                         f"{dep.required})", dep.deposit_id))
+        out.append(Record(dep.deposit_id, dep.state, dep.state, f"credited to its settlement account ({dep.credited})"))
 
     def _on_resume(self, ev: Resume, now: int, out: list[Action]) -> None:
         if not self.paused:

@@ -19,9 +19,10 @@ A participant signs only if, by its own view:
    (re-signing the identical order after a failed session is fine; a re-issue is allowed only
    after every earlier order's deadline plus a clock-skew grace, and only with the same terms);
 7. the deposit is not already minted on-chain (``mintedDeposit``);
-8. the output (Bitcoin) or top-level value transfer (EVM) exists, succeeded, pays the address
-   derived for exactly (source chain, this destination chain, recipient), for exactly the amount,
-   at the value-aware depth.
+8. the output (Bitcoin) or top-level value transfer (EVM) exists, succeeded, is not a deposit to
+   a settlement account (those are credited to a ledger account, never minted: issue 16), pays
+   the address derived for exactly (source chain, this destination chain, recipient), for exactly
+   the amount, at the value-aware depth.
 
 The Gateway's one-mint-per-deposit is the last line; these checks make sure the group never
 signs an order that should not mint in the first place.
@@ -95,6 +96,12 @@ class ChainView(Protocol):
 
     def cosigned_orders(self, deposit_id: bytes) -> Sequence[MintOrder]:
         """Every order for ``deposit_id`` this node has already co-signed (its local record)."""
+        ...
+
+    def settlement_deposit(self, deposit_id: bytes, address: str | None) -> str | None:
+        """Why ``deposit_id`` (paying ``address``, when known) is a settlement account deposit by this
+        node's records — recorded as one, credited to an account, or paying an address registered
+        for an account — or None. Such a deposit is never minted."""
         ...
 
 
@@ -187,6 +194,7 @@ def check_mint(order: MintOrder, digest: bytes, view: ChainView, config: PolicyC
         output = view.bitcoin_output(order.source_txid, order.vout)
         if output is None:
             return _refuse("no_such_output", f"no output {order.source_txid}:{order.vout} on {order.source_chain}")
+        paid_to = output.address
         script = bytes([0, 20]) + hash160(derived.public_key)
         pays = (output.script_pubkey == script) if output.script_pubkey is not None else (
             output.address is not None and same_address("bitcoin", output.address, derived.address))
@@ -200,8 +208,13 @@ def check_mint(order: MintOrder, digest: bytes, view: ChainView, config: PolicyC
             return _refuse("no_such_output", f"no transaction 0x{order.source_txid} on {order.source_chain}")
         if deposit.status != 1:
             return _refuse("failed_transaction", f"transaction 0x{order.source_txid} reverted")
+        paid_to = deposit.to
         pays = same_address("evm", deposit.to, derived.address)
         value, confirmations = deposit.value_wei, deposit.confirmations
+    account = view.settlement_deposit(order.deposit_id, paid_to)
+    if account is not None:
+        return _refuse("account_deposit", f"deposit 0x{order.deposit_id.hex()} {account}: it is credited to a "
+                                          "settlement account, never minted")
     if not pays:
         return _refuse("wrong_address", f"the deposit does not pay {derived.address}, the address of "
                                         f"{order.recipient} on {config.destination_chain}")

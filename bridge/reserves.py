@@ -78,7 +78,7 @@ from fusion_prime.protocol.hd import derive, parse_path
 from fusion_prime.signer.bitcoin import BitcoinError, address_to_script, der_encode_signature, p2wpkh_script
 
 from .custody import CUSTODY_PURPOSE
-from .derivation import PATH_COMPONENTS, PURPOSE, DerivationError, bitcoin_network, path_string, tagged_hash
+from .derivation import DerivationError, bitcoin_network, is_deposit_path, path_string, tagged_hash
 from .orders import OrderError, address_bytes, chain_key, chain_kind, to_checksum_address
 
 if TYPE_CHECKING:
@@ -124,16 +124,19 @@ class SolvencyInputs:
     supply: int  # the wrapped supply on the destination chain
     in_flight: int = 0  # withdrawals burned (so no longer in supply) but not yet paid
     tolerance: int = 0  # the permitted gap (sweep and miner fees not yet earned back)
+    #: what the settlement ledger owes in this asset (issue 16): account balances plus account
+    #: withdrawals not yet paid out — deposits credited to accounts are in custody like minted ones
+    ledger: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.asset, str) or not self.asset:
             raise SolvencyError("asset must be a non-empty name")
-        for name in ("custody", "supply", "in_flight", "tolerance"):
+        for name in ("custody", "supply", "in_flight", "tolerance", "ledger"):
             _non_negative(getattr(self, name), f"{self.asset} {name}")
 
     @property
     def liabilities(self) -> int:
-        return self.supply + self.in_flight
+        return self.supply + self.in_flight + self.ledger
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,9 @@ def _verdict(inputs: SolvencyInputs, prefix: str = "") -> SolvencyVerdict:
     liabilities = inputs.liabilities
     gap = liabilities - inputs.custody
     ok = gap <= inputs.tolerance
+    ledger = f" + ledger {inputs.ledger}" if inputs.ledger else ""
     books = (f"custody {inputs.custody} + tolerance {inputs.tolerance} {'>=' if ok else '<'} liabilities "
-             f"{liabilities} (supply {inputs.supply} + in flight {inputs.in_flight})")
+             f"{liabilities} (supply {inputs.supply} + in flight {inputs.in_flight}{ledger})")
     if ok:
         reason = f"{prefix}{inputs.asset} solvent: {books}"
     else:
@@ -170,7 +174,8 @@ def after_mint(inputs: SolvencyInputs, amount: int) -> SolvencyVerdict:
     """The verdict once ``amount`` more is minted: the deposit it mints is already in custody (a
     deposit address counts), so only the supply grows. A node co-signs the mint only if ``ok``."""
     _non_negative(amount, f"{inputs.asset} mint amount")
-    after = SolvencyInputs(inputs.asset, inputs.custody, inputs.supply + amount, inputs.in_flight, inputs.tolerance)
+    after = SolvencyInputs(inputs.asset, inputs.custody, inputs.supply + amount, inputs.in_flight, inputs.tolerance,
+                           inputs.ledger)
     return _verdict(after, f"after minting {amount}: ")
 
 
@@ -193,7 +198,7 @@ def after_payout(inputs: SolvencyInputs, burned_amount: int, spent: int) -> Solv
         return SolvencyVerdict(False, inputs.custody, inputs.liabilities, inputs.liabilities - inputs.custody,
                                f"{prefix}{inputs.asset}: spends {spent} but custody holds only {inputs.custody}")
     after = SolvencyInputs(inputs.asset, inputs.custody - spent, inputs.supply, inputs.in_flight - burned_amount,
-                           inputs.tolerance)
+                           inputs.tolerance, inputs.ledger)
     return _verdict(after, prefix)
 
 
@@ -1230,8 +1235,9 @@ class _Verifier:
             self.problem(f"{where}: signature does not verify under its public key over the challenge "
                          f"{r.challenge.block_hash} (a low-S ECDSA signature of the attestation digest)")
             ok = False
+        # a settlement account's deposit address (issue 16) holds custody like a mint deposit address
         shape = {"custody": len(proof.path) == 2 and proof.path[0] == CUSTODY_PURPOSE,
-                 "deposit": len(proof.path) == 1 + PATH_COMPONENTS and proof.path[0] == PURPOSE}
+                 "deposit": is_deposit_path(proof.path)}
         if not shape[proof.role]:
             self.problem(f"{where}: role {proof.role} but path {_path_text(proof.path)} is not a {proof.role} path")
         return ok

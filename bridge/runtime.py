@@ -46,6 +46,14 @@ carried out:
   order already queued is skipped (a second ``mint`` would only revert).
 * ``PauseChain`` → a group-signed ``Pause`` relayed with ``pauseWithSignature``; a CRITICAL log
   line, the ``fp_bridge_chain_paused`` gauge and the status file name the erratum.
+* **Settlement account deposits** (issue 16): the machines take deposits to account addresses
+  (``DepositConfig.accounts``) and never mint them; the settlement side credits them
+  (``bridge/settlement/funding.py``) and records each credit as a ``settlement-credited`` audit
+  event. Each step the runtime looks up, for the account deposits its machines hold uncredited,
+  whether such an event exists, and feeds ``Credited`` (making sure the deposit is a custody coin
+  too: a node may have applied the credit before it saw the deposit). From then on the machine
+  treats a reorg of the deposit as an erratum. :meth:`BridgeRuntime.chain_paused` tells the funding
+  side not to credit from a chain paused by an erratum.
 """
 
 from __future__ import annotations
@@ -72,9 +80,14 @@ from . import db as dbm
 from .chainview import NodeChainView
 from .config import BridgeConfig, SourceChain
 from .deposits import (
+    CONFIRMED,
+    CONFIRMING,
+    REORGED,
+    SEEN,
     Action,
     Alert,
     BlockConnected,
+    Credited,
     DepositConfig,
     DepositMachine,
     MintQueuedSeen,
@@ -164,6 +177,7 @@ class BridgeRuntime:
         self.cfg, self.db, self.sign_fn, self.node_id = cfg, db, sign, node_id
         self.committee = list(committee)
         self.view, self.destination, self.clock = view, destination, clock
+        self.group_key, self.chain_code = group_key, chain_code
         self.gateway = view.gateway
         self.group_address = Web3.to_checksum_address(
             "0x" + Web3.keccak(group_key.to_uncompressed()[1:])[-20:].hex())
@@ -175,7 +189,8 @@ class BridgeRuntime:
             dconf = DepositConfig(source_chain=chain.caip2, params=chain.params,
                                   routes=(Route(cfg.destination_chain, chain.asset, cfg.gateway),),
                                   expiry_grace=cfg.expiry_grace, group_key=group_key, chain_code=chain_code,
-                                  signer=self.group_address, header_window=max(2016, chain.params.max_confirmations))
+                                  signer=self.group_address, header_window=max(2016, chain.params.max_confirmations),
+                                  accounts=True)
             self.machines[chain.caip2] = self._load_machine(dconf)
             self.chain_by_asset[chain.asset] = chain.caip2
             source = self._source(chain, sources[chain.caip2])
@@ -266,6 +281,7 @@ class BridgeRuntime:
                 await self.feed(chain, obs)
         if fresh:
             await self._rescan_new_addresses(fresh)
+        await self._learn_credits()
         mints, head, warnings = await trio.to_thread.run_sync(self.mints.poll)
         for w in warnings:
             self._alert("critical", w, None)
@@ -315,6 +331,44 @@ class BridgeRuntime:
                 await self._persist(chain, obs, actions)
         await self._execute(chain, actions)
         return actions
+
+    # -- settlement account deposits
+    def chain_paused(self, chain: str) -> bool:
+        """Whether deposits from ``chain`` are paused here (an erratum): the funding side offers and
+        accepts no credit from it meanwhile, as no mint is proposed."""
+        machine = self.machines.get(chain)
+        return machine is None or machine.paused
+
+    async def _learn_credits(self) -> None:
+        """Feed ``Credited`` for the account deposits a settlement batch credited (the
+        ``settlement-credited`` events) that the machines still hold as uncredited."""
+        wanted: dict[str, str] = {}
+        for chain, machine in self.machines.items():
+            for dep in machine.deposits.values():
+                if dep.account and dep.credited is None and dep.state in (SEEN, CONFIRMING, CONFIRMED, REORGED):
+                    wanted[dep.deposit_id] = chain
+        if not wanted:
+            return
+        found = await trio.to_thread.run_sync(self._credited_custody, list(wanted))
+        for did, reference in found.items():
+            await self.feed(wanted[did], Credited(did, reference))
+
+    def _credited_custody(self, deposit_ids: list[str]) -> dict[str, str]:
+        """(worker thread) Of ``deposit_ids``, those credited (with the batch reference), each made
+        sure to be a custody coin (idempotent)."""
+        from .settlement.funding import credited_deposits, custody_coin_of
+
+        out: dict[str, str] = {}
+        with self.db.transaction() as tx:
+            found = credited_deposits(tx, (bytes.fromhex(d[2:]) for d in deposit_ids))
+            for raw, detail in found.items():
+                dep = tx.get_deposit(raw)
+                coin = custody_coin_of(dep, self.group_key, self.chain_code) if dep is not None else None
+                if coin is not None and dep is not None and dep.amount == int(detail.get("amount", -1)) \
+                        and dep.recipient == detail.get("party"):
+                    tx.add_custody_coin(**coin)
+                out["0x" + raw.hex()] = str(detail.get("reference") or "settlement credit")
+        return out
 
     # -- addresses registered after their deposit's block was read
     def _fresh_addresses(self) -> list[dbm.DepositAddress]:

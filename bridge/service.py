@@ -66,7 +66,7 @@ from . import db as _db
 from .db import EVENT_HEAD, STATES, BridgeDB, BridgeDBError, Conflict, Deposit, InvalidRecord
 from .db import DepositAddress as AddressRecord
 from .db import deposits as deposits_table
-from .derivation import DepositAddress, DerivationError
+from .derivation import SETTLEMENT_DESTINATION, DepositAddress, DerivationError, party_bytes
 from .orders import (
     ChainParams,
     OrderError,
@@ -78,6 +78,7 @@ from .orders import (
     minimum_deposit,
     to_checksum_address,
 )
+from .settlement.funding import FundingError
 
 log = logging.getLogger("fusion_prime.bridge.service")
 
@@ -294,6 +295,9 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                  forwarder: RegistrationForwarder | None = None) -> None:
         self.db = db
         self.forwarder = forwarder
+        #: settlement accounts' deposit addresses (``bridge/settlement/funding.py``'s ``Funding``), set
+        #: by the composition root when the settlement ledger runs on this node; None: not served
+        self.funding: Any = None
         self.deposit_address_fn = deposit_address_fn
         self.node_id = node_id
         self.sources: dict[str, SourceChain] = {}
@@ -369,6 +373,8 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
     @_guarded
     def GetDepositAddress(self, request: bridge_pb2.DepositAddressRequest, context: grpc.ServicerContext
                           ) -> bridge_pb2.DepositAddressResponse:
+        if request.destination_chain == SETTLEMENT_DESTINATION:
+            return self._account_address(request, context)
         destination = _chain(request.destination_chain, "destination_chain")
         if chain_kind(destination) != "evm":
             raise _Invalid(f"destination_chain {destination} must be an EVM chain (where the Gateway mints)")
@@ -410,6 +416,48 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                                                       max_confirmations=params.max_confirmations,
                                                       value_per_block=str(params.value_per_block)),
             wrapped_token=self.tokens.get((source, destination), ""), already_registered=already)
+
+    def _account_address(self, request: bridge_pb2.DepositAddressRequest, context: grpc.ServicerContext
+                         ) -> bridge_pb2.DepositAddressResponse:
+        """A settlement account's deposit address (issue 16): ``destination_chain`` is
+        ``SETTLEMENT_DESTINATION`` and ``recipient`` the party's 33-byte key in hex. Deposits to it
+        credit the party's ledger account instead of minting (``bridge/settlement/funding.py``).
+
+        This is also the form a peer's ``RegistrationForwarder`` sends for an account address
+        registered there (the stored route: that destination, the party's hex, the source chain),
+        so every node derives the address itself and watches it. Nothing here is privileged
+        either: the address is a pure function of (source chain, party) under the group key, and a
+        deposit to it is credited only to an account that party opened with its own signature."""
+        funding = self.funding
+        if funding is None:
+            raise _Invalid("this node keeps no settlement accounts (no bridge settlement configured)")
+        try:
+            party = party_bytes(request.recipient)
+        except DerivationError as exc:
+            raise _Invalid(f"recipient: {exc}") from None
+        source = self._source_of(request)
+        asset = funding.symbol_of.get(source)
+        if asset is None:
+            raise _Invalid(f"settlement accounts are not funded from {source} on this node; assets: "
+                           f"{', '.join(sorted(funding.assets)) or 'none'}")
+        forwarded_from = _forwarded_from(context)
+        try:
+            derived, already = funding.register_account(party, asset, forward=not forwarded_from)
+        except Conflict as exc:
+            log_event(log, logging.ERROR, "account deposit address conflicts with the database", error=str(exc))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"this node's database records another deposit address for this account: {exc}")
+        except (InvalidRecord, FundingError) as exc:
+            raise _Invalid(str(exc)) from None
+        params = self.sources[source].params
+        return bridge_pb2.DepositAddressResponse(
+            address=derived.address, path=derived.path_str, public_key=derived.public_key, source_chain=source,
+            asset=self.sources[source].asset, destination_chain=SETTLEMENT_DESTINATION, recipient=derived.recipient,
+            minimum_deposit=str(minimum_deposit(params)),
+            confirmations=bridge_pb2.ConfirmationRule(min_confirmations=params.min_confirmations,
+                                                      max_confirmations=params.max_confirmations,
+                                                      value_per_block=str(params.value_per_block)),
+            wrapped_token="", already_registered=already)
 
     # GetDeposit / ListDeposits -----------------------------------------------------------------
     @_guarded

@@ -58,7 +58,7 @@ from . import db as dbm
 from .chains.bitcoin.rpcclient import BitcoinRPC, BitcoinRPCError
 from .config import BridgeConfig, SourceChain
 from .custody import CUSTODY_PURPOSE, CustodyAddress, custody_address
-from .derivation import PURPOSE, DerivationError, deposit_address
+from .derivation import DerivationError, deposit_address, is_deposit_path
 from .orders import RefundOrder, burn_id, chain_key, checksum_address, encode_signature, recover_signer
 from .payouts import (
     BtcPayoutParams,
@@ -309,6 +309,49 @@ class WithdrawalAuthorizer:
         #: (-1: not yet); solvency reads the supply at the lower one (see solvency_inputs)
         self.minted_through = -1
         self.burned_through = -1
+        #: the settlement ledger's liabilities (``set_ledger_liabilities``); None: no ledger here
+        self.ledger_liabilities: Callable[[], dict[str, int]] | None = None
+        self._ledger_seen: dict[str, int] = {}  # its last answer (see ledger_owed)
+        self._ledger_read = False
+
+    # -- the settlement ledger's liabilities (issue 16)
+    def set_ledger_liabilities(self, fn: Callable[[], dict[str, int]] | None) -> None:
+        """Count what the settlement ledger owes in every solvency judgement of this node (the
+        periodic check, the mint and payout co-signing checks, the EVM side's): ``fn()`` maps each
+        ledger asset symbol (a source chain's ``symbol``) to its account balances plus its pending
+        account withdrawals. Deposits credited to accounts are custody (``settlement/funding.py``),
+        so without this they would look like surplus that a mint or a payout could use."""
+        self.ledger_liabilities = fn
+
+    def ledger_owed(self, side: AssetSide, reader: dbm.Reader, *, fresh: bool = True) -> int:
+        """What the ledger owes in ``side``'s asset that is still in custody: ``fn()``'s figure less
+        the account withdrawals whose payout is broadcast (like a burn, one stops counting once its
+        payout is in this node's mempool: custody, read with the mempool, has already dropped; it
+        leaves the ledger's pending withdrawals only when the payout's depth is reported in a
+        batch). An unreadable ledger raises: solvency unknown, never guessed.
+
+        ``fresh=False`` (a caller inside a database transaction) uses ``fn``'s last answer instead
+        of asking again: the ledger's runtime holds its own lock while it writes a batch to this
+        database, so asking it while holding the database's write lock could deadlock. The last
+        answer is at most one solvency check old, and the ledger's total moves only by credits
+        (whose deposits are custody already) and by paid withdrawals (whose payouts already left
+        custody), so a stale figure errs by amounts custody has or no longer owes."""
+        if self.ledger_liabilities is None:
+            return 0
+        if fresh:
+            self._ledger_seen = {k: int(v) for k, v in self.ledger_liabilities().items()}
+            self._ledger_read = True
+        elif not self._ledger_read:
+            raise RuntimeError("the settlement ledger's liabilities have not been read yet")
+        owed = self._ledger_seen.get(side.chain.symbol, 0)
+        if owed <= 0:
+            return 0
+        table = getattr(dbm, "account_withdrawals", None)
+        if table is not None:
+            rows = reader.conn.execute(dbm.sa.select(table.c.amount).where(
+                (table.c.ledger_asset == side.chain.symbol) & (table.c.state == "broadcast"))).all()
+            owed -= sum(int(row[0]) for row in rows)
+        return max(0, owed)
 
     def _side_of_burn(self, burn_id: bytes) -> AssetSide | None:
         with self.db.read() as r:
@@ -459,8 +502,13 @@ class WithdrawalAuthorizer:
             with self.db.read() as r:
                 rows = r.conn.execute(query).all()
         in_flight = sum(int(row._mapping["amount"]) for row in rows)
+        if reader is not None:
+            ledger = self.ledger_owed(side, reader, fresh=False)
+        else:
+            with self.db.read() as r:
+                ledger = self.ledger_owed(side, r)
         return SolvencyInputs(asset=side.chain.symbol, custody=custody, supply=supply, in_flight=in_flight,
-                              tolerance=side.chain.withdrawals.solvency_tolerance)
+                              tolerance=side.chain.withdrawals.solvency_tolerance, ledger=ledger)
 
     def _refuse_payout(self, proposal: PayoutProposal, detail: dict[str, Any], code: str, reason: str
                        ) -> tuple[bool, str]:
@@ -548,7 +596,7 @@ class WithdrawalAuthorizer:
             return "not_configured", "this node has no group key for attestations"
         if path != r.path:
             return "wrong_path", "the session's path is not the attested address's path"
-        if not ((len(path) == 2 and path[0] == CUSTODY_PURPOSE) or (len(path) == 9 and path[0] == PURPOSE)):
+        if not ((len(path) == 2 and path[0] == CUSTODY_PURPOSE) or is_deposit_path(path)):
             return "not_a_reserve_address", f"path {path} is neither a custody nor a deposit path"
         if r.chain not in {side.chain.caip2 for side in self.sides.values()}:
             return "unknown_chain", f"{r.chain} is not a source chain of this bridge"
@@ -623,6 +671,11 @@ class WithdrawalRuntime:
     @minted_through.setter
     def minted_through(self, height: int) -> None:
         self.authorizer.minted_through = height
+
+    def set_ledger_liabilities(self, fn: Callable[[], dict[str, int]] | None) -> None:
+        """The settlement ledger's liabilities, counted by this side's solvency (see
+        :meth:`WithdrawalAuthorizer.set_ledger_liabilities`)."""
+        self.authorizer.set_ledger_liabilities(fn)
 
     # -- coordination
     def rank(self, asset: str) -> int:

@@ -14,7 +14,7 @@ from coincurve import PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion_prime.bridge.derivation import deposit_address
+from fusion_prime.bridge.derivation import account_deposit, deposit_address
 from fusion_prime.bridge.mint_policy import (
     AssetRule,
     BitcoinOutput,
@@ -61,6 +61,7 @@ class FakeView:
     minted: set[bytes] = field(default_factory=set)
     epoch: int = 2
     cosigned: dict[bytes, list[MintOrder]] = field(default_factory=dict)
+    accounts: dict[bytes, str] = field(default_factory=dict)  # deposit id -> why it is an account deposit
 
     def bitcoin_output(self, txid: str, vout: int) -> BitcoinOutput | None:
         return self.outputs.get((txid, vout))
@@ -76,6 +77,9 @@ class FakeView:
 
     def cosigned_orders(self, deposit_id: bytes) -> Sequence[MintOrder]:
         return self.cosigned.get(deposit_id, [])
+
+    def settlement_deposit(self, deposit_id: bytes, address: str | None) -> str | None:
+        return self.accounts.get(deposit_id)
 
 
 def honest_view() -> FakeView:
@@ -283,3 +287,26 @@ def test_fact_changes_are_refused_with_their_own_reason(name: str) -> None:
         value = MintOrder.create(asset=address_bytes(value), source_chain=BTC, source_txid=TXID, vout=0,
                                  recipient=ALICE, amount=1, signer_epoch=0, nonce=0, deadline=0).asset
     refused(check(replace(honest(), **{name: value})), expected[name])
+
+
+PARTY = PrivateKey(hashlib.sha256(b"policy settlement party").digest()).public_key.format()
+
+
+def test_a_settlement_account_deposit_is_never_minted() -> None:
+    """Issue 16: a deposit this node knows as a settlement account's (recorded, credited, or paying
+    an account address) is refused even when the order otherwise matches the chain exactly."""
+    for order in (honest(), honest_eth()):
+        view = honest_view()
+        view.accounts[order.deposit_id] = "was credited to a settlement account"
+        refused(check(order, view), "account_deposit")
+    # an output that pays a party's account address cannot be passed off as anyone's mint deposit:
+    # the address derived for the order's recipient is another one, with or without a record here
+    view = honest_view()
+    account_btc = account_deposit(GROUP_KEY, CHAIN_CODE, BTC, PARTY)
+    view.outputs[(TXID, 1)] = BitcoinOutput(bytes([0, 20]) + hash160(account_btc.public_key), account_btc.address,
+                                            AMOUNT, 3, "00" * 32)
+    refused(check(honest(), view), "wrong_address")
+    account_eth = account_deposit(GROUP_KEY, CHAIN_CODE, ETH_SRC, PARTY)
+    view.evm[(ETH_TX, EVM_NATIVE_VOUT)] = EvmDeposit(account_eth.address, 10**18, 5, 1)
+    refused(check(honest_eth(), view), "wrong_address")
+
