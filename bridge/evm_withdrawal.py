@@ -56,7 +56,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import rlp
 import trio
@@ -140,9 +140,14 @@ FALLBACK_PRIORITY_FEE = 10**9
 _ACCEPTED_AS_KNOWN = ("already known", "already imported", "known transaction", "alreadyknown")
 
 SignFn = Callable[..., Awaitable[Any]]
-#: (burned amount, wei leaving custody, the decision's open database transaction) -> why the asset
-#: would be insolvent after it, or None
-SolvencyFn = Callable[[int, int, dbm.Reader], str | None]
+
+
+class SolvencyFn(Protocol):
+    """(burned amount, wei leaving custody, the decision's open database transaction; a
+    settlement-account withdrawal's amount as ``account_paid`` instead of ``burned``) -> why the
+    asset would be insolvent after it, or None."""
+
+    def __call__(self, burned: int, spent: int, reader: dbm.Reader, *, account_paid: int = 0) -> str | None: ...
 
 
 class EvmWithdrawalError(ValueError):
@@ -445,10 +450,15 @@ class NodeEvmView:
 
     def burn(self, burn_id: bytes) -> EvmBurn | None:
         row = self.reader.get_withdrawal(burn_id)
+        if row is None:
+            # a settlement-account withdrawal: the row this node wrote from its own ledger replica
+            # (whether the replica still has it pending is checked before, by the gate's hook)
+            row = self.reader.get_account_withdrawal(burn_id)
         if row is None or row["asset"].lower() != self.side.asset.lower() \
                 or row["source_chain"] != self.side.chain.caip2:
             return None
-        refunded = row["state"] in (withdrawals.REFUND_SIGNED, withdrawals.REFUNDED) or any(
+        refunded = row["state"] in (withdrawals.REFUND_SIGNED, withdrawals.REFUNDED, withdrawals.RETURNING,
+                                    withdrawals.RETURNED) or any(
             e.event == REFUND_COSIGNED for e in self.reader.events(burn_id))
         try:
             destination = bytes.fromhex(row["destination"])
@@ -1371,7 +1381,11 @@ class EvmPayoutSide:
                         and view.cosigned_payout_nonce(burn_id) != proposal.tx.nonce:
                     burn = view.burn(burn_id)
                     spent = proposal.tx.value + self.params.gas_limit * proposal.tx.max_fee_per_gas
-                    why = self.solvency(burn.amount if burn is not None else 0, spent, t)
+                    amount = burn.amount if burn is not None else 0
+                    if t.get_account_withdrawal(burn_id) is not None:  # owed by the ledger, not burned
+                        why = self.solvency(0, spent, t, account_paid=amount)
+                    else:
+                        why = self.solvency(amount, spent, t)
                     if why is not None:
                         verdict = Verdict(ok=False, reason=why, code="insolvent")
             elif proposal.kind == KIND_GAP_FILL:

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from web3 import Web3
@@ -86,6 +86,7 @@ from .reserves import (
     InFlightWithdrawal,
     ReserveAddress,
     SolvencyInputs,
+    SolvencyVerdict,
     Web3Reader,
     address_of,
     after_payout,
@@ -96,6 +97,8 @@ from .reserves import (
 )
 from .watchers import BurnFollower, MintedOutput
 from .withdrawals import (
+    RETURNED,
+    RETURNING,
     Action,
     Alert,
     Broadcast,
@@ -171,6 +174,54 @@ def classify_burn(chain: SourceChain, params: BtcPayoutParams | None) -> Callabl
     return classify
 
 
+def payout_solvency(inputs: SolvencyInputs, burned: int, account_paid: int, spent: int) -> SolvencyVerdict:
+    """``after_payout`` for a payout that may pay settlement-account withdrawals as well as burns.
+
+    An account withdrawal was never wrapped supply: what it pays is owed by the settlement ledger
+    (``inputs.ledger``: balances plus pending withdrawals), not burned and in flight. So its amount
+    moves from the ledger's figure to the in-flight one before ``after_payout`` judges the payout;
+    a ledger figure that does not even hold it is refused - the books cannot explain the payout."""
+    if account_paid:
+        if inputs.ledger < account_paid:
+            return SolvencyVerdict(False, inputs.custody, inputs.liabilities, inputs.liabilities - inputs.custody,
+                                   f"{inputs.asset}: pays account withdrawals of {account_paid} but the settlement "
+                                   f"ledger owes only {inputs.ledger}")
+        inputs = dataclasses.replace(inputs, in_flight=inputs.in_flight + account_paid,
+                                     ledger=inputs.ledger - account_paid)
+    return after_payout(inputs, burned + account_paid, spent)
+
+
+def _account_burn_facts(r: dbm.Reader, burn_id: bytes, asset: str, chain: str) -> BurnFacts | None:
+    """A settlement-account withdrawal as a payout's burn: the row this node wrote from its *own*
+    ledger replica (``settlement/payouts_link.py``). That the replica still has it pending with
+    exactly these terms is checked before any rebuild (``WithdrawalAuthorizer.account_terms``)."""
+    row = r.get_account_withdrawal(burn_id)
+    if row is None or row["asset"].lower() != asset.lower() or row["source_chain"] != chain:
+        return None
+    pending = _payouts_of(r, chain, "0x" + burn_id.hex())
+    return BurnFacts(nonce=int(row["burn_nonce"]), amount=int(row["amount"]),
+                     destination=bytes.fromhex(row["destination"]), final=True,
+                     refunded=row["state"] in (RETURNING, RETURNED),
+                     paid_or_pending_in=pending[-1]["txid"] if pending else None)
+
+
+def account_status_row(m: WithdrawalMachine, burn_id: str) -> dict[str, Any]:
+    """What an account withdrawal's ``account_withdrawals`` row mirrors of the machine (its terms
+    are written once, by ``payouts_link.observe``, from the ledger replica)."""
+    w = m.withdrawals[burn_id]
+    return dict(burn_id=burn_key(burn_id), state=w.state, payout_id=w.payout_id, txid=w.txid,
+                confirmations=w.confirmations, required_confirmations=m.config.payout_confirmations,
+                reason=(w.reason or "")[:2000])
+
+
+class AccountCheck(Protocol):
+    """The settlement ledger's side of a participant's payout checks (``payouts_link.AccountWithdrawals``)."""
+
+    def check(self, burn_ids: Sequence[bytes]) -> tuple[str, str] | None:
+        """(code, reason) if a payout of ``burn_ids`` must be refused for an account withdrawal in it."""
+        ...
+
+
 # ----------------------------------------------------------------------------- the node's view
 
 
@@ -196,7 +247,9 @@ class BtcPayoutView:
     def burn(self, burn_id: bytes) -> BurnFacts | None:
         with self.db.read() as r:
             row = r.get_withdrawal(burn_id)
-            if row is None or row["asset"].lower() != self.asset.lower():
+            if row is None:
+                return _account_burn_facts(r, burn_id, self.asset, self.chain.caip2)
+            if row["asset"].lower() != self.asset.lower():
                 return None
             refunded = row["state"] in ("refund_signed", "refunded") or any(
                 e.event == REFUND_COSIGNED for e in r.events(burn_id))
@@ -305,6 +358,9 @@ class WithdrawalAuthorizer:
             signer_path, node_id, max_deadline_ahead, clock)
         self._lock = threading.Lock()  # one payout decision at a time: archive-then-sign is atomic
         self._verdicts: dict[bytes, tuple[float, PayoutPlan]] = {}
+        #: the settlement ledger's check of account withdrawals in a payout (``payouts_link``); None:
+        #: no ledger here, and every payout naming an account withdrawal is refused
+        self.accounts: AccountCheck | None = None
         #: destination blocks through which this node has processed every Minted / Burned log
         #: (-1: not yet); solvency reads the supply at the lower one (see solvency_inputs)
         self.minted_through = -1
@@ -355,7 +411,7 @@ class WithdrawalAuthorizer:
 
     def _side_of_burn(self, burn_id: bytes) -> AssetSide | None:
         with self.db.read() as r:
-            row = r.get_withdrawal(burn_id)
+            row = r.get_withdrawal(burn_id) or r.get_account_withdrawal(burn_id)
         if row is None:
             return None
         return next((s for s in self.sides.values() if s.asset.lower() == row["asset"].lower()), None)
@@ -373,6 +429,9 @@ class WithdrawalAuthorizer:
             return False, "bridge: unknown_burn: the payout's first burn is not a burn this node can pay"
         detail: dict[str, Any] = {"txid": proposal.txid, "input": request.input_index,
                                   "coordinator": proposal_pb.coordinator, "session_id": proposal_pb.session_id.hex()}
+        account = self.account_terms(proposal.burn_ids)  # every input: the ledger may move meanwhile
+        if account is not None:
+            return self._refuse_payout(proposal, detail, *account)
         with self._lock:
             key = request.proposal
             cached = self._verdicts.get(key)
@@ -415,6 +474,21 @@ class WithdrawalAuthorizer:
                   coordinator=proposal_pb.coordinator)
         return True, ""
 
+    def account_terms(self, burn_ids: Sequence[bytes]) -> tuple[str, str] | None:
+        """Why a payout of ``burn_ids`` is refused for a settlement-account withdrawal in it: it is
+        not pending in *this node's* ledger replica with the terms this node recorded (the
+        coordinator's word counts for nothing), or there is no ledger here to ask."""
+        try:
+            if self.accounts is not None:
+                return self.accounts.check(burn_ids)
+            with self.db.read() as r:
+                named = [b for b in burn_ids if r.get_account_withdrawal(b) is not None]
+        except Exception as exc:  # the database or the ledger does not answer: no co-signature on a guess
+            return "view_unavailable", f"account withdrawals unreadable: {type(exc).__name__}: {exc}"
+        if named:
+            return "no_ledger", f"account withdrawal 0x{named[0].hex()}: this node keeps no settlement ledger"
+        return None
+
     def _held(self, side: AssetSide, burn_ids: Sequence[bytes]) -> tuple[str, str] | None:
         """Why this node pays none of ``burn_ids`` yet: the Gateway is paused (the guardian's or the
         solvency halt: nothing goes out), or a large burn is still inside its delay - judged by its
@@ -427,6 +501,14 @@ class WithdrawalAuthorizer:
         now = self.clock()
         with self.db.read() as r:
             rows = [r.get_withdrawal(b) for b in burn_ids]
+            accounts = [r.get_account_withdrawal(b) for b in burn_ids]
+        for account in accounts:  # judged by its ledger batch's time, the same at every node
+            if account is None or int(account["amount"]) <= w.large_withdrawal:
+                continue
+            at = int(account["created_ms"]) // 1000
+            if now < at + w.large_withdrawal_delay_seconds:
+                return "held", (f"account withdrawal 0x{account['withdrawal_id'].hex()} ({account['amount']}) is "
+                                f"above {w.large_withdrawal} and waits until {at + w.large_withdrawal_delay_seconds}")
         for row in rows:
             if row is None or int(row["amount"]) <= w.large_withdrawal:
                 continue
@@ -447,6 +529,11 @@ class WithdrawalAuthorizer:
             except (EvmProposalError, ValueError):
                 burn = None  # malformed: the EVM hook refuses and records it
             if burn is not None:
+                account = self.account_terms([bytes(burn)])
+                if account is not None:
+                    log_event(log, logging.WARNING, "payout refused", node=self.node_id, code=account[0],
+                              reason=account[1])
+                    return False, f"bridge: {account[0]}: {account[1]}"
                 side = self._side_of_burn(bytes(burn))
                 if side is not None:
                     try:
@@ -467,15 +554,19 @@ class WithdrawalAuthorizer:
             inputs = self.solvency_inputs(side)
         except Exception as exc:  # the chains do not answer: no co-signature on a guess
             return f"solvency unknown: {type(exc).__name__}: {exc}"
-        burned = 0
+        burned = account_paid = 0
         with self.db.read() as r:
             for b in plan.burn_ids:
                 row = r.get_withdrawal(b)
-                burned += int(row["amount"]) if row is not None else 0
+                if row is not None:
+                    burned += int(row["amount"])
+                    continue
+                account = r.get_account_withdrawal(b)
+                account_paid += int(account["amount"]) if account is not None else 0
         spent = sum(c.value for c in plan.inputs) - (plan.change.value if plan.change is not None else 0)
         if plan.replaces is not None:
             return None  # a bump spends the same inputs: it moves only fee from change, within the cap
-        verdict = after_payout(inputs, burned, spent)
+        verdict = payout_solvency(inputs, burned, account_paid, spent)
         return None if verdict.ok else verdict.reason
 
     def solvency_inputs(self, side: AssetSide, reader: dbm.Reader | None = None) -> SolvencyInputs:
@@ -663,6 +754,11 @@ class WithdrawalRuntime:
         self._scanned: dict[str, int] = {}  # chain -> last block searched for payouts by others
         self._mempool_seen: set[str] = set()
         self._mempool_at = 0.0
+        #: observations posted from other threads (settlement-account withdrawals), fed each step
+        self._inbox: list[tuple[str, Observation]] = []
+        self._inbox_lock = threading.Lock()
+        #: the settlement ledger's link (``payouts_link.AccountWithdrawals``), reconciled each step
+        self.accounts: Any = None
 
     @property
     def minted_through(self) -> int:
@@ -693,6 +789,19 @@ class WithdrawalRuntime:
         waiting = [w.observed_at for w in m.withdrawals.values() if w.state in ("queued", "refunding")]
         m.coordinating = bool(waiting) and now - min(waiting) >= r * takeover
 
+    def post(self, asset: str, obs: Observation) -> None:
+        """(any thread) Hand ``obs`` to ``asset``'s machine at the next step: how the settlement
+        ledger's account withdrawals (and what the ledger did with them) reach the machine."""
+        with self._inbox_lock:
+            self._inbox.append((asset, obs))
+
+    async def _drain_inbox(self) -> None:
+        with self._inbox_lock:
+            posted, self._inbox = self._inbox, []
+        for asset, obs in posted:
+            if asset in self.machines:
+                await self.feed(asset, obs)
+
     # -- the loop
     async def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -714,6 +823,9 @@ class WithdrawalRuntime:
         for r in routed:
             if r.asset in self.machines:
                 await self.feed(r.asset, r.observation)
+        if self.accounts is not None:
+            await trio.to_thread.run_sync(self.accounts.reconcile)
+        await self._drain_inbox()
         self.authorizer.burned_through = self.burns.follower._confirmed_upto
         for asset in self.machines:
             self._update_coordination(asset, now)
@@ -750,10 +862,14 @@ class WithdrawalRuntime:
         m = self.machines[asset]
         snapshot = json.dumps(m.to_dict(), sort_keys=True, separators=(",", ":"))
         rows = []
+        accounts: list[dict[str, Any]] = []  # settlement-account withdrawals: their own table
         touched = {a.burn_id for a in actions if isinstance(a, Record)}
         for bid in touched:
             w = m.get(bid)
             if w is None:
+                continue
+            if w.burn.is_account:
+                accounts.append(account_status_row(m, bid))
                 continue
             rows.append(dict(burn_id=burn_key(bid), asset=asset, source_chain=m.config.source_chain,
                              burn_nonce=w.burn.nonce, burner=w.burn.burner, amount=w.burn.amount,
@@ -768,6 +884,11 @@ class WithdrawalRuntime:
             with self.db.transaction() as tx:
                 for row in rows:
                     tx.put_withdrawal(row)
+                for row in accounts:  # written first by payouts_link.observe, with the ledger's terms
+                    if tx.get_account_withdrawal(row["burn_id"]) is not None:
+                        tx.put_account_withdrawal(row)
+                    else:
+                        log_event(log, logging.ERROR, "account withdrawal has no row", burn_id=row["burn_id"].hex())
                 for rec in records:
                     tx.record_event("withdrawal-" + rec.new_state, {"from": rec.old_state, "detail": rec.detail},
                                     burn_key(rec.burn_id))
@@ -1415,11 +1536,12 @@ def attach_evm_solvency(sides: dict[str, AssetSide], hooks: WithdrawalAuthorizer
         if side.evm is None:
             continue
 
-        def check(burned: int, spent: int, reader: dbm.Reader | None = None, side: AssetSide = side) -> str | None:
+        def check(burned: int, spent: int, reader: dbm.Reader | None = None, side: AssetSide = side,
+                  account_paid: int = 0) -> str | None:
             if not side.solvent:
                 return side.solvency_reason or "insolvent"
             try:
-                verdict = after_payout(hooks.solvency_inputs(side, reader), burned, spent)
+                verdict = payout_solvency(hooks.solvency_inputs(side, reader), burned, account_paid, spent)
             except Exception as exc:  # the chains do not answer: no co-signature on a guess
                 return f"solvency unknown: {type(exc).__name__}: {exc}"
             return None if verdict.ok else verdict.reason
