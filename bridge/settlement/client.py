@@ -113,6 +113,12 @@ class SettlementClient(_Builder):
             raise SettlementRejected(r)
         return r
 
+    def submit_many(self, raws: Sequence[bytes], *, wait_ms: int = 60_000) -> list[settlement_pb2.SubmitResponse]:
+        """Bulk: each instruction's own outcome (nothing raised for a rejected one)."""
+        r = self.stub.SubmitMany(settlement_pb2.SubmitManyRequest(instructions=list(raws), wait_ms=wait_ms),
+                                 timeout=wait_ms / 1000 + 10)
+        return list(r.results)
+
     def open_account(self, label: str = "", **kw: Any) -> settlement_pb2.SubmitResponse:
         return self.submit(self.open_account_bytes(label), **kw)
 
@@ -197,6 +203,12 @@ class AsyncSettlementClient(_Builder):
         if check and not r.accepted:
             raise SettlementRejected(r)
         return r
+
+    async def submit_many(self, raws: Sequence[bytes], *, wait_ms: int = 60_000
+                          ) -> list[settlement_pb2.SubmitResponse]:
+        r = await self.stub.SubmitMany(settlement_pb2.SubmitManyRequest(instructions=list(raws), wait_ms=wait_ms),
+                                       timeout=wait_ms / 1000 + 10)
+        return list(r.results)
 
     async def open_account(self, label: str = "", **kw: Any) -> settlement_pb2.SubmitResponse:
         return await self.submit(self.open_account_bytes(label), **kw)

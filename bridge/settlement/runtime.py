@@ -182,27 +182,34 @@ class SettlementRuntime:
     # ------------------------------------------------------------------ clients (gRPC threads)
     def submit(self, raw: bytes, wait_seconds: float = 10.0) -> tuple[Outcome, int]:
         """Order one signed instruction and return its outcome and batch. A follower forwards it."""
+        return self.submit_many([raw], wait_seconds)[0]
+
+    def submit_many(self, raws: Sequence[bytes], wait_seconds: float = 10.0) -> list[tuple[Outcome, int]]:
+        """Order signed instructions in the given order; each gets its own outcome. Every one is
+        checked (signature, canonical form) before any is queued: a bad one refuses the call."""
         try:
-            instruction = SignedInstruction.from_bytes(raw)
+            instructions = [SignedInstruction.from_bytes(raw) for raw in raws]
         except InstructionError as exc:
             raise ValueError(str(exc)) from None
         if not self.coordinator:
-            return self._forward(raw, wait_seconds)
-        key = (instruction.body.client, instruction.body.key)
+            return self._forward(list(raws), wait_seconds)
+        keys = [(i.body.client, i.body.key) for i in instructions]
         deadline = time.monotonic() + wait_seconds
         with self._changed:
             if self.ledger is None:
                 raise SettlementError("the settlement ledger is not running yet")
-            self._queue.append(instruction)
+            for k in keys:  # wait for *this* submission's outcome, not an earlier one under the key
+                self._results.pop(k, None)
+            self._queue.extend(instructions)
         self._poke()
         with self._changed:
             while True:
-                found = self._results.get(key)
-                if found is not None and found[1] > 0:
-                    return found
+                found = [self._results.get(k) for k in keys]
+                if all(f is not None and f[1] > 0 for f in found):
+                    return [f for f in found if f is not None]
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closing:
-                    raise TimeoutError("the instruction was not ordered in time; send it again (idempotent)")
+                    raise TimeoutError("not every instruction was ordered in time; send them again (idempotent)")
                 self._changed.wait(left)
 
     def _poke(self) -> None:
@@ -212,19 +219,25 @@ class SettlementRuntime:
             except (trio.RunFinishedError, RuntimeError):
                 pass
 
-    def _forward(self, raw: bytes, wait_seconds: float) -> tuple[Outcome, int]:
+    def _forward(self, raws: list[bytes], wait_seconds: float) -> list[tuple[Outcome, int]]:
         stub = self._stub(self.settings.coordinator)
         try:
-            r = stub.Submit(settlement_pb2.SubmitRequest(instruction=raw, wait_ms=int(wait_seconds * 1000)),
-                            timeout=wait_seconds + 5)
+            r = stub.SubmitMany(settlement_pb2.SubmitManyRequest(instructions=raws, wait_ms=int(wait_seconds * 1000)),
+                                timeout=wait_seconds + 5)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise ValueError(exc.details()) from None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(exc.details()) from None
             raise SettlementError(f"the coordinator {self.settings.coordinator} did not answer: "
                                   f"{code.name if code else 'UNKNOWN'}: {exc.details()}") from None
-        body = SignedInstruction.from_bytes(raw).body
-        return Outcome(0, r.kind, body.client, body.key, r.accepted, r.reason, bytes(r.ref), r.duplicate), r.batch_seq
+        out = []
+        for raw, one in zip(raws, r.results, strict=True):
+            body = SignedInstruction.from_bytes(raw).body
+            out.append((Outcome(0, one.kind, body.client, body.key, one.accepted, one.reason, bytes(one.ref),
+                                one.duplicate), one.batch_seq))
+        return out
 
     def _stub(self, node_id: str) -> Any:
         peer = self.peers.get(node_id)

@@ -29,6 +29,7 @@ from .runtime import SettlementError, SettlementRuntime
 log = logging.getLogger("fusion_prime.bridge.settlement.service")
 MAX_WAIT_MS = 60_000
 LIST_LIMIT = 1000
+MAX_MANY = 2000
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -98,6 +99,22 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServicer):
         outcome, seq = rt.submit(bytes(request.instruction), wait)
         return settlement_pb2.SubmitResponse(kind=outcome.kind, accepted=outcome.accepted, reason=outcome.reason,
                                              ref=outcome.ref, duplicate=outcome.duplicate, batch_seq=seq)
+
+    @_guarded
+    def SubmitMany(self, request: settlement_pb2.SubmitManyRequest, context: grpc.ServicerContext
+                   ) -> settlement_pb2.SubmitManyResponse:
+        rt = self._running()
+        if rt.halted:
+            raise SettlementError(f"this node stopped following the ledger ({rt.halted}); use another node")
+        if not 1 <= len(request.instructions) <= MAX_MANY:
+            raise ValueError(f"1 to {MAX_MANY} instructions per call")
+        if any(not raw or len(raw) > 64 * 1024 for raw in request.instructions):
+            raise ValueError("an instruction is 1 byte to 64 KiB")
+        wait = min(request.wait_ms or 30_000, MAX_WAIT_MS) / 1000
+        results = rt.submit_many([bytes(raw) for raw in request.instructions], wait)
+        return settlement_pb2.SubmitManyResponse(results=[settlement_pb2.SubmitResponse(
+            kind=o.kind, accepted=o.accepted, reason=o.reason, ref=o.ref, duplicate=o.duplicate, batch_seq=seq)
+            for o, seq in results])
 
     @_guarded
     def GetDepositAddress(self, request: settlement_pb2.AccountDepositRequest, context: grpc.ServicerContext

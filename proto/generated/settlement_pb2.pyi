@@ -14,6 +14,20 @@ class SubmitRequest(_message.Message):
     wait_ms: int
     def __init__(self, instruction: _Optional[bytes] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
+class SubmitManyRequest(_message.Message):
+    __slots__ = ("instructions", "wait_ms")
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    instructions: _containers.RepeatedScalarFieldContainer[bytes]
+    wait_ms: int
+    def __init__(self, instructions: _Optional[_Iterable[bytes]] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class SubmitManyResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SubmitResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[SubmitResponse, _Mapping]]] = ...) -> None: ...
+
 class SubmitResponse(_message.Message):
     __slots__ = ("kind", "accepted", "reason", "ref", "duplicate", "batch_seq")
     KIND_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class SettlementStub:
                 request_serializer=settlement__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=settlement__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.SubmitMany = channel.unary_unary(
+                '/fusionprime.settlement.v1.Settlement/SubmitMany',
+                request_serializer=settlement__pb2.SubmitManyRequest.SerializeToString,
+                response_deserializer=settlement__pb2.SubmitManyResponse.FromString,
+                _registered_method=True)
         self.GetDepositAddress = channel.unary_unary(
                 '/fusionprime.settlement.v1.Settlement/GetDepositAddress',
                 request_serializer=settlement__pb2.AccountDepositRequest.SerializeToString,
@@ -100,6 +105,12 @@ class SettlementServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Submit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitMany(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,6 +189,11 @@ def add_SettlementServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=settlement__pb2.SubmitRequest.FromString,
                     response_serializer=settlement__pb2.SubmitResponse.SerializeToString,
+            ),
+            'SubmitMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitMany,
+                    request_deserializer=settlement__pb2.SubmitManyRequest.FromString,
+                    response_serializer=settlement__pb2.SubmitManyResponse.SerializeToString,
             ),
             'GetDepositAddress': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDepositAddress,
@@ -262,6 +278,33 @@ class Settlement:
             '/fusionprime.settlement.v1.Settlement/Submit',
             settlement__pb2.SubmitRequest.SerializeToString,
             settlement__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fusionprime.settlement.v1.Settlement/SubmitMany',
+            settlement__pb2.SubmitManyRequest.SerializeToString,
+            settlement__pb2.SubmitManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
