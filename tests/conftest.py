@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("BCL_DATA_DIR", str(ROOT / ".bitcoinlib"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 
+from fp_db_fixtures import bridge_db, db_url, engine_name, pg_cluster, pg_url  # noqa: E402, F401 - fixtures
+
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print the contracts' gas figures (recorded with record_property) after the run; it lives

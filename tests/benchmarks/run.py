@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("BCL_DATA_DIR", str(HERE.parent.parent / ".bitcoinlib"))
 
-SECTIONS = ["primitives", "protocol", "chains", "node", "wallet", "bridge", "withdrawals"]
+SECTIONS = ["primitives", "protocol", "chains", "node", "wallet", "bridge", "withdrawals", "settlement"]
 
 
 def main() -> None:

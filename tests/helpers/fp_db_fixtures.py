@@ -1,4 +1,7 @@
-"""Fixtures for the bridge's tests: its database on both engines.
+"""Database fixtures for the bridge's and the settlement ledger's tests: both engines.
+
+Imported by the root ``tests/conftest.py`` so one PostgreSQL cluster per pytest process serves
+every folder.
 
 ``pg_cluster`` starts one real PostgreSQL server per pytest process (so each xdist worker has its
 own, on its own free loopback port) the first time a test asks for it, and stops it when the
