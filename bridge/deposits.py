@@ -807,8 +807,8 @@ class DepositMachine:
         if dep.state == REORGED:
             self._erratum(dep, f"credited ({dep.credited}) while its block is not in the chain", out)
             return
-        if dep.state != CONFIRMED:
-            out.append(Alert("critical", f"settlement account deposit {dep.deposit_id} credited ({dep.credited}) "
+        if dep.state != CONFIRMED:  # e.g. moved to another block since: it re-confirms, still in the chain
+            out.append(Alert("warning", f"settlement account deposit {dep.deposit_id} credited ({dep.credited}) "
                                          f"while this node has it {dep.state} ({dep.confirmations} of "
                                          f"{dep.required})", dep.deposit_id))
         out.append(Record(dep.deposit_id, dep.state, dep.state, f"credited to its settlement account ({dep.credited})"))
