@@ -609,8 +609,12 @@ def _define_v6(md: sa.MetaData) -> dict[str, sa.Table]:
             sa.Column("confirmations", sa.Integer, nullable=False),
             sa.Column("required_confirmations", sa.Integer, nullable=False),
             sa.Column("reason", sa.Text),
+            # what this node's ledger replica last said of it: pending | paid | returned (a payout
+            # confirmed here stays a liability of the ledger until its WithdrawalPaid is applied)
+            sa.Column("ledger_status", sa.String(16), nullable=False, server_default="pending"),
             sa.Column("updated_at", sa.Double, nullable=False),
             sa.Index("account_withdrawals_by_state", "state"),
+            sa.Index("account_withdrawals_by_ledger_status", "ledger_status"),
         ),
     ]
     return {t.name: t for t in tables}
@@ -793,11 +797,17 @@ class Reader:
                                 .where(account_withdrawals.c.withdrawal_id == withdrawal_id)).first()
         return None if row is None else dict(row._mapping)
 
-    def account_withdrawals_in(self, states: Collection[str], asset: str | None = None) -> list[dict[str, Any]]:
-        """Account withdrawals in one of ``states`` (of one withdrawal side's ``asset``), oldest first."""
-        q = sa.select(account_withdrawals).where(account_withdrawals.c.state.in_(list(states)))
+    def account_withdrawals_in(self, states: Collection[str] | None = None, asset: str | None = None, *,
+                               ledger_status: str | None = None) -> list[dict[str, Any]]:
+        """Account withdrawals in one of ``states`` (None: any), of one withdrawal side's ``asset``,
+        with this ``ledger_status``, oldest first."""
+        q = sa.select(account_withdrawals)
+        if states is not None:
+            q = q.where(account_withdrawals.c.state.in_(list(states)))
         if asset is not None:
             q = q.where(sa.func.lower(account_withdrawals.c.asset) == asset.lower())
+        if ledger_status is not None:
+            q = q.where(account_withdrawals.c.ledger_status == ledger_status)
         q = q.order_by(account_withdrawals.c.created_ms, account_withdrawals.c.burn_id)
         return [dict(r._mapping) for r in self.conn.execute(q).all()]
 

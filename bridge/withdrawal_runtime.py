@@ -404,8 +404,12 @@ class WithdrawalAuthorizer:
             return 0
         table = getattr(dbm, "account_withdrawals", None)
         if table is not None:
+            # broadcast or confirmed here, and still pending in the replica as this node last read it
+            # (payouts_link keeps ledger_status; a confirmed payout leaves the ledger's pending only
+            # once its WithdrawalPaid is applied)
             rows = reader.conn.execute(dbm.sa.select(table.c.amount).where(
-                (table.c.ledger_asset == side.chain.symbol) & (table.c.state == "broadcast"))).all()
+                (table.c.ledger_asset == side.chain.symbol) & table.c.state.in_(("broadcast", "confirmed"))
+                & (table.c.ledger_status == "pending"))).all()
             owed -= sum(int(row[0]) for row in rows)
         return max(0, owed)
 
@@ -713,6 +717,59 @@ _SUPPLY_INDEX = 0  # Gateway.assetState(asset) -> (supply, mintRemaining, burnRe
 # ----------------------------------------------------------------------------- the runtime
 
 
+@dataclasses.dataclass
+class StepWrite:
+    """What one machine step writes: taken from the machine inside the loop (under its lock), written
+    in one database transaction - the status rows of every withdrawal it touched (a Gateway burn's
+    in ``withdrawals``, an account withdrawal's in ``account_withdrawals``), its audit events and
+    alerts, and the machine's snapshot, so a restart resumes from exactly the rows it shows."""
+
+    asset: str
+    snapshot: str
+    rows: list[dict[str, Any]]
+    accounts: list[dict[str, Any]]
+    records: list[Record]
+    alerts: list[Alert]
+
+    @classmethod
+    def of(cls, m: WithdrawalMachine, asset: str, actions: Sequence[Action]) -> StepWrite:
+        snapshot = json.dumps(m.to_dict(), sort_keys=True, separators=(",", ":"))
+        rows: list[dict[str, Any]] = []
+        accounts: list[dict[str, Any]] = []
+        touched = {a.burn_id for a in actions if isinstance(a, Record)}
+        for bid in touched:
+            w = m.get(bid)
+            if w is None:
+                continue
+            if w.burn.is_account:
+                accounts.append(account_status_row(m, bid))
+                continue
+            rows.append(dict(burn_id=burn_key(bid), asset=asset, source_chain=m.config.source_chain,
+                             burn_nonce=w.burn.nonce, burner=w.burn.burner, amount=w.burn.amount,
+                             destination=w.burn.destination.hex(), burn_block=w.burn.block, burn_tx=w.burn.tx_hash,
+                             state=w.state, payout_id=w.payout_id, txid=w.txid, confirmations=w.confirmations,
+                             required_confirmations=m.config.payout_confirmations, refund_tx=w.refund_tx,
+                             reason=(w.reason or "")[:2000]))
+        return cls(asset, snapshot, rows, accounts, [a for a in actions if isinstance(a, Record)],
+                   [a for a in actions if isinstance(a, Alert)])
+
+    def write(self, tx: dbm.Transaction) -> None:
+        for row in self.rows:
+            tx.put_withdrawal(row)
+        for row in self.accounts:  # written first by payouts_link.observe, with the ledger's terms
+            if tx.get_account_withdrawal(row["burn_id"]) is not None:
+                tx.put_account_withdrawal(row)
+            else:
+                log_event(log, logging.ERROR, "account withdrawal has no row", burn_id=row["burn_id"].hex())
+        for rec in self.records:
+            tx.record_event("withdrawal-" + rec.new_state, {"from": rec.old_state, "detail": rec.detail},
+                            burn_key(rec.burn_id))
+        for a in self.alerts:
+            tx.record_event("bridge-alert", {"severity": a.severity, "message": a.message},
+                            burn_key(a.burn_id) if a.burn_id else None)
+        tx.put_derived_meta(SNAPSHOT_META + self.asset, self.snapshot)
+
+
 class WithdrawalRuntime:
     """One node's withdrawal edge loop; :meth:`step` runs inside the bridge runtime's loop."""
 
@@ -859,46 +916,14 @@ class WithdrawalRuntime:
         return actions
 
     async def _persist(self, asset: str, actions: list[Action]) -> None:
-        m = self.machines[asset]
-        snapshot = json.dumps(m.to_dict(), sort_keys=True, separators=(",", ":"))
-        rows = []
-        accounts: list[dict[str, Any]] = []  # settlement-account withdrawals: their own table
-        touched = {a.burn_id for a in actions if isinstance(a, Record)}
-        for bid in touched:
-            w = m.get(bid)
-            if w is None:
-                continue
-            if w.burn.is_account:
-                accounts.append(account_status_row(m, bid))
-                continue
-            rows.append(dict(burn_id=burn_key(bid), asset=asset, source_chain=m.config.source_chain,
-                             burn_nonce=w.burn.nonce, burner=w.burn.burner, amount=w.burn.amount,
-                             destination=w.burn.destination.hex(), burn_block=w.burn.block, burn_tx=w.burn.tx_hash,
-                             state=w.state, payout_id=w.payout_id, txid=w.txid, confirmations=w.confirmations,
-                             required_confirmations=m.config.payout_confirmations, refund_tx=w.refund_tx,
-                             reason=(w.reason or "")[:2000]))
-        records = [a for a in actions if isinstance(a, Record)]
-        alerts = [a for a in actions if isinstance(a, Alert)]
+        step = StepWrite.of(self.machines[asset], asset, actions)
 
         def write() -> None:
             with self.db.transaction() as tx:
-                for row in rows:
-                    tx.put_withdrawal(row)
-                for row in accounts:  # written first by payouts_link.observe, with the ledger's terms
-                    if tx.get_account_withdrawal(row["burn_id"]) is not None:
-                        tx.put_account_withdrawal(row)
-                    else:
-                        log_event(log, logging.ERROR, "account withdrawal has no row", burn_id=row["burn_id"].hex())
-                for rec in records:
-                    tx.record_event("withdrawal-" + rec.new_state, {"from": rec.old_state, "detail": rec.detail},
-                                    burn_key(rec.burn_id))
-                for a in alerts:
-                    tx.record_event("bridge-alert", {"severity": a.severity, "message": a.message},
-                                    burn_key(a.burn_id) if a.burn_id else None)
-                tx.put_derived_meta(SNAPSHOT_META + asset, snapshot)
+                step.write(tx)
 
         await trio.to_thread.run_sync(write)
-        for a in alerts:
+        for a in step.alerts:
             self.alert(a.severity, a.message, a.burn_id)
 
     def _execute(self, asset: str, actions: list[Action]) -> None:

@@ -88,7 +88,6 @@ MAX_REASON = 200
 #: ledger statuses
 PENDING, PAID, RETURNED_STATUS = "pending", "paid", "returned"
 _NOT_IN_PAYOUT = (OBSERVED, QUEUED, RETURNING)
-_OPEN = (OBSERVED, QUEUED, SIGNING, SIGNED, BROADCAST, RETURNING)
 
 
 class AccountWithdrawals:
@@ -117,11 +116,14 @@ class AccountWithdrawals:
         self._lookup: Lookup | None = None
         self._lock = threading.Lock()
         self._reported: set[bytes] = set()
-        self._posted: dict[bytes, str] = {}  # burn key -> ledger status posted to the machine
         self._unobserved: dict[bytes, Withdrawal] = {}  # observe() failed: tried again by reconcile()
-        self._settled: set[bytes] = set()  # confirmed here and no longer pending in the replica
         runtime.accounts = self
         runtime.authorizer.accounts = self
+
+    @classmethod
+    def for_runtime(cls, runtime: Any, *, assets: Mapping[str, str] | None = None) -> AccountWithdrawals:
+        """The link of the node's ``WithdrawalRuntime`` (over its own bridge database)."""
+        return cls(runtime.db, runtime, assets=assets)
 
     # ------------------------------------------------------------------ every node
     def pending(self, lookup: Lookup) -> None:
@@ -133,9 +135,17 @@ class AccountWithdrawals:
         self._lookup = lookup
 
     def observe(self, withdrawals: Sequence[Withdrawal]) -> None:
-        """Pending withdrawals of a stored batch (or, after a restart, every still-pending one):
-        record each from this replica's terms and hand it to the withdrawal machine. Idempotent. Never
-        raises for one withdrawal: a failed one is logged and tried again by :meth:`reconcile`."""
+        """Withdrawals a stored batch created or ended (or, after a restart, every still-pending one).
+        A pending one is recorded from this replica's terms and handed to the withdrawal machine; a
+        paid or returned one (passing those is optional: :meth:`reconcile` finds them each step) is
+        noted at once, so solvency stops counting it. Idempotent. Never raises for one withdrawal: a
+        failed one is logged and tried again by :meth:`reconcile`."""
+        closed = [w for w in withdrawals if w.status != PENDING]
+        if closed:
+            try:
+                self._closed(closed)
+            except Exception as exc:  # the database: reconcile() reads the replica again
+                log_event(log, logging.ERROR, "ended account withdrawals not noted", error=f"{exc}"[:300])
         for w in withdrawals:
             if w.status != PENDING:
                 continue
@@ -213,8 +223,9 @@ class AccountWithdrawals:
                     account_withdrawal="0x" + bytes(row["withdrawal_id"]).hex())
 
     def reconcile(self) -> None:
-        """(each withdrawal-runtime step) Tell the machine what the ledger did meanwhile: a withdrawal
-        the replica paid or returned is never paid (again) here. Also retries failed observations."""
+        """(each withdrawal-runtime step) What the ledger did meanwhile: each withdrawal the replica
+        paid or returned gets its ``ledger_status`` (solvency stops counting it) and the machine is
+        told (one the ledger ended is never paid here). Also retries failed observations."""
         with self._lock:
             retry = list(self._unobserved.values())
         if retry:
@@ -223,23 +234,31 @@ class AccountWithdrawals:
         if lookup is None:
             return
         with self.db.read() as r:
-            rows = r.account_withdrawals_in(_OPEN)
-        seen: set[bytes] = set()
-        for row in rows:
-            key = bytes(row["burn_id"])
-            seen.add(key)
-            w = lookup(bytes(row["withdrawal_id"]))
-            if w is None or w.status == PENDING or self._posted.get(key) == w.status:
-                continue
-            machine = self.runtime.machines.get(row["asset"]) if row["asset"] else None
-            if machine is not None and machine.get("0x" + key.hex()) is not None:
-                self._posted[key] = w.status
-                self.runtime.post(row["asset"], AccountClosed("0x" + key.hex(), w.status, w.txid, w.note[:200]))
-            elif row["state"] in _NOT_IN_PAYOUT:  # never reached the machine (an asset no side pays)
-                state = RETURNED if w.status == RETURNED_STATUS else CONFIRMED
-                with self.db.transaction() as t:
-                    t.put_account_withdrawal({"burn_id": key, "state": state, "txid": w.txid or row["txid"]})
-        self._posted = {k: v for k, v in self._posted.items() if k in seen}
+            rows = r.account_withdrawals_in(ledger_status=PENDING)
+        closed = [w for row in rows if (w := lookup(bytes(row["withdrawal_id"]))) is not None and w.status != PENDING]
+        if closed:
+            self._closed(closed)
+
+    def _closed(self, withdrawals: Sequence[Withdrawal]) -> None:
+        """The replica paid or returned these: record it, and tell the machine (an account
+        withdrawal no side's machine holds - one no side pays - is ended on its row alone)."""
+        posts: list[tuple[str, AccountClosed]] = []
+        with self.db.transaction() as t:
+            for w in withdrawals:
+                key = bytes.fromhex(account_burn_id(w.withdrawal_id)[2:])
+                row = t.get_account_withdrawal(key)
+                if row is None or row["ledger_status"] == w.status:
+                    continue
+                change: dict[str, Any] = {"burn_id": key, "ledger_status": w.status}
+                machine = self.runtime.machines.get(row["asset"]) if row["asset"] else None
+                if machine is not None and machine.get("0x" + key.hex()) is not None:
+                    posts.append((row["asset"], AccountClosed("0x" + key.hex(), w.status, w.txid, w.note[:200])))
+                elif row["state"] in _NOT_IN_PAYOUT:
+                    change["state"] = RETURNED if w.status == RETURNED_STATUS else CONFIRMED
+                    change["txid"] = w.txid or row["txid"]
+                t.put_account_withdrawal(change)
+        for asset, obs in posts:
+            self.runtime.post(asset, obs)
 
     # ------------------------------------------------------------------ the participant
     def check(self, burn_ids: Sequence[bytes]) -> tuple[str, str] | None:
@@ -275,27 +294,19 @@ class AccountWithdrawals:
 
     def leaving_custody(self, ledger_asset: str, reader: dbm.Reader | None = None) -> int:
         """What of ``ledger_asset``'s pending account withdrawals has already left custody: payouts
-        broadcast (in this node's mempool) or confirmed whose ``WithdrawalPaid`` the replica has not
-        applied yet. Solvency subtracts it from the ledger's liabilities, as a burn stops counting as
-        in flight once its payout is broadcast."""
-        def rows_of(r: dbm.Reader) -> list[dict[str, Any]]:
-            return [row for row in r.account_withdrawals_in((BROADCAST, CONFIRMED))
-                    if row["ledger_asset"] == ledger_asset and bytes(row["burn_id"]) not in self._settled]
+        broadcast (in this node's mempool) or confirmed whose ``WithdrawalPaid`` the replica had not
+        applied when this node last read it. Solvency subtracts it from the ledger's liabilities, as
+        a burn stops counting as in flight once its payout is broadcast. Reads the database only
+        (``reader``: a transaction already open), never the replica: safe under the write lock."""
+        def total(r: dbm.Reader) -> int:
+            return sum(int(row["amount"]) for row in r.account_withdrawals_in((BROADCAST, CONFIRMED),
+                                                                              ledger_status=PENDING)
+                       if row["ledger_asset"] == ledger_asset)
 
         if reader is not None:
-            rows = rows_of(reader)
-        else:
-            with self.db.read() as r:
-                rows = rows_of(r)
-        lookup = self._lookup
-        total = 0
-        for row in rows:
-            w = lookup(bytes(row["withdrawal_id"])) if lookup is not None else None
-            if w is not None and w.status == PENDING:
-                total += int(row["amount"])
-            elif w is not None and row["state"] == CONFIRMED:
-                self._settled.add(bytes(row["burn_id"]))  # done for good: not read again
-        return total
+            return total(reader)
+        with self.db.read() as r:
+            return total(r)
 
     # ------------------------------------------------------------------ back to the ledger
     def finished(self) -> list[WithdrawalPaid | WithdrawalReturned]:
@@ -305,7 +316,7 @@ class AccountWithdrawals:
         if lookup is None:
             return []
         with self.db.read() as r:
-            rows = r.account_withdrawals_in((CONFIRMED, RETURNING))
+            rows = r.account_withdrawals_in((CONFIRMED, RETURNING), ledger_status=PENDING)
         out: list[WithdrawalPaid | WithdrawalReturned] = []
         with self._lock:
             reported = set(self._reported)
