@@ -881,7 +881,11 @@ class WithdrawalRuntime:
             if r.asset in self.machines:
                 await self.feed(r.asset, r.observation)
         if self.accounts is not None:
-            await trio.to_thread.run_sync(self.accounts.reconcile)
+            try:
+                await trio.to_thread.run_sync(self.accounts.reconcile)
+            except Exception as exc:  # the ledger not running yet, the database: next step again
+                log_event(log, logging.WARNING, "account withdrawals not reconciled", node=self.node_id,
+                          error=f"{type(exc).__name__}: {exc}"[:300])
         await self._drain_inbox()
         self.authorizer.burned_through = self.burns.follower._confirmed_upto
         for asset in self.machines:
