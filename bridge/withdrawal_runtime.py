@@ -379,6 +379,12 @@ class WithdrawalAuthorizer:
         so without this they would look like surplus that a mint or a payout could use."""
         self.ledger_liabilities = fn
 
+    def read_ledger(self) -> None:
+        """Ask the ledger for its liabilities now (call it holding no database transaction)."""
+        if self.ledger_liabilities is not None:
+            self._ledger_seen = {k: int(v) for k, v in self.ledger_liabilities().items()}
+            self._ledger_read = True
+
     def ledger_owed(self, side: AssetSide, reader: dbm.Reader, *, fresh: bool = True) -> int:
         """What the ledger owes in ``side``'s asset that is still in custody: ``fn()``'s figure less
         the account withdrawals whose payout is broadcast (like a burn, one stops counting once its
@@ -395,8 +401,7 @@ class WithdrawalAuthorizer:
         if self.ledger_liabilities is None:
             return 0
         if fresh:
-            self._ledger_seen = {k: int(v) for k, v in self.ledger_liabilities().items()}
-            self._ledger_read = True
+            self.read_ledger()
         elif not self._ledger_read:
             raise RuntimeError("the settlement ledger's liabilities have not been read yet")
         owed = self._ledger_seen.get(side.chain.symbol, 0)
@@ -600,8 +605,9 @@ class WithdrawalAuthorizer:
         if reader is not None:
             ledger = self.ledger_owed(side, reader, fresh=False)
         else:
+            self.read_ledger()  # outside any database transaction: see ledger_owed
             with self.db.read() as r:
-                ledger = self.ledger_owed(side, r)
+                ledger = self.ledger_owed(side, r, fresh=False)
         return SolvencyInputs(asset=side.chain.symbol, custody=custody, supply=supply, in_flight=in_flight,
                               tolerance=side.chain.withdrawals.solvency_tolerance, ledger=ledger)
 
