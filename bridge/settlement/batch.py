@@ -107,6 +107,16 @@ def encode_entry(entry: Entry) -> bytes:
     raise TypeError(f"not a batch entry: {type(entry).__name__}")
 
 
+def _strict(raw: bytes, encoding: str, what: str) -> str:
+    """Text that encodes back to exactly ``raw``: a lenient decode ("replace") would let two encodings
+    name one batch, so the hash a node stores (of the bytes received) and its ledger's head (of the
+    batch re-encoded) would differ."""
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} is not {encoding}") from exc
+
+
 def decode_entry(raw: bytes) -> Entry:
     """Parse one entry; a client instruction's signature is verified here (``InstructionError``)."""
     if not raw:
@@ -125,12 +135,12 @@ def decode_entry(raw: bytes) -> Entry:
         wid, txid = d.bytes(32), d.bytes()
         if len(txid) > 80:
             raise InvalidInput("withdrawal paid: txid too long")
-        entry = WithdrawalPaid(wid, txid.decode("ascii", "replace"))
+        entry = WithdrawalPaid(wid, _strict(txid, "ascii", "withdrawal paid: txid"))
     elif kind == E_WITHDRAWAL_RETURNED:
         wid, reason = d.bytes(32), d.bytes()
         if len(reason) > 256:
             raise InvalidInput("withdrawal returned: reason too long")
-        entry = WithdrawalReturned(wid, reason.decode("utf-8", "replace"))
+        entry = WithdrawalReturned(wid, _strict(reason, "utf-8", "withdrawal returned: reason"))
     else:
         raise InvalidInput(f"unknown batch entry kind {kind}")
     d.finish()
@@ -186,7 +196,7 @@ def decode_batch(data: bytes, coordinator_key: dict[str, bytes] | None = None) -
     if b.bytes() != BATCH_TAG:
         raise InvalidInput("not a settlement batch")
     seq, prev_hash, time_ms = b.uint(64), b.bytes(32), b.uint(64)
-    coordinator = b.bytes().decode("utf-8", "replace")
+    coordinator = _strict(b.bytes(), "utf-8", "batch: coordinator id")
     raw_entries = b.list_of_bytes()
     b.finish()
     if len(raw_entries) > MAX_ENTRIES:

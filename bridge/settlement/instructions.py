@@ -49,9 +49,9 @@ MODES = (GROSS, NET)
 MAX_LEGS = 16
 MAX_QUANTITY = (1 << 127) - 1  # one leg; balances are kept below 2**128 (merkle.py)
 MAX_TEXT = 256
-_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-ASSET = re.compile(r"^[A-Za-z0-9.-]{1,16}$")
-_LABEL = re.compile(r"^[^\x00-\x1f\x7f]{0,64}$")
+_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
+ASSET = re.compile(r"^[A-Za-z0-9.-]{1,16}\Z")
+_LABEL = re.compile(r"^[^\x00-\x1f\x7f]{0,64}\Z")
 
 
 class InstructionError(InvalidInput):

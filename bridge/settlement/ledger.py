@@ -512,6 +512,8 @@ class Ledger:
             return "not a party to this trade"
         if t.status not in (PENDING, DISPUTED):
             return f"trade is {t.status}"
+        if now >= t.deadline_ms:  # e.g. disputed out of a cut after its deadline, unwound at the next batch
+            return "the trade's deadline has passed"
         if body.client in t.affirmed:
             return "already affirmed"
         why = self._can_affirm(t, body.client)
@@ -547,6 +549,8 @@ class Ledger:
             c = self._cycle(t.cycle)
             c.cut.remove(t.trade_id)
             c.disputed.append(t.trade_id)
+            # _expire dropped its deadline if it passed while the trade was cut: watch it again
+            self._push_deadline(t.deadline_ms, t.trade_id)
         self._release_all(t)
         t.status, t.note, t.updated_ms, t.cycle = DISPUTED, body.reason, now, 0
         return ""
@@ -668,15 +672,18 @@ class Ledger:
             t = self._trade(t)
             t.status, t.cycle, t.rolled = AFFIRMED, 0, t.rolled + 1
             c.rolled.append(t.trade_id)
+            self._push_deadline(t.deadline_ms, t.trade_id)  # as in _dispute: unwound if its deadline passed
         net: dict[tuple[bytes, str], int] = defaultdict(int)
         for t in keep:
             t = self._trade(t)
             for leg in t.legs:
-                # the trade leaves the party's running position and its quantity moves for real
-                self._account(leg.party, leg.asset, d_balance=leg.quantity, d_net=-leg.quantity)
                 net[(leg.party, leg.asset)] += leg.quantity
             t.status, t.updated_ms = SETTLED, batch.time_ms
             c.settled.append(t.trade_id)
+        for (party, asset), q in sorted(net.items()):
+            # the trades leave the party's running position and their net moves for real - once per
+            # account: leg by leg, a debit ordered before the credit netted against it would go below zero
+            self._account(party, asset, d_balance=q, d_net=-q)
         c.settled.sort()
         c.cut = []
         c.net = {k: v for k, v in net.items() if v}
