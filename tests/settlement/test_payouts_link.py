@@ -12,24 +12,45 @@ replica, and what the ledger is told (``finished``) every node verifies with its
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator, Sequence
+import secrets
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from coincurve import PrivateKey
+from fp_guards import HANG_GUARD
+from web3 import Web3
 
-from fusion_prime.bridge.chains.bitcoin.encoding import REGTEST, script_to_address
+from fusion_prime.bridge.chains.bitcoin.encoding import COIN, REGTEST, parse_hash_hex, script_to_address
+from fusion_prime.bridge.chains.bitcoin.node import RegtestNode
+from fusion_prime.bridge.chains.bitcoin.rpcclient import BitcoinRPC
+from fusion_prime.bridge.chains.bitcoin.rpcserver import BitcoinRPCServer
+from fusion_prime.bridge.chains.bitcoin.signing import sign_p2wpkh
+from fusion_prime.bridge.chains.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
+from fusion_prime.bridge.chains.evm.adapter import connect
+from fusion_prime.bridge.chains.evm.anvil import AnvilProcess
 from fusion_prime.bridge.config import SourceChain, WithdrawalSettings
 from fusion_prime.bridge.custody import custody_address
 from fusion_prime.bridge.db import BridgeDB, open_database
+from fusion_prime.bridge.evm_withdrawal import EvmPayoutSide, evm_payout_params, route_authorize
 from fusion_prime.bridge.orders import ChainParams
-from fusion_prime.bridge.payouts import CustodyCoin, PayoutBurn, PayoutPlan, PayoutProposal, plan_payout
-from fusion_prime.bridge.requests import PayoutInputRequest
+from fusion_prime.bridge.payouts import (
+    CustodyCoin,
+    PayoutBurn,
+    PayoutPlan,
+    PayoutProposal,
+    finalize_payout,
+    plan_payout,
+    round_fee_rate,
+)
+from fusion_prime.bridge.requests import EvmPayoutRequest, PayoutInputRequest, decode
 from fusion_prime.bridge.settlement.batch import GENESIS_HASH, Batch, Credit, Entry, WithdrawalPaid, WithdrawalReturned
 from fusion_prime.bridge.settlement.instructions import OPEN_ACCOUNT, WITHDRAW, InstructionBody, sign_instruction
 from fusion_prime.bridge.settlement.ledger import Applied, BatchRefused, Ledger, LedgerParams
@@ -39,6 +60,7 @@ from fusion_prime.bridge.withdrawal_runtime import (
     BtcPayoutView,
     StepWrite,
     WithdrawalAuthorizer,
+    attach_evm_solvency,
     btc_params,
     classify_burn,
 )
@@ -50,11 +72,13 @@ from fusion_prime.bridge.withdrawals import (
     RETURNING,
     AccountClosed,
     Action,
+    Broadcast,
     BuildPayout,
     Burn,
     BurnSeen,
     PayoutBroadcast,
     PayoutDepth,
+    PayoutFailed,
     PayoutFound,
     PayoutSigned,
     ProposeRefund,
@@ -68,7 +92,9 @@ from fusion_prime.bridge.withdrawals import (
     payout_id_of,
 )
 from fusion_prime.proto.generated import peer_pb2
-from fusion_prime.protocol.curve import Point
+from fusion_prime.protocol.curve import Point, Q
+from fusion_prime.protocol.ecdsa import Signature
+from fusion_prime.protocol.hd import derive
 from fusion_prime.protocol.identity import PartyIdentity
 from fusion_prime.signer.bitcoin import p2wpkh_script
 
@@ -248,22 +274,27 @@ class Node:
     """One node: its database, replica, machine, payout view and participant hook; it is the
     ``runtime`` the link is attached to (``sides``, ``machines``, ``authorizer``, ``post``)."""
 
-    def __init__(self, base: Path, name: str, custody_coins: list[CustodyCoin]) -> None:
+    def __init__(self, base: Path, name: str, side_of: Callable[[BridgeDB], AssetSide], *, max_batch: int = 10,
+                 batch_wait: int = 30) -> None:
         self.name = name
         self.db = open_database(f"sqlite:///{base / (name + '.sqlite3')}")
         self.replica = Ledger(LEDGER)
-        self.view = FakeView(self.db, custody_coins)
-        side = AssetSide(chain=CHAIN, asset=FPBTC, params=PARAMS, view=self.view, classify=classify_burn(CHAIN, PARAMS))
-        self.sides = {FPBTC: side}
+        side = side_of(self.db)
+        self.asset, self.side, self.view = side.asset, side, side.view
+        self.sides = {side.asset: side}
         self.authorizer = WithdrawalAuthorizer(db=self.db, sides=self.sides, gateway=FakeGateway(),
                                                destination_chain_id=31338, gateway_address=GATEWAY, signer_path=(),
                                                node_id=name, max_deadline_ahead=600, clock=lambda: T0)
         self.authorizer.minted_through = self.authorizer.burned_through = 10**6
         self.authorizer.set_ledger_liabilities(
             lambda: {a: bal + pending for a, (bal, pending) in self.replica.liabilities().items()})
-        self.machine = WithdrawalMachine(WithdrawalConfig(asset=FPBTC, source_chain=BTC, classify=side.classify,
-                                                          payout_confirmations=2, max_batch=10, batch_wait=30))
-        self.machines = {FPBTC: self.machine}
+        attach_evm_solvency(self.sides, self.authorizer)
+        settings = side.chain.withdrawals
+        assert settings is not None
+        self.machine = WithdrawalMachine(WithdrawalConfig(
+            asset=side.asset, source_chain=side.chain.caip2, classify=side.classify,
+            payout_confirmations=settings.payout_confirmations, max_batch=max_batch, batch_wait=batch_wait))
+        self.machines = {side.asset: self.machine}
         self.inbox: list[tuple[str, Any]] = []
         self.accounts: Any = None
         self.link = AccountWithdrawals(self.db, self)
@@ -276,7 +307,7 @@ class Node:
     def feed(self, obs: Any, now: int) -> list[Action]:
         actions = self.machine.handle(obs, now)
         with self.db.transaction() as tx:
-            StepWrite.of(self.machine, FPBTC, actions).write(tx)
+            StepWrite.of(self.machine, self.asset, actions).write(tx)
         return actions
 
     def step(self, now: int) -> list[Action]:
@@ -299,8 +330,9 @@ class Node:
         return self.link.verify(entry) if isinstance(entry, WithdrawalPaid | WithdrawalReturned) else None
 
     # the participant
-    def cosign(self, plan: PayoutPlan, view_hash: str | None = None) -> list[tuple[bool, str]]:
-        proposal = PayoutProposal.of(plan, view_hash or self.view.block_hash(plan.view_height) or "").to_bytes()
+    def cosign(self, plan: PayoutPlan) -> list[tuple[bool, str]]:
+        assert self.view is not None
+        proposal = PayoutProposal.of(plan, self.view.block_hash(plan.view_height) or "").to_bytes()
         out = []
         for i in range(len(plan.inputs)):
             pb = peer_pb2.SessionProposal(session_id=b"s" * 32, coordinator="n1",
@@ -352,7 +384,12 @@ class Net:
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Net]:
     custody = coins(1_000_000, 800_000, 600_000)
-    nodes = [Node(tmp_path, f"n{i}", custody) for i in (1, 2, 3)]
+
+    def btc_side(db: BridgeDB) -> AssetSide:
+        return AssetSide(chain=CHAIN, asset=FPBTC, params=PARAMS, view=FakeView(db, custody),
+                         classify=classify_burn(CHAIN, PARAMS))
+
+    nodes = [Node(tmp_path, f"n{i}", btc_side) for i in (1, 2, 3)]
     try:
         yield Net(nodes)
     finally:
@@ -370,6 +407,7 @@ def _plan(node: Node, build: BuildPayout, *, amounts: dict[str, int] | None = No
         assert w is not None
         burns.append(PayoutBurn(burn_key(bid), w.burn.nonce, (amounts or {}).get(bid, w.burn.amount),
                                 (destinations or {}).get(bid, w.burn.destination)))
+    assert node.view is not None
     return plan_payout(burns, custody if custody is not None else node.view.custody_coins(TIP, None), Decimal(2),
                        node.view.change_script(), PARAMS, view_height=TIP)
 
@@ -426,7 +464,9 @@ def test_an_account_withdrawal_is_paid_with_burns_in_one_payout_fee_kept_and_rep
     # the payout reaches its depth at n1; n2 has it in its archive but not at depth yet
     txid = _pay(n1, build, plan, 2)
     assert n1.machine.get(key).state == CONFIRMED
-    assert n1.link.leaving_custody("BTC") == 300_000  # custody dropped; the ledger still owes it
+    # custody dropped by the payout; the ledger owes it until WithdrawalPaid: solvency counts neither
+    assert n1.link.leaving_custody("BTC") == 300_000
+    assert n1.authorizer.solvency_inputs(n1.side).ledger == 1_000_000 - 300_000
     (entry,) = n1.link.finished()
     assert entry == WithdrawalPaid(wid, txid)
     why = n2.link.verify(entry)
@@ -494,6 +534,7 @@ def test_a_second_payout_of_a_withdrawal_is_refused(net: Net) -> None:
     assert _ok(n2.cosign(first))
     # another payout of it, on other coins (as a second coordinator would build once the first's
     # inputs are reserved): refused by the node that co-signed the first
+    assert isinstance(n1.view, FakeView)
     others = [c for c in n1.view.coins if c not in first.inputs]
     second = _plan(n1, build, custody=others)
     assert set(second.inputs).isdisjoint(first.inputs)
@@ -583,3 +624,247 @@ def test_observing_again_changes_nothing_and_a_restart_resumes(net: Net, tmp_pat
     with n1.db.read() as r:
         assert r.account_withdrawal_by_id(wid)["state"] == "signing"
     assert n1.link.finished() == []  # nothing final yet
+
+
+# ------------------------------------------------------------------------------ ETH, on anvil
+
+EVM_CHAIN_ID = 31337
+EVM = f"eip155:{EVM_CHAIN_ID}"
+FPETH = "0x" + "cd" * 20
+GWEI, ETHER = 10**9, 10**18
+CAP = 100 * GWEI
+EVM_FEE = 21_000 * CAP
+EVM_SOURCE = SourceChain(caip2=EVM, rpc="unused", symbol="ETH", asset=FPETH,
+                         params=ChainParams(min_confirmations=1, value_per_block=ETHER, max_confirmations=1),
+                         withdrawals=WithdrawalSettings(withdrawal_fee=EVM_FEE, max_fee_rate=CAP,
+                                                        fallback_fee_rate=2 * GWEI))
+
+
+class GroupKey:
+    """The group key in one place (tests only): signs at a path with group secret + BIP32 tweak."""
+
+    def __init__(self, seed: bytes) -> None:
+        digest = hashlib.sha512(seed).digest()
+        self._secret = int.from_bytes(digest[:32], "big") % Q
+        self.chain_code = digest[32:]
+        self.public = Point.base_mul(self._secret)
+
+    def sign(self, digest: bytes, path: tuple[int, ...]) -> Signature:
+        child = derive(self.public, self.chain_code, path)
+        sig = PrivateKey(((self._secret + child.tweak) % Q).to_bytes(32, "big")).sign_recoverable(digest, hasher=None)
+        return Signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64],
+                         child.public_key)
+
+
+@dataclasses.dataclass
+class SignOutcome:
+    """What ``Node.sign`` returns, as far as the EVM side reads it."""
+
+    status: str
+    output: Any = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+
+@pytest.fixture(scope="module")
+def anvil() -> Iterator[Web3]:
+    process = AnvilProcess(chain_id=EVM_CHAIN_ID).start(timeout=HANG_GUARD)
+    try:
+        yield connect(process.url)
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def evm_net(anvil: Web3, tmp_path: Path) -> Iterator[Net]:
+    """Two nodes paying fpETH in ETH from one custody address on anvil; ``sign`` runs every node's
+    gated EVM hook (the account check, then the EVM checks with solvency) like ``Node.sign``."""
+    key = GroupKey(secrets.token_bytes(16))
+    nodes: list[Node] = []
+
+    async def sign(key_id: bytes, digest: bytes, path: tuple[int, ...], *, client_request: bytes) -> SignOutcome:
+        request = decode(client_request)
+        assert isinstance(request, EvmPayoutRequest)
+        pb = peer_pb2.SessionProposal(session_id=secrets.token_bytes(32), phase="sign", coordinator="n1",
+                                      participants=[n.name for n in nodes],
+                                      sign=peer_pb2.SignParams(key_id=key_id, digest=digest, path=list(path),
+                                                               client_request=client_request))
+        for n in nodes:
+            ok, why = await trio.to_thread.run_sync(n.evm_hook, pb, request)
+            if not ok:
+                return SignOutcome("refused", reason=f"{n.name}: {why}")
+        return SignOutcome("done", output=key.sign(digest, path))
+
+    def evm_side(db: BridgeDB, name: str) -> AssetSide:
+        side = EvmPayoutSide(chain=EVM_SOURCE, asset=FPETH, w3=anvil, db=db, params=evm_payout_params(EVM_SOURCE),
+                             custody=custody_address(key.public, key.chain_code, EVM), group_key=key.public,
+                             chain_code=key.chain_code, destination_chain="eip155:31338", key_id=b"\x01" * 32,
+                             sign=sign, node_id=name)
+        return AssetSide(chain=EVM_SOURCE, asset=FPETH, params=None, view=None, classify=side.classify, evm=side)
+
+    for name in ("n1", "n2"):
+        node = Node(tmp_path, name, lambda db, name=name: evm_side(db, name), max_batch=1, batch_wait=0)
+        node.evm_hook = node.authorizer.gate_evm(route_authorize([node.side.evm]))  # type: ignore[attr-defined]
+        nodes.append(node)
+    custody = nodes[0].side.evm.custody.address
+    anvil.provider.make_request("anvil_setBalance", [custody, hex(10 * ETHER)])  # type: ignore[arg-type]
+    try:
+        yield Net(nodes)
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def _trio(fn: Any) -> Any:
+    async def main() -> Any:
+        with trio.fail_after(HANG_GUARD):
+            return await fn()
+
+    return trio.run(main)
+
+
+def test_an_account_withdrawal_of_eth_is_paid_from_custody_and_reported(evm_net: Net, anvil: Web3) -> None:
+    n1, n2 = evm_net.nodes
+    evm_net.fund(ALICE, 5 * ETHER, "ETH")
+    fresh = Web3.to_checksum_address(secrets.token_bytes(20))
+    wid = evm_net.withdraw(ALICE, ETHER, fresh, asset="ETH", chain=EVM)
+    refused = evm_net.withdraw(ALICE, ETHER, Web3.to_checksum_address(secrets.token_bytes(20)), asset="ETH",
+                               chain=EVM)
+    key, other = account_burn_id(wid), account_burn_id(refused)
+    for n in evm_net.nodes:
+        n.step(T0)
+        n.authorizer.solvency_inputs(n.side)  # the periodic solvency check's read of the ledger
+    n2.replica.withdrawals[refused].status = "returned"  # n2's replica no longer has this one pending
+    n1.machine.coordinating = True
+    results: dict[str, Any] = {}
+    broadcasts: list[Broadcast] = []
+    todo = _only(n1.step(T0 + 1), BuildPayout)
+    while todo:  # one payout built at a time; ETH pays one withdrawal per transaction
+        build = todo.pop(0)
+        burn = n1.machine.get(build.burn_ids[0]).burn
+        results[burn.burn_id] = _trio(lambda build=build, burn=burn: n1.side.evm.build(build, burn))
+        acts = n1.feed(results[burn.burn_id], T0 + 2)
+        todo += _only(acts, BuildPayout)
+        broadcasts += _only(acts, Broadcast)
+    failed, signed = results[other], results[key]
+    assert isinstance(failed, PayoutFailed) and "n2: bridge: account_withdrawal_not_pending" in failed.reason
+    assert n1.machine.get(other).state == "queued"  # given up for now; n2 will not sign it while returned
+    assert isinstance(signed, PayoutSigned), signed
+    (broadcast,) = broadcasts
+    assert n1.side.evm.broadcast(broadcast.raw) == (True, "")
+    n1.feed(PayoutBroadcast(signed.payout_id, signed.txid, True), T0 + 3)
+    assert anvil.eth.wait_for_transaction_receipt(signed.txid, timeout=HANG_GUARD)["status"] == 1  # type: ignore[arg-type]
+    assert int(anvil.eth.get_balance(fresh)) == ETHER - EVM_FEE  # the withdrawal fee is kept
+    n1.feed(PayoutDepth(signed.txid, n1.side.evm.depths([signed.txid])[0]), T0 + 4)
+    assert n1.machine.get(key).state == CONFIRMED
+    (entry,) = n1.link.finished()
+    assert entry == WithdrawalPaid(wid, signed.txid)
+    assert (n2.link.verify(entry) or "").startswith("retry:")
+    for found in n2.side.evm.found_payouts([w.burn for w in n2.machine.withdrawals.values()]):
+        n2.feed(found, T0 + 5)
+    assert n2.link.verify(entry) is None
+    evm_net.batch(entry)
+    assert all(n.replica.withdrawals[wid].status == "paid" for n in evm_net.nodes)
+
+
+# ------------------------------------------------------------------------------ BTC, on the devnet
+
+
+@pytest.fixture
+def btc_devnet(tmp_path: Path) -> Iterator[tuple[str, BitcoinRPC]]:
+    node = RegtestNode(tmp_path / "btc")
+    server = BitcoinRPCServer(node, user="link", password="devnet").start()
+    rpc = BitcoinRPC(server.url, "link", "devnet")
+    try:
+        yield server.url, rpc
+    finally:
+        rpc.close()
+        server.stop()
+        node.close()
+
+
+def test_an_account_withdrawal_is_paid_with_a_burn_on_the_bitcoin_devnet(btc_devnet: tuple[str, BitcoinRPC],
+                                                                          tmp_path: Path) -> None:
+    """Real views (each node's own RPC client, its database's custody coins), real signatures by the
+    group key at the custody path, the devnet's validation engine accepting the payout."""
+    url, rpc = btc_devnet
+    key = GroupKey(b"payouts link devnet")
+    custody = custody_address(key.public, key.chain_code, BTC)
+    miner = PrivateKey((0x5EED).to_bytes(32, "big"))
+    miner_script = p2wpkh_script(miner.public_key.format())
+    miner_address = script_to_address(miner_script, REGTEST)
+    coinbase = rpc.getblock(rpc.generatetoaddress(101, miner_address)[0], 2)["tx"][0]
+    value = int(Decimal(str(coinbase["vout"][0]["value"])) * COIN)
+    custody_script = p2wpkh_script(custody.public_key)
+    funding = Tx(2, [TxIn(OutPoint(parse_hash_hex(coinbase["txid"]), 0), sequence=0xFFFFFFFD)],
+                 [TxOut(1_000_000, custody_script), TxOut(2_000_000, custody_script),
+                  TxOut(value - 3_000_000 - 10_000, miner_script)])
+    sign_p2wpkh(funding, 0, miner.secret, value)
+    funding_txid = rpc.sendrawtransaction(funding.serialize().hex())
+    rpc.generatetoaddress(2, miner_address)
+
+    clients: list[BitcoinRPC] = []
+
+    def btc_side(db: BridgeDB) -> AssetSide:
+        client = BitcoinRPC(url, "link", "devnet")
+        clients.append(client)
+        with db.transaction() as tx:  # the custody coins every node knows (minted deposits, change)
+            for vout, amount in ((0, 1_000_000), (1, 2_000_000)):
+                tx.add_custody_coin(chain=BTC, txid=funding_txid, vout=vout, value=amount, path=list(custody.path),
+                                    public_key=custody.public_key.hex(), origin="change")
+        view = BtcPayoutView(chain=CHAIN, asset=FPBTC, rpc=client, db=db, params=PARAMS, custody=custody)
+        return AssetSide(chain=CHAIN, asset=FPBTC, params=PARAMS, view=view, classify=classify_burn(CHAIN, PARAMS))
+
+    nodes = [Node(tmp_path, name, btc_side) for name in ("n1", "n2")]
+    try:
+        net = Net(nodes)
+        n1, n2 = nodes
+        net.fund(ALICE, 2_000_000)
+        destination = address("alice on the devnet")
+        wid = net.withdraw(ALICE, 1_500_000, destination)
+        build = _queued(net, gateway_burn(1, amount=500_000))
+        assert build.burn_ids[-1] == account_burn_id(wid)
+
+        view = n1.view
+        assert view is not None
+        tip = view.tip_height()
+        burns = [PayoutBurn(burn_key(b), w.burn.nonce, w.burn.amount, w.burn.destination)
+                 for b in build.burn_ids if (w := n1.machine.get(b)) is not None]
+        plan = plan_payout(burns, view.custody_coins(tip, None), round_fee_rate(view.fee_estimate() or 2),
+                           view.change_script(), PARAMS, view_height=tip)
+        assert _ok(n1.cosign(plan)) and _ok(n2.cosign(plan))  # the coordinator's own hook, then n2's
+        signatures = []
+        for i, coin in enumerate(plan.inputs):
+            sig = key.sign(plan.sighash(i), coin.path)
+            signatures.append((sig.r, min(sig.s, Q - sig.s)))
+        raw = finalize_payout(plan, signatures).serialize().hex()
+        assert rpc.sendrawtransaction(raw) == plan.txid
+        n1.feed(PayoutSigned(build.payout_id, plan.txid, raw, plan.fee, 2000), T0 + 40)
+        n1.feed(PayoutBroadcast(build.payout_id, plan.txid, True), T0 + 41)
+        rpc.generatetoaddress(2, miner_address)
+        confirmations = int(rpc.getrawtransaction(plan.txid, True)["confirmations"])
+        n1.feed(PayoutDepth(plan.txid, confirmations), T0 + 42)
+        assert n1.machine.get(account_burn_id(wid)).state == CONFIRMED
+
+        paid = rpc.gettxout(plan.txid, 1, False)  # the account withdrawal's output, after the burn's
+        assert int(Decimal(str(paid["value"])) * COIN) == 1_500_000 - FEE
+        assert paid["scriptPubKey"]["hex"] == p2wpkh_script(
+            PrivateKey(hashlib.sha256(b"alice on the devnet").digest()).public_key.format()).hex()
+
+        (entry,) = n1.link.finished()
+        assert entry == WithdrawalPaid(wid, plan.txid)
+        assert (n2.link.verify(entry) or "").startswith("retry:")
+        # n2 co-signed it: its runtime learns the payout from its own archive and its own chain
+        n2.feed(PayoutFound(build.payout_id, build.burn_ids, plan.txid, raw, confirmations), T0 + 50)
+        assert n2.link.verify(entry) is None
+        net.batch(entry)
+        assert [n.replica.withdrawals[wid].status for n in nodes] == ["paid", "paid"]
+        assert n1.replica.balance(ALICE.public_key, "BTC") == 500_000
+    finally:
+        for c in clients:
+            c.close()
+        for n in nodes:
+            n.close()
