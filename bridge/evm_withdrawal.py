@@ -1071,6 +1071,27 @@ class EvmPayoutSide:
                       chain=self.chain.caip2, error=f"{type(exc).__name__}: {exc}"[:300])
         return found
 
+    def found_payout(self, txid: str, candidates: Sequence[withdrawals.Burn]) -> PayoutFound | None:
+        """(worker thread) One custody transaction by hash - a payout this node was told of (a
+        ``WithdrawalPaid`` it could not confirm) - archived and matched like :meth:`found_payouts`
+        does block by block; None if it is archived already, not mined, not from custody, or pays
+        no candidate."""
+        txid = _hash_hex(txid)
+        if txid is None:
+            return None
+        with self.db.read() as r:
+            if r.archived_payout(txid) is not None:
+                return None
+        tx = self.w3.eth.get_transaction(txid)  # type: ignore[arg-type]
+        sender = tx.get("from")
+        if tx.get("blockNumber") is None or sender is None or \
+                address_bytes(Web3.to_checksum_address(sender)) != self.custody_account:
+            return None
+        raw = _raw_bytes(self._rpc("eth_getRawTransactionByHash", [txid]))
+        if raw is None:
+            raise EvmWithdrawalError(f"the endpoint does not return transaction {txid}")
+        return self._adopt_found(txid, raw, int(tx["blockNumber"]), candidates)
+
     def _adopt_found(self, txid: str, raw: bytes, block: int, candidates: Sequence[withdrawals.Burn]
                      ) -> PayoutFound | None:
         """Archive and match one custody transaction another coordinator sent (see found_payouts)."""

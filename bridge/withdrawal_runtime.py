@@ -820,6 +820,8 @@ class WithdrawalRuntime:
         #: observations posted from other threads (settlement-account withdrawals), fed each step
         self._inbox: list[tuple[str, Observation]] = []
         self._inbox_lock = threading.Lock()
+        #: (asset, txid) said to pay a withdrawal this node has not seen paid: looked up each step
+        self._hints: set[tuple[str, str]] = set()
         #: the settlement ledger's link (``payouts_link.AccountWithdrawals``), reconciled each step
         self.accounts: Any = None
 
@@ -865,6 +867,50 @@ class WithdrawalRuntime:
             if asset in self.machines:
                 await self.feed(asset, obs)
 
+    def hint_payout(self, asset: str, txid: str) -> None:
+        """(any thread) ``txid`` is said to pay a withdrawal of ``asset`` that this node has not seen
+        paid (a ``WithdrawalPaid`` in a ledger batch): look it up on this node's *own* chain at the
+        next step. The block scan starts a few blocks below the tip after a restart, so a payout
+        made while this node was down would otherwise stay unseen - and its ledger stalled on it."""
+        with self._inbox_lock:
+            if len(self._hints) < 1000:
+                self._hints.add((asset, txid))
+
+    async def _follow_hints(self) -> None:
+        with self._inbox_lock:
+            hints, self._hints = self._hints, set()
+        for asset, txid in sorted(hints):
+            side, m = self.sides.get(asset), self.machines.get(asset)
+            if side is None or m is None:
+                continue
+            try:
+                if side.evm is not None:
+                    candidates = [w.burn for w in m.withdrawals.values()
+                                  if w.state in ("observed", "queued", "signing", "signed", "broadcast")]
+                    found = await trio.to_thread.run_sync(side.evm.found_payout, txid, candidates)
+                    if found is not None:
+                        await self.feed(asset, found)
+                elif side.view is not None and self.bitcoin is not None:
+                    spender = await trio.to_thread.run_sync(self._custody_spender, side, txid)
+                    if spender is not None:
+                        await self._adopt(asset, side, *spender)
+            except Exception as exc:  # not on this node's chain (yet), an endpoint hiccup: asked again later
+                log_event(log, logging.INFO, "payout hint not followed", node=self.node_id, txid=txid,
+                          error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def _custody_spender(self, side: AssetSide, txid: str) -> tuple[dict[str, Any], int] | None:
+        """(worker thread) ``txid`` from this node's own endpoint, if it spends a custody coin and is
+        not archived here (otherwise the usual paths know it), with its confirmations."""
+        assert self.bitcoin is not None
+        with self.db.read() as r:
+            if r.archived_payout(txid) is not None:
+                return None
+            coins = {f"{c['txid']}:{c['vout']}" for c in r.custody_coins(side.chain.caip2)}
+        tx = self.bitcoin.get_raw_transaction(txid, True)
+        if not any(f"{i.get('txid')}:{i.get('vout')}" in coins for i in tx.get("vin", []) if "txid" in i):
+            return None
+        return tx, int(tx.get("confirmations", 0) or 0)
+
     # -- the loop
     async def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -898,6 +944,7 @@ class WithdrawalRuntime:
             self._update_coordination(asset, now)
         await self._learn_cosigned()
         await self._scan_for_payouts()
+        await self._follow_hints()
         await self._watch_payouts()
         if self._steps % SOLVENCY_EVERY == 1:
             await self._check_solvency()

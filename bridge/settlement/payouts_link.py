@@ -370,6 +370,10 @@ class AccountWithdrawals:
                 return f"{name} is paid here by {row['txid']}, not by {entry.txid}"
             seen = f"; its payout {row['txid']} has {row['confirmations']} of {row['required_confirmations']} " \
                    "confirmations here" if row["txid"] else ""
+            if claimed is None and row["asset"]:  # a payout this node has not seen: look for it on its chain
+                hint = getattr(self.runtime, "hint_payout", None)
+                if hint is not None:
+                    hint(row["asset"], entry.txid)
             return f"retry: {name} is {state} here{seen}"
         # returned
         if state in (RETURNING, RETURNED):

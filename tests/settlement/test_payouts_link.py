@@ -72,7 +72,6 @@ from fusion_prime.bridge.withdrawals import (
     RETURNING,
     AccountClosed,
     Action,
-    Broadcast,
     BuildPayout,
     Burn,
     BurnSeen,
@@ -296,6 +295,7 @@ class Node:
             payout_confirmations=settings.payout_confirmations, max_batch=max_batch, batch_wait=batch_wait))
         self.machines = {side.asset: self.machine}
         self.inbox: list[tuple[str, Any]] = []
+        self.hints: list[tuple[str, str]] = []
         self.accounts: Any = None
         self.link = AccountWithdrawals(self.db, self)
         self.link.pending(self.replica.withdrawals.get)
@@ -303,6 +303,9 @@ class Node:
     # the runtime's part
     def post(self, asset: str, obs: Any) -> None:
         self.inbox.append((asset, obs))
+
+    def hint_payout(self, asset: str, txid: str) -> None:
+        self.hints.append((asset, txid))
 
     def feed(self, obs: Any, now: int) -> list[Action]:
         actions = self.machine.handle(obs, now)
@@ -726,35 +729,32 @@ def _trio(fn: Any) -> Any:
     return trio.run(main)
 
 
+def _build_all(node: Node, now: int) -> dict[str, Any]:
+    """The coordinator builds what its machine asks (one payout at a time; ETH pays one withdrawal
+    per transaction) and feeds each result back: burn id -> PayoutSigned | PayoutFailed."""
+    results: dict[str, Any] = {}
+    todo = _only(node.step(now), BuildPayout)
+    while todo:
+        build = todo.pop(0)
+        burn = node.machine.get(build.burn_ids[0]).burn
+        results[burn.burn_id] = _trio(lambda build=build, burn=burn: node.side.evm.build(build, burn))
+        todo += _only(node.feed(results[burn.burn_id], now), BuildPayout)
+    return results
+
+
 def test_an_account_withdrawal_of_eth_is_paid_from_custody_and_reported(evm_net: Net, anvil: Web3) -> None:
     n1, n2 = evm_net.nodes
     evm_net.fund(ALICE, 5 * ETHER, "ETH")
     fresh = Web3.to_checksum_address(secrets.token_bytes(20))
     wid = evm_net.withdraw(ALICE, ETHER, fresh, asset="ETH", chain=EVM)
-    refused = evm_net.withdraw(ALICE, ETHER, Web3.to_checksum_address(secrets.token_bytes(20)), asset="ETH",
-                               chain=EVM)
-    key, other = account_burn_id(wid), account_burn_id(refused)
+    key = account_burn_id(wid)
     for n in evm_net.nodes:
         n.step(T0)
         n.authorizer.solvency_inputs(n.side)  # the periodic solvency check's read of the ledger
-    n2.replica.withdrawals[refused].status = "returned"  # n2's replica no longer has this one pending
     n1.machine.coordinating = True
-    results: dict[str, Any] = {}
-    broadcasts: list[Broadcast] = []
-    todo = _only(n1.step(T0 + 1), BuildPayout)
-    while todo:  # one payout built at a time; ETH pays one withdrawal per transaction
-        build = todo.pop(0)
-        burn = n1.machine.get(build.burn_ids[0]).burn
-        results[burn.burn_id] = _trio(lambda build=build, burn=burn: n1.side.evm.build(build, burn))
-        acts = n1.feed(results[burn.burn_id], T0 + 2)
-        todo += _only(acts, BuildPayout)
-        broadcasts += _only(acts, Broadcast)
-    failed, signed = results[other], results[key]
-    assert isinstance(failed, PayoutFailed) and "n2: bridge: account_withdrawal_not_pending" in failed.reason
-    assert n1.machine.get(other).state == "queued"  # given up for now; n2 will not sign it while returned
+    signed = _build_all(n1, T0 + 1)[key]
     assert isinstance(signed, PayoutSigned), signed
-    (broadcast,) = broadcasts
-    assert n1.side.evm.broadcast(broadcast.raw) == (True, "")
+    assert n1.side.evm.broadcast(signed.raw) == (True, "")
     n1.feed(PayoutBroadcast(signed.payout_id, signed.txid, True), T0 + 3)
     assert anvil.eth.wait_for_transaction_receipt(signed.txid, timeout=HANG_GUARD)["status"] == 1  # type: ignore[arg-type]
     assert int(anvil.eth.get_balance(fresh)) == ETHER - EVM_FEE  # the withdrawal fee is kept
@@ -763,11 +763,23 @@ def test_an_account_withdrawal_of_eth_is_paid_from_custody_and_reported(evm_net:
     (entry,) = n1.link.finished()
     assert entry == WithdrawalPaid(wid, signed.txid)
     assert (n2.link.verify(entry) or "").startswith("retry:")
-    for found in n2.side.evm.found_payouts([w.burn for w in n2.machine.withdrawals.values()]):
-        n2.feed(found, T0 + 5)
+    # n2 never saw that payout: it is told to look the transaction up on its own chain
+    assert n2.hints == [(FPETH, signed.txid)]
+    found = n2.side.evm.found_payout(signed.txid, [w.burn for w in n2.machine.withdrawals.values()])
+    assert found is not None and found.burn_ids == (key,)
+    n2.feed(found, T0 + 5)
     assert n2.link.verify(entry) is None
     evm_net.batch(entry)
     assert all(n.replica.withdrawals[wid].status == "paid" for n in evm_net.nodes)
+
+    # a co-signer whose replica no longer has a withdrawal pending signs nothing for it
+    refused = evm_net.withdraw(ALICE, ETHER, Web3.to_checksum_address(secrets.token_bytes(20)), asset="ETH",
+                               chain=EVM)
+    n2.step(T0 + 10)
+    n2.replica.withdrawals[refused].status = "returned"
+    failed = _build_all(n1, T0 + 10)[account_burn_id(refused)]
+    assert isinstance(failed, PayoutFailed) and "n2: bridge: account_withdrawal_not_pending" in failed.reason
+    assert n1.machine.get(account_burn_id(refused)).state == "queued"  # retried later, never signed by n2
 
 
 # ------------------------------------------------------------------------------ BTC, on the devnet
