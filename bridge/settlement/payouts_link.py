@@ -352,7 +352,8 @@ class AccountWithdrawals:
         with self.db.read() as r:
             row = r.account_withdrawal_by_id(entry.withdrawal_id)
             key = bytes(row["burn_id"]) if row is not None else b""
-            archived = [p for p in r.archived_payouts() if "0x" + key.hex() in (p["burn_ids"] or ())] if row else []
+            archived = [p for p in r.archived_payouts(row["source_chain"])
+                        if "0x" + key.hex() in (p["burn_ids"] or ())] if row is not None else []
             claimed = r.archived_payout(entry.txid) if isinstance(entry, WithdrawalPaid) else None
         name = f"withdrawal {entry.withdrawal_id.hex()}"
         if row is None:
