@@ -108,6 +108,8 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
             readers = _reserve_readers(bcfg, sources)
             servicer.reserves = functools.partial(runtime.withdrawals.prove_reserves, token, readers)
         forwarder = getattr(servicer, "forwarder", None)
+        if settlement is not None and settlement.funding is not None and forwarder is not None:
+            settlement.funding.forward = forwarder.submit  # account addresses reach every node's watchers
         if forwarder is not None:
             runtime.status_extra["registration_forwarding"] = lambda: {
                 "pending": forwarder.pending(), "forwarded": dict(forwarder.forwarded),
@@ -212,9 +214,10 @@ def _settlement_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfi
         try:
             from .settlement.payouts_link import AccountWithdrawals
 
-            payouts = AccountWithdrawals.for_runtime(runtime.withdrawals)
-        except (ImportError, AttributeError):  # pragma: no cover - shipped together
-            log_event(log, logging.WARNING, "settlement: account withdrawals are not paid by this node")
+            payouts = AccountWithdrawals(db, runtime.withdrawals)
+        except (ImportError, ValueError) as exc:
+            log_event(log, logging.WARNING, "settlement: account withdrawals are not paid by this node",
+                      reason=str(exc))
     if settings.registry is not None and runtime.relayer is not None:
         from .settlement.publish import publish_checkpoint
 
@@ -225,9 +228,11 @@ def _settlement_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfi
         assets=list(assets), sign=node.sign, key_id=bcfg.key_id, signer_path=bcfg.signer_path,
         signer_address=signer, chain_id=bcfg.destination_chain_id, registry=registry, funding=funding,
         payouts=payouts, publish=publish)
-    if funding is not None and hasattr(funding, "set_ledger_liabilities"):
-        funding.set_ledger_liabilities(lambda: settlement.read(
-            lambda led: {a: bal + pending for a, (bal, pending) in led.liabilities().items()}))
+    if payouts is not None:
+        payouts.pending(settlement.withdrawal)
+    if funding is not None and runtime.withdrawals is not None:
+        funding.solvency = runtime.withdrawals
+        funding.set_ledger_liabilities(settlement.liabilities)
     authorizer.settlement = settlement
     return settlement
 

@@ -2,8 +2,9 @@
 
 A client holds its own secp256k1 key (``PartyIdentity``); every instruction and every read is
 signed with it here, so the node only ever sees signed bytes. Idempotency keys are chosen by the
-caller (or generated); sending the same instruction again — after a timeout, say — returns the
-first outcome.
+caller or generated fresh per call: to resend an instruction after a timeout and get its first
+outcome, pass the same ``key`` (and, for a trade, the same ``deadline_ms``) again — or keep the
+signed bytes (``*_bytes``) and ``submit`` them again.
 
     with SettlementClient("node1:7443", cert_pem, server_name="node1", identity=me) as s:
         s.open_account("desk A")
@@ -35,7 +36,9 @@ class SettlementRejected(Exception):
     """The ledger rejected an instruction (the reason is the same at every node)."""
 
     def __init__(self, response: settlement_pb2.SubmitResponse) -> None:
-        super().__init__(f"{response.kind} rejected: {response.reason}")
+        again = " (a repeat of an instruction rejected before: use a new key to try again)" \
+            if response.duplicate else ""
+        super().__init__(f"{response.kind} rejected: {response.reason}{again}")
         self.response = response
 
 
@@ -55,7 +58,7 @@ class _Builder:
         return sign_instruction(self.identity, body).to_bytes()
 
     def open_account_bytes(self, label: str = "", key: str | None = None) -> bytes:
-        return self._body(ins.OPEN_ACCOUNT, key or "open-account", label=label)
+        return self._body(ins.OPEN_ACCOUNT, key, label=label)
 
     def trade_bytes(self, legs: Sequence[LegSpec], *, mode: str = ins.GROSS, deadline_ms: int | None = None,
                     reference: str = "", key: str | None = None) -> bytes:
@@ -64,13 +67,13 @@ class _Builder:
                           reference=reference)
 
     def affirm_bytes(self, trade_id: bytes, key: str | None = None) -> bytes:
-        return self._body(ins.AFFIRM, key or f"affirm-{trade_id.hex()[:40]}", trade_id=trade_id)
+        return self._body(ins.AFFIRM, key, trade_id=trade_id)
 
     def dispute_bytes(self, trade_id: bytes, reason: str, key: str | None = None) -> bytes:
         return self._body(ins.DISPUTE, key, trade_id=trade_id, reason=reason)
 
     def cancel_bytes(self, trade_id: bytes, key: str | None = None) -> bytes:
-        return self._body(ins.CANCEL, key or f"cancel-{trade_id.hex()[:40]}", trade_id=trade_id)
+        return self._body(ins.CANCEL, key, trade_id=trade_id)
 
     def withdraw_bytes(self, asset: str, amount: int, destination_chain: str, destination: str,
                        key: str | None = None) -> bytes:
@@ -119,26 +122,28 @@ class SettlementClient(_Builder):
                                  timeout=wait_ms / 1000 + 10)
         return list(r.results)
 
-    def open_account(self, label: str = "", **kw: Any) -> settlement_pb2.SubmitResponse:
-        return self.submit(self.open_account_bytes(label), **kw)
+    def open_account(self, label: str = "", key: str | None = None, **kw: Any) -> settlement_pb2.SubmitResponse:
+        return self.submit(self.open_account_bytes(label, key=key), **kw)
 
     def submit_trade(self, legs: Sequence[LegSpec], *, mode: str = ins.GROSS, deadline_ms: int | None = None,
                      reference: str = "", key: str | None = None, **kw: Any) -> settlement_pb2.SubmitResponse:
         return self.submit(self.trade_bytes(legs, mode=mode, deadline_ms=deadline_ms, reference=reference, key=key),
                            **kw)
 
-    def affirm(self, trade_id: bytes, **kw: Any) -> settlement_pb2.SubmitResponse:
-        return self.submit(self.affirm_bytes(trade_id), **kw)
+    def affirm(self, trade_id: bytes, key: str | None = None, **kw: Any) -> settlement_pb2.SubmitResponse:
+        return self.submit(self.affirm_bytes(trade_id, key=key), **kw)
 
-    def dispute(self, trade_id: bytes, reason: str, **kw: Any) -> settlement_pb2.SubmitResponse:
-        return self.submit(self.dispute_bytes(trade_id, reason), **kw)
+    def dispute(self, trade_id: bytes, reason: str, key: str | None = None, **kw: Any
+               ) -> settlement_pb2.SubmitResponse:
+        return self.submit(self.dispute_bytes(trade_id, reason, key=key), **kw)
 
-    def cancel(self, trade_id: bytes, **kw: Any) -> settlement_pb2.SubmitResponse:
-        return self.submit(self.cancel_bytes(trade_id), **kw)
+    def cancel(self, trade_id: bytes, key: str | None = None, **kw: Any) -> settlement_pb2.SubmitResponse:
+        return self.submit(self.cancel_bytes(trade_id, key=key), **kw)
 
-    def withdraw(self, asset: str, amount: int, destination_chain: str, destination: str, **kw: Any
+    def withdraw(self, asset: str, amount: int, destination_chain: str, destination: str,
+                 key: str | None = None, **kw: Any
                  ) -> settlement_pb2.SubmitResponse:
-        return self.submit(self.withdraw_bytes(asset, amount, destination_chain, destination), **kw)
+        return self.submit(self.withdraw_bytes(asset, amount, destination_chain, destination, key=key), **kw)
 
     def deposit_address(self, asset: str) -> settlement_pb2.AccountDepositResponse:
         return self.stub.GetDepositAddress(settlement_pb2.AccountDepositRequest(
@@ -210,26 +215,28 @@ class AsyncSettlementClient(_Builder):
                                        timeout=wait_ms / 1000 + 10)
         return list(r.results)
 
-    async def open_account(self, label: str = "", **kw: Any) -> settlement_pb2.SubmitResponse:
-        return await self.submit(self.open_account_bytes(label), **kw)
+    async def open_account(self, label: str = "", key: str | None = None, **kw: Any) -> settlement_pb2.SubmitResponse:
+        return await self.submit(self.open_account_bytes(label, key=key), **kw)
 
     async def submit_trade(self, legs: Sequence[LegSpec], *, mode: str = ins.GROSS, deadline_ms: int | None = None,
                            reference: str = "", key: str | None = None, **kw: Any) -> settlement_pb2.SubmitResponse:
         return await self.submit(self.trade_bytes(legs, mode=mode, deadline_ms=deadline_ms, reference=reference,
                                                   key=key), **kw)
 
-    async def affirm(self, trade_id: bytes, **kw: Any) -> settlement_pb2.SubmitResponse:
-        return await self.submit(self.affirm_bytes(trade_id), **kw)
+    async def affirm(self, trade_id: bytes, key: str | None = None, **kw: Any) -> settlement_pb2.SubmitResponse:
+        return await self.submit(self.affirm_bytes(trade_id, key=key), **kw)
 
-    async def dispute(self, trade_id: bytes, reason: str, **kw: Any) -> settlement_pb2.SubmitResponse:
-        return await self.submit(self.dispute_bytes(trade_id, reason), **kw)
+    async def dispute(self, trade_id: bytes, reason: str, key: str | None = None, **kw: Any
+                     ) -> settlement_pb2.SubmitResponse:
+        return await self.submit(self.dispute_bytes(trade_id, reason, key=key), **kw)
 
-    async def cancel(self, trade_id: bytes, **kw: Any) -> settlement_pb2.SubmitResponse:
-        return await self.submit(self.cancel_bytes(trade_id), **kw)
+    async def cancel(self, trade_id: bytes, key: str | None = None, **kw: Any) -> settlement_pb2.SubmitResponse:
+        return await self.submit(self.cancel_bytes(trade_id, key=key), **kw)
 
-    async def withdraw(self, asset: str, amount: int, destination_chain: str, destination: str, **kw: Any
+    async def withdraw(self, asset: str, amount: int, destination_chain: str, destination: str,
+                       key: str | None = None, **kw: Any
                        ) -> settlement_pb2.SubmitResponse:
-        return await self.submit(self.withdraw_bytes(asset, amount, destination_chain, destination), **kw)
+        return await self.submit(self.withdraw_bytes(asset, amount, destination_chain, destination, key=key), **kw)
 
     async def deposit_address(self, asset: str) -> settlement_pb2.AccountDepositResponse:
         return await self.stub.GetDepositAddress(settlement_pb2.AccountDepositRequest(

@@ -63,6 +63,7 @@ EXPIRED = "expired"  # unwound at its deadline
 LIVE = (PENDING, AFFIRMED, CUT, DISPUTED)
 
 _MISSING = object()
+_EMPTY = (0, 0, 0, 0)  # balance, gross holds, matched net position, unmatched receipts
 
 
 class BatchRefused(Exception):
@@ -242,7 +243,7 @@ class Ledger:
         self.parties: dict[bytes, str] = {}  # client key -> label
         # (party, asset) -> [balance, gross_hold, net_sum]; net_sum = Σ quantities of the live net
         # trades the party affirmed (its running net position; a debit is negative)
-        self.accounts: dict[tuple[bytes, str], tuple[int, int, int]] = {}
+        self.accounts: dict[tuple[bytes, str], tuple[int, int, int, int]] = {}
         self.trades: dict[bytes, Trade] = {}
         self.withdrawals: dict[bytes, Withdrawal] = {}
         self.idempotency: dict[tuple[bytes, str], tuple[bytes, Outcome]] = {}  # -> (identity, first outcome)
@@ -261,10 +262,10 @@ class Ledger:
 
     # ------------------------------------------------------------------ reading
     def balance(self, party: bytes, asset: str) -> int:
-        return self.accounts.get((party, asset), (0, 0, 0))[0]
+        return self.accounts.get((party, asset), _EMPTY)[0]
 
     def held(self, party: bytes, asset: str) -> int:
-        bal, gross, net = self.accounts.get((party, asset), (0, 0, 0))
+        bal, gross, net, _ = self.accounts.get((party, asset), _EMPTY)
         return min(bal, gross + max(0, -net))
 
     def available(self, party: bytes, asset: str) -> int:
@@ -272,12 +273,12 @@ class Ledger:
 
     def shortfall(self, party: bytes, asset: str) -> int:
         """How much the party's holds exceed its balance (after a counterparty's dispute)."""
-        bal, gross, net = self.accounts.get((party, asset), (0, 0, 0))
+        bal, gross, net, _ = self.accounts.get((party, asset), _EMPTY)
         return max(0, gross + max(0, -net) - bal)
 
     def account_rows(self) -> Iterator[tuple[bytes, str, int, int]]:
         """(party, asset, balance, held) for every account holding anything: the checkpoint's leaves."""
-        for (party, asset), (bal, gross, net) in self.accounts.items():
+        for (party, asset), (bal, gross, net, _) in self.accounts.items():
             held = min(bal, gross + max(0, -net))
             if bal or held:
                 yield party, asset, bal, held
@@ -285,14 +286,14 @@ class Ledger:
     def liabilities(self) -> dict[str, tuple[int, int]]:
         """asset -> (sum of balances, pending withdrawals)."""
         sums: dict[str, int] = defaultdict(int)
-        for (_, asset), (bal, _, _) in self.accounts.items():
+        for (_, asset), (bal, _, _, _) in self.accounts.items():
             sums[asset] += bal
         return {a: (sums.get(a, 0), self.totals[a][1]) for a in sorted(self.assets)}
 
     def check_invariants(self) -> None:
         """The ledger's conservation law; raises AssertionError. Cheap enough for tests and audits."""
         sums: dict[str, int] = defaultdict(int)
-        for (party, asset), (bal, gross, _net) in self.accounts.items():
+        for (party, asset), (bal, gross, _net, _unmatched) in self.accounts.items():
             assert bal >= 0 and gross >= 0, f"negative account {party.hex()[:8]}/{asset}"
             assert gross <= bal, f"gross holds exceed the balance {party.hex()[:8]}/{asset}"
             sums[asset] += bal
@@ -304,18 +305,22 @@ class Ledger:
                 pending_now[w.asset] += w.amount
         for asset in self.assets:
             assert pending_now.get(asset, 0) == self.totals[asset][1], f"{asset}: pending withdrawals drifted"
-        recomputed: dict[tuple[bytes, str], list[int]] = defaultdict(lambda: [0, 0])
+        recomputed: dict[tuple[bytes, str], list[int]] = defaultdict(lambda: [0, 0, 0])
         for t in self.trades.values():
             if t.status not in LIVE:
                 continue
+            counted = t.status in (AFFIRMED, CUT)
             for party in t.affirmed:
                 for leg in t.legs_of(party):
                     if t.mode == GROSS:
                         recomputed[(party, leg.asset)][0] += max(0, -leg.quantity)
-                    else:
+                    elif leg.quantity < 0 or counted:
                         recomputed[(party, leg.asset)][1] += leg.quantity
-        for key, (_bal, gross, net) in self.accounts.items():
-            assert [gross, net] == recomputed.get(key, [0, 0]), f"holds drifted for {key[0].hex()[:8]}/{key[1]}"
+                    else:
+                        recomputed[(party, leg.asset)][2] += leg.quantity
+        for key, (_bal, gross, net, unmatched) in self.accounts.items():
+            assert [gross, net, unmatched] == recomputed.get(key, [0, 0, 0]), \
+                f"holds drifted for {key[0].hex()[:8]}/{key[1]}"
 
     # ------------------------------------------------------------------ applying
     def apply(self, batch: Batch, verify: Callable[[SystemEntry], str | None] | None = None) -> Applied:
@@ -376,9 +381,10 @@ class Ledger:
         self._journal.append(undo)
         table[key] = value
 
-    def _account(self, party: bytes, asset: str, d_balance: int = 0, d_gross: int = 0, d_net: int = 0) -> None:
-        bal, gross, net = self.accounts.get((party, asset), (0, 0, 0))
-        new = (bal + d_balance, gross + d_gross, net + d_net)
+    def _account(self, party: bytes, asset: str, d_balance: int = 0, d_gross: int = 0, d_net: int = 0,
+                 d_unmatched: int = 0) -> None:
+        bal, gross, net, unmatched = self.accounts.get((party, asset), _EMPTY)
+        new = (bal + d_balance, gross + d_gross, net + d_net, unmatched + d_unmatched)
         assert new[0] >= 0 and new[1] >= 0, "a balance or hold went negative (a ledger bug)"
         self._put(self.accounts, (party, asset), new)
         assert self._applied is not None
@@ -411,28 +417,45 @@ class Ledger:
         # the trade's current record
 
     # -- holds
-    def _hold(self, t: Trade, party: bytes, sign: int) -> None:
+    def _hold(self, t: Trade, party: bytes, sign: int, *, matched: bool = False) -> None:
+        """Gross: the party's deliveries are held. Net: its running position - deliveries always,
+        receipts into the *matched* position only once every party affirmed the trade (before that
+        they are *unmatched*: they let the party commit to more sales, never withdraw)."""
         for leg in t.legs_of(party):
             if t.mode == GROSS:
                 if leg.quantity < 0:
                     self._account(party, leg.asset, d_gross=sign * -leg.quantity)
-            else:
+            elif leg.quantity < 0 or matched:
                 self._account(party, leg.asset, d_net=sign * leg.quantity)
+            else:
+                self._account(party, leg.asset, d_unmatched=sign * leg.quantity)
+
+    def _match(self, t: Trade) -> None:
+        """A net trade became fully affirmed: every party's receipts in it are matched now."""
+        for leg in t.legs:
+            if leg.quantity > 0:
+                self._account(leg.party, leg.asset, d_net=leg.quantity, d_unmatched=-leg.quantity)
 
     def _release_all(self, t: Trade) -> None:
+        matched = t.mode == NET and t.status in (AFFIRMED, CUT)
         for party in sorted(t.affirmed):
-            self._hold(t, party, -1)
+            self._hold(t, party, -1, matched=matched)
         t.affirmed = set()
 
     def _can_affirm(self, t: Trade, party: bytes) -> str:
+        """Gross: the delivery must be available (balance less every hold). Net: the party's whole
+        commitment - its position counting every receipt it affirmed, matched or not - must stay
+        covered by its balance (less gross holds): a ring of parties netting to zero can form
+        with nobody pre-funded, and what a receipt that never matches leaves uncovered fails at the
+        cut-off as a whole trade."""
         for leg in t.legs_of(party):
-            bal, gross, net = self.accounts.get((party, leg.asset), (0, 0, 0))
+            bal, gross, net, unmatched = self.accounts.get((party, leg.asset), _EMPTY)
             if t.mode == GROSS:
                 if leg.quantity < 0 and bal - min(bal, gross + max(0, -net)) < -leg.quantity:
                     return f"insufficient available {leg.asset} for this delivery"
             else:
-                before = gross + max(0, -net)
-                after = gross + max(0, -(net + leg.quantity))
+                before = gross + max(0, -(net + unmatched))
+                after = gross + max(0, -(net + unmatched + leg.quantity))
                 if after > bal and after > before:
                     return f"insufficient {leg.asset} to cover the net position"
         return ""
@@ -528,6 +551,8 @@ class Ledger:
             t.status, t.ready_order, t.note = AFFIRMED, self.order, ""
             if t.mode == GROSS:
                 self._settle_gross(t)
+            else:
+                self._match(t)
         return ""
 
     def _settle_gross(self, t: Trade) -> None:
@@ -544,6 +569,10 @@ class Ledger:
             return "not a party to this trade"
         if t.status not in (AFFIRMED, CUT):
             return f"only an affirmed, unsettled trade can be disputed (it is {t.status})"
+        if t.status == CUT:
+            window_end = self.cycles[t.cycle].cut_ms + self.params.dispute_window_ms
+            if now >= window_end:
+                return f"cycle {t.cycle}'s dispute window closed at {window_end} ms"
         t = self._trade(t)
         if t.status == CUT:
             c = self._cycle(t.cycle)
@@ -716,7 +745,7 @@ class Ledger:
         return sorted(keep.values(), key=lambda t: t.trade_id), failed
 
     def _funds(self, party: bytes, asset: str) -> int:
-        bal, gross, _ = self.accounts.get((party, asset), (0, 0, 0))
+        bal, gross, _, _ = self.accounts.get((party, asset), _EMPTY)
         return bal - gross
 
     # ------------------------------------------------------------------ snapshots
@@ -727,8 +756,9 @@ class Ledger:
             "params": self.params.to_dict(), "seq": self.seq, "head": self.head.hex(), "time_ms": self.time_ms,
             "order": self.order, "open_cycle": self.open_cycle, "awaiting_final": self.awaiting_final,
             "parties": sorted([p.hex(), label] for p, label in self.parties.items()),
-            "accounts": sorted([p.hex(), a, str(b), str(g), str(n)] for (p, a), (b, g, n) in self.accounts.items()
-                               if b or g or n),
+            "accounts": sorted([p.hex(), a, str(b), str(g), str(n), str(u)]
+                               for (p, a), (b, g, n, u) in self.accounts.items()
+                               if b or g or n or u),
             "trades": [self.trades[k].to_dict() for k in sorted(self.trades)],
             "withdrawals": [self.withdrawals[k].to_dict() for k in sorted(self.withdrawals)],
             "idempotency": sorted([c.hex(), k, ident.hex(), o.to_dict()]
@@ -748,7 +778,8 @@ class Ledger:
         led.seq, led.head, led.time_ms = data["seq"], bytes.fromhex(data["head"]), data["time_ms"]
         led.order, led.open_cycle, led.awaiting_final = data["order"], data["open_cycle"], data["awaiting_final"]
         led.parties = {bytes.fromhex(p): label for p, label in data["parties"]}
-        led.accounts = {(bytes.fromhex(p), a): (int(b), int(g), int(n)) for p, a, b, g, n in data["accounts"]}
+        led.accounts = {(bytes.fromhex(p), a): (int(b), int(g), int(n), int(u))
+                        for p, a, b, g, n, u in data["accounts"]}
         led.trades = {bytes.fromhex(t["trade_id"]): Trade.from_dict(t) for t in data["trades"]}
         led.withdrawals = {bytes.fromhex(w["withdrawal_id"]): Withdrawal.from_dict(w) for w in data["withdrawals"]}
         led.idempotency = {(bytes.fromhex(c), k): (bytes.fromhex(i), Outcome.from_dict(o))

@@ -118,6 +118,11 @@ class SettlementRuntime:
         self._wake: trio.Event | None = None
         self._token: Any = None
         self._channels: dict[str, Any] = {}
+        self._channel_lock = threading.Lock()
+        #: asset -> balances + pending withdrawals after the last stored batch; read without the
+        #: ledger's lock (the bridge's solvency checks call it from inside their own transactions)
+        self._owed: dict[str, int] = {}
+        self._stored_withdrawals: dict[bytes, Any] = {}
         self.halted: str = ""  # why this node stopped following (empty: it follows)
         self.divergent: dict[str, str] = {}  # node id -> why its checkpoint differs (coordinator's view)
         self.refusals: list[dict[str, Any]] = []
@@ -172,8 +177,25 @@ class SettlementRuntime:
         the group will not sign this replica's root, and adopting the signed one rebuilds it."""
         return self.store.load(self._decode)
 
+    def liabilities(self) -> dict[str, int]:
+        """What the ledger owes per asset (sum of balances + pending withdrawals), lock-free."""
+        return dict(self._owed)
+
+    def _note_owed(self, ledger: Ledger, withdrawals: Any = None) -> None:
+        self._owed = {a: bal + pending for a, (bal, pending) in ledger.liabilities().items()}
+        if withdrawals is None:
+            self._stored_withdrawals = dict(ledger.withdrawals)
+        else:
+            self._stored_withdrawals.update({w: ledger.withdrawals[w] for w in withdrawals if w in ledger.withdrawals})
+
+    def withdrawal(self, withdrawal_id: bytes) -> Any:
+        """An account withdrawal as of the last *stored* batch, lock-free (the payout co-signing
+        hooks ask from inside their own database transactions)."""
+        return self._stored_withdrawals.get(withdrawal_id)
+
     def _resume_hooks(self) -> None:
         assert self.ledger is not None
+        self._note_owed(self.ledger)
         if self.payouts is not None:
             pending = [w for w in self.ledger.withdrawals.values() if w.status == "pending"]
             if pending:
@@ -243,12 +265,13 @@ class SettlementRuntime:
         peer = self.peers.get(node_id)
         if peer is None:
             raise SettlementError(f"no [[bridge.peers]] entry for {node_id}")
-        ch = self._channels.get(node_id)
-        if ch is None:
-            creds = grpc.ssl_channel_credentials(root_certificates=peer.cert_pem)
-            ch = grpc.secure_channel(peer.target, creds, options=[("grpc.ssl_target_name_override", node_id),
-                                                                   ("grpc.max_receive_message_length", 64 << 20)])
-            self._channels[node_id] = ch
+        with self._channel_lock:
+            ch = self._channels.get(node_id)
+            if ch is None:
+                creds = grpc.ssl_channel_credentials(root_certificates=peer.cert_pem)
+                ch = grpc.secure_channel(peer.target, creds, options=[
+                    ("grpc.ssl_target_name_override", node_id), ("grpc.max_receive_message_length", 64 << 20)])
+                self._channels[node_id] = ch
         return settlement_pb2_grpc.SettlementStub(ch)
 
     def read(self, fn: Callable[[Ledger], Any]) -> Any:
@@ -289,7 +312,8 @@ class SettlementRuntime:
             now_ms = max(int(self.clock() * 1000), ledger.time_ms)
             system: list[SystemEntry] = []
             if self.funding is not None:
-                system += self.funding.pending_credits(lambda d: d in ledger.credited)
+                system += self.funding.pending_credits(lambda d: d in ledger.credited,
+                                                       eligible=lambda c: c.party in ledger.parties)
             if self.payouts is not None:
                 system += self.payouts.finished()
             entries: list[Any] = list(system)
@@ -358,6 +382,8 @@ class SettlementRuntime:
             self._results.popitem(last=False)
         if applied.finalized:
             self._store_own_checkpoint(ledger, applied, signed)
+        if applied.accounts or applied.withdrawals:
+            self._note_owed(ledger, applied.withdrawals)
         self._changed.notify_all()
         self._after(signed.batch, applied)
         return applied
@@ -415,6 +441,9 @@ class SettlementRuntime:
             return False
         started = time.monotonic()
         checkpoint = cp.Checkpoint.from_bytes(row["checkpoint"])
+        # every peer's own checkpoint of the cycle first: one that differs is named now, whether
+        # or not the signing set below includes it (a 2-of-3 group signs without it)
+        await trio.to_thread.run_sync(self._cross_check, checkpoint)
         digest = checkpoint.digest(self.chain_id, self.registry)
         request = encode_checkpoint_request(row["checkpoint"])
         outcome = await self.sign(self.key_id, digest, self.signer_path, client_request=request)
@@ -453,12 +482,25 @@ class SettlementRuntime:
             except Exception as exc:  # publication is retried by whoever relays next; the file exists
                 log_event(log, logging.WARNING, "settlement checkpoint not published", cycle=cycle,
                           error=f"{type(exc).__name__}: {exc}")
-        for node_id in sorted(self.peers):
-            why = self._peer_disagrees(node_id, signed.checkpoint)
+
+    def _cross_check(self, checkpoint: cp.Checkpoint) -> None:
+        """(worker thread, coordinator) Ask every peer, in parallel, for its checkpoint of the cycle."""
+        answers: dict[str, str | None] = {}
+
+        def ask(node_id: str) -> None:
+            answers[node_id] = self._peer_disagrees(node_id, checkpoint)
+        threads = [threading.Thread(target=ask, args=(n,), daemon=True) for n in sorted(self.peers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(CHECKPOINT_WAIT_SECONDS + 10)
+        for node_id, why in sorted(answers.items()):
             if why:
                 self.divergent[node_id] = why
-                self.store.record_event("settlement.divergent", {"node": node_id, "cycle": cycle, "reason": why})
-                log_event(log, logging.ERROR, "settlement replica diverges", node=node_id, cycle=cycle, reason=why)
+                self.store.record_event("settlement.divergent", {"node": node_id, "cycle": checkpoint.cycle,
+                                                                 "reason": why})
+                log_event(log, logging.ERROR, "settlement replica diverges", node=node_id, cycle=checkpoint.cycle,
+                          reason=why)
             elif why is not None:
                 self.divergent.pop(node_id, None)
 
@@ -471,7 +513,7 @@ class SettlementRuntime:
                                                       timeout=5)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline:
-                    time.sleep(0.5)  # it has not applied the finalising batch yet
+                    time.sleep(0.05)  # it has not applied the finalising batch yet
                     continue
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     return f"has no checkpoint of cycle {checkpoint.cycle} (behind or halted)"
@@ -622,6 +664,7 @@ class SettlementRuntime:
         """Rebuild the replica from the signed batch log and check it against signed checkpoints."""
         with self._changed:
             self.ledger = self._rebuild()
+            self._note_owed(self.ledger)
             self.halted = ""
             self._changed.notify_all()
 

@@ -476,7 +476,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def nothing_negative(self) -> None:
-        for (_party, asset), (bal, gross, _net) in self.main.accounts.items():
+        for (_party, asset), (bal, gross, _net, _unmatched) in self.main.accounts.items():
             assert asset in ASSETS and bal >= 0 and 0 <= gross <= bal
         for asset, (credited, pending, paid) in self.main.totals.items():
             assert credited >= 0 and pending >= 0 and paid >= 0, asset
