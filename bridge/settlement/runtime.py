@@ -123,6 +123,9 @@ class SettlementRuntime:
         #: ledger's lock (the bridge's solvency checks call it from inside their own transactions)
         self._owed: dict[str, int] = {}
         self._stored_withdrawals: dict[bytes, Any] = {}
+        self._moved_since_final = True  # (coordinator) anything to checkpoint since the last cycle
+        #: every naming of a divergent peer (the current set above clears when it agrees again)
+        self.divergence_log: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self.halted: str = ""  # why this node stopped following (empty: it follows)
         self.divergent: dict[str, str] = {}  # node id -> why its checkpoint differs (coordinator's view)
         self.refusals: list[dict[str, Any]] = []
@@ -325,7 +328,8 @@ class SettlementRuntime:
             clock_entry: list[Any] = []
             if ledger.finalize_due(now_ms):
                 clock_entry = [Finalize(ledger.awaiting_final)]
-            elif ledger.cutoff_due(now_ms):
+            elif ledger.cutoff_due(now_ms) and (self._moved_since_final or entries):
+                # a cycle in which nothing happened is not cut: no empty checkpoints every cycle
                 clock_entry = [Cutoff(ledger.open_cycle)]
             if not entries and not clock_entry:
                 return False
@@ -384,6 +388,10 @@ class SettlementRuntime:
             self._store_own_checkpoint(ledger, applied, signed)
         if applied.accounts or applied.withdrawals:
             self._note_owed(ledger, applied.withdrawals)
+        if applied.finalized:
+            self._moved_since_final = False
+        elif applied.accounts or applied.trades or applied.withdrawals or applied.parties:
+            self._moved_since_final = True
         self._changed.notify_all()
         self._after(signed.batch, applied)
         return applied
@@ -497,6 +505,8 @@ class SettlementRuntime:
         for node_id, why in sorted(answers.items()):
             if why:
                 self.divergent[node_id] = why
+                self.divergence_log.append({"node": node_id, "cycle": checkpoint.cycle, "reason": why,
+                                            "at": time.time()})
                 self.store.record_event("settlement.divergent", {"node": node_id, "cycle": checkpoint.cycle,
                                                                  "reason": why})
                 log_event(log, logging.ERROR, "settlement replica diverges", node=node_id, cycle=checkpoint.cycle,
@@ -711,7 +721,8 @@ class SettlementRuntime:
             led = self.ledger
             out: dict[str, Any] = {"node": self.node_id, "role": self._role(),
                                    "coordinator": self.settings.coordinator, "halted": self.halted,
-                                   "divergent": dict(self.divergent), "refusals": list(self.refusals[-10:]),
+                                   "divergent": dict(self.divergent), "divergence_log": list(self.divergence_log),
+                                   "refusals": list(self.refusals[-10:]),
                                    "signed_cycles": self.signed_cycles,
                                    "last_checkpoint_seconds": round(self.last_checkpoint_seconds, 3)}
             if led is not None:
