@@ -3,9 +3,13 @@
 ``python -m fusion_prime.bridge.demo`` runs as a subprocess at its fastest settings (``--level
 test-2048``): the network of ``fusion_prime.bridge.localnet`` comes up, and the output must show a
 BTC deposit minted as fpBTC, an ETH deposit minted as fpETH, both burned back and paid out, a
-proof of reserves that verifies, and three daemons that exit 0 - then exit status 0. Its JSON
-summary is re-checked offline: the signed mint orders recover to the group key's address and the
-raw Bitcoin payout is the transaction whose id the demo printed.
+proof of reserves that verifies, two clients' custody accounts funded by real deposits, a DvP
+trade settled in a netting cycle, the cycle's checkpoint signed, published and proven, and three
+daemons that exit 0 - then exit status 0. Its JSON summary is re-checked offline: the signed mint
+orders recover to the group key's address, the raw Bitcoin payout is the transaction whose id the
+demo printed, and the settlement section's raw instructions verify under the parties' keys, its
+checkpoint file recovers to the group signer, alice's proof leads to its root, and the trade's
+legs are what moved the balances.
 
 A demo that cannot complete a step must say so in one line and exit non-zero, never hang: a run
 whose hang guard is too short to bring the network up shows that.
@@ -21,18 +25,26 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fp_guards import HANG_GUARD
+from web3 import Web3
 
+from fusion_prime.bridge.chains.bitcoin.encoding import REGTEST, address_to_script
 from fusion_prime.bridge.chains.bitcoin.tx import Tx
 from fusion_prime.bridge.orders import MintOrder, evm_chain_id, recover_signer
+from fusion_prime.bridge.settlement import checkpoint as cp
+from fusion_prime.bridge.settlement.instructions import AFFIRM, OPEN_ACCOUNT, SUBMIT_TRADE, SignedInstruction
 
 pytestmark = pytest.mark.xdist_group(name="bridge-network")
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("0. network up", "1. BTC deposit → fpBTC", "2. ETH deposit → fpETH", "3a. burn fpBTC → BTC paid out",
-         "3b. burn fpETH → ETH paid out from custody", "4. proof of reserves", "5. clean shutdown")
+         "3b. burn fpETH → ETH paid out from custody", "4. proof of reserves",
+         "5a. custody accounts: alice deposits BTC, bob ETH",
+         "5b. DvP trade BTC against ETH (net), settled in a netting cycle",
+         "5c. the cycle's checkpoint: signed by the group, published, proven", "6. clean shutdown")
 
 
 def _demo(tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -43,9 +55,9 @@ def _demo(tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedPro
 
 def test_the_demo_runs_the_whole_mission_and_exits_0(tmp_path: Path) -> None:
     summary_file = tmp_path / "summary.json"
-    # the demo's own guard per step, and one for the whole run (seven steps) - hang guards only
+    # the demo's own guard per step, and one for the whole run (ten steps) - hang guards only
     run = _demo(tmp_path, "--level", "test-2048", "--step-timeout", str(HANG_GUARD), "--summary", str(summary_file),
-                timeout=8 * HANG_GUARD)
+                timeout=11 * HANG_GUARD)
     out = run.stdout
     assert run.returncode == 0, f"exit {run.returncode}\n{out[-4000:]}\n{run.stderr[-4000:]}"
     assert "Traceback" not in run.stderr and "DEMO FAILED" not in run.stderr, run.stderr[-4000:]
@@ -69,7 +81,16 @@ def test_the_demo_runs_the_whole_mission_and_exits_0(tmp_path: Path) -> None:
     assert re.search(r"deposit address swept into custody 0x[0-9a-fA-F]{40}", out)
     # 4: the report verified by the independent verifier
     assert "valid, 0 problems" in out
-    # 5: a clean shutdown
+    # 5a: both accounts credited at every node, read back at two nodes each; 5b: the trade settled
+    # in a cycle; 5c: the checkpoint signed by the group key and published
+    assert re.search(r"node1, node2, node3 alice's account credited: 1\.00000000 BTC", out)
+    assert re.search(r"node1, node2, node3 bob's account credited: 2 ETH", out)
+    assert len(re.findall(r"alice's BTC account read at node[123]: balance 1\.00000000 BTC", out)) == 2
+    assert re.search(r"trade: .*affirmed → cut → settled", out)
+    assert len(re.findall(r"alice after, read at node[123]: 0\.95000000 BTC, 1\.25 ETH", out)) == 2
+    assert re.search(r"recovers to 0x[0-9a-fA-F]{40} = the group key", out)
+    assert re.search(r"rootOf\(\d+\) = 0x[0-9a-f]{16}… = the signed root", out)
+    # 6: a clean shutdown
     assert len(re.findall(r"node[123] +exited 0", out)) == 3
     assert "MISSION COMPLETE" in out
 
@@ -84,7 +105,75 @@ def test_the_demo_runs_the_whole_mission_and_exits_0(tmp_path: Path) -> None:
         assert recover_signer(order.digest(gateway, chain_id), signature) == summary["group_address"], name
     payout = steps["3a. burn fpBTC → BTC paid out"]
     assert Tx.from_hex(payout["payout_raw"]).txid_hex == payout["payout_txid"]
-    assert steps["5. clean shutdown"]["exit_codes"] == {"node1": 0, "node2": 0, "node3": 0}
+    assert steps["6. clean shutdown"]["exit_codes"] == {"node1": 0, "node2": 0, "node3": 0}
+    _check_settlement(summary)
+
+
+def _check_settlement(summary: dict[str, Any]) -> None:
+    """The summary's settlement section, re-verified with nothing but its own contents."""
+    s = summary["settlement"]
+    parties = {name: bytes.fromhex(p["public_key"]) for name, p in s["parties"].items()}
+    alice, bob = parties["alice"], parties["bob"]
+    # the accounts were funded by real deposits: alice's Bitcoin output pays her account's address,
+    # bob's raw ETH transaction is the one whose hash the demo printed
+    btc_in, eth_in = s["parties"]["alice"], s["parties"]["bob"]
+    deposit = Tx.from_hex(btc_in["deposit_raw"])
+    txid, vout = btc_in["deposit_txid"].split(":")
+    assert deposit.txid_hex == txid
+    assert deposit.vout[int(vout)].value == int(btc_in["amount"])
+    assert deposit.vout[int(vout)].script_pubkey == address_to_script(btc_in["deposit_address"], REGTEST)
+    assert Web3.keccak(hexstr=eth_in["deposit_raw"]).hex().removeprefix("0x") == eth_in["deposit_txid"][2:]
+
+    # the raw signed instructions: each verifies under its client's key and says what the demo did
+    ins = {k: SignedInstruction.from_bytes(bytes.fromhex(v)) for k, v in s["instructions"].items()}
+    for name, key in parties.items():
+        assert ins[f"open_account_{name}"].body.kind == OPEN_ACCOUNT and ins[f"open_account_{name}"].body.client == key
+    submit = ins["submit_trade"].body
+    trade_id = bytes.fromhex(s["trade"]["trade_id"][2:])
+    assert submit.kind == SUBMIT_TRADE and submit.client == alice and submit.mode == s["trade"]["mode"] == "net"
+    assert submit.new_trade_id == trade_id  # the id the ledger gave is the submission's
+    assert {(leg.party.hex(), leg.asset, str(leg.quantity)) for leg in submit.legs} == {
+        (leg["party"], leg["asset"], leg["quantity"]) for leg in s["trade"]["legs"]}
+    for name in ("alice", "bob"):
+        affirm = ins[f"affirm_{name}"].body
+        assert affirm.kind == AFFIRM and affirm.client == parties[name] and affirm.trade_id == trade_id
+
+    # the trade's legs moved the balances, and nothing else did
+    before, after = s["balances"]["before"], s["balances"]["after"]
+    for leg in s["trade"]["legs"]:
+        who = "alice" if bytes.fromhex(leg["party"]) == alice else "bob"
+        assert int(after[who][leg["asset"]]["balance"]) - int(before[who][leg["asset"]]["balance"]) \
+            == int(leg["quantity"])
+        assert after[who][leg["asset"]]["held"] == "0"
+    assert s["trade"]["status"] == "settled" and s["trade"]["cycle"] == s["cycle"]
+    assert {leg["party"] for leg in s["trade"]["legs"]} == {alice.hex(), bob.hex()}
+
+    # the checkpoint file: the cycle's, signed by the group signer the summary names (the Gateway's)
+    checkpoint_file = cp.CheckpointFile.from_json(json.dumps(s["checkpoint"]))
+    signed = checkpoint_file.signed
+    assert signed.checkpoint.cycle == s["cycle"]
+    assert s["signer"] == summary["group_address"]
+    assert cp.verify_signed_checkpoint(signed, summary["group_address"])
+    assert signed.registry == s["registry"] and signed.chain_id == evm_chain_id(summary["chains"]["destination"])
+    totals = signed.checkpoint.totals_map()
+    assert totals["BTC"][0] == int(s["parties"]["alice"]["amount"])  # the ledger holds what was deposited
+    assert totals["ETH"][0] == int(s["parties"]["bob"]["amount"])
+
+    # alice's proof: signed by the group, every path leads to the root, and states her balances after
+    proof = cp.CheckpointFile.from_json(json.dumps(s["alice_proof"]))
+    assert cp.verify_signed_checkpoint(proof.signed, summary["group_address"])
+    assert proof.signed.checkpoint.cycle >= s["cycle"]
+    if proof.signed.checkpoint.cycle == s["cycle"]:
+        assert proof.signed == signed
+    assert proof.proofs
+    for p in proof.proofs:
+        assert p.leaf.party == alice
+        cp.check_proof(proof.signed.checkpoint, p)
+        assert str(p.leaf.balance) == after["alice"][p.leaf.asset]["balance"]
+    # ... and against the cycle's checkpoint itself when it is the same one
+    if proof.signed.checkpoint.cycle == s["cycle"]:
+        for p in proof.proofs:
+            cp.check_proof(signed.checkpoint, p)
 
 
 def test_a_step_that_cannot_complete_fails_in_one_line_and_exits_non_zero(tmp_path: Path) -> None:
