@@ -58,8 +58,8 @@ from .batch import (
     decode_batch,
     sign_batch,
 )
-from .instructions import InstructionError, SignedInstruction
-from .ledger import Applied, BatchRefused, Ledger, LedgerParams, Outcome
+from .instructions import NET, InstructionError, SignedInstruction
+from .ledger import AFFIRMED, Applied, BatchRefused, Ledger, LedgerParams, Outcome
 from .merkle import AccountLeaf, build_tree
 from .store import SettlementStore
 
@@ -389,7 +389,9 @@ class SettlementRuntime:
         if applied.accounts or applied.withdrawals:
             self._note_owed(ledger, applied.withdrawals)
         if applied.finalized:
-            self._moved_since_final = False
+            # the checkpoint covers every change so far; only net trades waiting for a cut-off
+            # (affirmed during the window, or rolled) make the next cycle worth cutting
+            self._moved_since_final = any(t.mode == NET and t.status == AFFIRMED for t in ledger.trades.values())
         elif applied.accounts or applied.trades or applied.withdrawals or applied.parties:
             self._moved_since_final = True
         self._changed.notify_all()
