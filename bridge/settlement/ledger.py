@@ -527,12 +527,19 @@ class Ledger:
         self._push_deadline(t.deadline_ms, tid)
         return ""
 
-    def _affirm(self, body: InstructionBody, now: int) -> str:
+    def _party_trade(self, body: InstructionBody) -> tuple[Trade | None, str]:
+        """The trade an affirm/dispute/cancel names, if the client is one of its parties."""
         t = self.trades.get(body.trade_id)
         if t is None:
-            return "no such trade"
+            return None, "no such trade"
         if body.client not in t.parties:
-            return "not a party to this trade"
+            return None, "not a party to this trade"
+        return t, ""
+
+    def _affirm(self, body: InstructionBody, now: int) -> str:
+        t, why = self._party_trade(body)
+        if t is None:
+            return why
         if t.status not in (PENDING, DISPUTED):
             return f"trade is {t.status}"
         if now >= t.deadline_ms:  # e.g. disputed out of a cut after its deadline, unwound at the next batch
@@ -562,11 +569,9 @@ class Ledger:
         t.status, t.cycle = SETTLED, self.open_cycle
 
     def _dispute(self, body: InstructionBody, now: int) -> str:
-        t = self.trades.get(body.trade_id)
+        t, why = self._party_trade(body)
         if t is None:
-            return "no such trade"
-        if body.client not in t.parties:
-            return "not a party to this trade"
+            return why
         if t.status not in (AFFIRMED, CUT):
             return f"only an affirmed, unsettled trade can be disputed (it is {t.status})"
         if t.status == CUT:
@@ -585,11 +590,9 @@ class Ledger:
         return ""
 
     def _cancel(self, body: InstructionBody, now: int) -> str:
-        t = self.trades.get(body.trade_id)
+        t, why = self._party_trade(body)
         if t is None:
-            return "no such trade"
-        if body.client not in t.parties:
-            return "not a party to this trade"
+            return why
         if t.status not in (PENDING, DISPUTED):
             return f"only a trade not yet affirmed by every party can be cancelled (it is {t.status})"
         t = self._trade(t)
