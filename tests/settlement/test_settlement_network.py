@@ -301,17 +301,18 @@ def test_rules_hold_through_the_api(funded: Net) -> None:
 
 
 def _tamper_snapshot(net: Net, node: str) -> None:
-    """Raise alice's BTC in the node's newest replica snapshot, as an operator with file access could."""
+    """Move 12,345 sat of alice's BTC to bob in the node's newest replica snapshot, as an insider with
+    file access could (the total is unchanged: no solvency alarm, only a different ledger)."""
     path = net.devnode(node).folder / "bridge.sqlite3"
     with sqlite3.connect(path) as db:
         seq, raw = db.execute("SELECT seq, snapshot FROM settlement_snapshots ORDER BY seq DESC LIMIT 1").fetchone()
         snap = json.loads(raw)
+        moved = 0
         for row in snap["accounts"]:
-            if row[0] == ALICE.public_key.hex() and row[1] == "BTC":
-                row[2] = str(int(row[2]) + 12_345)
-                break
-        else:
-            raise AssertionError("alice has no BTC row in the snapshot")
+            if row[1] == "BTC" and row[0] in (ALICE.public_key.hex(), BOB.public_key.hex()):
+                row[2] = str(int(row[2]) + (-12_345 if row[0] == ALICE.public_key.hex() else 12_345))
+                moved += 1
+        assert moved == 2, "alice and bob both hold BTC by now"
         db.execute("UPDATE settlement_snapshots SET snapshot = ? WHERE seq = ?",
                    (json.dumps(snap, sort_keys=True, separators=(",", ":")).encode(), seq))
 
@@ -323,7 +324,7 @@ def test_tampered_replica_refuses_is_named_and_resyncs(funded: Net) -> None:
     _tamper_snapshot(net, "node3")
     net.start("node3")
     wait_for("node3 serves its (edited) replica", lambda: _balances(net, ALICE, "node3")["BTC"]["balance"]
-             == _balances(net, ALICE, "node1")["BTC"]["balance"] + 12_345)
+             == _balances(net, ALICE, "node1")["BTC"]["balance"] - 12_345)
     with net.settlement("node2", ALICE) as a, net.settlement("node2", BOB) as b:
         legs = [(ALICE.public_key, "BTC", -1_000), (BOB.public_key, "BTC", 1_000), (ALICE.public_key, "ETH", 2),
                 (BOB.public_key, "ETH", -2)]
