@@ -248,7 +248,7 @@ class SettlementRuntime:
         stub = self._stub(self.settings.coordinator)
         try:
             r = stub.SubmitMany(settlement_pb2.SubmitManyRequest(instructions=raws, wait_ms=int(wait_seconds * 1000)),
-                                timeout=wait_seconds + 5)
+                                timeout=wait_seconds + 5, wait_for_ready=True)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -272,8 +272,12 @@ class SettlementRuntime:
             ch = self._channels.get(node_id)
             if ch is None:
                 creds = grpc.ssl_channel_credentials(root_certificates=peer.cert_pem)
+                # a peer that was down must be reached soon after it is back: gRPC's default
+                # reconnect back-off grows to two minutes and fails every call meanwhile
                 ch = grpc.secure_channel(peer.target, creds, options=[
-                    ("grpc.ssl_target_name_override", node_id), ("grpc.max_receive_message_length", 64 << 20)])
+                    ("grpc.ssl_target_name_override", node_id), ("grpc.max_receive_message_length", 64 << 20),
+                    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 2000)])
                 self._channels[node_id] = ch
         return settlement_pb2_grpc.SettlementStub(ch)
 
