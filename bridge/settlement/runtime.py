@@ -217,7 +217,15 @@ class SettlementRuntime:
         except InstructionError as exc:
             raise ValueError(str(exc)) from None
         if not self.coordinator:
-            return self._forward(list(raws), wait_seconds)
+            started = time.monotonic()
+            results = self._forward(list(raws), wait_seconds)
+            # read-your-writes at this node: answer once this replica applied the batch too
+            target = max((seq for _, seq in results), default=0)
+            with self._changed:
+                while self.ledger is not None and self.ledger.seq < target and not self.halted \
+                        and time.monotonic() - started < wait_seconds:
+                    self._changed.wait(0.5)
+            return results
         keys = [(i.body.client, i.body.key) for i in instructions]
         deadline = time.monotonic() + wait_seconds
         with self._changed:
