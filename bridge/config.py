@@ -126,7 +126,7 @@ class SettlementSettings:
     dispute_window_seconds: float = 30.0  # between a cut-off and the cycle's finalisation
     batch_interval_seconds: float = 0.05  # the coordinator cuts a batch this often when there is work
     max_batch_entries: int = 2000
-    snapshot_every: int = 200  # batches between replica snapshots (and at every finalised cycle)
+    snapshot_every: int = 1000  # batches between replica snapshots (a restart replays the batches since)
     registry: str | None = None  # the SettlementCheckpoints contract on the destination chain
     open_to: frozenset[bytes] | None = None  # client keys that may open accounts; None: anyone
     max_clock_skew_seconds: float = 30.0  # a batch timed further ahead of this node's clock is refused
@@ -300,7 +300,7 @@ def _settlement(t: dict[str, Any], base: Path) -> SettlementSettings | None:
         dispute_window_seconds=float(_get(t, "dispute_window_seconds", (int, float), 30.0, where=w)),
         batch_interval_seconds=float(_get(t, "batch_interval_seconds", (int, float), 0.05, where=w)),
         max_batch_entries=_get(t, "max_batch_entries", int, 2000, where=w),
-        snapshot_every=_get(t, "snapshot_every", int, 200, where=w),
+        snapshot_every=_get(t, "snapshot_every", int, 1000, where=w),
         registry=checksum_address(registry, "registry") if registry else None,
         open_to=None if open_to is None else frozenset(bytes.fromhex(x) for x in open_to),
         max_clock_skew_seconds=float(_get(t, "max_clock_skew_seconds", (int, float), 30.0, where=w)),

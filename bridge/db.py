@@ -543,6 +543,8 @@ def _define_v5(md: sa.MetaData) -> dict[str, sa.Table]:
             sa.Column("cycle", sa.BigInteger, primary_key=True, autoincrement=False),
             sa.Column("root", sa.LargeBinary(32), nullable=False),
             sa.Column("checkpoint", sa.LargeBinary, nullable=False),
+            # the leaves under its root (party, asset, balance, held) as JSON: clients' proofs
+            sa.Column("accounts", sa.LargeBinary, nullable=False),
             sa.Column("signature", sa.LargeBinary),
             sa.Column("published_tx", sa.String(80)),
             sa.Column("created_at", sa.Double, nullable=False),

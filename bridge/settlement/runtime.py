@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -124,6 +125,7 @@ class SettlementRuntime:
         self._owed: dict[str, int] = {}
         self._stored_withdrawals: dict[bytes, Any] = {}
         self._moved_since_final = True  # (coordinator) anything to checkpoint since the last cycle
+        self._checkpoint_due: trio.Event | None = None
         #: every naming of a divergent peer (the current set above clears when it agrees again)
         self.divergence_log: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self.halted: str = ""  # why this node stopped following (empty: it follows)
@@ -383,7 +385,7 @@ class SettlementRuntime:
         assert ledger is not None
         applied = ledger.apply(signed.batch, verify=self._verify)
         try:
-            snapshot = applied.finalized > 0 or signed.batch.seq % self.settings.snapshot_every == 0
+            snapshot = signed.batch.seq % self.settings.snapshot_every == 0
             self.store.append(signed, applied, ledger, snapshot=snapshot)
         except BaseException:
             # the replica must not run ahead of its disk: reload what is stored
@@ -428,6 +430,11 @@ class SettlementRuntime:
     def _root_of(ledger: Ledger) -> bytes:
         return build_tree(AccountLeaf(p, a, b, h) for p, a, b, h in ledger.account_rows()).root
 
+    @staticmethod
+    def _accounts_json(ledger: Ledger) -> bytes:
+        return json.dumps(sorted([p.hex(), a, str(b), str(h)] for p, a, b, h in ledger.account_rows()),
+                          separators=(",", ":")).encode()
+
     def _own_checkpoint(self, ledger: Ledger, cycle: int, batch_seq: int, batch_hash: bytes, time_ms: int
                         ) -> cp.Checkpoint:
         tree = build_tree(AccountLeaf(p, a, b, h) for p, a, b, h in ledger.account_rows())
@@ -442,13 +449,19 @@ class SettlementRuntime:
     def _store_own_checkpoint(self, ledger: Ledger, applied: Applied, signed: SignedBatch) -> None:
         checkpoint = self._own_checkpoint(ledger, applied.finalized, signed.batch.seq, signed.hash,
                                           signed.batch.time_ms)
-        self.store.put_checkpoint(checkpoint.cycle, checkpoint.root, checkpoint.to_bytes())
+        self.store.put_checkpoint(checkpoint.cycle, checkpoint.root, checkpoint.to_bytes(), self._accounts_json(ledger))
+        if self._checkpoint_due is not None and self._token is not None:
+            try:
+                trio.from_thread.run_sync(self._checkpoint_due.set, trio_token=self._token)
+            except (trio.RunFinishedError, RuntimeError):
+                pass
         log_event(log, logging.INFO, "settlement cycle finalised", node=self.node_id, cycle=checkpoint.cycle,
                   root=checkpoint.root.hex(), batch=signed.batch.seq)
 
     # ------------------------------------------------------------------ checkpoint signing
     async def _sign_backlog(self) -> None:
         """(coordinator) Sign every finalised cycle's checkpoint, in order, then publish it."""
+        self._checkpoint_due = trio.Event()
         while True:
             rows = await trio.to_thread.run_sync(self.store.checkpoints)
             todo = [r for r in rows if r["signature"] is None]
@@ -456,7 +469,9 @@ class SettlementRuntime:
                 ok = await self._sign_checkpoint(row)
                 if not ok:
                     break
-            await trio.sleep(0.2 if not todo else 1.0)
+            with trio.move_on_after(1.0 if todo else 5.0):  # woken at once by a finalised cycle
+                await self._checkpoint_due.wait()
+            self._checkpoint_due = trio.Event()
 
     async def _sign_checkpoint(self, row: dict[str, Any]) -> bool:
         if self.sign is None:
@@ -711,7 +726,8 @@ class SettlementRuntime:
                                           f"cycle {applied.finalized}: the batch log itself is damaged")
                 self.store.record_event("settlement.checkpoint_replaced", {
                     "cycle": applied.finalized, "was": row["root"].hex(), "now": mine.root.hex()})
-            self.store.put_checkpoint(mine.cycle, mine.root, mine.to_bytes(), replace=True)
+            self.store.put_checkpoint(mine.cycle, mine.root, mine.to_bytes(), self._accounts_json(ledger),
+                                      replace=True)
         self.store.put_snapshot(ledger)
         self.store.record_event("settlement.resynced", {"seq": ledger.seq, "cycle": ledger.open_cycle})
         log_event(log, logging.WARNING, "settlement replica rebuilt from the signed batch log", node=self.node_id,

@@ -5,13 +5,15 @@ What is durable, and why this way:
 * ``settlement_batches`` — every applied batch exactly as its coordinator signed it, append-only.
   The ledger is a deterministic function of this log (``ledger.py``), so the log *is* the replica;
   everything else is derived from it and can be rebuilt by replaying it.
-* ``settlement_snapshots`` — the whole ledger after every finalised cycle, so a restart replays
-  only the batches since.
+* ``settlement_snapshots`` — the whole ledger every ``snapshot_every`` batches, so a restart
+  replays only the batches since (not at every cycle: a snapshot of a busy ledger is tens of MB,
+  and a cycle's checkpoint must not wait for it).
 * ``settlement_accounts`` / ``_trades`` / ``_withdrawals`` — materialised rows for the back office's
   SQL, written in the same database transaction as the batch row: a gross trade's legs, a
   cycle's settlement, the batch that caused them, all commit together or not at all.
-* ``settlement_checkpoints`` — each cycle's checkpoint as *this* node computed it; the group's
-  signature is added once the threshold signing made one.
+* ``settlement_checkpoints`` — each cycle's checkpoint as *this* node computed it, with the account
+  rows under its root (what clients' balance proofs are built from); the group's signature is
+  added once the threshold signing made one.
 
 A batch is stored only after the in-memory ledger applied it; if the write fails the runtime
 drops its ledger and reloads from here (the replica is never ahead of its disk for longer than
@@ -100,7 +102,7 @@ class SettlementStore:
                 {"withdrawal_id": wid.hex(), "party": w.party.hex(), "asset": w.asset, "amount": w.amount,
                  "status": w.status, "record": w.to_dict(), "updated_seq": b.seq}
                 for wid in sorted(applied.withdrawals) if (w := ledger.withdrawals.get(wid))])
-            if snapshot or applied.finalized:
+            if snapshot:
                 conn.execute(sa.insert(bdb.settlement_snapshots).values(seq=b.seq, snapshot=ledger.to_snapshot(),
                                                                         created_at=now))
             for name, detail in events:
@@ -133,7 +135,8 @@ class SettlementStore:
             tx.record_event(name, detail)
 
     # ------------------------------------------------------------------ checkpoints
-    def put_checkpoint(self, cycle: int, root: bytes, checkpoint: bytes, *, replace: bool = False) -> None:
+    def put_checkpoint(self, cycle: int, root: bytes, checkpoint: bytes, accounts: bytes = b"[]", *,
+                       replace: bool = False) -> None:
         """This node's own checkpoint of a cycle (idempotent). A different one is refused unless
         ``replace`` (a resync recomputed it; never over a group-signed one)."""
         t = bdb.settlement_checkpoints
@@ -144,9 +147,11 @@ class SettlementStore:
                     return
                 if not replace or old[1] is not None:
                     raise StoreError(f"cycle {cycle}: a different checkpoint is already stored")
-                tx.conn.execute(sa.update(t).where(t.c.cycle == cycle).values(root=root, checkpoint=checkpoint))
+                tx.conn.execute(sa.update(t).where(t.c.cycle == cycle).values(root=root, checkpoint=checkpoint,
+                                                                               accounts=accounts))
                 return
-            tx.conn.execute(sa.insert(t).values(cycle=cycle, root=root, checkpoint=checkpoint, created_at=time.time()))
+            tx.conn.execute(sa.insert(t).values(cycle=cycle, root=root, checkpoint=checkpoint, accounts=accounts,
+                                                created_at=time.time()))
 
     def set_signature(self, cycle: int, signature: bytes) -> None:
         t = bdb.settlement_checkpoints
@@ -175,6 +180,7 @@ class SettlementStore:
         m = row._mapping
         return {"cycle": int(m["cycle"]), "root": bytes(m["root"]), "checkpoint": bytes(m["checkpoint"]),
                 "signature": bytes(m["signature"]) if m["signature"] is not None else None,
+                "accounts": bytes(m["accounts"]),
                 "published_tx": m["published_tx"]}
 
     # ------------------------------------------------------------------ reports
