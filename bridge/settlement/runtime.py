@@ -551,8 +551,9 @@ class SettlementRuntime:
                 r = self._stub(node_id).GetCheckpoint(settlement_pb2.CheckpointRequest(cycle=checkpoint.cycle),
                                                       timeout=5)
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline:
-                    time.sleep(0.05)  # it has not applied the finalising batch yet
+                retry = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if exc.code() in retry and time.monotonic() < deadline:
+                    time.sleep(0.05)  # not applied the finalising batch yet, or restarting
                     continue
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     return f"has no checkpoint of cycle {checkpoint.cycle} (behind or halted)"
