@@ -660,6 +660,10 @@ class Ledger:
         c = self.cycles.get(self.open_cycle)
         return c is not None and not self.awaiting_final and now_ms >= c.opened_ms + self.params.cycle_ms
 
+    def deadline_due(self, now_ms: int) -> bool:
+        """A trade's deadline passed since the last batch (only a batch moves the ledger's time)."""
+        return bool(self._deadlines) and self._deadlines[0][0] <= now_ms
+
     def finalize_due(self, now_ms: int) -> bool:
         if not self.awaiting_final:
             return False

@@ -345,7 +345,7 @@ class SettlementRuntime:
             elif ledger.cutoff_due(now_ms) and (self._moved_since_final or entries):
                 # a cycle in which nothing happened is not cut: no empty checkpoints every cycle
                 clock_entry = [Cutoff(ledger.open_cycle)]
-            deadline_due = bool(ledger._deadlines) and ledger._deadlines[0][0] <= now_ms
+            deadline_due = ledger.deadline_due(now_ms)
             if not entries and not clock_entry and not deadline_due:
                 return False  # (an empty batch when a deadline passed: time moves only with batches)
             batch = Batch(ledger.seq + 1, ledger.head, now_ms, self.node_id, tuple(entries + clock_entry))
