@@ -75,6 +75,8 @@ SIGN_QUEUE_LIMIT = 512  # sign requests waiting for a presignature, per key
 ON_DEMAND_PRESIGNS = 4  # presign sessions run for waiting signs at a time (participants allow 8 per coordinator)
 MAX_SIGN_SESSIONS = 32  # sign sessions this node coordinates at a time (participants allow 64 per coordinator)
 ON_DEMAND_FAILURES = 3  # failed on-demand presigns before a sign request gives up
+NO_SIGNER_SET_WAIT_SECONDS = 30.0  # how long a sign re-probes its peers before "no healthy signer set"
+NO_SIGNER_SET_PAUSE_SECONDS = 0.5
 RESYNC_RETRY_SECONDS = 5.0  # a resync pass repeats this often while some presignature is unverified
 RESYNC_RPC_TIMEOUT = 2.0
 Refusal = peer_pb2.ProposalReply
@@ -383,6 +385,7 @@ class Node:
         """Reserve a usable presignature led by this node, or make one on demand."""
         me = self.cfg.node_id
         failures = 0
+        no_set_since: float | None = None
         with trio.move_on_at(deadline):
             while True:
                 healthy = (set(await self.sessions.healthy_peers("sign")) - excluded) | {me}
@@ -395,19 +398,29 @@ class Node:
                         return got
                     healthy = set(await self.sessions.healthy_peers("presign")) - excluded
                     signers = self._signer_set(info, healthy)
-                    if signers is None:
-                        return SessionOutcome(b"", "sign", "refused", reason=(
-                            f"no healthy signer set of {info['threshold']} that includes this node (healthy peers: "
-                            f"{', '.join(sorted(healthy)) or 'none'}; "
-                            f"excluded: {', '.join(sorted(excluded)) or 'none'})"))
-                    self._on_demand.inc()
-                    outcome = await self.presign(key_id, signers)
-                    if outcome.ok:
-                        made = outcome.output["presignature_id"]
-                        if await trio.to_thread.run_sync(self.storage.reserve_presignature_id, made,
-                                                          COORDINATOR_RESERVATION):
-                            return made, signers
-                        continue
+                    if signers is not None:
+                        no_set_since = None
+                        self._on_demand.inc()
+                        outcome = await self.presign(key_id, signers)
+                        if outcome.ok:
+                            made = outcome.output["presignature_id"]
+                            if await trio.to_thread.run_sync(self.storage.reserve_presignature_id, made,
+                                                              COORDINATOR_RESERVATION):
+                                return made, signers
+                            continue
+                if signers is None:
+                    no_set = (f"no healthy signer set of {info['threshold']} that includes this node (healthy "
+                              f"peers: {', '.join(sorted(healthy)) or 'none'}; "
+                              f"excluded: {', '.join(sorted(excluded)) or 'none'})")
+                    now = trio.current_time()
+                    no_set_since = now if no_set_since is None else no_set_since
+                    reachable = set(self.material.peers) - excluded
+                    if self._signer_set(info, reachable) is None or now - no_set_since >= NO_SIGNER_SET_WAIT_SECONDS:
+                        return SessionOutcome(b"", "sign", "refused", reason=no_set)
+                    # A health probe that timed out on a loaded machine, or a peer that is
+                    # restarting, is not a verdict: probe again for a while before refusing.
+                    await trio.sleep(NO_SIGNER_SET_PAUSE_SECONDS)
+                    continue
                 failures += 1
                 excluded.update(c for c in outcome.culprits if c != me)
                 self.sessions.forget_health(outcome.culprits)

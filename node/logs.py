@@ -19,9 +19,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
+
+# gRPC's C core writes log lines of its own to stderr (a port it cannot bind, a refused
+# handshake): they break a JSON log stream and turn a one-line error into several. It reads
+# this variable once, when grpc is first imported, so the node CLI (which every daemon's entry
+# point imports before anything that imports grpc) imports this module first. An operator's
+# own GRPC_VERBOSITY (ERROR, DEBUG) still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 SECRET_MARKERS = ("payload", "share", "secret", "passphrase", "password", "private", "nonce", "presignature_data",
                   "signature_bytes", "key_pem", "seed", "mnemonic")
@@ -99,3 +107,14 @@ def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -
     root.setLevel(level if isinstance(level, int) else level.upper())
     root.propagate = True
     return handler
+
+
+def internal_error(exc: BaseException) -> str:
+    """What an unexpected exception may say in a log or an audit record: its type and where it
+    was raised - never its message, which could carry a value (a share, a nonce) that a
+    careless ``raise ValueError(f"...{x}")`` put there."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__name__}{where}"

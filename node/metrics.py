@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .httpd import LoggedHTTPServer
 
 
 class NodeMetrics:
@@ -82,8 +84,7 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return  # requests are not worth a log line each; errors surface as metrics
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = LoggedHTTPServer((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="fp-health", daemon=True)
 
     @property

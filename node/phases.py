@@ -42,6 +42,7 @@ from typing import Any
 
 from ..protocol.aux_info import AuxInfo, AuxInfoMachine
 from ..protocol.curve import Point
+from ..protocol.ecdsa import Signature
 from ..protocol.encoding import Decoder, Encoder
 from ..protocol.errors import InsecureParameters, InvalidInput
 from ..protocol.keygen import KeygenMachine, KeyShare, key_id_of
@@ -198,7 +199,10 @@ class SignPhase:
     ends the same way at every signer: the sign machine confirms its transcript by itself in
     the step that ends its last round and is done only with every signer's confirmation
     (``SignMachine``, ``require_confirmation(store=False)``; issue 11), so the driver has no
-    store to wait for and the node keeps no certificate for it."""
+    store to wait for. The certificate is kept with the session's end and served to the other
+    signers; a signer that confirmed but did not see the session completed keeps its signature
+    in doubt (``encode_output``/``restore``) until a peer shows the certificate
+    (``SessionManager._certificate_from_peers``, ``reconcile``)."""
 
     phase = "sign"
 
@@ -235,6 +239,18 @@ class SignPhase:
 
     def finish(self, ctx: SessionContext, output: Any) -> Any:
         return output  # the Signature: returned to the coordinator's caller, never stored
+
+    @staticmethod
+    def encode_output(output: Signature) -> bytes:
+        """A signature kept *in doubt* (confirmed here, no certificate yet): r, s, v and the key."""
+        return Encoder().bytes(output.to_recoverable()).bytes(output.public_key.to_bytes()).finish()
+
+    def restore(self, ctx: SessionContext, data: bytes) -> Signature:
+        dec = Decoder(data, "signature in doubt")
+        rsv, key = dec.bytes(65), dec.bytes(33)
+        dec.finish()
+        return Signature(int.from_bytes(rsv[:32], "big"), int.from_bytes(rsv[32:64], "big"), rsv[64],
+                         Point.from_bytes(key))
 
     def failed(self, ctx: SessionContext, outcome: SessionOutcome) -> None:
         return None  # the presignature stays consumed: losing one is safe, reusing one is not

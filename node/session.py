@@ -32,6 +32,7 @@ A machine is only ever touched by one thread at a time: the driver awaits each s
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import inspect
@@ -58,9 +59,9 @@ from ..protocol.machine import (
     RoundMachine,
     Status,
 )
-from .logs import log_event
+from .logs import internal_error, log_event
 from .metrics import NodeMetrics
-from .storage import Storage, StorageError
+from .storage import ConfirmedSession, Storage, StorageError
 from .transport import PeerInfo, ProposalLimited, SessionInbox, Transport, TransportError
 from .wire import derive_session_id, fresh_nonce, params_encoding, sign_proposal, sign_withdrawal
 
@@ -69,6 +70,18 @@ log = logging.getLogger("fusion_prime.node.session")
 PROPOSAL_TTL_MS = 30_000
 RECONCILE_FIRST_DELAY = 1.0
 RECONCILE_INTERVAL = 10.0
+# A participant that confirmed a sign and ended it without the certificate asks its peers for one
+# at once, at these delays, each try bounded (the common race: an honest peer completed a moment
+# after our deadline); after that the signature is kept *in doubt* and the reconcile loop asks
+# on (see _certificate_from_peers and reconcile) - correctness never rests on these numbers.
+CERTIFICATE_LOOKUP_DELAYS = (0.0, 0.5, 2.0)
+CERTIFICATE_LOOKUP_TRY = 3.0
+# An output in doubt is asked about every RECONCILE_INTERVAL for this long after it was staged,
+# then every RECONCILE_SLOW_EVERY-th pass: never given up (a later certificate must still be
+# adopted, or a patient certificate holder could split the outcome), but an old row costs little.
+RECONCILE_FAST_SECONDS = 600.0
+RECONCILE_SLOW_EVERY = 30
+RECENT_CERTIFICATES = 4096  # sign certificates kept in memory for peers that ask
 
 # Per-coordinator admission limits (issue: a roster peer opened 100 presign sessions in 8 s and
 # every one was accepted). A peer over a limit is answered RESOURCE_EXHAUSTED, counted as a
@@ -79,17 +92,6 @@ MAX_SESSIONS_PER_PEER = 64
 MAX_PHASE_SESSIONS_PER_PEER = {"presign": 8, "keygen": 2, "aux-info": 2, "key-refresh": 2, "reshare": 2}
 PROPOSAL_RATE_PER_PEER = 100.0  # proposals per second, sustained
 PROPOSAL_BURST_PER_PEER = 200.0
-
-
-def internal_error(exc: BaseException) -> str:
-    """What an unexpected exception may say in a log or an audit record: its type and where it
-    was raised - never its message, which could carry a value (a share, a nonce) that a
-    careless ``raise ValueError(f"...{x}")`` put there."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
-    return f"{type(exc).__name__}{where}"
 
 
 def _call_releasing_gil(fn: Callable[..., list[bytes]], *args: Any) -> list[bytes]:
@@ -450,6 +452,7 @@ class _Active:
     done: trio.Event = field(default_factory=trio.Event)
     outcome: SessionOutcome | None = None
     withdrawn: str | None = None
+    machine: RoundMachine | None = None  # set once built: a withdrawal after it confirmed is refused
 
 
 ParamsFactory = Callable[[Sequence[str]], "peer_pb2.SessionProposal"]
@@ -495,9 +498,12 @@ class SessionManager:
         self._admitting: list[tuple[str, str]] = []  # (coordinator, phase) of proposals being admitted
         self._reconciling: set[bytes] = set()
         self._dispute_counts: dict[str, int] = {}  # node -> disputes it was in (this process)
+        # session id -> (participants, certificate) of recent sessions with nothing staged: served
+        # at once, before (and without depending on) the commit that also records it
+        self._recent_certificates: collections.OrderedDict[bytes, tuple[frozenset[str], bytes]] = \
+            collections.OrderedDict()
         transport.proposal_handler = self.handle_proposal
-        if storage is not None:
-            transport.certificate_provider = lambda peer, session_id: storage.certificate_for(session_id, peer)
+        transport.certificate_provider = self._certificate_for
         transport.health_provider = self.health_reply
         transport.withdrawal_handler = self.handle_withdrawal
 
@@ -514,13 +520,16 @@ class SessionManager:
     async def _reconcile_loop(self) -> None:
         """At start (a crash may have come between staging and the certificate) and then every
         ``RECONCILE_INTERVAL`` seconds, try to make staged outputs current from a peer's
-        certificate."""
+        certificate (outputs in doubt for longer than ``RECONCILE_FAST_SECONDS``: every
+        ``RECONCILE_SLOW_EVERY``-th pass)."""
         await trio.sleep(RECONCILE_FIRST_DELAY)
+        passes = 0
         while not self.draining:
             try:
-                await self.reconcile()
+                await self.reconcile(include_old=passes % RECONCILE_SLOW_EVERY == 0)
             except Exception as exc:  # storage trouble: try again next time, never stop the manager
                 log_event(log, logging.WARNING, "reconciliation failed", error=internal_error(exc))
+            passes += 1
             await trio.sleep(RECONCILE_INTERVAL)
 
     async def _reconcile_soon(self, session_id: bytes) -> None:
@@ -531,15 +540,19 @@ class SessionManager:
             if await self.reconcile([session_id]):
                 return
 
-    async def reconcile(self, session_ids: Iterable[bytes] | None = None) -> int:
+    async def reconcile(self, session_ids: Iterable[bytes] | None = None, *, include_old: bool = True) -> int:
         """Make staged outputs current where a participant shows a valid certificate: every
-        participant's signed confirmation of *this* node's transcript. Returns how many."""
+        participant's signed confirmation of *this* node's transcript. Returns how many. A sign
+        kept in doubt (confirmed here, ended without the certificate) is staged the same way and
+        ends done here - the session recorded ``done`` - once a peer shows the certificate."""
         assert self.storage is not None
         wanted = set(session_ids) if session_ids is not None else None
         promoted = 0
+        recent = set() if include_old else {
+            r[0] for r in await self._db(self.storage.outputs_in_doubt, newer_than=RECONCILE_FAST_SECONDS)}
         for session_id, phase, raw_proposal, transcript in await self._db(self.storage.outputs_in_doubt):
             if (wanted is not None and session_id not in wanted) or session_id in self._active \
-                    or session_id in self._reconciling:
+                    or session_id in self._reconciling or (not include_old and session_id not in recent):
                 continue
             handler = self.phases.get(phase)
             restore = getattr(handler, "restore", None)
@@ -564,6 +577,9 @@ class SessionManager:
                 output = restore(ctx, staged[2])
                 await trio.to_thread.run_sync(handler.finish, ctx, output)
                 await self._db(self.storage.output_confirmed, session_id, certificate.to_bytes())
+                if getattr(handler, "encode_output", None) is not None:  # a sign that was in doubt
+                    await self._db(self.storage.session_finished, session_id, state="done",
+                                   reason="completed from a peer's certificate after ending in doubt here")
                 promoted += 1
                 log_event(log, logging.INFO, "staged output made current from a peer's certificate",
                           session_id=session_id, phase=phase)
@@ -576,13 +592,14 @@ class SessionManager:
         return promoted
 
     async def _find_certificate(self, ctx: SessionContext, transcript: bytes) -> Certificate | None:
-        """Ask every other participant; the first certificate that verifies here wins. A peer's
-        answer is checked, never trusted: same session and phase, *our* transcript, and a valid
-        confirmation signed by every participant's identity key."""
+        """Ask every other participant; the first certificate that verifies here wins (the other
+        questions are then called off). A peer's answer is checked, never trusted: same session
+        and phase, *our* transcript, and a valid confirmation signed by every participant's
+        identity key."""
         found: list[Certificate] = []
         peers = [n for n in ctx.index_of if n != self.node_id]
 
-        async def ask(peer: str) -> None:
+        async def ask(peer: str, scope: trio.CancelScope) -> None:
             raw = await self.transport.session_certificate(peer, ctx.session_id)
             if not raw or found:
                 return
@@ -593,11 +610,46 @@ class SessionManager:
             if (cert.session_id == ctx.session_id and cert.phase == ctx.proposal.phase
                     and cert.transcript == transcript and cert.verify(ctx.parties, ctx.roster)):
                 found.append(cert)
+                scope.cancel()
 
         async with trio.open_nursery() as nursery:
             for peer in peers:
-                nursery.start_soon(ask, peer)
+                nursery.start_soon(ask, peer, nursery.cancel_scope)
         return found[0] if found else None
+
+    async def _certificate_from_peers(self, ctx: SessionContext, transcript: bytes) -> Certificate | None:
+        """A sign this node confirmed ended here without the certificate - its deadline passed, or
+        a late fault was named - while a peer may have completed it: a signer that sends its
+        confirmation to one honest signer only, just after another's deadline, leaves one done
+        with the signature and the other timed out (issue 11, the last split). The signature
+        here is the same (it is computed from the confirmed transcript), so a valid certificate
+        from any participant ends the session done here too.
+
+        Asked a few times at once (the common race). No window can be enough on its own: the
+        malicious signer holds a certificate itself (every honest signer confirmed to it) and
+        may show it to one honest signer whenever the other has stopped asking (issue 11 review,
+        R10-R12). So a sign not completed here stays *in doubt* - the signature staged, asked
+        about by the reconcile loop for as long as the node runs - and an honest peer that
+        completed serves its certificate for ever: every honest signer ends done, or none."""
+        for delay in CERTIFICATE_LOOKUP_DELAYS:
+            await trio.sleep(delay)
+            with trio.move_on_after(CERTIFICATE_LOOKUP_TRY):
+                found = await self._find_certificate(ctx, transcript)
+                if found is not None:
+                    return found
+        return None
+
+    def _certificate_for(self, asker: str, session_id: bytes) -> bytes:
+        """Serve a session's certificate to one of its participants (b"" to anyone else)."""
+        recent = self._recent_certificates.get(session_id)
+        if recent is not None:
+            return recent[1] if asker in recent[0] else b""
+        return self.storage.certificate_for(session_id, asker) if self.storage is not None else b""
+
+    def _remember_certificate(self, participants: Iterable[str], session_id: bytes, certificate: bytes) -> None:
+        self._recent_certificates[session_id] = (frozenset(participants), certificate)
+        while len(self._recent_certificates) > RECENT_CERTIFICATES:
+            self._recent_certificates.popitem(last=False)
 
     async def drain(self, grace: float) -> None:
         """Graceful shutdown: refuse new sessions, let running ones finish for up to ``grace``
@@ -738,6 +790,7 @@ class SessionManager:
             assert stage is not None
             stage(dataclasses.replace(ctx, transcript=transcript), output)
 
+        active.machine = machine
         driver = SessionDriver(ctx=ctx, machine=machine, transport=self.transport, inbox=inbox,
                                round_deadline=proposal.round_deadline_ms / 1000, cpu_limiter=self.cpu_limiter,
                                metrics=self.metrics, stage=staged if stage else None)
@@ -782,20 +835,52 @@ class SessionManager:
     async def _drive_and_record(self, driver: SessionDriver, handler: PhaseHandler, active: _Active,
                                 sends: trio.Nursery) -> None:
         outcome: SessionOutcome | None = None
+        confirmed: ConfirmedSession | None = None
+        in_doubt = False
         try:
             outcome = await driver.run(sends)
             if outcome.status == "cancelled" and active.withdrawn:
                 outcome = SessionOutcome(outcome.session_id, outcome.phase, "cancelled", outcome.participants,
                                          None, (), f"withdrawn by the coordinator: {active.withdrawn}",
                                          outcome.duration)
+            m = driver.machine
+            certificate = m.certificate
+            # Confirmed here, nothing staged, no certificate - and no proof that none can exist: a
+            # peer may complete it (or have completed it) with our confirmation.
+            in_doubt = (outcome.status in ("aborted", "timeout", "cancelled") and driver.stage is None
+                        and m.confirmed and m.output is not None and not m.certificate_impossible)
+            if in_doubt and outcome.status != "cancelled" and not self.draining:
+                try:
+                    certificate = await self._certificate_from_peers(active.ctx, m.transcript)
+                except Exception as exc:  # a lookup bug must not stop the manager: the reconcile loop asks on
+                    log_event(log, logging.ERROR, "certificate lookup raised", session_id=active.ctx.session_id,
+                              error=internal_error(exc))
+                if certificate is not None:
+                    log_event(log, logging.WARNING, "session completed from a peer's certificate",
+                              session_id=active.ctx.session_id, phase=driver.phase, ended_here=outcome.status,
+                              culprits=list(outcome.culprits), reason=outcome.reason[:500])
+                    outcome = SessionOutcome(outcome.session_id, outcome.phase, "done", outcome.participants,
+                                             m.output, (), "", outcome.duration)
+            if in_doubt and certificate is None:
+                # What the caller hears: not a failure the records will keep, a signature that a
+                # peer's certificate may still complete here (the reconcile loop asks on).
+                outcome = dataclasses.replace(outcome, reason=f"in doubt (confirmed here, no certificate yet): "
+                                                              f"{outcome.reason}")
             if outcome.ok:
                 try:
                     result = await trio.to_thread.run_sync(handler.finish, active.ctx, outcome.output)
-                    certificate = driver.machine.certificate
-                    # Kept only where an output was staged (a peer that missed the end may need
-                    # it to make that output current); a sign's certificate has nothing to promote.
                     if certificate is not None and driver.stage is not None and self.storage is not None:
+                        # A staged output: the certificate makes it current (a peer that missed the
+                        # end of the session may need it to do the same).
                         await self._db(self.storage.output_confirmed, active.ctx.session_id, certificate.to_bytes())
+                    elif certificate is not None:
+                        # Nothing staged (a sign): kept for a participant whose deadline passed just
+                        # before the relay that completed it here - served from memory at once,
+                        # and recorded with the session's end in the same commit.
+                        encoded = certificate.to_bytes()  # once: served from memory and recorded
+                        self._remember_certificate(active.ctx.index_of, active.ctx.session_id, encoded)
+                        confirmed = ConfirmedSession(driver.phase, active.ctx.proposal.SerializeToString(),
+                                                     certificate.transcript, encoded)
                     outcome = SessionOutcome(outcome.session_id, outcome.phase, "done", outcome.participants,
                                              result, (), "", outcome.duration)
                 except Exception as exc:  # a failure to store aborts this session, never crashes the manager
@@ -810,6 +895,8 @@ class SessionManager:
                                          reason="node shut down during the session")
                 self.transport.close_session(active.ctx.session_id)
             with trio.CancelScope(shield=True):
+                if not outcome.ok and in_doubt and self.storage is not None:
+                    await self._keep_in_doubt(driver, handler, active, outcome)
                 if not outcome.ok and driver.stage is not None and driver.machine.confirmed \
                         and self.storage is not None:
                     try:  # staged but never confirmed by everyone: nothing current changed
@@ -826,18 +913,40 @@ class SessionManager:
                     except Exception as exc:  # cleanup bugs must not stop the manager
                         log_event(log, logging.ERROR, "phase cleanup raised an unexpected exception",
                                   session_id=active.ctx.session_id, phase=driver.phase, error=internal_error(exc))
-                await self._record(outcome)
+                await self._record(outcome, confirmed)
                 active.outcome = outcome
                 self._active.pop(active.ctx.session_id, None)
                 self.metrics.active_sessions.dec()
                 active.done.set()
+
+    async def _keep_in_doubt(self, driver: SessionDriver, handler: PhaseHandler, active: _Active,
+                             outcome: SessionOutcome) -> None:
+        """Stage the signature of a sign this node confirmed but did not see completed, marked
+        abandoned: the reconcile loop asks the peers on and ends it done here the moment one of
+        them shows the certificate (``_certificate_from_peers`` says why a window is not enough)."""
+        assert self.storage is not None
+        encode = getattr(handler, "encode_output", None)
+        if encode is None:
+            return
+        sid = active.ctx.session_id
+        try:
+            await self._db(self.storage.stage_output, sid, driver.phase, encode(driver.machine.output),
+                           proposal=active.ctx.proposal.SerializeToString(), transcript=driver.machine.transcript)
+            await self._db(self.storage.output_abandoned, sid, f"in doubt: {outcome.reason[:400]}")
+        except Exception as exc:
+            log_event(log, logging.ERROR, "could not keep a sign in doubt", session_id=sid, error=internal_error(exc))
+            return
+        log_event(log, logging.WARNING, "sign confirmed here but not completed: kept in doubt", session_id=sid,
+                  ended_here=outcome.status, culprits=list(outcome.culprits))
+        if self._nursery is not None and not self.draining:
+            self._nursery.start_soon(self._reconcile_soon, sid)
 
     @staticmethod
     async def _db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Storage calls commit with fsync (synchronous=FULL): keep them off the event loop."""
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
-    async def _record(self, outcome: SessionOutcome) -> None:
+    async def _record(self, outcome: SessionOutcome, confirmed: ConfirmedSession | None = None) -> None:
         self.metrics.sessions.labels(phase=outcome.phase, outcome=outcome.status).inc()
         self.metrics.session_seconds.labels(phase=outcome.phase).observe(outcome.duration)
         level = logging.INFO if outcome.ok else logging.WARNING
@@ -847,7 +956,7 @@ class SessionManager:
         if self.storage is not None:
             state = "aborted" if outcome.status == "cancelled" else outcome.status
             await self._db(self.storage.session_finished, outcome.session_id, state=state,
-                           culprits=outcome.culprits, reason=outcome.reason)
+                           culprits=outcome.culprits, reason=outcome.reason, confirmed=confirmed)
 
     def _check_limits(self, proposal: peer_pb2.SessionProposal) -> None:
         """Raise :class:`ProposalLimited` if the proposing peer is over its rate or its number of
@@ -896,6 +1005,13 @@ class SessionManager:
             return False, "no such running session"
         if active.ctx.proposal.coordinator != withdrawal.coordinator:
             return False, "only the session's coordinator may withdraw it"
+        if active.machine is not None and active.machine.confirmed:
+            # The others may complete the certificate with our confirmation: ending here now
+            # would leave this node aborted while they are done (issue 11 review, R12). The
+            # certificate or the deadline ends it.
+            log_event(log, logging.WARNING, "withdrawal refused: this node confirmed the session",
+                      session_id=withdrawal.session_id, coordinator=withdrawal.coordinator)
+            return False, "this node has confirmed the session: only its certificate or deadline ends it"
         log_event(log, logging.INFO, "session withdrawn by its coordinator", session_id=withdrawal.session_id,
                   coordinator=withdrawal.coordinator, reason=withdrawal.reason)
         active.withdrawn = withdrawal.reason or "withdrawn"

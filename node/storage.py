@@ -108,6 +108,20 @@ SESSION_STATES = ("running", "done", "aborted", "timeout", "refused")
 COORDINATOR_RESERVATION = b"sign-request"
 
 
+
+@dataclass(frozen=True)
+class ConfirmedSession:
+    """The certificate of a session with nothing staged (a sign): every participant's signed
+    confirmation of one transcript. Public data - kept so that a participant that ended the
+    session without it (its relay came after that participant's deadline) can ask for it and
+    end the session the same way as the others (issue 11)."""
+
+    phase: str
+    proposal: bytes
+    transcript: bytes
+    certificate: bytes
+
+
 class StorageError(RuntimeError):
     """Base of storage errors; messages never contain secrets."""
 
@@ -1341,14 +1355,17 @@ class Storage:
             )
             self._audit(w, "output-staged", session_id, {"phase": phase})
 
-    def outputs_in_doubt(self, older_than: float = 0.0) -> list[tuple[bytes, str, bytes, bytes]]:
+    def outputs_in_doubt(self, older_than: float = 0.0, *,
+                         newer_than: float | None = None) -> list[tuple[bytes, str, bytes, bytes]]:
         """Staged outputs never made current (pending after a crash, or abandoned when a session
-        ended without the certificate here): (session id, phase, proposal, transcript), oldest
-        first. A peer may hold the certificate that makes them current."""
+        ended without the certificate here - signatures of signs confirmed here among them):
+        (session id, phase, proposal, transcript), oldest first; ``newer_than``: only those
+        staged within that many seconds. A peer may hold the certificate that makes them current."""
+        now = time.time()
         rows = self._conn().execute(
             "SELECT session_id, phase, proposal, transcript FROM session_outputs "
-            "WHERE state IN ('pending', 'abandoned') AND staged_at <= ? ORDER BY staged_at",
-            (time.time() - older_than,),
+            "WHERE state IN ('pending', 'abandoned') AND staged_at <= ? AND staged_at >= ? ORDER BY staged_at",
+            (now - older_than, 0.0 if newer_than is None else now - newer_than),
         ).fetchall()
         return [(bytes(r[0]), r[1], bytes(r[2]), bytes(r[3])) for r in rows]
 
@@ -1401,15 +1418,27 @@ class Storage:
                         {"phase": phase, "coordinator": coordinator, "participants": list(participants)})
 
     def session_finished(
-        self, session_id: bytes, *, state: str, culprits: Sequence[str] = (), reason: str = ""
+        self, session_id: bytes, *, state: str, culprits: Sequence[str] = (), reason: str = "",
+        confirmed: ConfirmedSession | None = None,
     ) -> None:
+        """Record how a session ended. ``confirmed``: the certificate of a session that kept no
+        staged output (signing), written in the same transaction - so a peer that ended
+        without it can be shown it (``certificate_for``) at no extra commit on the sign path."""
         if state not in SESSION_STATES or state == "running":
             raise ValueError(f"not a final session state: {state}")
+        now = time.time()
         with self._write() as w:
             w.execute(
                 "UPDATE sessions SET state = ?, finished_at = ?, culprits = ?, reason = ? WHERE session_id = ?",
-                (state, time.time(), _parties_text(culprits), reason, session_id),
+                (state, now, _parties_text(culprits), reason, session_id),
             )
+            if confirmed is not None:
+                w.execute(
+                    "INSERT OR IGNORE INTO session_outputs (session_id, phase, state, staged_at, output, proposal, "
+                    "transcript, certificate, finished_at) VALUES (?, ?, 'confirmed', ?, NULL, ?, ?, ?, ?)",
+                    (session_id, confirmed.phase, now, confirmed.proposal, confirmed.transcript,
+                     confirmed.certificate, now),
+                )
             self._audit(w, f"session-{state}", session_id, {"culprits": list(culprits), "reason": reason})
 
     def session_refused(self, session_id: bytes, *, phase: str, coordinator: str, reason: str) -> None:

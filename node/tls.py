@@ -1,7 +1,7 @@
 """TLS certificates and mutual TLS between roster nodes, pinned to the roster.
 
 Trust model. There is no certificate authority: each node has a self-signed certificate
-(ECDSA P-256, subjectAltName ``DNS:<node id>``, ``CA:FALSE``), and the roster lists every
+(ECDSA P-256, subjectAltName ``DNS:<node id>`` plus the advertised host, ``CA:FALSE``), and the roster lists every
 node's certificate. A node's TLS trust store is exactly the roster's certificates, so:
 
 * as a **server**, gRPC requires a client certificate (``require_client_auth``) that chains
@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,24 @@ class TLSError(RuntimeError):
     """A certificate or TLS key is missing, malformed, or does not match the roster."""
 
 
-def generate_certificate(node_id: str) -> tuple[bytes, bytes]:
-    """A fresh self-signed certificate for ``node_id``: (certificate PEM, private key PEM)."""
+def _host_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def generate_certificate(node_id: str, hosts: Sequence[str] = ()) -> tuple[bytes, bytes]:
+    """A fresh self-signed certificate for ``node_id``: (certificate PEM, private key PEM).
+
+    ``hosts`` (IP addresses or DNS names) are added to the subjectAltName beside the node id:
+    the host peers dial (``init --advertise``), so the certificate also names where it is
+    served - peers still verify the node id, not the address."""
+    names: list[x509.GeneralName] = [x509.DNSName(node_id)]
+    for host in hosts:
+        name = _host_name(host)
+        if name not in names:
+            names.append(name)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fusion-prime node")])
@@ -61,7 +78,7 @@ def generate_certificate(node_id: str) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=CERT_VALIDITY_DAYS))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(node_id)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -82,8 +99,8 @@ def generate_certificate(node_id: str) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def create_certificate_files(node_id: str, cert_path: Path, key_path: Path) -> bytes:
-    cert_pem, key_pem = generate_certificate(node_id)
+def create_certificate_files(node_id: str, cert_path: Path, key_path: Path, hosts: Sequence[str] = ()) -> bytes:
+    cert_pem, key_pem = generate_certificate(node_id, hosts)
     write_secret_file(key_path, key_pem)
     cert_path.parent.mkdir(parents=True, exist_ok=True)
     cert_path.write_bytes(cert_pem)
@@ -100,16 +117,31 @@ def fingerprint(cert_pem: bytes) -> bytes:
 
 
 def certificate_node_id(cert_pem: bytes) -> str:
-    """The DNS subjectAltName of a node certificate (its node id)."""
+    """The node id a node certificate names: its one DNS subjectAltName, or - when it also names
+    the DNS host it is served at - the DNS name that is also its common name."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise TLSError("certificate has no subjectAltName") from None
     dns = names.get_values_for_type(x509.DNSName)
+    if len(dns) > 1:
+        common = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        dns = [d for d in dns if d in common]
     if len(dns) != 1:
         raise TLSError("node certificate must carry exactly one DNS name (the node id)")
     return dns[0]
+
+
+def certificate_hosts(cert_pem: bytes) -> tuple[set[str], set[str]]:
+    """(DNS names, IP addresses) of a certificate's subjectAltName: where it may be served."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    return (set(names.get_values_for_type(x509.DNSName)),
+            {str(ip) for ip in names.get_values_for_type(x509.IPAddress)})
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,43 @@
-"""Addresses of a (possibly derived) group public key: Ethereum, Bitcoin P2WPKH, Base58Check.
+"""Addresses of a (possibly derived) group public key, and the one Bitcoin address↔script codec.
 
-These are pure encodings of a public key, needed wherever a key is shown to a person (the
-wallet API, the demo, deposit addresses), and the matching strict decoders (BIP173/BIP350,
-Base58Check) that the signer SDK and the Bitcoin devnet both use - one implementation, so an
-address one side accepts the other cannot refuse. Keccak-256 and RIPEMD-160 come from
-pycryptodome (OpenSSL 3 builds may lack RIPEMD-160 in hashlib).
+Pure encodings of a public key, needed wherever a key is shown to a person (the wallet API, the
+demo, deposit addresses), and the strict decoders (BIP173/BIP350, Base58Check) behind
+:func:`address_to_script` / :func:`script_to_address` - the only codec: the signer SDK, the
+bridge and the Bitcoin devnet all call it (each translating :class:`InvalidInput` to its own
+error type once), so an address one side accepts the other cannot refuse, nor map to another
+script. Network parameters (:class:`BitcoinNetwork`) are passed in, never guessed from the text.
+It lives here, the lowest layer, because the signer may not import the bridge. Keccak-256 and
+RIPEMD-160 come from pycryptodome (OpenSSL 3 builds may lack RIPEMD-160 in hashlib).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from Crypto.Hash import RIPEMD160, keccak
 
 from .curve import Point
 from .errors import InvalidInput
 
-BECH32_HRP = {"mainnet": "bc", "testnet": "tb", "signet": "tb", "regtest": "bcrt"}
+
+@dataclass(frozen=True)
+class BitcoinNetwork:
+    """What tells one network's addresses from another's: the bech32 prefix and Base58 version bytes."""
+
+    name: str
+    hrp: str
+    p2pkh_prefix: int
+    p2sh_prefix: int
+
+
+BITCOIN_MAINNET = BitcoinNetwork("mainnet", "bc", 0x00, 0x05)
+BITCOIN_TESTNET = BitcoinNetwork("testnet", "tb", 0x6F, 0xC4)
+BITCOIN_SIGNET = BitcoinNetwork("signet", "tb", 0x6F, 0xC4)
+BITCOIN_REGTEST = BitcoinNetwork("regtest", "bcrt", 0x6F, 0xC4)
+BITCOIN_NETWORKS = {n.name: n for n in (BITCOIN_MAINNET, BITCOIN_TESTNET, BITCOIN_SIGNET, BITCOIN_REGTEST)}
+BECH32_HRP = {name: n.hrp for name, n in BITCOIN_NETWORKS.items()}
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 
@@ -37,13 +57,17 @@ def ethereum_address(key: Point) -> str:
     return "0x" + "".join(c.upper() if int(check[i], 16) >= 8 else c for i, c in enumerate(raw))
 
 
+def bitcoin_network(name: str) -> BitcoinNetwork:
+    """The parameters of ``mainnet``, ``testnet``, ``signet`` or ``regtest``."""
+    try:
+        return BITCOIN_NETWORKS[name]
+    except (KeyError, TypeError):
+        raise InvalidInput(f"unknown Bitcoin network {name!r} (one of {', '.join(BITCOIN_NETWORKS)})") from None
+
+
 def p2wpkh_address(key: Point, network: str = "regtest") -> str:
     """BIP173 bech32 v0 address of hash160(compressed key)."""
-    try:
-        hrp = BECH32_HRP[network]
-    except KeyError:
-        raise InvalidInput(f"unknown Bitcoin network {network!r}") from None
-    return bech32_segwit(hrp, 0, hash160(key.to_bytes()))
+    return bech32_segwit(bitcoin_network(network).hrp, 0, hash160(key.to_bytes()))
 
 
 def _hash256(data: bytes) -> bytes:
@@ -142,3 +166,73 @@ def segwit_decode(hrp: str, addr: str) -> tuple[int, bytes]:
     if not 2 <= len(prog) <= 40 or (version == 0 and len(prog) not in (20, 32)):
         raise InvalidInput("invalid witness program length")
     return version, bytes(prog)
+
+
+# ------------------------------------------------------------------------------ address <-> script
+
+
+def witness_program(script: bytes) -> tuple[int, bytes] | None:
+    """(version, program) if ``script`` is a witness program per BIP141, else None."""
+    if not 4 <= len(script) <= 42 or script[1] + 2 != len(script):
+        return None
+    if script[0] == 0x00:
+        return 0, script[2:]
+    if 0x51 <= script[0] <= 0x60:  # OP_1 .. OP_16
+        return script[0] - 0x50, script[2:]
+    return None
+
+
+def _p2pkh(key_hash: bytes) -> bytes:
+    return b"\x76\xa9\x14" + key_hash + b"\x88\xac"  # OP_DUP OP_HASH160 <20> OP_EQUALVERIFY OP_CHECKSIG
+
+
+def _p2sh(script_hash: bytes) -> bytes:
+    return b"\xa9\x14" + script_hash + b"\x87"  # OP_HASH160 <20> OP_EQUAL
+
+
+def _networks_named(match: Iterable[BitcoinNetwork]) -> str:
+    return "/".join(n.name for n in match)
+
+
+def address_to_script(address: str, network: BitcoinNetwork) -> bytes:
+    """The scriptPubKey ``address`` pays on ``network`` (Core's DecodeDestination +
+    GetScriptForDestination): any valid segwit version, P2PKH or P2SH. InvalidInput says why not -
+    including "an address of another network", which a loose decoder would turn into lost coins."""
+    if not isinstance(address, str) or not address:
+        raise InvalidInput("address must be a non-empty string")
+    shown = repr(address if len(address) <= 100 else address[:100] + "...")
+    lower = address.lower()
+    if lower.startswith(network.hrp + "1"):
+        version, program = segwit_decode(network.hrp, address)
+        return bytes([version + 0x50 if version else 0x00, len(program)]) + program
+    others = [n for n in BITCOIN_NETWORKS.values() if n.hrp != network.hrp and lower.startswith(n.hrp + "1")]
+    if others:
+        raise InvalidInput(f"{shown} is a {_networks_named(others)} address, not a {network.name} one (wrong network)")
+    try:
+        payload = b58check_decode(address)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{shown} is not a valid {network.name} address: {exc}") from None
+    if len(payload) == 21:
+        if payload[0] == network.p2pkh_prefix:
+            return _p2pkh(payload[1:])
+        if payload[0] == network.p2sh_prefix:
+            return _p2sh(payload[1:])
+        others = [n for n in BITCOIN_NETWORKS.values() if payload[0] in (n.p2pkh_prefix, n.p2sh_prefix)]
+        if others:
+            raise InvalidInput(f"{shown} is a {_networks_named(others)} address, not a {network.name} one "
+                               "(wrong network)")
+    raise InvalidInput(f"{shown} is not a valid {network.name} address (Base58Check payload of {len(payload)} bytes, "
+                       f"version {payload[:1].hex() or 'none'})")
+
+
+def script_to_address(script: bytes, network: BitcoinNetwork) -> str | None:
+    """The address ``script`` pays on ``network`` (Core's ExtractDestination + EncodeDestination):
+    P2PKH, P2SH, witness v0 of 20 or 32 bytes, any v1+ program; None when it has none."""
+    if len(script) == 25 and script[:3] == b"\x76\xa9\x14" and script[23:] == b"\x88\xac":
+        return b58check(bytes([network.p2pkh_prefix]) + script[3:23])
+    if len(script) == 23 and script[:2] == b"\xa9\x14" and script[22] == 0x87:
+        return b58check(bytes([network.p2sh_prefix]) + script[2:22])
+    program = witness_program(script)
+    if program is None or (program[0] == 0 and len(program[1]) not in (20, 32)):
+        return None
+    return bech32_segwit(network.hrp, *program)

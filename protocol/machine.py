@@ -286,6 +286,9 @@ class RoundMachine(ABC):
         self._confirms: dict[int, ProtocolMessage] = {}
         self._relayed = False
         self.certificate: Certificate | None = None
+        # Set when this party ended on proof that no certificate can exist (an honest party
+        # stopped before confirming): a node need not ask its peers for one (node.session).
+        self.certificate_impossible = False
         self._notices: dict[int, ProtocolMessage] = {}  # unverified abort notices, judged later
         # notices of others that came forwarded inside a timeout notice, by signature
         self._forwarded: dict[bytes, ProtocolMessage] = {}
@@ -899,6 +902,7 @@ class RoundMachine(ABC):
             if verdict:
                 # Someone other than k is proven at fault, so k is honest (one faulty party at
                 # most) and never confirms: no certificate can exist, abort now.
+                self.certificate_impossible = True
                 raise Blame(verdict.keys(), f"{why} (evidence from party {k})", evidence=proof,
                             shown_by=k if set(verdict) - {k} else None)
             if self.awaiting_store:

@@ -98,6 +98,8 @@ async def _settled(nodes, session_id):
 def _finished_record(node, session_id):
     events = [e for e in node.storage.audit_log() if e["session_id"] == session_id
               and e["event"] in ("session-done", "session-aborted", "session-timeout")]
+    assert events, (node.cfg.node_id, node.storage.session_state(session_id),
+                    [e["event"] for e in node.storage.audit_log() if e["session_id"] == session_id])
     return events[-1]
 
 
@@ -269,10 +271,12 @@ def test_a_participant_that_missed_the_certificate_gets_it_from_a_peer(devnet3):
 
     async def main():
         async with running_nodes(*nodes):
-            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1, round_deadline=2.0)
+            outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1, round_deadline=5.0)
             assert outcome.ok, outcome
+            # the output is applied (finish) before the certificate is recorded: wait for both
             with trio.fail_after(HANG_GUARD):
-                while len(phases[1].finished) < 1:
+                while len(phases[1].finished) < 1 or nodes[1].storage.staged_output(outcome.session_id)[1] != \
+                        "confirmed":
                     await trio.sleep(0.1)
             assert phases[1].finished[0]["sum"] == phases[0].finished[0]["sum"]
             _, state, _, cert = nodes[1].storage.staged_output(outcome.session_id)
@@ -312,10 +316,12 @@ def test_a_node_restarted_before_the_certificate_finds_it_at_start(devnet3, monk
 
     async def second():
         async with running_nodes(node1, node2):
+            # the phase's output is applied first, then the certificate recorded (a crash between
+            # them applies it again, never loses it): wait for both
             with trio.fail_after(HANG_GUARD):
-                while not again.finished:
+                while not again.finished or node2.storage.staged_output(state["sid"])[1] != "confirmed":
                     await trio.sleep(0.1)
-            assert node2.storage.staged_output(state["sid"])[1] == "confirmed"
+            assert again.finished[0]["sum"] == phases[0].finished[0]["sum"]
 
     trio.run(second)
 

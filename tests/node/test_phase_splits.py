@@ -236,7 +236,7 @@ def test_a_confirmation_of_another_transcript_after_a_signer_confirmed_does_not_
     """The review's R2 through the real path: node3 confirms to node1; to node2 - once node2
     has confirmed - it sends a confirmation of another transcript, and node1's relay reaches
     node2 only after it. Before: node1 reported the signature while node2 recorded a failed
-    session naming node3 (a sign keeps no certificate, so nothing reconciled them). Now node2,
+    session naming node3 (a sign kept no certificate, so nothing reconciled them). Now node2,
     having confirmed, records node3's fault and completes with the relay: both are done."""
     from fusion_prime.protocol.machine import KIND_CONFIRM, KIND_RELAY
 
@@ -289,15 +289,106 @@ def test_a_confirmation_of_another_transcript_after_a_signer_confirmed_does_not_
             await _ended_everywhere(nodes, pre.session_id)
             digest = hashlib.sha256(b"confirmed, then lied to").digest()
             signed = await node1.sign(key_id, digest, attempts=1)
-            assert state["other confirmation delivered"].is_set(), "node3's other confirmation never reached node2"
+            # node1 answers once it holds every confirmation, which can be before node3 has seen
+            # node2's and lied to it: wait for the lie (node1's relay to node2 waits for it too)
+            with trio.fail_after(HANG_GUARD):
+                await state["other confirmation delivered"].wait()
             assert signed.ok and verifies(group_key, digest, signed.output), signed
             assert sorted(signed.participants) == ["node1", "node2", "node3"], signed
-            await _ended_everywhere(nodes[:2], signed.session_id)
+            await _ended_everywhere(nodes[:2], signed.session_id)  # node1 answered; node2 may still be ending
             for n in nodes[:2]:
                 record = _finished_record(n, signed.session_id)
                 assert record["event"] == "session-done", (n.cfg.node_id, record)
             presig_id = pre.output["presignature_id"]
             for n in nodes:
                 assert n.storage.presignature_state(presig_id) == "consumed", n.cfg.node_id
+
+    trio.run(main)
+
+
+def test_a_confirmation_sent_to_one_signer_after_the_others_deadline_does_not_split_a_sign(network):  # type: ignore[no-untyped-def]
+    """The last split of issue 11, through the real path. node3 holds its σ-round echo to node1 back
+    (node1 confirms later than node2, so its deadline is later), withholds its confirmation
+    from node2, and sends it to node1 only once node2's deadline and notice grace are over -
+    node1 completes the certificate, node2 had already timed out. Before: node2 (the
+    coordinator) answered its caller with a failed session naming node3 while node1 held the
+    signature, and its records said so for good. Now node2, having confirmed, asks its peers
+    for the certificate and, while none has it, keeps the signature *in doubt* (its answer
+    says so); its reconcile loop asks on, finds node1's certificate once node1 completed,
+    and node2's side ends done too - both records agree."""
+    from fusion_prime.protocol.machine import KIND_ABORT, KIND_CONFIRM, KIND_RELAY
+
+    nodes, _culprit = network
+    node1, node2, node3 = nodes
+    deadline, held_back = 10.0, 8.0  # node1 confirms `held_back` s after node2
+    state: dict = {}
+    admit3 = node3.transport.admit
+
+    def admit(inbound, *a, **kw):  # node3 sees node2's timeout notice arrive
+        try:
+            m = ProtocolMessage.from_bytes(inbound.payload)
+            if m.phase == "sign" and m.sender == node2_index() and m.kind == KIND_ABORT:
+                state["node2 timed out"].set()
+        except Exception:  # not a protocol message: nothing to observe
+            pass
+        return admit3(inbound, *a, **kw)
+
+    def node2_index() -> int:
+        return state["index of node2"]
+
+    node3.transport.admit = admit
+    send3 = node3.transport.send
+
+    async def node3_send(receiver, *, session_id, phase, round, broadcast, payload, deadline):  # type: ignore[no-untyped-def]
+        msg = ProtocolMessage.from_bytes(payload)
+        if phase == "sign":
+            if msg.kind == KIND_RELAY or (msg.kind == KIND_CONFIRM and receiver == "node2"):
+                return True  # node2 never hears from node3 again; node1 only its late confirmation
+            if msg.kind == KIND_ECHO and msg.round == SIGMA_ROUND and receiver == "node1":
+                await trio.sleep(held_back)
+            if msg.kind == KIND_CONFIRM and receiver == "node1":
+                await state["node2 timed out"].wait()
+                # past node2's notice grace (2 s), and 3 s before node1's own deadline
+                await trio.sleep(2.0 + 3.0)
+                state["late confirmation sent"] = True
+                deadline = trio.current_time() + 5.0  # a fresh envelope deadline: the one routed with it has passed
+        return await send3(receiver, session_id=session_id, phase=phase, round=round, broadcast=broadcast,
+                           payload=payload, deadline=deadline)
+
+    node3.transport.send = node3_send
+    node3.transport.certificate_provider = lambda peer, session_id: b""  # nor does it show its certificate
+
+    async def main():  # type: ignore[no-untyped-def]
+        state["node2 timed out"] = trio.Event()
+        async with running_nodes(*nodes):
+            key_id, group_key = await _key_with_aux(node1)
+            await _wait_healthy(node2, ["node1", "node3"], "presign")
+            pre = await node2.presign(key_id, ["node1", "node2", "node3"])
+            assert pre.ok, pre
+            await _ended_everywhere(nodes, pre.session_id)
+            state["index of node2"] = node2.sessions.peers["node2"].index
+            node2.sessions.round_deadline = deadline
+            digest = hashlib.sha256(b"confirmed to one, late").digest()
+            signed = await node2.sign(key_id, digest, attempts=1)
+            assert sorted(signed.participants) == ["node1", "node2", "node3"], signed
+            assert state["node2 timed out"].is_set()
+            if signed.ok:  # node2 asked while node1 had already completed
+                assert verifies(group_key, digest, signed.output), signed
+            else:  # node2 answered before node1 completed: the signature is kept in doubt
+                assert signed.status == "timeout" and "in doubt" in signed.reason, signed
+            with trio.fail_after(HANG_GUARD):  # node3's late confirmation, node1 done, node2 reconciled
+                while not state.get("late confirmation sent") or any(
+                        n.storage.session_state(signed.session_id) != "done" for n in nodes[:2]):
+                    await trio.sleep(0.2)
+            for n in nodes[:2]:
+                record = _finished_record(n, signed.session_id)
+                assert record["event"] == "session-done", (n.cfg.node_id, record)
+                # the certificate is kept with the session (served to a participant that asks)
+                assert n.storage.certificate_for(signed.session_id, "node3"), n.cfg.node_id
+            assert node1.storage.certificate_for(signed.session_id, "outsider") == b""
+            # node2's signature, kept in doubt until node1's certificate came, is the group's
+            if not signed.ok:
+                phase, row_state, _output, certificate = node2.storage.staged_output(signed.session_id)
+                assert (phase, row_state) == ("sign", "confirmed") and certificate
 
     trio.run(main)

@@ -26,7 +26,7 @@ from fusion_prime.node.devnet import create_devnet
 from fusion_prime.node.storage import MAX_CONNECTIONS, KeyMaterial, Storage
 from fusion_prime.proto.generated import wallet_pb2, wallet_pb2_grpc
 from fusion_prime.protocol.identity import PartyIdentity
-from fusion_prime.signer.requests import KIND_SIGN, RequestBody, make_request
+from fusion_prime.signer.requests import KIND_SIGN, RequestBody, list_keys_request, make_request, public_key_request
 
 CLIENT = PartyIdentity.generate()
 FDS_PER_CONNECTION = 3  # database, -wal, -shm
@@ -170,10 +170,10 @@ def test_signer_daemon_descriptors_stay_flat_over_idle_and_burst_cycles(tmp_path
         def burst() -> None:
             calls = []
             for _ in range(12):
-                calls.append(stub.ListKeys.future(wallet_pb2.ListKeysRequest(), timeout=60))
+                calls.append(stub.ListKeys.future(list_keys_request(CLIENT), timeout=60))
                 # a sign for a key this node does not hold: policy, then the node's storage in trio worker threads
                 calls.append(stub.Sign.future(_sign_request(next(counter)), timeout=60))
-                calls.append(stub.GetPublicKey.future(wallet_pb2.PublicKeyRequest(key_id=b"\x01" * 32), timeout=60))
+                calls.append(stub.GetPublicKey.future(public_key_request(CLIENT, b"\x01" * 16), timeout=60))
             for call in calls:
                 try:
                     call.result()

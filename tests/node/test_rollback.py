@@ -198,7 +198,7 @@ def test_refusals_say_why_and_a_consumed_refusal_quarantines_until_resync(tmp_pa
             reply = await node1.transport.propose("node2", proposal, 5.0)
             assert not reply.accepted and reply.refusal == Refusal.POOL_QUARANTINED
             gate.set()
-            with trio.fail_after(30):
+            with trio.fail_after(HANG_GUARD):
                 while node2.quarantined:
                     await trio.sleep(0.05)
             assert node2.storage.pool_quarantine() is None

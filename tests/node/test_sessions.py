@@ -7,6 +7,7 @@ import time
 
 import pytest
 import trio
+from fp_guards import HANG_GUARD
 from fp_node_helpers import counter_value, make_node, running_nodes
 from fp_sum_protocol import FastSumPhase, SumMachine, SumPhase, fill_sum
 
@@ -43,12 +44,9 @@ def test_unresponsive_node_is_named_and_the_coordinator_retries_without_it(devne
 
     async def main():
         async with running_nodes(*nodes):
-            t0 = trio.current_time()
             outcome = await nodes[0].sessions.coordinate("sum", 2, fill_sum, round_deadline=3.0,
                                                          choose=prefer("node3"))
             assert outcome.ok and outcome.participants == ("node1", "node2")
-            # one round deadline for the mute node, then the retry: a bound, not a speed claim
-            assert trio.current_time() - t0 < 3.0 + 15
             events = nodes[0].storage.audit_log()
             timeouts = [e for e in events if e["event"] == "session-timeout"]
             assert len(timeouts) == 1 and timeouts[0]["detail"]["culprits"] == ["node3"]
@@ -126,15 +124,9 @@ def test_policy_refusal_is_reported_and_another_set_is_tried(devnet3):
 
 def test_slow_session_does_not_block_a_fast_one(devnet3):
     """Heavy machine steps run in worker threads: a fast session completes while a slow one
-    is grinding, and the event loop stays responsive (measured)."""
+    is grinding - an order, which a blocked event loop could not produce (no duration is
+    asserted: a loaded machine may stretch both)."""
     nodes, _ = nodes_with(devnet3, ["honest"] * 3, slow=0.4)
-    lags = []
-
-    async def probe():
-        while True:
-            t = time.perf_counter()
-            await trio.sleep(0.01)
-            lags.append(time.perf_counter() - t - 0.01)
 
     async def main():
         async with running_nodes(*nodes) as nursery:
@@ -146,22 +138,18 @@ def test_slow_session_does_not_block_a_fast_one(devnet3):
 
             nursery.start_soon(slow)
             await trio.sleep(0.3)  # the slow session is inside its first heavy step now
-            nursery.start_soon(probe)
-            t0 = trio.current_time()
             fast = await nodes[0].sessions.coordinate("fast", 3, fill_sum)
-            fast_time = trio.current_time() - t0
+            fast_done = trio.current_time()
             assert fast.ok
-            while "slow" not in result:
-                await trio.sleep(0.05)
+            assert "slow" not in result, "the slow session ended before the fast one: the test proves nothing"
+            with trio.fail_after(HANG_GUARD):
+                while "slow" not in result:
+                    await trio.sleep(0.05)
             assert result["slow"].ok
-            assert result["slow_done"] > t0 + fast_time, "the fast session finished first"
-            # the slow one spends 0.4 s in each heavy step of each party; a loaded CI machine may add
-            # scheduling delay, so the bound is loose - the order above is the property
-            assert fast_time < 2.0, f"fast session took {fast_time:.3f}s behind a slow one"
+            assert result["slow_done"] > fast_done, "the fast session finished first"
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    assert lags and max(lags) < 0.3, f"event loop stalled for {max(lags):.3f}s"
 
 
 def test_twenty_concurrent_sessions_complete(devnet3):
@@ -326,14 +314,13 @@ def test_refused_proposal_is_withdrawn_from_the_nodes_that_accepted(devnet3):
 
     async def main():
         async with running_nodes(*nodes):
-            t0 = trio.current_time()
             outcome = await nodes[0].sessions.coordinate("sum", 3, fill_sum, attempts=1)
             assert outcome.status == "refused" and outcome.culprits == ("node2",)
             assert "maintenance window" in outcome.reason
-            with trio.fail_after(5.0):  # well before the 10 s round deadline
+            with trio.fail_after(HANG_GUARD):
                 while nodes[2].sessions.active_sessions:
                     await trio.sleep(0.01)
-            assert trio.current_time() - t0 < 6.0
+            # ended by the coordinator's withdrawal, not by its round deadline (the reason says which)
             finished = [e for e in nodes[2].storage.audit_log() if e["event"] == "session-aborted"]
             assert "withdrawn by the coordinator" in finished[-1]["detail"]["reason"]
 

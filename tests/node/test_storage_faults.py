@@ -37,11 +37,12 @@ from fusion_prime.node.storage import (
     check_key,
     database_summary,
 )
-from fusion_prime.proto.generated import wallet_pb2, wallet_pb2_grpc
+from fusion_prime.proto.generated import wallet_pb2_grpc
 from fusion_prime.protocol.identity import PartyIdentity
+from fusion_prime.signer.requests import list_keys_request, public_key_request
 
 PAGE = 4096
-KEY_ID = b"\x07" * 32
+KEY_ID = b"\x07" * 16  # a wallet key id (16 bytes): the daemon test asks for it through the wallet API
 CLIENT = PartyIdentity.generate()
 
 
@@ -250,15 +251,15 @@ def test_signer_daemon_answers_data_loss_for_a_share_damaged_while_running_and_l
                                       options=[("grpc.ssl_target_name_override", "node1")])
         stub = wallet_pb2_grpc.WalletServiceStub(channel)
         with pytest.raises(grpc.RpcError) as before_damage:
-            stub.GetPublicKey(wallet_pb2.PublicKeyRequest(key_id=KEY_ID, path="m"), timeout=60)
+            stub.GetPublicKey(public_key_request(CLIENT, KEY_ID), timeout=60)
         # the share is random bytes, not a KeyShare: decrypted fine, refused as input
         assert before_damage.value.code() != grpc.StatusCode.DATA_LOSS
         _flip_share_byte(cfg.database_path)
         with pytest.raises(grpc.RpcError) as info:
-            stub.GetPublicKey(wallet_pb2.PublicKeyRequest(key_id=KEY_ID, path="m"), timeout=60)
+            stub.GetPublicKey(public_key_request(CLIENT, KEY_ID), timeout=60)
         assert info.value.code() == grpc.StatusCode.DATA_LOSS, info.value
         assert "does not authenticate" in info.value.details() and "Trio" not in info.value.details()
-        assert len(stub.ListKeys(wallet_pb2.ListKeysRequest(), timeout=60).keys) == 1  # still serving
+        assert len(stub.ListKeys(list_keys_request(CLIENT), timeout=60).keys) == 1  # still serving
         channel.close()
     finally:
         proc.terminate()

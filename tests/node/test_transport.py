@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import trio
+from fp_guards import HANG_GUARD
 from fp_node_helpers import LogCapture, counter_value, make_transport, running
 
 from fusion_prime.node.tls import generate_certificate
@@ -34,7 +35,7 @@ def test_three_nodes_exchange_signed_envelopes(devnet3):
             for t, inbox in zip(ts, inboxes, strict=True):
                 got = {}
                 for _ in range(2):
-                    with trio.fail_after(5):
+                    with trio.fail_after(HANG_GUARD):
                         m = await inbox.receive()
                     got[m.sender] = m.payload
                 assert got == {p: f"from {p}".encode() for p in ("node1", "node2", "node3") if p != t.node_id}
@@ -187,7 +188,7 @@ def test_delivery_retries_until_peer_comes_up(devnet3):
             await trio.sleep(0.5)  # node2 is down: attempts fail and are retried
             await nursery.start(t2.run)
             inbox = t2.open_session(SID, "test", ["node1", "node2"])
-            with trio.fail_after(8):
+            with trio.fail_after(HANG_GUARD):
                 assert (await inbox.receive()).payload == b"hello"
             while "ok" not in result:
                 await trio.sleep(0.05)
@@ -280,7 +281,7 @@ def test_expired_early_envelopes_give_their_bytes_back(devnet3):
         async with running(t1, t2):
             for i in range(3):
                 await _buffer(t1, "node2", _sid("x", i), MiB)  # whether or not it already expired
-            with trio.fail_after(30):  # the sweep runs every ttl/4; generous for a loaded machine
+            with trio.fail_after(HANG_GUARD):  # the sweep runs every ttl/4
                 while t2.buffered_bytes or t2.buffered_count:
                     await trio.sleep(0.1)
             assert t2.buffered_bytes_from("node1") == 0

@@ -169,6 +169,9 @@ def test_a_bad_sigma_round_echo_to_one_signer_aborts_every_honest_signer(echo) -
         assert ms[i].status is Status.ABORTED and ms[i].certificate is None
         with pytest.raises(SessionAborted):
             ms[i].result()
+    # party 2 had confirmed; party 1's notice proves that party 1 never will, so party 2 knows
+    # no certificate can exist and its node need not ask the peers for one (node.session)
+    assert ms[2].confirmed and ms[2].certificate_impossible
 
 
 def test_a_different_sigma_to_one_signer_aborts_every_honest_signer() -> None:
