@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
@@ -378,3 +379,253 @@ def config_to_toml(cfg: NodeConfig) -> str:
         for e in cfg.roster
     ]
     return tomli_w.dumps(doc)
+
+
+# Deployment: advertised addresses and the roster entries operators exchange -------------------
+
+ROSTER_ENTRY_TABLE = "roster_entry"
+
+
+class RosterEntryError(ValueError):
+    """A roster entry document is malformed, inconsistent, or clashes with the roster; the
+    message is one line naming the file and the reason (nothing was changed)."""
+
+
+def is_unspecified(host: str) -> bool:
+    """0.0.0.0, ::, or an empty host: fine to bind, never an address a peer can dial."""
+    if host in ("", "*"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def check_advertised(address: str) -> tuple[str, int]:
+    """``host:port`` that peers can dial; raises ValueError with a one-line reason."""
+    host, port = parse_address(address)
+    if is_unspecified(host):
+        raise ValueError(f"{address!r} is an unspecified address: peers cannot dial it; "
+                         "advertise this host's own address or DNS name")
+    return host, port
+
+
+def host_covered(host: str, dns_names: set[str], ip_addresses: set[str]) -> bool:
+    """Whether a certificate naming ``dns_names``/``ip_addresses`` names ``host``."""
+    try:
+        return str(ipaddress.ip_address(host)) in {str(ipaddress.ip_address(a)) for a in ip_addresses}
+    except ValueError:
+        return host.lower().rstrip(".") in {d.lower().rstrip(".") for d in dns_names}
+
+
+@dataclass(frozen=True)
+class RosterEntryDocument:
+    """One node's roster entry as a self-contained document: what ``roster export`` prints and
+    ``roster add`` takes. The certificate travels inline so that one file is one node - the
+    six pastes and certificate copies of a three-node roster become three files."""
+
+    node_id: str
+    index: int
+    address: str
+    identity_public_key: bytes
+    tls_cert_pem: bytes
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the certificate, colon-separated: what operators compare out of band."""
+        from .tls import fingerprint
+
+        return ":".join(f"{b:02X}" for b in fingerprint(self.tls_cert_pem))
+
+    def to_toml(self) -> str:
+        pem = self.tls_cert_pem.decode("ascii").strip()
+        return (
+            "# fusion-prime roster entry: give this file to the other operators, who run\n"
+            "#   fusion-prime-node roster add --config node.toml <this file>\n"
+            f"# and compare the certificate fingerprint with you out of band:\n#   {self.fingerprint}\n"
+            f"[{ROSTER_ENTRY_TABLE}]\n"
+            f'node_id = "{self.node_id}"\n'
+            f"index = {self.index}\n"
+            f'address = "{self.address}"\n'
+            f'identity_public_key = "{self.identity_public_key.hex()}"\n'
+            f'tls_cert_sha256 = "{self.fingerprint}"\n'
+            f'tls_cert = """\n{pem}\n"""\n'
+        )
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> RosterEntryDocument:
+        """Parse and check one entry on its own: types, node id, address (not unspecified),
+        identity key on the curve, certificate that parses, names this node id and the
+        address's host, and matches the fingerprint written beside it."""
+        from coincurve import PublicKey
+
+        from .tls import TLSError, certificate_hosts, certificate_node_id
+
+        def bad(reason: str) -> RosterEntryError:
+            return RosterEntryError(f"{source}: {reason}")
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise bad(f"not a roster entry (not valid TOML: {exc})") from None
+        entry = data.get(ROSTER_ENTRY_TABLE)
+        if not isinstance(entry, dict):
+            raise bad(f"not a roster entry (no [{ROSTER_ENTRY_TABLE}] table)")
+        known = {"node_id", "index", "address", "identity_public_key", "tls_cert", "tls_cert_sha256"}
+        if set(entry) - known:
+            raise bad(f"unknown fields {sorted(set(entry) - known)}")
+        for name, kind in (("node_id", str), ("index", int), ("address", str), ("identity_public_key", str),
+                           ("tls_cert", str)):
+            if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
+                raise bad(f"{name} is missing or not a {kind.__name__}")
+        node_id, index, address = entry["node_id"], entry["index"], entry["address"]
+        if not NODE_ID_RE.match(node_id):
+            raise bad(f"node_id {node_id!r} is not a valid node id")
+        if not 1 <= index < 2**31:
+            raise bad(f"index {index} is not a positive party index")
+        try:
+            host, _ = check_advertised(address)
+        except ValueError as exc:
+            raise bad(f"address: {exc}") from None
+        try:
+            public_key = bytes.fromhex(entry["identity_public_key"])
+            if len(public_key) != 33 or public_key[0] not in (2, 3):
+                raise ValueError
+            PublicKey(public_key)
+        except ValueError:
+            raise bad("identity_public_key is not a compressed secp256k1 public key") from None
+        pem = (entry["tls_cert"].strip() + "\n").encode("ascii", "replace")
+        try:
+            named = certificate_node_id(pem)
+            dns_names, ips = certificate_hosts(pem)
+        except (TLSError, ValueError) as exc:
+            raise bad(f"tls_cert does not parse as a node certificate ({' '.join(str(exc).split())})") from None
+        if named != node_id:
+            raise bad(f"the certificate names node {named!r}, not {node_id!r}")
+        if not host_covered(host, dns_names, ips):
+            shown = ", ".join(sorted(dns_names | ips))
+            raise bad(f"the certificate does not name the address host {host!r} (it names {shown}); "
+                      "that node must run init --advertise with this address")
+        doc = cls(node_id, index, address, public_key, pem)
+        written = entry.get("tls_cert_sha256")
+        if written is not None and (not isinstance(written, str) or written.upper() != doc.fingerprint):
+            raise bad("tls_cert_sha256 is not the fingerprint of tls_cert (damaged in transit?)")
+        return doc
+
+    @classmethod
+    def of_peer(cls, entry: PeerEntry) -> RosterEntryDocument:
+        return cls(entry.node_id, entry.index, entry.address, entry.identity_public_key, entry.tls_cert_pem())
+
+
+def export_roster_entry(cfg: NodeConfig) -> RosterEntryDocument:
+    """This node's own entry, checked as a receiver will check it (so a certificate that does
+    not name the advertised host is found here, not by every other operator)."""
+    doc = RosterEntryDocument.of_peer(cfg.me)
+    return RosterEntryDocument.parse(doc.to_toml(), f"{cfg.path} (this node's entry)")
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``path`` through a temporary sibling and a rename: a reader (the daemon on
+    SIGHUP) sees the old file or the new one, never half of one."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class RosterAddition:
+    """What ``add_roster_entries`` did with one document."""
+
+    document: RosterEntryDocument
+    source: str
+    added: bool  # False: the roster already held exactly this entry
+
+
+def add_roster_entries(config_path: Path, documents: list[tuple[str, str]]) -> list[RosterAddition]:
+    """Merge roster entry documents ``(source name, text)`` into the config at ``config_path``.
+
+    Every document is checked on its own and against the roster and the other documents (no
+    second node id, index, address, identity key or certificate); an entry identical to one the
+    roster holds is left as it is. Only if all pass are the certificates written beside the
+    config (``peers/<id>.crt``, as the config format expects) and then the config, each through
+    a rename; the new config is validated before it replaces the old one. Any refusal raises
+    :class:`RosterEntryError` and changes nothing."""
+    import os
+
+    cfg = load_config(config_path)
+    from .tls import fingerprint
+
+    existing = {e.node_id: RosterEntryDocument.of_peer(e) for e in cfg.roster}
+    taken: dict[tuple[str, Any], str] = {}
+    for doc in existing.values():
+        for what, value in _identity_fields(doc, fingerprint):
+            taken[(what, value)] = f"roster entry {doc.node_id!r}"
+    results: list[RosterAddition] = []
+    for source, text in documents:
+        doc = RosterEntryDocument.parse(text, source)
+        held = existing.get(doc.node_id)
+        if held is not None and _identity_fields(held, fingerprint) == _identity_fields(doc, fingerprint):
+            results.append(RosterAddition(doc, source, added=False))
+            continue
+        for what, value in _identity_fields(doc, fingerprint):
+            holder = taken.get((what, value))
+            if holder is not None:
+                shown = value.hex() if isinstance(value, bytes) else value
+                raise RosterEntryError(f"{source}: {what} {shown!r} is already used by {holder}; nothing was changed")
+        for what, value in _identity_fields(doc, fingerprint):
+            taken[(what, value)] = f"{source} ({doc.node_id!r})"
+        results.append(RosterAddition(doc, source, added=True))
+    new = [r.document for r in results if r.added]
+    if not new:
+        return results
+
+    peers_dir = cfg.path.parent / "peers"
+    referenced = {e.tls_cert.resolve() for e in cfg.roster}
+    cert_paths = {doc.node_id: peers_dir / f"{doc.node_id}.crt" for doc in new}
+    for path in cert_paths.values():
+        if path.resolve() in referenced:
+            raise RosterEntryError(f"{path} is already a roster certificate of another entry; nothing was changed")
+    text = cfg.path.read_text()
+    appended = text.rstrip("\n") + "\n" + "".join(
+        f'\n[[roster]]\nnode_id = "{d.node_id}"\nindex = {d.index}\naddress = "{d.address}"\n'
+        f'identity_public_key = "{d.identity_public_key.hex()}"\ntls_cert = "peers/{d.node_id}.crt"\n' for d in new)
+    written: list[Path] = []
+    try:
+        peers_dir.mkdir(exist_ok=True)
+        for doc in new:
+            write_atomic(cert_paths[doc.node_id], doc.tls_cert_pem)
+            written.append(cert_paths[doc.node_id])
+        try:
+            merged = parse_config(tomllib.loads(appended), cfg.path)
+        except (tomllib.TOMLDecodeError, ConfigError):
+            # The file's own layout does not take appended tables (an inline roster array):
+            # rewrite it whole from the parsed config instead.
+            roster = cfg.roster + tuple(PeerEntry(d.node_id, d.index, d.address, d.identity_public_key,
+                                                  cert_paths[d.node_id]) for d in new)
+            appended = config_to_toml(dataclasses.replace(cfg, roster=roster))
+            merged = parse_config(tomllib.loads(appended), cfg.path)
+        if len(merged.roster) != len(cfg.roster) + len(new):
+            raise RosterEntryError(f"{cfg.path}: the merged roster does not hold every entry; nothing was changed")
+        write_atomic(cfg.path, appended.encode(), os.stat(cfg.path).st_mode & 0o777)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return results
+
+
+def _identity_fields(doc: RosterEntryDocument, fingerprint: Any) -> list[tuple[str, Any]]:
+    """What no two roster entries may share."""
+    return [("node_id", doc.node_id), ("index", doc.index), ("address", doc.address),
+            ("identity_public_key", doc.identity_public_key), ("certificate", fingerprint(doc.tls_cert_pem))]

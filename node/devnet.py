@@ -75,7 +75,7 @@ def create_devnet(
     for node_id in ids:
         folder = base / node_id
         identities[node_id] = create_identity(folder / "identity.key")
-        create_certificate_files(node_id, folder / "tls.crt", folder / "tls.key")
+        create_certificate_files(node_id, folder / "tls.crt", folder / "tls.key", hosts=["127.0.0.1"])
         certs[node_id] = folder / "tls.crt"
         KeyMaterial.create_key_file(folder / "storage.key")
     nodes = []

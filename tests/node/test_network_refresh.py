@@ -14,6 +14,7 @@ import pytest
 import trio
 from coincurve import PublicKey
 from coincurve.ecdsa import cdata_to_der, deserialize_compact
+from fp_guards import HANG_GUARD
 from fp_node_helpers import make_node, running_nodes
 
 from fusion_prime.node.devnet import create_devnet
@@ -44,7 +45,7 @@ def devnet_without_presign_pools(base, n):
     return devnet
 
 
-async def wait_healthy(node, peers, timeout=30):
+async def wait_healthy(node, peers, timeout=HANG_GUARD):
     with trio.fail_after(timeout):
         while not set(peers) <= set(await node.sessions.healthy_peers("reshare")):
             await trio.sleep(0.2)

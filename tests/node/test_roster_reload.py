@@ -11,6 +11,7 @@ import hashlib
 import trio
 from coincurve import PublicKey
 from coincurve.ecdsa import cdata_to_der, deserialize_compact
+from fp_guards import HANG_GUARD
 from fp_node_helpers import make_node, running_nodes
 
 from fusion_prime.node.config import config_to_toml, load_config
@@ -33,7 +34,7 @@ async def healthy(node, phase="reshare") -> set[str]:
     return set(await node.sessions.healthy_peers(phase))
 
 
-async def wait_healthy(node, peers, timeout=30) -> None:
+async def wait_healthy(node, peers, timeout=HANG_GUARD) -> None:
     with trio.fail_after(timeout):
         while not set(peers) <= await healthy(node):
             await trio.sleep(0.2)
@@ -91,7 +92,7 @@ def test_a_node_added_by_roster_reload_joins_a_committee_through_resharing(tmp_p
             write_roster(devnet[0], {"node1", "node2", "node4"})
             change = n1.reload_roster_from_file()
             assert change is not None and change.removed == ("node3",)
-            with trio.fail_after(30):
+            with trio.fail_after(HANG_GUARD):
                 while "node1" in await healthy(n3, "sign"):  # its calls are refused from now on
                     await trio.sleep(0.2)
             assert "node3" not in await healthy(n1, "sign")
