@@ -25,13 +25,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from fusion_prime.protocol.addresses import (
-    BECH32_HRP,
-    b58check_decode,
-    bech32_segwit,
-    hash160,
-    segwit_decode,
-)
+from fusion_prime.protocol import addresses
+from fusion_prime.protocol.addresses import bitcoin_network, hash160
+from fusion_prime.protocol.addresses import witness_program as witness_program
 from fusion_prime.protocol.curve import Point
 from fusion_prime.protocol.ecdsa import Signature
 from fusion_prime.protocol.errors import InvalidInput
@@ -333,11 +329,6 @@ class TxLike(Protocol):
 
 OP_0, OP_1, OP_16 = 0x00, 0x51, 0x60
 OP_RETURN, OP_DUP, OP_HASH160, OP_EQUAL, OP_EQUALVERIFY, OP_CHECKSIG = 0x6A, 0x76, 0xA9, 0x87, 0x88, 0xAC
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-#: Base58 version bytes (P2PKH, P2SH) per network.
-_B58_PREFIX = {"mainnet": (0x00, 0x05), "testnet": (0x6F, 0xC4), "signet": (0x6F, 0xC4), "regtest": (0x6F, 0xC4)}
-
-
 def is_compressed_pubkey(data: bytes) -> bool:
     return len(data) == 33 and data[0] in (2, 3)
 
@@ -361,50 +352,24 @@ def p2wpkh_program(script_pubkey: bytes) -> bytes | None:
     return None
 
 
-def witness_program(script: bytes) -> tuple[int, bytes] | None:
-    """(version, program) if ``script`` is a witness program per BIP141, else None."""
-    if not 4 <= len(script) <= 42 or script[1] + 2 != len(script):
-        return None
-    if script[0] == OP_0:
-        return 0, script[2:]
-    if OP_1 <= script[0] <= OP_16:
-        return script[0] - OP_1 + 1, script[2:]
-    return None
-
-
 def address_to_script(address: str, network: str = "regtest") -> bytes:
-    """The scriptPubKey an address pays (segwit v0/v1+, P2PKH, P2SH); clear errors otherwise."""
-    if network not in BECH32_HRP:
-        raise BitcoinError(f"unknown Bitcoin network {network!r}")
-    if not isinstance(address, str) or not address:
-        raise BitcoinError("address must be a non-empty string")
-    hrp = BECH32_HRP[network]
-    try:  # the shared strict decoders (protocol.addresses) say what is wrong
-        if address.lower().startswith(hrp + "1"):
-            version, prog = segwit_decode(hrp, address)
-            return bytes([OP_0 if version == 0 else OP_1 + version - 1, len(prog)]) + prog
-        for other, other_hrp in BECH32_HRP.items():
-            if other_hrp != hrp and address.lower().startswith(other_hrp + "1"):
-                raise BitcoinError(f"{address!r} is a {other} address, not a {network} one (wrong network)")
-        if any(c not in _B58 for c in address):
-            raise BitcoinError(f"{address!r} is not a valid {network} address")
-        raw = b58check_decode(address)
+    """The scriptPubKey an address pays (segwit v0/v1+, P2PKH, P2SH) on the named network.
+
+    The decoding is :func:`fusion_prime.protocol.addresses.address_to_script`, the codec the
+    bridge and the devnet use too; this is the one place its errors become :class:`BitcoinError`.
+    """
+    try:
+        return addresses.address_to_script(address, bitcoin_network(network))
     except InvalidInput as exc:
         raise BitcoinError(str(exc)) from None
-    p2pkh, p2sh = _B58_PREFIX[network]
-    if len(raw) == 21 and raw[0] == p2pkh:
-        return bytes([OP_DUP, OP_HASH160, 20]) + raw[1:] + bytes([OP_EQUALVERIFY, OP_CHECKSIG])
-    if len(raw) == 21 and raw[0] == p2sh:
-        return bytes([OP_HASH160, 20]) + raw[1:] + bytes([OP_EQUAL])
-    raise BitcoinError(f"{address!r} is not a valid {network} address")
 
 
 def script_to_address(script: bytes, network: str = "regtest") -> str | None:
-    """The segwit address of a witness-program script (None for anything else)."""
-    wp = witness_program(script)
-    if wp is None or network not in BECH32_HRP:
+    """The address a script pays (P2PKH, P2SH, segwit), None for anything else or an unknown network."""
+    try:
+        return addresses.script_to_address(script, bitcoin_network(network))
+    except InvalidInput:
         return None
-    return bech32_segwit(BECH32_HRP[network], wp[0], wp[1])
 
 
 # ------------------------------------------------------------------------------------ BIP143

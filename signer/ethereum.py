@@ -1,16 +1,17 @@
 """Ethereum transactions and typed data signed by a remote (threshold) key.
 
-* EIP-1559 (type-2) transactions: :class:`Eip1559Transaction`, whose signing hash is
-  ``keccak256(0x02 || rlp([chain_id, nonce, max_priority_fee_per_gas, max_fee_per_gas, gas, to,
-  value, data, access_list]))``; :func:`sign_transaction` returns the raw signed transaction
-  ``0x02 || rlp([..., y_parity, r, s])`` ready for ``eth_sendRawTransaction``.
-* :func:`fill_transaction` takes nonce, fees, gas and chain id from a web3 provider.
-* EIP-712 typed data: :func:`hash_typed_data` (``keccak256(0x19 0x01 || domainSeparator ||
-  hashStruct(message))``) and :func:`sign_typed_data`; EIP-191 :func:`sign_personal_message`.
+The encodings are eth-account's: the EIP-1559 signing hash and the signed raw transaction come
+from :class:`eth_account.typed_transactions.TypedTransaction`, the EIP-712 and EIP-191 digests
+from :mod:`eth_account.messages`. What stays here is what a *threshold* signer needs around them
+and eth-account cannot give, because it only signs with a private key it holds:
 
-Only :func:`rlp.encode` is used from the Ethereum packages — hashing and signing are done here
-and through the :class:`~fusion_prime.signer.bitcoin.DigestSigner`; every signature is checked
-(right key, low-S, recovery id) before it is used.
+* strict input validation with one clear error (:class:`EthereumError`) before anything reaches
+  the signer — eth-account coerces (a short ``bytes4``, a truthy ``bool``) where a custody network
+  must refuse, and a few of its EIP-712 shortcuts differ from the specification, so typed data
+  outside what it encodes exactly is refused rather than signed differently;
+* asking the :class:`~fusion_prime.signer.bitcoin.DigestSigner` for the digest's signature,
+  checking it (right key, low-S, recovery id) and placing (y_parity, r, s) into the raw
+  transaction or the 65-byte ``r || s || v``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rlp
+from eth_account.messages import SignableMessage, _hash_eip191_message, encode_defunct, encode_typed_data
+from eth_account.typed_transactions import TypedTransaction
+from eth_utils import to_checksum_address as _eip55
 
 from fusion_prime.protocol.addresses import ethereum_address, keccak256
 from fusion_prime.protocol.curve import Point
@@ -41,11 +45,9 @@ class EthereumError(ValueError):
 
 def to_checksum_address(raw: bytes) -> str:
     """EIP-55 mixed-case checksum encoding of a 20-byte address."""
-    if len(raw) != 20:
+    if not isinstance(raw, bytes | bytearray) or len(raw) != 20:
         raise EthereumError("address must be 20 bytes")
-    hex_addr = raw.hex()
-    check = keccak256(hex_addr.encode()).hex()
-    return "0x" + "".join(c.upper() if int(check[i], 16) >= 8 else c for i, c in enumerate(hex_addr))
+    return _eip55(bytes(raw))
 
 
 def parse_address(value: str | bytes, what: str = "address") -> bytes:
@@ -58,7 +60,7 @@ def parse_address(value: str | bytes, what: str = "address") -> bytes:
         raise EthereumError(f"{what} {value!r} is not a 0x-prefixed 20-byte hex address")
     raw = bytes.fromhex(value[2:])
     body = value[2:]
-    if body != body.lower() and body != body.upper() and to_checksum_address(raw) != "0x" + body:
+    if body != body.lower() and body != body.upper() and _eip55(raw) != "0x" + body:
         raise EthereumError(f"{what} {value} has an invalid EIP-55 checksum")
     return raw
 
@@ -138,6 +140,7 @@ class Eip1559Transaction:
         return tx
 
     def validate(self) -> None:
+        """Refuse what a node would reject anyway, before a threshold signature is spent on it."""
         if _uint(self.chain_id, "chain_id", UINT64_MAX) == 0:
             raise EthereumError("chain_id must be positive")
         _uint(self.nonce, "nonce", UINT64_MAX - 1)  # EIP-2681
@@ -155,22 +158,40 @@ class Eip1559Transaction:
         if self.to is None and not self.data:
             raise EthereumError("a contract creation needs init code in data")
 
-    def _fields(self) -> list[Any]:
-        return [
-            self.chain_id, self.nonce, self.max_priority_fee_per_gas, self.max_fee_per_gas, self.gas,
-            b"" if self.to is None else self.to, self.value, self.data,
-            [[e.address, list(e.storage_keys)] for e in self.access_list],
-        ]
+    def as_dict(self) -> dict[str, Any]:
+        """The transaction in eth-account's (JSON-RPC) shape, without a signature."""
+        fields: dict[str, Any] = {
+            "type": TX_TYPE_EIP1559, "chainId": self.chain_id, "nonce": self.nonce,
+            "maxPriorityFeePerGas": self.max_priority_fee_per_gas, "maxFeePerGas": self.max_fee_per_gas,
+            "gas": self.gas, "value": self.value, "data": self.data,
+            "accessList": [{"address": _eip55(e.address), "storageKeys": ["0x" + k.hex() for k in e.storage_keys]}
+                           for e in self.access_list],
+        }
+        if self.to is not None:
+            fields["to"] = self.to
+        return fields
 
     def signing_payload(self) -> bytes:
+        """``0x02 || rlp([chain_id, ..., access_list])``: what the bridge ships to co-signers.
+
+        eth-account keeps its unsigned serialiser private, so this one list goes through pyrlp (the
+        encoder eth-account itself uses); tests check ``keccak256`` of it equals eth-account's hash.
+        """
         self.validate()
-        return bytes([TX_TYPE_EIP1559]) + rlp.encode(self._fields())
+        fields = [self.chain_id, self.nonce, self.max_priority_fee_per_gas, self.max_fee_per_gas, self.gas,
+                  b"" if self.to is None else self.to, self.value, self.data,
+                  [[e.address, list(e.storage_keys)] for e in self.access_list]]
+        return bytes([TX_TYPE_EIP1559]) + rlp.encode(fields)
 
     def signing_hash(self) -> bytes:
-        return keccak256(self.signing_payload())
+        self.validate()
+        return bytes(TypedTransaction.from_dict(self.as_dict()).hash())
 
     def encode_signed(self, y_parity: int, r: int, s: int) -> bytes:
-        return bytes([TX_TYPE_EIP1559]) + rlp.encode([*self._fields(), y_parity, r, s])
+        """The raw transaction for ``eth_sendRawTransaction``. S is placed as given (no
+        normalisation), so tests can build the high-S variant a node must refuse."""
+        self.validate()
+        return TypedTransaction.from_dict({**self.as_dict(), "v": y_parity, "r": r, "s": s}).encode()
 
 
 @dataclass(frozen=True)
@@ -253,6 +274,12 @@ def send_transaction(w3: Any, signer: DigestSigner, path: str, **fields: Any) ->
 
 
 # ------------------------------------------------------------------------------------ EIP-712
+#
+# eth-account hashes; this part decides whether it may. It refuses malformed or out-of-range
+# values and hands over a canonical copy, so eth-account's lenient coercions never apply. Where
+# eth-account departs from the specification - it hashes the domain with the standard fields in
+# the standard order whatever EIP712Domain declares, derives primaryType instead of reading it,
+# and cannot sign the domain alone - the input is held to what it encodes exactly, or refused.
 
 _ATOMIC = re.compile(r"^(address|bool|string|bytes|bytes([1-9]|[12][0-9]|3[0-2])|u?int(8|16|24|32|40|48|56|64|72|80|88|"
                      r"96|104|112|120|128|136|144|152|160|168|176|184|192|200|208|216|224|232|240|248|256))$")
@@ -261,11 +288,19 @@ _IDENT = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 _DOMAIN_FIELDS = (("name", "string"), ("version", "string"), ("chainId", "uint256"),
                   ("verifyingContract", "address"), ("salt", "bytes32"))
 
+_Types = dict[str, list[tuple[str, str]]]
 
-def _check_types(types: Any) -> dict[str, list[tuple[str, str]]]:
+
+def _base_type(ftype: str) -> str:
+    while (m := _ARRAY.match(ftype)) is not None:
+        ftype = m.group(1)
+    return ftype
+
+
+def _check_types(types: Any) -> _Types:
     if not isinstance(types, Mapping):
         raise EthereumError("typed data 'types' must be a mapping")
-    out: dict[str, list[tuple[str, str]]] = {}
+    out: _Types = {}
     for name, fields_ in types.items():
         if not isinstance(name, str) or not _IDENT.match(name):
             raise EthereumError(f"invalid struct type name {name!r}")
@@ -283,33 +318,21 @@ def _check_types(types: Any) -> dict[str, list[tuple[str, str]]]:
         out[name] = members
     for name, members in out.items():
         for fname, ftype in members:
-            base = ftype
-            while (m := _ARRAY.match(base)) is not None:
-                base = m.group(1)
-            if not _ATOMIC.match(base) and base not in out:
+            if not _ATOMIC.match(_base_type(ftype)) and _base_type(ftype) not in out:
                 raise EthereumError(f"type {name}.{fname}: unknown type {ftype!r}")
     return out
 
 
-def _dependencies(primary: str, types: Mapping[str, list[tuple[str, str]]], found: set[str]) -> set[str]:
-    if primary in found or primary not in types:
-        return found
-    found.add(primary)
-    for _, ftype in types[primary]:
-        base = ftype
-        while (m := _ARRAY.match(base)) is not None:
-            base = m.group(1)
-        _dependencies(base, types, found)
+def _reachable(primary: str, types: _Types) -> set[str]:
+    found: set[str] = set()
+    pending = [primary]
+    while pending:
+        name = pending.pop()
+        if name in found or name not in types:
+            continue
+        found.add(name)
+        pending += [_base_type(t) for _, t in types[name]]
     return found
-
-
-def encode_type(primary: str, types: Mapping[str, list[tuple[str, str]]]) -> str:
-    deps = _dependencies(primary, types, set()) - {primary}
-    return "".join(f"{name}({','.join(f'{t} {n}' for n, t in types[name])})" for name in [primary, *sorted(deps)])
-
-
-def type_hash(primary: str, types: Mapping[str, list[tuple[str, str]]]) -> bytes:
-    return keccak256(encode_type(primary, types).encode())
 
 
 def _int_value(value: Any, what: str) -> int:
@@ -325,86 +348,90 @@ def _int_value(value: Any, what: str) -> int:
     raise EthereumError(f"{what}: expected an integer, got {type(value).__name__}")
 
 
-def _encode_value(ftype: str, value: Any, types: Mapping[str, list[tuple[str, str]]], what: str) -> bytes:
+def _canonical_value(ftype: str, value: Any, types: _Types, what: str) -> Any:
     if (m := _ARRAY.match(ftype)) is not None:
         if not isinstance(value, Sequence) or isinstance(value, str | bytes):
             raise EthereumError(f"{what}: expected a list for {ftype}")
         if m.group(2) and len(value) != int(m.group(2)):
             raise EthereumError(f"{what}: {ftype} needs exactly {m.group(2)} items, got {len(value)}")
-        return keccak256(b"".join(_encode_value(m.group(1), v, types, f"{what}[{i}]") for i, v in enumerate(value)))
+        return [_canonical_value(m.group(1), v, types, f"{what}[{i}]") for i, v in enumerate(value)]
     if ftype in types:
-        return hash_struct(ftype, value, types, what)
+        return _canonical_struct(ftype, value, types, what)
     if ftype == "address":
-        return parse_address(value, what).rjust(32, b"\0")
+        return parse_address(value, what)
     if ftype == "bool":
         if not isinstance(value, bool):
             raise EthereumError(f"{what}: expected a bool")
-        return int(value).to_bytes(32, "big")
+        return value
     if ftype == "string":
         if not isinstance(value, str):
             raise EthereumError(f"{what}: expected a string")
-        return keccak256(value.encode())
-    if ftype == "bytes":
-        return keccak256(_hex_or_bytes(value, what))
+        return value
     if ftype.startswith("bytes"):
-        size = int(ftype[5:])
         raw = _hex_or_bytes(value, what)
-        if len(raw) != size:
-            raise EthereumError(f"{what}: {ftype} needs {size} bytes, got {len(raw)}")
-        return raw.ljust(32, b"\0")
+        if ftype != "bytes" and len(raw) != int(ftype[5:]):
+            raise EthereumError(f"{what}: {ftype} needs {ftype[5:]} bytes, got {len(raw)}")
+        return raw
     bits = int(ftype[4:] if ftype.startswith("uint") else ftype[3:])
     n = _int_value(value, what)
-    if ftype.startswith("uint"):
-        if not 0 <= n < 2**bits:
-            raise EthereumError(f"{what}: {n} out of range for {ftype}")
-        return n.to_bytes(32, "big")
-    if not -(2 ** (bits - 1)) <= n < 2 ** (bits - 1):
+    low, high = (0, 2**bits) if ftype.startswith("uint") else (-(2 ** (bits - 1)), 2 ** (bits - 1))
+    if not low <= n < high:
         raise EthereumError(f"{what}: {n} out of range for {ftype}")
-    return (n % 2**256).to_bytes(32, "big")
+    return n
 
 
-def hash_struct(primary: str, data: Any, types: Mapping[str, list[tuple[str, str]]], what: str | None = None) -> bytes:
-    """keccak256(typeHash || encodeData(data)); every declared field must be given, nothing else."""
-    what = what or primary
+def _canonical_struct(primary: str, data: Any, types: _Types, what: str) -> dict[str, Any]:
+    """Every declared field given, nothing else, each value checked (EIP-712 has no optional fields)."""
     if not isinstance(data, Mapping):
         raise EthereumError(f"{what}: expected an object for struct {primary}")
     declared = types[primary]
-    names = {n for n, _ in declared}
-    extra = set(data) - names
+    extra = set(data) - {n for n, _ in declared}
     if extra:
         raise EthereumError(f"{what}: fields not in type {primary}: {sorted(extra)}")
     missing = [n for n, _ in declared if n not in data]
     if missing:
         raise EthereumError(f"{what}: missing fields of {primary}: {missing}")
-    encoded = b"".join(_encode_value(t, data[n], types, f"{what}.{n}") for n, t in declared)
-    return keccak256(type_hash(primary, types) + encoded)
+    return {n: _canonical_value(t, data[n], types, f"{what}.{n}") for n, t in declared}
 
 
-def _prepare(typed: Mapping[str, Any]) -> tuple[dict[str, list[tuple[str, str]]], Mapping[str, Any], str, Any]:
+def _prepare(typed: Mapping[str, Any]) -> dict[str, Any]:
+    """The typed data checked and in canonical form, in the shape eth-account encodes exactly:
+    EIP712Domain the standard fields in the standard order, only the types primaryType uses."""
     if not isinstance(typed, Mapping):
         raise EthereumError("typed data must be a mapping with types, primaryType, domain, message")
     for key in ("types", "primaryType", "domain", "message"):
         if key not in typed:
             raise EthereumError(f"typed data has no {key!r}")
-    raw_types = dict(typed["types"]) if isinstance(typed["types"], Mapping) else typed["types"]
-    domain = typed["domain"]
-    if not isinstance(domain, Mapping):
+    types = _check_types(typed["types"])
+    if not isinstance(typed["domain"], Mapping):
         raise EthereumError("typed data domain must be a mapping")
-    if isinstance(raw_types, dict) and "EIP712Domain" not in raw_types:
-        unknown = set(domain) - {n for n, _ in _DOMAIN_FIELDS}
-        if unknown:
-            raise EthereumError(f"unknown domain fields {sorted(unknown)} (declare EIP712Domain in types)")
-        raw_types["EIP712Domain"] = [{"name": n, "type": t} for n, t in _DOMAIN_FIELDS if n in domain]
-    types = _check_types(raw_types)
+    declared = types.setdefault("EIP712Domain", [(n, t) for n, t in _DOMAIN_FIELDS if n in typed["domain"]])
+    if declared != [(n, t) for n, t in _DOMAIN_FIELDS if n in {f for f, _ in declared}]:
+        raise EthereumError("EIP712Domain must use the standard fields (name string, version string, chainId "
+                            "uint256, verifyingContract address, salt bytes32) in that order")
+    domain = _canonical_struct("EIP712Domain", typed["domain"], types, "domain")
     primary = typed["primaryType"]
     if not isinstance(primary, str) or primary not in types:
         raise EthereumError(f"primaryType {primary!r} is not declared in types")
-    return types, domain, primary, typed["message"]
+    used = {"EIP712Domain"} if primary == "EIP712Domain" else _reachable(primary, types) | {"EIP712Domain"}
+    for name in used - {"EIP712Domain"}:  # eth-account takes primaryType to be the type no other one uses
+        refs = {_base_type(t) for _, t in types[name]}
+        if "EIP712Domain" in refs or (name != primary and primary in refs):
+            raise EthereumError(f"type {name} refers to {primary} or EIP712Domain; such typed data is not supported")
+    message = None if primary == "EIP712Domain" else _canonical_struct(primary, typed["message"], types, "message")
+    return {"types": {name: [{"name": n, "type": t} for n, t in types[name]] for name in sorted(used)},
+            "primaryType": primary, "domain": domain, "message": message}
+
+
+def _domain_separator(full: Mapping[str, Any]) -> bytes:
+    # eth-account exposes hashStruct(domain) only as the header of an encoded message; the domain
+    # serves as that message too (its hash is not used).
+    domain_type = {"EIP712Domain": full["types"]["EIP712Domain"]}
+    return bytes(encode_typed_data(full["domain"], domain_type, full["domain"]).header)
 
 
 def domain_separator(typed: Mapping[str, Any]) -> bytes:
-    types, domain, _, _ = _prepare(typed)
-    return hash_struct("EIP712Domain", domain, types, "domain")
+    return _domain_separator(_prepare(typed))
 
 
 def hash_typed_data(typed: Mapping[str, Any]) -> bytes:
@@ -413,11 +440,10 @@ def hash_typed_data(typed: Mapping[str, Any]) -> bytes:
     ``typed`` is the ``eth_signTypedData_v4`` JSON shape. When ``primaryType`` is
     ``EIP712Domain`` only the domain is signed (no message hash), as the specification says.
     """
-    types, domain, primary, message = _prepare(typed)
-    separator = hash_struct("EIP712Domain", domain, types, "domain")
-    if primary == "EIP712Domain":
-        return keccak256(b"\x19\x01" + separator)
-    return keccak256(b"\x19\x01" + separator + hash_struct(primary, message, types, "message"))
+    full = _prepare(typed)
+    if full["message"] is None:
+        return bytes(_hash_eip191_message(SignableMessage(b"\x01", _domain_separator(full), b"")))
+    return bytes(_hash_eip191_message(encode_typed_data(full_message=full)))
 
 
 def _rsv(parity: int, r: int, s: int) -> bytes:
@@ -432,8 +458,10 @@ def sign_typed_data(typed: Mapping[str, Any], signer: DigestSigner, path: str) -
 
 def personal_message_hash(message: bytes | str) -> bytes:
     """EIP-191 version 0x45: keccak256("\\x19Ethereum Signed Message:\\n" + len + message)."""
+    if not isinstance(message, str | bytes | bytearray):
+        raise EthereumError("a personal message must be text or bytes")
     data = message.encode() if isinstance(message, str) else bytes(message)
-    return keccak256(b"\x19Ethereum Signed Message:\n" + str(len(data)).encode() + data)
+    return bytes(_hash_eip191_message(encode_defunct(primitive=data)))
 
 
 def sign_personal_message(message: bytes | str, signer: DigestSigner, path: str) -> bytes:

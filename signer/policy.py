@@ -26,20 +26,31 @@ Example::
     clients = ["03cd..."]
     approvals_required = 1
     approvers = ["02ef..."]
+
+Reads (ListKeys, GetPublicKey) are answered only to clients the file names: a key
+administrator (``create_key_clients``) sees every key, any other client the keys whose policy
+lists it. ``fusion-prime-wallet policy init`` writes a file of this form (:func:`render_policy`).
+
+Backup: the state file is the node's *other* database. ``fusion-prime-signer backup`` copies it
+consistently while the daemon runs (:func:`backup_state`), ``fusion-prime-signer restore`` puts
+it back into a data directory that has none (:func:`restore_state`); README "Backup and restore"
+says what a restored (older) state means for idempotency and windows.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..protocol.errors import InvalidInput
-from .requests import ADMIN_KINDS, KIND_SIGN, VerifiedRequest
+from .requests import ADMIN_KINDS, KIND_LIST_KEYS, KIND_PUBLIC_KEY, KIND_SIGN, VerifiedRequest
 
 # Sign sessions one client request may be authorised for: the coordinator's attempts (Node.sign
 # retries a failed session with another signer set, attempts=3). Asked again for a session it
@@ -117,14 +128,33 @@ class PolicyBook:
     def for_key(self, key_id: bytes) -> KeyPolicy:
         return self.keys.get(key_id.hex(), self.default)
 
+    def knows(self, client: bytes) -> bool:
+        """True if the file names ``client`` as a key administrator or as a client of some key
+        (approvers are operators, not API clients)."""
+        return client in self.create_key_clients or client in self.default.clients or \
+            any(client in p.clients for p in self.keys.values())
+
+    def may_see(self, client: bytes, key_id: bytes) -> bool:
+        """Whether ListKeys shows ``key_id`` to ``client`` and GetPublicKey answers it: the
+        keys it may sign with, and every key for an administrator (who creates and reshares
+        them)."""
+        return client in self.create_key_clients or client in self.for_key(key_id).clients
+
 
 class PolicyEnforcer:
     """Checks verified requests against this node's policy and records what it authorised."""
 
     def __init__(self, book: PolicyBook, db_path: Path) -> None:
         self.book = book
-        self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
+            self._create_tables()
+        except sqlite3.Error as exc:  # damaged, foreign, or beside another file's -wal/-shm
+            raise InvalidInput(f"wallet policy state {db_path} cannot be opened: {exc}"
+                               f"{_leftovers_hint(db_path)}") from None
+
+    def _create_tables(self) -> None:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -139,6 +169,22 @@ class PolicyEnforcer:
                 "CREATE TABLE IF NOT EXISTS authorised_sessions (client BLOB NOT NULL, request_id TEXT NOT NULL, "
                 "session_id BLOB NOT NULL, at REAL NOT NULL, PRIMARY KEY (client, request_id, session_id))"
             )
+            # Added later, like authorised_sessions: the label a CreateKey served here gave its key.
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS key_labels (key_id BLOB PRIMARY KEY, label TEXT NOT NULL, "
+                "client BLOB NOT NULL, request_id TEXT NOT NULL, at REAL NOT NULL)"
+            )
+
+    def check_read(self, request: VerifiedRequest) -> None:
+        """A read (ListKeys, GetPublicKey) is allowed for a client this policy names, and a
+        public key only for a key it may see; nothing is recorded. Raises PolicyRefusal."""
+        body = request.body
+        if body.kind not in (KIND_LIST_KEYS, KIND_PUBLIC_KEY):
+            raise PolicyRefusal(f"a {body.kind!r} request is not a read")
+        if not self.book.knows(body.client):
+            raise PolicyRefusal("client is not named in this node's wallet policy")
+        if body.kind == KIND_PUBLIC_KEY and not self.book.may_see(body.client, body.key_id):
+            raise PolicyRefusal("client is not allowed to use this key")
 
     def check(self, request: VerifiedRequest, *, now: float | None = None, session_id: bytes | None = None) -> bool:
         """Authorise (and durably record) a request; True when it was already authorised with
@@ -183,10 +229,7 @@ class PolicyEnforcer:
                     self._db.execute("COMMIT")
                     return True
                 if count_against is not None:
-                    since = now - count_against.window_seconds
-                    used = self._db.execute(
-                        "SELECT COUNT(*) FROM authorised WHERE client = ? AND key_id = ? AND at > ?",
-                        (body.client, body.key_id, since)).fetchone()[0]
+                    used = self._charged(body.client, body.key_id, now - count_against.window_seconds)
                     if used >= count_against.max_signatures_per_window:
                         raise PolicyRefusal(
                             f"limit reached: {count_against.max_signatures_per_window} signatures per "
@@ -235,6 +278,152 @@ class PolicyEnforcer:
                                    (client, request_id)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
+    def record_label(self, request: VerifiedRequest, key_id: bytes) -> None:
+        """Remember the label of a key created by ``request`` (the first one recorded stays)."""
+        body = request.body
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO key_labels (key_id, label, client, request_id, at) "
+                             "VALUES (?,?,?,?,?)", (key_id, body.label, body.client, body.request_id, time.time()))
+
+    def labels(self) -> dict[bytes, str]:
+        with self._lock:
+            rows = self._db.execute("SELECT key_id, label FROM key_labels").fetchall()
+        return {bytes(r[0]): r[1] for r in rows}
+
+    def used_in_window(self, client: bytes, key_id: bytes, *, now: float | None = None) -> int:
+        """Sign requests of ``client`` under ``key_id`` charged to its current window."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return self._charged(client, key_id, now - self.book.for_key(key_id).window_seconds)
+
+    def _charged(self, client: bytes, key_id: bytes, since: float) -> int:
+        """Requests of ``client`` under ``key_id`` authorised after ``since`` (lock held)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM authorised WHERE client = ? AND key_id = ? AND at > ?",
+                                    (client, key_id, since)).fetchone()[0])
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+# --------------------------------------------------------------------- writing a policy file
+def render_policy(*, sign_clients: Iterable[bytes], admin_clients: Iterable[bytes], max_signatures_per_window: int,
+                  window_seconds: int, approvals_required: int = 0, approvers: Iterable[bytes] = ()) -> str:
+    """The text of a policy file with one ``[default]`` section (what ``policy init`` writes).
+    The caller validates it with :meth:`PolicyBook.load`, the daemon's own loader."""
+
+    def keys(values: Iterable[bytes]) -> str:
+        return "[" + ", ".join(f'"{v.hex()}"' for v in sorted(set(values))) + "]"
+
+    return (
+        "# Fusion Prime wallet policy (signer/policy.py documents every setting).\n"
+        "# Every node checks its own copy: give each node the file its operator agrees to.\n"
+        "[default]\n"
+        f"clients = {keys(sign_clients)}\n"
+        f"max_signatures_per_window = {int(max_signatures_per_window)}\n"
+        f"window_seconds = {int(window_seconds)}\n"
+        f"approvals_required = {int(approvals_required)}\n"
+        f"approvers = {keys(approvers)}\n"
+        f"create_key_clients = {keys(admin_clients)}\n"
+    )
+
+
+# --------------------------------------------------------------------- backup and restore
+STATE_BACKUP_FORMAT = "fusion-prime-wallet-state/1"
+_STATE_TABLES = ("authorised", "authorised_sessions")
+
+
+def _leftovers(db_path: Path) -> list[Path]:
+    """The -wal and -shm files of ``db_path`` (SQLite's WAL mode). Left behind without their
+    main file - moved away while another process still had it open - they would be applied to
+    whatever file takes its name."""
+    return [p for p in (Path(f"{db_path}-wal"), Path(f"{db_path}-shm")) if p.exists()]
+
+
+def _leftovers_hint(db_path: Path) -> str:
+    found = _leftovers(db_path)
+    return f" (move {' and '.join(str(p) for p in found)} away with the file they belong to)" if found else ""
+
+
+def backup_state(db_path: Path, dest: Path, *, node_id: str) -> dict[str, int]:
+    """Copy the policy state file to ``dest`` (mode 0600), consistently even while the daemon
+    writes it (SQLite's online backup reads one snapshot). The copy is one self-contained
+    SQLite file carrying its format and node id. Returns the row counts copied.
+
+    The state holds no secret (client public keys, request bodies, the signatures handed out,
+    times); it is what keeps idempotency and the rate windows across a restore."""
+    if not db_path.exists():
+        raise InvalidInput(f"{db_path}: no wallet policy state here (has the signer daemon ever run?)")
+    if dest.exists():
+        raise InvalidInput(f"{dest} already exists; refusing to overwrite it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")[1])
+    try:
+        os.chmod(tmp, 0o600)
+        source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        target = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            source.backup(target)
+            target.execute("PRAGMA journal_mode = DELETE")  # one file, no -wal beside it
+            target.execute("CREATE TABLE backup_info (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            target.executemany("INSERT INTO backup_info VALUES (?, ?)",
+                               [("format", STATE_BACKUP_FORMAT), ("node_id", node_id),
+                                ("created_at", repr(time.time()))])
+            counts = {t: int(target.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])  # noqa: S608 (fixed names)
+                      for t in _STATE_TABLES}
+        except sqlite3.DatabaseError as exc:
+            raise InvalidInput(f"{db_path}: cannot copy the wallet policy state: {exc}") from None
+        finally:
+            target.close()
+            source.close()
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts
+
+
+def restore_state(backup: Path, db_path: Path, *, node_id: str) -> dict[str, object]:
+    """Put a state backup in place as ``db_path``, which must not exist (the daemon is stopped
+    and the old file, if any, moved away by the operator: a restore never overwrites newer
+    records by accident). Checks the format, the node id and SQLite's integrity first; returns
+    what was restored (row counts, the backup's creation time)."""
+    if db_path.exists():
+        raise InvalidInput(f"{db_path} already exists; stop the daemon and move it away to restore over it")
+    if _leftovers(db_path):
+        raise InvalidInput(f"{db_path} has no main file but SQLite files of an older one are there"
+                           f"{_leftovers_hint(db_path)}")
+    if not backup.is_file():
+        raise InvalidInput(f"{backup}: no such backup file")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db_path.with_name(db_path.name + ".restoring")
+    tmp.unlink(missing_ok=True)
+    try:
+        source = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+        target = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            source.backup(target)
+            if target.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+                raise InvalidInput(f"{backup}: fails SQLite's integrity check; nothing was restored")
+            info = dict(target.execute("SELECT name, value FROM backup_info").fetchall())
+            if info.get("format") != STATE_BACKUP_FORMAT:
+                raise InvalidInput(f"{backup}: not a wallet policy state backup ({info.get('format')!r})")
+            if info.get("node_id") != node_id:
+                raise InvalidInput(f"{backup} belongs to node {info.get('node_id')!r}, not {node_id!r}")
+            counts: dict[str, object] = {
+                t: int(target.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])  # noqa: S608 (fixed names)
+                for t in _STATE_TABLES}
+            target.execute("DROP TABLE backup_info")
+            target.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.DatabaseError as exc:
+            raise InvalidInput(f"{backup}: not a readable wallet policy state backup ({exc})") from None
+        finally:
+            target.close()
+            source.close()
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, db_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(str(tmp) + suffix).unlink(missing_ok=True)
+    counts["backup_created_at"] = float(info["created_at"])
+    return counts

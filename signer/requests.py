@@ -30,8 +30,14 @@ KIND_SIGN = "sign"
 KIND_CREATE_KEY = "create-key"
 KIND_REFRESH = "refresh"
 KIND_RESHARE = "reshare"
-KINDS = (KIND_SIGN, KIND_CREATE_KEY, KIND_REFRESH, KIND_RESHARE)
+# Reads: signed like the others so that only clients named in a node's policy learn which keys
+# it holds, but never recorded (they change nothing: no idempotency, nothing charged).
+KIND_LIST_KEYS = "list-keys"
+KIND_PUBLIC_KEY = "public-key"
+KINDS = (KIND_SIGN, KIND_CREATE_KEY, KIND_REFRESH, KIND_RESHARE, KIND_LIST_KEYS, KIND_PUBLIC_KEY)
 ADMIN_KINDS = (KIND_CREATE_KEY, KIND_REFRESH, KIND_RESHARE)
+READ_KINDS = (KIND_LIST_KEYS, KIND_PUBLIC_KEY)
+BITCOIN_NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_LABEL = 64
 # A request carries at most this many operator approvals: each costs a signature check, and a
@@ -58,6 +64,7 @@ class RequestBody:
     parties: int = 0
     label: str = ""
     new_parties: tuple[str, ...] = ()  # reshare: node ids of the new committee
+    network: str = ""  # public-key: the Bitcoin network of the address in the answer
 
     def encode(self) -> bytes:
         enc = Encoder().bytes(DOMAIN).bytes(self.kind.encode()).bytes(self.client).bytes(self.request_id.encode())
@@ -68,7 +75,9 @@ class RequestBody:
             enc.uint(self.threshold).uint(self.parties).bytes(self.label.encode())
         elif self.kind == KIND_RESHARE:
             enc.bytes(self.key_id).uint(self.threshold).list_of_bytes(p.encode() for p in self.new_parties)
-        else:
+        elif self.kind == KIND_PUBLIC_KEY:
+            enc.bytes(self.key_id).uints(self.path).bytes(self.network.encode())
+        elif self.kind == KIND_REFRESH:
             enc.bytes(self.key_id)
         return enc.finish()
 
@@ -91,7 +100,10 @@ class RequestBody:
         elif kind == KIND_RESHARE:
             fields = {"key_id": d.bytes(), "threshold": d.uint(16),
                       "new_parties": tuple(b.decode("utf-8", "replace") for b in d.list_of_bytes())}
-        else:
+        elif kind == KIND_PUBLIC_KEY:
+            fields = {"key_id": d.bytes(), "path": tuple(d.uints(max_bits=32)),
+                      "network": d.bytes().decode("ascii", "replace")}
+        elif kind == KIND_REFRESH:
             fields = {"key_id": d.bytes()}
         d.finish()
         body = cls(kind, client, request_id, issued, **fields)
@@ -107,8 +119,12 @@ class RequestBody:
             if len(self.key_id) != 16:
                 raise InvalidInput("key id must be 16 bytes")
             parse_path(self.path)
-        if self.kind in (KIND_REFRESH, KIND_RESHARE) and len(self.key_id) != 16:
+        if self.kind in (KIND_REFRESH, KIND_RESHARE, KIND_PUBLIC_KEY) and len(self.key_id) != 16:
             raise InvalidInput("key id must be 16 bytes")
+        if self.kind == KIND_PUBLIC_KEY:
+            parse_path(self.path)
+            if self.network not in BITCOIN_NETWORKS:
+                raise InvalidInput(f"unknown Bitcoin network {self.network!r} (one of {', '.join(BITCOIN_NETWORKS)})")
         if self.kind == KIND_RESHARE:
             if len(set(self.new_parties)) != len(self.new_parties) or not 2 <= len(self.new_parties) <= 64:
                 raise InvalidInput("new committee must be 2 to 64 distinct node ids")
@@ -151,6 +167,19 @@ def make_request(client: PartyIdentity, body: RequestBody, approvers: tuple[Part
     for approver in approvers:
         request.approvals.add(approver_public_key=approver.public_key, signature=approver.sign(digest))
     return request
+
+
+def list_keys_request(client: PartyIdentity, request_id: str = "list-keys") -> wallet_pb2.SignedRequest:
+    """A signed ListKeys request (reads are not recorded, so any valid id will do)."""
+    return make_request(client, RequestBody(KIND_LIST_KEYS, client.public_key, request_id, int(time.time() * 1000)))
+
+
+def public_key_request(client: PartyIdentity, key_id: bytes, path: str | tuple[int, ...] = "m",
+                       network: str = "regtest", request_id: str = "public-key") -> wallet_pb2.SignedRequest:
+    """A signed GetPublicKey request for the key at ``path``."""
+    body = RequestBody(KIND_PUBLIC_KEY, client.public_key, request_id, int(time.time() * 1000), key_id=key_id,
+                       path=tuple(parse_path(path)), network=network)
+    return make_request(client, body)
 
 
 def verify_request(request: wallet_pb2.SignedRequest, *, now_ms: int | None = None,

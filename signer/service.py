@@ -8,8 +8,17 @@ before joining — so a coordinator that skips or fakes its check still cannot g
 
 Idempotency: a request id names one request of one client. A repeat with the same body
 returns the stored result without running a session; the same id with another body is
-refused. Threading: grpcio's sync server runs handlers in its thread pool; they call into the
-node's trio loop with ``trio.from_thread.run`` (the node owns all session state).
+refused. Order of the checks on every call: the client's signature (UNAUTHENTICATED), whether
+this node's policy names the client at all (PERMISSION_DENIED), whether this node holds the key
+(NOT_FOUND - before anything is recorded, reserved or charged to a window), then the policy
+for the key. Reads (ListKeys, GetPublicKey) are signed requests too, never recorded.
+
+Progress: every request's states go to the Status stream as they happen (CreateKey:
+authorised, running/keygen, running/aux-info, done), and the node logs the long aux-info phase
+(started, still running every AUX_PROGRESS_SECONDS, finished).
+
+Threading: grpcio's sync server runs handlers in its thread pool; they call into the node's
+trio loop with ``trio.from_thread.run`` (the node owns all session state).
 """
 
 from __future__ import annotations
@@ -35,10 +44,12 @@ from ..protocol.addresses import ethereum_address, p2wpkh_address
 from ..protocol.ecdsa import Signature
 from ..protocol.encoding import Decoder, Encoder
 from ..protocol.errors import InvalidInput
-from ..protocol.hd import derive, parse_path
+from ..protocol.hd import derive
 from .policy import PolicyEnforcer, PolicyRefusal
 from .requests import (
     KIND_CREATE_KEY,
+    KIND_LIST_KEYS,
+    KIND_PUBLIC_KEY,
     KIND_REFRESH,
     KIND_RESHARE,
     KIND_SIGN,
@@ -66,6 +77,32 @@ STATUS_MAX_STREAMS = 4
 STATUS_MAX_STREAMS_PER_CLIENT = 2
 # Status history kept in memory (oldest entries are dropped first).
 STATUS_HISTORY = 10_000
+# While a CreateKey's aux info runs (each node generates its Paillier safe primes: minutes at
+# the production level), the coordinator logs that it is still running this often.
+AUX_PROGRESS_SECONDS = 15.0
+
+
+class _StillRunning:
+    """Logs "still running" every ``every`` seconds from a helper thread until closed, so an
+    operator watching the log of a long phase sees it alive (and for how long)."""
+
+    def __init__(self, event: str, every: float, **fields: Any) -> None:
+        self.event, self.every, self.fields = event, every, fields
+        self.started = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="wallet-progress", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.every):
+            log_event(log, logging.INFO, self.event, state="running",
+                      seconds=round(time.monotonic() - self.started, 1), **self.fields)
+
+    def close(self) -> float:
+        """Stop logging; the seconds the phase ran."""
+        self._done.set()
+        self._thread.join()
+        return round(time.monotonic() - self.started, 1)
 
 
 class WalletAuthorizer:
@@ -110,6 +147,11 @@ class WalletAuthorizer:
             self.enforcer.check(verified, session_id=proposal.session_id)
         except PolicyRefusal as exc:
             return False, str(exc)
+        if proposal.phase == "aux-info":
+            # the long phase of a key's creation, and the only sign of it at a participant
+            log_event(log, logging.INFO, "aux info authorised: generating this node's Paillier primes",
+                      session_id=proposal.session_id, parties=list(proposal.participants),
+                      request_id=verified.body.request_id)
         return True, ""
 
     @staticmethod
@@ -241,9 +283,27 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected a {kind!r} request")
         return verified
 
-    def _note(self, verified: VerifiedRequest, state: str, detail: str = "", culprits: tuple[str, ...] = ()) -> None:
+    def _known_client(self, verified: VerifiedRequest, context: grpc.ServicerContext) -> None:
+        """PERMISSION_DENIED for a client this node's policy does not name at all - before any
+        other answer, so that a stranger learns nothing (not even which keys exist)."""
+        if not self.enforcer.book.knows(verified.body.client):  # not noted: strangers get no Status history
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "client is not allowed on this node (not named in its wallet policy)")
+
+    def _held(self, verified: VerifiedRequest, context: grpc.ServicerContext) -> dict[str, Any]:
+        """The key's public record, or NOT_FOUND when this node holds no share of it (never
+        had one, or reshared it away) - checked before anything is recorded or charged."""
+        key_id = verified.body.key_id
+        info = self.node.storage.key_info(key_id)
+        if info is None:
+            self._note(verified, "refused", "no such key on this node")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"this node holds no key {key_id.hex()}")
+        return info
+
+    def _note(self, verified: VerifiedRequest, state: str, detail: str = "", culprits: tuple[str, ...] = (),
+              phase: str = "") -> None:
         update = wallet_pb2.StatusUpdate(request_id=verified.body.request_id, state=state, detail=detail,
-                                         culprits=list(culprits))
+                                         culprits=list(culprits), phase=phase)
         with self._lock:
             self._status.setdefault((verified.body.client, verified.body.request_id), []).append(update)
             while len(self._status) > STATUS_HISTORY:
@@ -259,6 +319,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         verified = self._verify(request, context, KIND_SIGN)
         body = verified.body
         slot = (body.client, body.request_id)
+        self._known_client(verified, context)
+        self._held(verified, context)
         try:
             repeat = self.enforcer.check(verified)
         except PolicyRefusal as exc:
@@ -274,7 +336,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 context.abort(grpc.StatusCode.ABORTED, "this request is already being signed; retry later")
             self._in_flight.add(slot)
         try:
-            self._note(verified, "running")
+            self._note(verified, "running", phase="sign")
             try:
                 outcome = self._run(self.node.sign, body.key_id, body.digest, body.path, client_request=verified.raw)
             except BaseException:
@@ -302,67 +364,135 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                   ) -> wallet_pb2.CreateKeyResponse:
         verified = self._verify(request, context, KIND_CREATE_KEY)
         body = verified.body
+        slot = (body.client, body.request_id)
+        self._known_client(verified, context)
         try:
             self.enforcer.check(verified)
         except PolicyRefusal as exc:
+            self._note(verified, "refused", str(exc))
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        stored = self.enforcer.stored_result(body.client, body.request_id)
+        stored = self.enforcer.stored_result(*slot)
         if stored is None:
-            keygen = self._run(self.node.keygen, body.threshold, body.parties, client_request=verified.raw)
-            if not keygen.ok:
-                context.abort(grpc.StatusCode.ABORTED, f"key generation failed: {keygen.reason}")
-            key_id = keygen.output["key_id"] if isinstance(keygen.output, dict) else keygen.output
-            parties = list(keygen.participants)
-            if self.node.storage.latest_aux_info(parties) is None:
-                aux = self._run(self.node.aux_info, parties, client_request=verified.raw)
-                if not aux.ok:
-                    context.abort(grpc.StatusCode.ABORTED, f"aux info failed: {aux.reason}")
-            stored = bytes(key_id)
-            self.enforcer.store_result(verified, stored)
+            with self._lock:
+                if slot in self._in_flight:
+                    context.abort(grpc.StatusCode.ABORTED, "this key is already being created; retry later")
+                self._in_flight.add(slot)
+            try:
+                stored = self._create(verified, context)
+            except BaseException:
+                if not self._final(slot):
+                    self._note(verified, "failed", "error on this node")  # Status streams end, not wait
+                raise
+            finally:
+                with self._lock:
+                    self._in_flight.discard(slot)
         info = self.node.storage.key_info(stored) or {}
         return wallet_pb2.CreateKeyResponse(request_id=body.request_id, key_id=stored,
                                             group_public_key=bytes(info.get("public_key") or b""),
                                             threshold=int(info.get("threshold", 0)), parties=info.get("parties", []))
 
+    def _create(self, verified: VerifiedRequest, context: grpc.ServicerContext) -> bytes:
+        """Key generation, then aux info for the committee if it has none yet; each phase is
+        noted on the Status stream as it starts, and aux info is logged while it runs."""
+        body = verified.body
+        self._note(verified, "authorised")
+        self._note(verified, "running", f"key generation, {body.threshold}-of-{body.parties}", phase="keygen")
+        log_event(log, logging.INFO, "wallet create-key: key generation", request_id=body.request_id,
+                  threshold=body.threshold, parties=body.parties)
+        keygen = self._run(self.node.keygen, body.threshold, body.parties, client_request=verified.raw)
+        if not keygen.ok:
+            self._note(verified, "failed", f"key generation failed: {keygen.reason}", keygen.culprits)
+            context.abort(grpc.StatusCode.ABORTED, f"key generation failed: {keygen.reason}")
+        key_id = bytes(keygen.output["key_id"] if isinstance(keygen.output, dict) else keygen.output)
+        parties = list(keygen.participants)
+        if self.node.storage.latest_aux_info(parties) is None:
+            self._note(verified, "running", f"aux info for {', '.join(parties)} (Paillier primes at every node)",
+                       phase="aux-info")
+            log_event(log, logging.INFO, "wallet create-key: aux info", state="started", request_id=body.request_id,
+                      key_id=key_id.hex(), parties=parties)
+            progress = _StillRunning("wallet create-key: aux info", AUX_PROGRESS_SECONDS,
+                                     request_id=body.request_id, key_id=key_id.hex())
+            try:
+                aux = self._run(self.node.aux_info, parties, client_request=verified.raw)
+            finally:
+                seconds = progress.close()
+            log_event(log, logging.INFO, "wallet create-key: aux info", state="done" if aux.ok else "failed",
+                      seconds=seconds, request_id=body.request_id, key_id=key_id.hex())
+            if not aux.ok:
+                self._note(verified, "failed", f"aux info failed: {aux.reason}", aux.culprits)
+                context.abort(grpc.StatusCode.ABORTED, f"aux info failed: {aux.reason}")
+        self.enforcer.record_label(verified, key_id)
+        self.enforcer.store_result(verified, key_id)
+        self._note(verified, "done", key_id.hex())
+        return key_id
+
+    def _final(self, slot: tuple[bytes, str]) -> bool:
+        with self._lock:
+            updates = self._status.get(slot, [])
+            return bool(updates) and updates[-1].state in _FINAL_STATES
+
     @_guarded
-    def ListKeys(self, request: wallet_pb2.ListKeysRequest, context: grpc.ServicerContext
+    def ListKeys(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext
                  ) -> wallet_pb2.ListKeysResponse:
+        verified = self._verify(request, context, KIND_LIST_KEYS)
+        self._known_client(verified, context)
+        client = verified.body.client
+        labels = self.enforcer.labels()
         out = wallet_pb2.ListKeysResponse()
         for key_id in self.node.storage.list_keys():
-            info = self.node.storage.key_info(key_id) or {}
+            if not self.enforcer.book.may_see(client, key_id):
+                continue
+            info = self.node.storage.key_info(key_id)
+            if info is None:  # reshared away since list_keys
+                continue
             # What a sign sent to *this* node can use at once: the presignatures it leads (only a
             # presignature's leader may sign with it); its copies of others' are not counted.
             available = len(self.node.storage.led_presignatures(key_id, self.node.cfg.node_id))
             out.keys.add(key_id=key_id, group_public_key=bytes(info.get("public_key") or b""),
                          threshold=int(info.get("threshold", 0)), parties=info.get("parties", []),
+                         epoch=int(info.get("epoch") or 0), label=labels.get(key_id, ""),
                          presignatures_available=available)
         return out
 
     @_guarded
-    def GetPublicKey(self, request: wallet_pb2.PublicKeyRequest, context: grpc.ServicerContext
+    def GetPublicKey(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext
                      ) -> wallet_pb2.PublicKeyResponse:
+        verified = self._verify(request, context, KIND_PUBLIC_KEY)
+        body = verified.body
+        self._known_client(verified, context)
+        self._held(verified, context)
         try:
-            path = parse_path(request.path or "m")
-            share = load_key_share(self.node.storage, bytes(request.key_id))
-            child = derive(share.group_key, share.chain_code, path).public_key
-            network = request.bitcoin_network or "regtest"
+            self.enforcer.check_read(verified)
+        except PolicyRefusal as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        try:
+            share = load_key_share(self.node.storage, body.key_id)
+            child = derive(share.group_key, share.chain_code, body.path).public_key
             return wallet_pb2.PublicKeyResponse(public_key=child.to_bytes(), ethereum_address=ethereum_address(child),
-                                                bitcoin_address=p2wpkh_address(child, network),
-                                                path="m" + "".join(f"/{i}" for i in path))
+                                                bitcoin_address=p2wpkh_address(child, body.network),
+                                                path="m" + "".join(f"/{i}" for i in body.path))
         except (InvalidInput, Refuse) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, InvalidInput)
                           else grpc.StatusCode.NOT_FOUND, str(exc))
 
     def _administer(self, verified: VerifiedRequest, context: grpc.ServicerContext, action: Any, *args: Any
                     ) -> wallet_pb2.StatusUpdate:
+        self._known_client(verified, context)
+        self._held(verified, context)
         try:
             self.enforcer.check(verified)
         except PolicyRefusal as exc:
+            self._note(verified, "refused", str(exc))
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        self._note(verified, "running", phase=verified.body.kind)
         try:
             outcome = self._run(action, *args, client_request=verified.raw)
         except (KeyError, ValueError) as exc:
+            self._note(verified, "failed", str(exc))
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except BaseException:
+            self._note(verified, "failed", "error on this node")
+            raise
         state = "done" if outcome.ok else "failed"
         self._note(verified, state, outcome.reason, outcome.culprits)
         return wallet_pb2.StatusUpdate(request_id=verified.body.request_id, state=state, detail=outcome.reason,
@@ -458,7 +588,10 @@ def start_wallet_server(
     servicer: WalletServicer, listen: str, cert_pem: bytes, key_pem: bytes
 ) -> tuple[grpc.Server, int]:
     """TLS server (clients pin the node's certificate; they authenticate by signed requests)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=WALLET_SERVER_THREADS, thread_name_prefix="wallet"))
+    # so_reuseport off: gRPC turns it on by default, and then a second daemon started on this port
+    # binds too and silently takes half of the wallets' connections instead of failing to start
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=WALLET_SERVER_THREADS, thread_name_prefix="wallet"),
+                         options=[("grpc.so_reuseport", 0)])
     wallet_pb2_grpc.add_WalletServiceServicer_to_server(servicer, server)
     port = server.add_secure_port(listen, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
     if port == 0:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cwallet.proto\x12\x15\x66usionprime.wallet.v1\"d\n\rSignedRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x32\n\tapprovals\x18\x03 \x03(\x0b\x32\x1f.fusionprime.wallet.v1.Approval\":\n\x08\x41pproval\x12\x1b\n\x13\x61pprover_public_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"u\n\x11\x43reateKeyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\x0c\x12\x18\n\x10group_public_key\x18\x03 \x01(\x0c\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x0f\n\x07parties\x18\x05 \x03(\t\"\x11\n\x0fListKeysRequest\"\x96\x01\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x18\n\x10group_public_key\x18\x02 \x01(\x0c\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x0f\n\x07parties\x18\x04 \x03(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\r\x12\r\n\x05label\x18\x06 \x01(\t\x12\x1f\n\x17presignatures_available\x18\x07 \x01(\r\"@\n\x10ListKeysResponse\x12,\n\x04keys\x18\x01 \x03(\x0b\x32\x1e.fusionprime.wallet.v1.KeyInfo\"I\n\x10PublicKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x17\n\x0f\x62itcoin_network\x18\x03 \x01(\t\"h\n\x11PublicKeyResponse\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x18\n\x10\x65thereum_address\x18\x02 \x01(\t\x12\x17\n\x0f\x62itcoin_address\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\"s\n\x0cSignResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\t\n\x01r\x18\x02 \x01(\x0c\x12\t\n\x01s\x18\x03 \x01(\x0c\x12\x13\n\x0brecovery_id\x18\x04 \x01(\r\x12\x12\n\npublic_key\x18\x05 \x01(\x0c\x12\x10\n\x08replayed\x18\x06 \x01(\x08\">\n\rStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11\x63lient_public_key\x18\x02 \x01(\x0c\"S\n\x0cStatusUpdate\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x10\n\x08\x63ulprits\x18\x04 \x03(\t2\x82\x05\n\rWalletService\x12[\n\tCreateKey\x12$.fusionprime.wallet.v1.SignedRequest\x1a(.fusionprime.wallet.v1.CreateKeyResponse\x12[\n\x08ListKeys\x12&.fusionprime.wallet.v1.ListKeysRequest\x1a\'.fusionprime.wallet.v1.ListKeysResponse\x12\x61\n\x0cGetPublicKey\x12\'.fusionprime.wallet.v1.PublicKeyRequest\x1a(.fusionprime.wallet.v1.PublicKeyResponse\x12Q\n\x04Sign\x12$.fusionprime.wallet.v1.SignedRequest\x1a#.fusionprime.wallet.v1.SignResponse\x12T\n\x07Refresh\x12$.fusionprime.wallet.v1.SignedRequest\x1a#.fusionprime.wallet.v1.StatusUpdate\x12T\n\x07Reshare\x12$.fusionprime.wallet.v1.SignedRequest\x1a#.fusionprime.wallet.v1.StatusUpdate\x12U\n\x06Status\x12$.fusionprime.wallet.v1.StatusRequest\x1a#.fusionprime.wallet.v1.StatusUpdate0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cwallet.proto\x12\x15\x66usionprime.wallet.v1\"d\n\rSignedRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x32\n\tapprovals\x18\x03 \x03(\x0b\x32\x1f.fusionprime.wallet.v1.Approval\":\n\x08\x41pproval\x12\x1b\n\x13\x61pprover_public_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"u\n\x11\x43reateKeyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\x0c\x12\x18\n\x10group_public_key\x18\x03 \x01(\x0c\x12\x11\n\tthreshold\x18\x04 \x01(\r\x12\x0f\n\x07parties\x18\x05 \x03(\t\"\x96\x01\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\x0c\x12\x18\n\x10group_public_key\x18\x02 \x01(\x0c\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x0f\n\x07parties\x18\x04 \x03(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\r\x12\r\n\x05label\x18\x06 \x01(\t\x12\x1f\n\x17presignatures_available\x18\x07 \x01(\r\"@\n\x10ListKeysResponse\x12,\n\x04keys\x18\x01 \x03(\x0b\x32\x1e.fusionprime.wallet.v1.KeyInfo\"h\n\x11PublicKeyResponse\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x18\n\x10\x65thereum_address\x18\x02 \x01(\t\x12\x17\n\x0f\x62itcoin_address\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\"s\n\x0cSignResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\t\n\x01r\x18\x02 \x01(\x0c\x12\t\n\x01s\x18\x03 \x01(\x0c\x12\x13\n\x0brecovery_id\x18\x04 \x01(\r\x12\x12\n\npublic_key\x18\x05 \x01(\x0c\x12\x10\n\x08replayed\x18\x06 \x01(\x08\">\n\rStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11\x63lient_public_key\x18\x02 \x01(\x0c\"b\n\x0cStatusUpdate\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x10\n\x08\x63ulprits\x18\x04 \x03(\t\x12\r\n\x05phase\x18\x05 \x01(\t2\xfd\x04\n\rWalletService\x12[\n\tCreateKey\x12$.fusionprime.wallet.v1.SignedRequest\x1a(.fusionprime.wallet.v1.CreateKeyResponse\x12Y\n\x08ListKeys\x12$.fusionprime.wallet.v1.SignedRequest\x1a\'.fusionprime.wallet.v1.ListKeysResponse\x12^\n\x0cGetPublicKey\x12$.fusionprime.wallet.v1.SignedRequest\x1a(.fusionprime.wallet.v1.PublicKeyResponse\x12Q\n\x04Sign\x12$.fusionprime.wallet.v1.SignedRequest\x1a#.fusionprime.wallet.v1.SignResponse\x12T\n\x07Refresh\x12$.fusionprime.wallet.v1.SignedRequest\x1a#.fusionprime.wallet.v1.StatusUpdate\x12T\n\x07Reshare\x12$.fusionprime.wallet.v1.SignedRequest\x1a#.fusionprime.wallet.v1.StatusUpdate\x12U\n\x06Status\x12$.fusionprime.wallet.v1.StatusRequest\x1a#.fusionprime.wallet.v1.StatusUpdate0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPROVAL']._serialized_end=199
   _globals['_CREATEKEYRESPONSE']._serialized_start=201
   _globals['_CREATEKEYRESPONSE']._serialized_end=318
-  _globals['_LISTKEYSREQUEST']._serialized_start=320
-  _globals['_LISTKEYSREQUEST']._serialized_end=337
-  _globals['_KEYINFO']._serialized_start=340
-  _globals['_KEYINFO']._serialized_end=490
-  _globals['_LISTKEYSRESPONSE']._serialized_start=492
-  _globals['_LISTKEYSRESPONSE']._serialized_end=556
-  _globals['_PUBLICKEYREQUEST']._serialized_start=558
-  _globals['_PUBLICKEYREQUEST']._serialized_end=631
-  _globals['_PUBLICKEYRESPONSE']._serialized_start=633
-  _globals['_PUBLICKEYRESPONSE']._serialized_end=737
-  _globals['_SIGNRESPONSE']._serialized_start=739
-  _globals['_SIGNRESPONSE']._serialized_end=854
-  _globals['_STATUSREQUEST']._serialized_start=856
-  _globals['_STATUSREQUEST']._serialized_end=918
-  _globals['_STATUSUPDATE']._serialized_start=920
-  _globals['_STATUSUPDATE']._serialized_end=1003
-  _globals['_WALLETSERVICE']._serialized_start=1006
-  _globals['_WALLETSERVICE']._serialized_end=1648
+  _globals['_KEYINFO']._serialized_start=321
+  _globals['_KEYINFO']._serialized_end=471
+  _globals['_LISTKEYSRESPONSE']._serialized_start=473
+  _globals['_LISTKEYSRESPONSE']._serialized_end=537
+  _globals['_PUBLICKEYRESPONSE']._serialized_start=539
+  _globals['_PUBLICKEYRESPONSE']._serialized_end=643
+  _globals['_SIGNRESPONSE']._serialized_start=645
+  _globals['_SIGNRESPONSE']._serialized_end=760
+  _globals['_STATUSREQUEST']._serialized_start=762
+  _globals['_STATUSREQUEST']._serialized_end=824
+  _globals['_STATUSUPDATE']._serialized_start=826
+  _globals['_STATUSUPDATE']._serialized_end=924
+  _globals['_WALLETSERVICE']._serialized_start=927
+  _globals['_WALLETSERVICE']._serialized_end=1564
 # @@protoc_insertion_point(module_scope)

@@ -38,10 +38,6 @@ class CreateKeyResponse(_message.Message):
     parties: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, request_id: _Optional[str] = ..., key_id: _Optional[bytes] = ..., group_public_key: _Optional[bytes] = ..., threshold: _Optional[int] = ..., parties: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class ListKeysRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
 class KeyInfo(_message.Message):
     __slots__ = ("key_id", "group_public_key", "threshold", "parties", "epoch", "label", "presignatures_available")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -65,16 +61,6 @@ class ListKeysResponse(_message.Message):
     KEYS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[KeyInfo]
     def __init__(self, keys: _Optional[_Iterable[_Union[KeyInfo, _Mapping]]] = ...) -> None: ...
-
-class PublicKeyRequest(_message.Message):
-    __slots__ = ("key_id", "path", "bitcoin_network")
-    KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    PATH_FIELD_NUMBER: _ClassVar[int]
-    BITCOIN_NETWORK_FIELD_NUMBER: _ClassVar[int]
-    key_id: bytes
-    path: str
-    bitcoin_network: str
-    def __init__(self, key_id: _Optional[bytes] = ..., path: _Optional[str] = ..., bitcoin_network: _Optional[str] = ...) -> None: ...
 
 class PublicKeyResponse(_message.Message):
     __slots__ = ("public_key", "ethereum_address", "bitcoin_address", "path")
@@ -113,13 +99,15 @@ class StatusRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., client_public_key: _Optional[bytes] = ...) -> None: ...
 
 class StatusUpdate(_message.Message):
-    __slots__ = ("request_id", "state", "detail", "culprits")
+    __slots__ = ("request_id", "state", "detail", "culprits", "phase")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     CULPRITS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     state: str
     detail: str
     culprits: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., culprits: _Optional[_Iterable[str]] = ...) -> None: ...
+    phase: str
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., culprits: _Optional[_Iterable[str]] = ..., phase: _Optional[str] = ...) -> None: ...

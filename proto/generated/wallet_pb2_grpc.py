@@ -41,12 +41,12 @@ class WalletServiceStub:
                 _registered_method=True)
         self.ListKeys = channel.unary_unary(
                 '/fusionprime.wallet.v1.WalletService/ListKeys',
-                request_serializer=wallet__pb2.ListKeysRequest.SerializeToString,
+                request_serializer=wallet__pb2.SignedRequest.SerializeToString,
                 response_deserializer=wallet__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
         self.GetPublicKey = channel.unary_unary(
                 '/fusionprime.wallet.v1.WalletService/GetPublicKey',
-                request_serializer=wallet__pb2.PublicKeyRequest.SerializeToString,
+                request_serializer=wallet__pb2.SignedRequest.SerializeToString,
                 response_deserializer=wallet__pb2.PublicKeyResponse.FromString,
                 _registered_method=True)
         self.Sign = channel.unary_unary(
@@ -81,13 +81,16 @@ class WalletServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListKeys(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A signed "list-keys" request: the keys this node holds that the client may use (all of
+        them for a key administrator).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPublicKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A signed "public-key" request (key id, path, Bitcoin network).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -126,12 +129,12 @@ def add_WalletServiceServicer_to_server(servicer, server):
             ),
             'ListKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListKeys,
-                    request_deserializer=wallet__pb2.ListKeysRequest.FromString,
+                    request_deserializer=wallet__pb2.SignedRequest.FromString,
                     response_serializer=wallet__pb2.ListKeysResponse.SerializeToString,
             ),
             'GetPublicKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPublicKey,
-                    request_deserializer=wallet__pb2.PublicKeyRequest.FromString,
+                    request_deserializer=wallet__pb2.SignedRequest.FromString,
                     response_serializer=wallet__pb2.PublicKeyResponse.SerializeToString,
             ),
             'Sign': grpc.unary_unary_rpc_method_handler(
@@ -207,7 +210,7 @@ class WalletService:
             request,
             target,
             '/fusionprime.wallet.v1.WalletService/ListKeys',
-            wallet__pb2.ListKeysRequest.SerializeToString,
+            wallet__pb2.SignedRequest.SerializeToString,
             wallet__pb2.ListKeysResponse.FromString,
             options,
             channel_credentials,
@@ -234,7 +237,7 @@ class WalletService:
             request,
             target,
             '/fusionprime.wallet.v1.WalletService/GetPublicKey',
-            wallet__pb2.PublicKeyRequest.SerializeToString,
+            wallet__pb2.SignedRequest.SerializeToString,
             wallet__pb2.PublicKeyResponse.FromString,
             options,
             channel_credentials,

@@ -16,6 +16,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
 
+from fp_guards import HANG_GUARD
 from fp_node_helpers import make_node, running_nodes
 
 from fusion_prime.node.devnet import create_devnet
@@ -59,7 +60,7 @@ def _last_refusal(node) -> str:  # type: ignore[no-untyped-def]
 
 
 async def _wait_healthy(node, peers) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(30):
+    with trio.fail_after(HANG_GUARD):
         while not set(peers) <= set(await node.sessions.healthy_peers("keygen")):
             await trio.sleep(0.2)
 

@@ -178,7 +178,8 @@ def test_cli_signs_a_digest(network, key, tmp_path) -> None:  # type: ignore[no-
     assert PublicKey(bytes.fromhex(pub["public_key"])).verify(s.to_der(), digest, hasher=None)
     bad = subprocess.run([*common, "sign-digest", "--key", "zz", "--digest", digest.hex()], capture_output=True,
                          text=True)
-    assert bad.returncode == 1 and "error:" in bad.stderr
+    # a malformed key id is an input error found before anything is sent: exit 2, one line
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.splitlines()) == 1
 
 
 def test_eip1559_transfer_signed_by_the_network_moves_balances_on_anvil(network, key, anvil) -> None:  # type: ignore[no-untyped-def]
