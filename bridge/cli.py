@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -60,10 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--deposit", help="deposit id (64 hex digits): until it is minted, dust or erratum")
     which.add_argument("--address", help="deposit address: its deposits, including ones not sent yet")
+    p.add_argument("--until", metavar="STATE", help="end once a deposit reaches STATE (e.g. minted); a deposit that "
+                                                    "ends otherwise (dust, erratum) is an error")
     p = sub.add_parser("withdrawal", help="burns and their payouts: by burn id or by burner")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--burn", help="burn id (64 hex digits, from the Burned event)")
     which.add_argument("--burner", help="0x account that burned: its burns, newest first")
+    p.add_argument("--until", metavar="STATE", help="with --burn: ask again every second until the withdrawal "
+                                                    "reaches STATE (e.g. confirmed); a refund instead is an error")
+    p.add_argument("--wait-seconds", type=float, default=600.0,
+                   help="with --until: give up after this long (default 600)")
     p = sub.add_parser("burn", help="burn fpBTC/fpETH on the Gateway to be paid on its home chain (your EVM "
                                     "key signs; no node is asked)")
     p.add_argument("--rpc", required=True, help="the destination chain's JSON-RPC URL")
@@ -109,6 +116,35 @@ def _burn(args: argparse.Namespace) -> dict[str, Any]:
             "amount": str(args.amount), "destination": args.destination, "tx": "0x" + bytes(sent).hex()}
 
 
+#: where a deposit's life ends without a mint
+DEPOSIT_ENDS = ("dust", "erratum")
+#: where a withdrawal's life ends without a payout
+REFUND_STATES = ("refunding", "refund_signed", "refunded")
+
+
+def _withdrawal_until(bridge: BridgeClient, burn_id: str, state: str, wait_seconds: float) -> dict[str, Any]:
+    """Ask for one burn's withdrawal until it reaches ``state``: the burn may not be observed yet
+    (NOT_FOUND while its block gains depth), and a payout moves through several states."""
+    deadline = time.monotonic() + wait_seconds
+    seen = "not observed yet"
+    while True:
+        try:
+            status = bridge.withdrawal(burn_id)
+        except BridgeError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+        else:
+            seen = status.state
+            if status.state == state:
+                return to_dict(status)
+            if status.state in REFUND_STATES and state not in REFUND_STATES:
+                raise BridgeError("FAILED_PRECONDITION", f"the burn is being refunded ({status.reason}), not paid")
+        if time.monotonic() >= deadline:
+            raise BridgeError("DEADLINE_EXCEEDED", f"the withdrawal did not reach {state} within {wait_seconds:g} s "
+                                                   f"(last seen: {seen})")
+        time.sleep(1.0)
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.command == "burn":
         _emit(_burn(args))
@@ -137,6 +173,11 @@ def _run(args: argparse.Namespace) -> None:
         elif args.command == "watch":
             for update in bridge.watch(args.deposit, address=args.address):
                 _emit(to_dict(update), lines=True)
+                state = update.deposit.state
+                if args.until is not None and state == args.until:
+                    return
+                if args.until is not None and state in DEPOSIT_ENDS:
+                    raise BridgeError("FAILED_PRECONDITION", f"the deposit ended {state}, not {args.until}")
         elif args.command == "prove-reserves":
             report = bridge.prove_reserves()
             if args.out:
@@ -144,7 +185,11 @@ def _run(args: argparse.Namespace) -> None:
             else:
                 sys.stdout.write(report + "\n")
         elif args.command == "withdrawal":
-            if args.burn is not None:
+            if args.until is not None and args.burn is None:
+                raise BridgeError("INVALID_ARGUMENT", "--until goes with --burn")
+            if args.until is not None:
+                _emit(_withdrawal_until(bridge, args.burn, args.until, args.wait_seconds))
+            elif args.burn is not None:
                 _emit(to_dict(bridge.withdrawal(args.burn)))
             else:
                 _emit([to_dict(w) for w in bridge.withdrawals(args.burner)])

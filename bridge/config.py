@@ -43,6 +43,13 @@ Example::
     address = "node2.example:7443"
     tls_cert = "peers/node2.crt"      # pinned; the TLS server name is node_id
 
+    [bridge.explorer]                 # the read-only explorer page (bridge/explorer.py); on by default
+    listen = "127.0.0.1:7180"         # default 127.0.0.1:0 (a free port, logged and in --explorer-port-file)
+    enabled = true
+    allowed_hosts = []                # Host names served besides localhost and IP literals (DNS rebinding)
+    sample_seconds = 60               # a reserve sample at least this often while nothing moves
+    max_samples = 5000                # reserve samples kept per asset (older ones are deleted)
+
 A section without ``key_id``, ``gateway`` or the assets is *incomplete*: the daemon then runs the
 signer and wallet API and waits for the operator to finish it (the key is created through the
 wallet API and the Gateway deployed with it, so neither exists when the node first starts).
@@ -130,7 +137,38 @@ class SettlementSettings:
     registry: str | None = None  # the SettlementCheckpoints contract on the destination chain
     open_to: frozenset[bytes] | None = None  # client keys that may open accounts; None: anyone
     max_clock_skew_seconds: float = 30.0  # a batch timed further ahead of this node's clock is refused
+    #: a batch this node cannot verify yet (a deposit it has not seen) is refused after this long
+    unverified_batch_seconds: float = 300.0
     checkpoint_dir: Path | None = None  # each signed checkpoint is also written here as a file
+
+
+@dataclass(frozen=True)
+class ExplorerSettings:
+    """``[bridge.explorer]``: the read-only explorer page this node serves (``bridge/explorer.py``).
+
+    Loopback by default: the page shows nothing secret, but it is this operator's view of its own
+    node, so reaching it from elsewhere is a choice (an SSH tunnel, or a ``listen`` on another
+    address behind the operator's own access control)."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:0"  # port 0: a free port, logged and written to --explorer-port-file
+    #: Host header names answered besides localhost and IP literals (a DNS-rebinding page gets 403)
+    allowed_hosts: tuple[str, ...] = ()
+    sample_seconds: float = 60.0  # a reserve sample at least this often while nothing moves
+    max_samples: int = 5000  # reserve samples kept per asset
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` with a port in 0..65535 (0: any free port)."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise BridgeConfigError(f"listen {value!r} is not host:port (port 0-65535)")
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -156,6 +194,7 @@ class BridgeConfig:
     status_file: Path | None = None
     peers: tuple[BridgePeer, ...] = ()
     settlement: SettlementSettings | None = None
+    explorer: ExplorerSettings = ExplorerSettings()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -263,6 +302,7 @@ def parse_bridge_config(data: dict[str, Any], path: Path | None = None) -> Bridg
             raise BridgeConfigError("one [[bridge.peers]] entry per node")
         status = _get(b, "status_file", str, "", where=w)
         settlement = _settlement(_get(b, "settlement", dict, {}, where=w), base)
+        explorer = _explorer(_get(b, "explorer", dict, {}, where=w))
         return BridgeConfig(
             path=path, key_id=key_id, database=_get(b, "database", str, where=w), destination_chain=destination,
             destination_rpc=_get(b, "destination_rpc", str, where=w), gateway=gateway,
@@ -280,6 +320,7 @@ def parse_bridge_config(data: dict[str, Any], path: Path | None = None) -> Bridg
             status_file=(base / status) if status else None,
             peers=tuple(peers),
             settlement=settlement,
+            explorer=explorer,
         )
     except (OrderError, ValueError) as exc:
         if isinstance(exc, BridgeConfigError):
@@ -304,13 +345,31 @@ def _settlement(t: dict[str, Any], base: Path) -> SettlementSettings | None:
         registry=checksum_address(registry, "registry") if registry else None,
         open_to=None if open_to is None else frozenset(bytes.fromhex(x) for x in open_to),
         max_clock_skew_seconds=float(_get(t, "max_clock_skew_seconds", (int, float), 30.0, where=w)),
+        unverified_batch_seconds=float(_get(t, "unverified_batch_seconds", (int, float), 300.0, where=w)),
         checkpoint_dir=(base / folder) if folder else None)
     if not (s.coordinator and s.cycle_seconds > 0 and s.dispute_window_seconds >= 0
             and 0 < s.batch_interval_seconds <= 10 and 1 <= s.max_batch_entries <= 20_000 and s.snapshot_every >= 1
-            and s.max_clock_skew_seconds > 0):
+            and s.max_clock_skew_seconds > 0 and s.unverified_batch_seconds > 0):
         raise BridgeConfigError(f"{w}: coordinator required; cycle_seconds > 0, dispute_window_seconds >= 0, "
                                 "0 < batch_interval_seconds <= 10, 1 <= max_batch_entries <= 20000, "
-                                "snapshot_every >= 1, max_clock_skew_seconds > 0")
+                                "snapshot_every >= 1, max_clock_skew_seconds > 0, unverified_batch_seconds > 0")
+    return s
+
+
+def _explorer(t: dict[str, Any]) -> ExplorerSettings:
+    w = "[bridge.explorer]"
+    hosts = _get(t, "allowed_hosts", list, [], where=w)
+    if not all(isinstance(h, str) and h and len(h) <= 253 for h in hosts):
+        raise BridgeConfigError(f"{w}: allowed_hosts must be host names")
+    s = ExplorerSettings(
+        enabled=_get(t, "enabled", bool, True, where=w),
+        listen=_get(t, "listen", str, "127.0.0.1:0", where=w),
+        allowed_hosts=tuple(h.lower() for h in hosts),
+        sample_seconds=float(_get(t, "sample_seconds", (int, float), 60.0, where=w)),
+        max_samples=_get(t, "max_samples", int, 5000, where=w))
+    parse_listen(s.listen)
+    if not (s.sample_seconds > 0 and 10 <= s.max_samples <= 1_000_000):
+        raise BridgeConfigError(f"{w}: sample_seconds > 0 and 10 <= max_samples <= 1000000")
     return s
 
 
@@ -336,10 +395,12 @@ def _toml_value(value: Any) -> str:
 
 def bridge_toml(bridge: dict[str, Any], chains: list[dict[str, Any]]) -> str:
     """Write a bridge section (tests and the devnet tooling use it); ``bridge["peers"]``, a list of
-    tables, becomes ``[[bridge.peers]]``."""
+    tables, becomes ``[[bridge.peers]]``; ``bridge["settlement"]`` and ``bridge["explorer"]``, tables,
+    become ``[bridge.settlement]`` and ``[bridge.explorer]``."""
     bridge = dict(bridge)
     peers = bridge.pop("peers", None) or []
     settlement = bridge.pop("settlement", None)
+    explorer = bridge.pop("explorer", None)
     lines = ["[bridge]"] + [f"{k} = {_toml_value(v)}" for k, v in bridge.items()]
     for c in chains:
         lines += ["", "[[bridge.chains]]"] + [f"{k} = {_toml_value(v)}" for k, v in c.items()]
@@ -347,4 +408,6 @@ def bridge_toml(bridge: dict[str, Any], chains: list[dict[str, Any]]) -> str:
         lines += ["", "[[bridge.peers]]"] + [f"{k} = {_toml_value(v)}" for k, v in p.items()]
     if settlement:
         lines += ["", "[bridge.settlement]"] + [f"{k} = {_toml_value(v)}" for k, v in settlement.items()]
+    if explorer:
+        lines += ["", "[bridge.explorer]"] + [f"{k} = {_toml_value(v)}" for k, v in explorer.items()]
     return "\n".join(lines) + "\n"

@@ -13,7 +13,8 @@ something to attack).
 Start-up: the node and the wallet API start at once. The bridge needs the group key (created
 through the wallet API) and the Gateway (deployed with that key as signer), so a bridge file that
 does not name them yet is re-read every second until it does; then the bridge database opens, the
-authorize hook gets its chain view, the Bridge gRPC service and the runtime start.
+authorize hook gets its chain view, the Bridge gRPC service and the runtime start, and with them the
+read-only explorer page (``bridge/explorer.py``, ``[bridge.explorer]``, loopback by default).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import trio
 from web3 import Web3
 
 from ..node.cli import fail_logged, operator_error
-from ..node.config import load_config
+from ..node.config import is_loopback, load_config
 from ..node.daemon import Node
 from ..node.logs import configure_logging, log_event
 from ..node.material import storage_key
@@ -69,8 +70,8 @@ def _endpoints(bcfg: BridgeConfig) -> tuple[dict[str, Any], BitcoinRPC | None, W
 
 
 async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path, *, bridge_listen: str,
-                     bridge_port_file: Path | None) -> None:
-    """Wait for a complete bridge section, then run the bridge until cancelled."""
+                     bridge_port_file: Path | None, explorer_port_file: Path | None = None) -> None:
+    """Wait for a complete bridge section, then run the bridge (and its explorer page) until cancelled."""
     while True:
         bcfg = load_bridge_config(bridge_path)
         if bcfg.key_id is not None:
@@ -100,7 +101,7 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
     runtime.withdrawals = _withdrawal_side(node, authorizer, bcfg, db, share, committee, destination, bitcoin,
                                            runtime, sources)
     settlement = _settlement_side(node, authorizer, bcfg, db, share, runtime)
-    server = servicer = None
+    server = servicer = explorer = None
     try:
         server, servicer = _start_service(node, bcfg, db, share, bridge_listen, bridge_port_file, settlement)
         if servicer is not None and runtime.withdrawals is not None:
@@ -114,14 +115,19 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
             runtime.status_extra["registration_forwarding"] = lambda: {
                 "pending": forwarder.pending(), "forwarded": dict(forwarder.forwarded),
                 "refused": forwarder.refused[-20:]}
+        explorer = _start_explorer(node, bcfg, db, runtime, explorer_port_file)
         log_event(log, logging.INFO, "bridge running", node=node.cfg.node_id, gateway=bcfg.gateway,
                   chains=[c.caip2 for c in bcfg.chains])
         async with trio.open_nursery() as nursery:
             if settlement is not None:
                 nursery.start_soon(settlement.run)
+            if explorer is not None:
+                nursery.start_soon(explorer.watch.run)
             await runtime.run()
             nursery.cancel_scope.cancel()
     finally:
+        if explorer is not None:
+            explorer.stop()
         authorizer.settlement = None
         authorizer.context = None
         authorizer.withdrawal_hooks = {}
@@ -132,6 +138,32 @@ async def run_bridge(node: Node, authorizer: BridgeAuthorizer, bridge_path: Path
         if server is not None:
             server.stop(grace=1.0)
         db.close()
+
+
+def _start_explorer(node: Node, bcfg: BridgeConfig, db: Any, runtime: BridgeRuntime,
+                    port_file: Path | None) -> Any:
+    """The read-only explorer page (``bridge/explorer.py``), unless ``[bridge.explorer] enabled =
+    false``. A port it cannot bind is logged and the bridge runs without it: a status page is not
+    worth stopping custody for."""
+    if not bcfg.explorer.enabled:
+        return None
+    from .config import parse_listen
+    from .explorer import start_explorer
+
+    try:
+        explorer = start_explorer(node, bcfg, db, runtime)
+    except OSError as exc:
+        log_event(log, logging.ERROR, "bridge explorer not started: cannot listen", listen=bcfg.explorer.listen,
+                  error=str(exc))
+        return None
+    host, _ = parse_listen(bcfg.explorer.listen)
+    if not is_loopback(host):
+        log_event(log, logging.WARNING, "bridge explorer listens beyond loopback: anyone who reaches it sees this "
+                  "node's view of the bridge", listen=bcfg.explorer.listen)
+    if port_file is not None:
+        port_file.write_text(str(explorer.server.port))
+    log_event(log, logging.INFO, "bridge explorer serving", node=node.cfg.node_id, url=explorer.server.url)
+    return explorer
 
 
 def _reserve_readers(bcfg: BridgeConfig, sources: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +232,7 @@ def _settlement_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfi
     assets = {c.symbol: c.caip2 for c in bcfg.chains}
     signer = ethereum_address(derive(share.group_key, share.chain_code, bcfg.signer_path).public_key)
     registry = settings.registry or bcfg.gateway
-    funding = payouts = publish = None
+    funding = payouts = relay = None
     try:
         from .settlement.funding import Funding
 
@@ -219,15 +251,14 @@ def _settlement_side(node: Node, authorizer: BridgeAuthorizer, bcfg: BridgeConfi
             log_event(log, logging.WARNING, "settlement: account withdrawals are not paid by this node",
                       reason=str(exc))
     if settings.registry is not None and runtime.relayer is not None:
-        from .settlement.publish import publish_checkpoint
+        from .settlement.publish import CheckpointRelay
 
-        relayer, destination, registry_address = runtime.relayer, runtime.destination, settings.registry
-        publish = lambda signed: publish_checkpoint(destination, registry_address, signed, relayer)  # noqa: E731
+        relay = CheckpointRelay(runtime.destination, settings.registry, runtime.relayer)
     settlement = SettlementRuntime(
         settings, db=db, node_id=node.cfg.node_id, identity=node.material.identity, node_keys=keys, peers=peers,
         assets=list(assets), sign=node.sign, key_id=bcfg.key_id, signer_path=bcfg.signer_path,
         signer_address=signer, chain_id=bcfg.destination_chain_id, registry=registry, funding=funding,
-        payouts=payouts, publish=publish)
+        payouts=payouts, relay=relay)
     if payouts is not None:
         payouts.pending(settlement.withdrawal)
     if funding is not None and runtime.withdrawals is not None:
@@ -279,7 +310,8 @@ def _start_service(node: Node, bcfg: BridgeConfig, db: Any, share: Any, listen: 
 
 
 async def serve(config: Path, bridge: Path, policy: Path, wallet_listen: str, *, port_file: Path | None = None,
-                bridge_listen: str = "127.0.0.1:0", bridge_port_file: Path | None = None) -> None:
+                bridge_listen: str = "127.0.0.1:0", bridge_port_file: Path | None = None,
+                explorer_port_file: Path | None = None) -> None:
     cfg = load_config(config)
     book = PolicyBook.load(policy)  # a bad policy or bridge file stops the node before it opens anything
     load_bridge_config(bridge)
@@ -300,7 +332,8 @@ async def serve(config: Path, bridge: Path, policy: Path, wallet_listen: str, *,
             server, port = start_wallet_server(servicer, wallet_listen, cfg.tls_cert.read_bytes(),
                                                cfg.tls_key.read_bytes())
             nursery.start_soon(functools.partial(run_bridge, node, authorizer, bridge, bridge_listen=bridge_listen,
-                                                 bridge_port_file=bridge_port_file))
+                                                 bridge_port_file=bridge_port_file,
+                                                 explorer_port_file=explorer_port_file))
             if port_file is not None:
                 port_file.write_text(str(port))
     finally:
@@ -318,12 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-file", type=Path, help="write the bound wallet port here")
     parser.add_argument("--bridge-listen", default="127.0.0.1:0", help="address of the Bridge API")
     parser.add_argument("--bridge-port-file", type=Path, help="write the bound Bridge API port here")
+    parser.add_argument("--explorer-port-file", type=Path,
+                        help="write the bound port of the explorer page here ([bridge.explorer] listen)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
         trio.run(lambda: serve(args.config, args.bridge, args.policy, args.wallet_listen, port_file=args.port_file,
-                               bridge_listen=args.bridge_listen, bridge_port_file=args.bridge_port_file))
+                               bridge_listen=args.bridge_listen, bridge_port_file=args.bridge_port_file,
+                               explorer_port_file=args.explorer_port_file))
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:

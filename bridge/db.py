@@ -642,8 +642,48 @@ def _migration_6(conn: Connection) -> None:
                              "BEGIN SELECT RAISE(ABORT, 'account_withdrawals is append-only'); END")
 
 
+def _define_v7(md: sa.MetaData) -> dict[str, sa.Table]:
+    """Reserve samples for the explorer's reserves-against-supply chart, as migration 7 creates them
+    (frozen). One row per asset each time the withdrawal side judged solvency and something moved
+    (or a while passed): what custody held, what was owed, and at which blocks. Derived, bounded
+    history (``bridge/explorer.py`` keeps the latest rows per asset and deletes older ones), so not
+    append-only and not audited: the proof of reserves, not this table, is the evidence."""
+    big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite: a rowid alias, so it counts up
+    tables = [
+        sa.Table(
+            "reserve_samples", md,
+            sa.Column("seq", big_id, primary_key=True, autoincrement=True),
+            sa.Column("at", sa.Double, nullable=False),
+            sa.Column("asset", sa.String(64), nullable=False),  # the wrapped token (withdrawal side's key)
+            sa.Column("symbol", sa.String(16), nullable=False),  # what is deposited: BTC, ETH
+            sa.Column("chain", sa.String(64), nullable=False),  # the source chain (CAIP-2)
+            sa.Column("custody", Amount, nullable=False),
+            sa.Column("supply", Amount, nullable=False),
+            sa.Column("in_flight", Amount, nullable=False),
+            sa.Column("ledger", Amount, nullable=False),
+            sa.Column("tolerance", Amount, nullable=False),
+            sa.Column("solvent", sa.Boolean, nullable=False),
+            sa.Column("source_height", sa.BigInteger),  # this node's tip of the source chain then
+            sa.Column("destination_height", sa.BigInteger),  # the block the supply was read at
+            sa.Index("reserve_samples_by_asset", "asset", "seq"),
+        ),
+    ]
+    return {t.name: t for t in tables}
+
+
+_tables_v7 = _define_v7(metadata)
+reserve_samples = _tables_v7["reserve_samples"]
+
+
+def _migration_7(conn: Connection) -> None:
+    """Reserve samples over time (the explorer's chart)."""
+    v7 = sa.MetaData()
+    _define_v7(v7)
+    v7.create_all(conn)
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3, _migration_4,
-                                                        _migration_5, _migration_6)
+                                                        _migration_5, _migration_6, _migration_7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -52,7 +52,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import queue
+import shlex
 import shutil
 import signal
 import subprocess
@@ -951,6 +953,49 @@ class Mission:
                      alice_proof=json.loads(proof_json))
             facts.update(cycle=cycle, root=_hex(checkpoint.root), published_tx=published, signer=signer)
 
+    def stay(self, workdir: Path, block_seconds: float) -> None:
+        """``--stay``: after the mission, keep the network up for the user's own commands (the
+        README's "Try it yourself") until Ctrl-C or SIGTERM, then shut down as usual. A devnet has
+        no miners of its own, so blocks come every ``block_seconds`` on Bitcoin and both anvils -
+        deposits and payouts confirm without anyone mining by hand. What a user needs is written
+        to ``workdir/env.sh`` (endpoints, pinned certificates, contracts, and an EVM account of
+        their own with ETH on both chains) and ``workdir/devnet.json`` (for ``fusion-prime-faucet``)."""
+        env = write_user_env(self.net, workdir, self.say)
+        self.console.heading("· the network stays up: try it yourself (Ctrl-C to stop)")
+        self.say("network", f"in another terminal: source {env}   (then the commands of the README's "
+                            "\"Try it yourself\")")
+        self.say("network", f"a block every {block_seconds:g} s on Bitcoin and on both anvils")
+        for node_id in sorted(self.net.bridge_ports):
+            with contextlib.suppress(LocalnetError):
+                self.say(node_id, f"explorer {self.net.explorer_url(node_id)}")
+        stop = threading.Event()
+
+        def produce() -> None:
+            while not stop.wait(block_seconds):
+                try:
+                    self.net.miner.mine(1)
+                    for w3 in (self.net.src, self.net.dst):
+                        w3.provider.make_request("evm_mine", [])
+                except Exception as exc:  # a chain going away at shutdown: stop producing, say why
+                    if not stop.is_set():
+                        self.say("network", f"block production stopped: {type(exc).__name__}: {exc}")
+                    return
+
+        producer = threading.Thread(target=produce, name="devnet-blocks", daemon=True)
+        producer.start()
+        try:
+            while True:
+                dead = [n for n, p in self.net.procs.items() if p.poll() is not None]
+                if dead:
+                    raise DemoFailed(f"{', '.join(dead)} exited while the network stayed up")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            self.console.plain("")
+            self.say("network", "stopping")
+        finally:
+            stop.set()
+            producer.join(timeout=10)
+
     def shutdown(self) -> dict[str, int]:
         """SIGTERM to every daemon at once, as an operator stops the network: each drains the
         sessions it is in (presignatures being refilled) with the others still there, then exits."""
@@ -975,6 +1020,50 @@ class Mission:
                 raise DemoFailed(f"daemons did not exit cleanly: {bad}")
             facts.update(exit_codes=codes)
         return codes
+
+
+def write_user_env(net: Net, workdir: Path, say: Callable[[str, str], None]) -> Path:
+    """What a user of the stayed network needs, as files: ``env.sh`` to ``source`` (the commands'
+    arguments for node1's Bridge API and node2's Settlement API, the chains, the contracts, a fresh
+    EVM account with ETH on both chains and its key file) and ``devnet.json`` for the faucet.
+    Devnet keys only: the account is created here and funded by anvil."""
+    user = Account.create()
+    for w3 in (net.src, net.dst):
+        w3.provider.make_request("anvil_setBalance", [user.address, hex(10 * ETHER)])
+    key_file = workdir / "me.key"
+    key_file.unlink(missing_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(user.key.hex() + "\n")
+    devnet = {"bitcoin": {"url": net.rpc_url, "user": RPC_USER, "password": RPC_PASSWORD, "chain": "regtest"},
+              "evm": [{"url": net.src_url, "chain_id": evm_chain_id(SRC_CHAIN)},
+                      {"url": net.dst_url, "chain_id": evm_chain_id(DST_CHAIN)}]}
+    devnet_file = workdir / "devnet.json"
+    devnet_file.write_text(json.dumps(devnet, indent=2) + "\n")
+    folder = {d.node_id: d.folder for d in net.devnet}
+    venv_bin = Path(sys.executable).parent
+    q = shlex.quote
+    values = {
+        "FP_DEVNET": str(devnet_file),
+        "BRIDGE": f"--target 127.0.0.1:{net.bridge_ports[USER_NODE]} --server-cert {folder[USER_NODE] / 'tls.crt'} "
+                  f"--server-name {USER_NODE}",
+        "SETTLE": f"--target 127.0.0.1:{net.bridge_ports[ALICE_NODE]} --cert {folder[ALICE_NODE] / 'tls.crt'}",
+        "BTC_CHAIN": BTC_CHAIN, "SRC_CHAIN": SRC_CHAIN, "DST_CHAIN": DST_CHAIN,
+        "SRC_RPC": net.src_url, "DST_RPC": net.dst_url,
+        "GATEWAY": net.gateway.address, "FPBTC": net.tokens["fpBTC"].address, "FPETH": net.tokens["fpETH"].address,
+        "ME": user.address, "ME_KEY": str(key_file),
+    }
+    lines = ["# Fusion Prime: the stayed demo network (make demo DEMO_ARGS=--stay). Devnet keys only.",
+             f"export PATH={q(str(venv_bin))}:$PATH"]
+    lines += [f"export {name}={q(value)}" for name, value in values.items()]
+    lines.append("# field NAME: one field of the JSON document on stdin (exit 1, silently, while it has none)")
+    lines.append("field() { python3 -c 'import json, sys; d = json.load(sys.stdin); v = d.get(sys.argv[1]) "
+                 "if isinstance(d, dict) else None; sys.exit(1) if v is None else "
+                 """print(v if isinstance(v, str) else json.dumps(v))' "$1"; }""")
+    env_file = workdir / "env.sh"
+    env_file.write_text("\n".join(lines) + "\n")
+    say("network", f"you are {user.address} (10 ETH on both anvils; key in {key_file})")
+    return env_file
 
 
 def _plain(balances: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict[str, dict[str, str]]]:
@@ -1036,6 +1125,10 @@ def _parser() -> argparse.ArgumentParser:
                                                 "after a successful run)")
     p.add_argument("--summary", type=Path, help="write a JSON summary of the run (ids, signed orders, raw payouts; "
                                                 "the settlement's signed instructions, checkpoint and proof)")
+    p.add_argument("--stay", action="store_true",
+                   help="after the mission keep the network up (blocks keep coming) for your own commands until "
+                        "Ctrl-C; WORKDIR/env.sh has what they need (README: Try it yourself)")
+    p.add_argument("--block-seconds", type=float, default=2.0, help="with --stay: seconds between blocks (default 2)")
     return p
 
 
@@ -1076,6 +1169,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         mission.settlement_accounts()
         mission.settlement_trade()
         mission.settlement_checkpoint()
+        if args.stay:
+            mission.stay(args.workdir.resolve(), args.block_seconds)
         mission.shutdown()
         summary["steps"] = [{"step": s.name, "seconds": round(s.seconds, 1), **s.facts} for s in mission.steps]
         summary["settlement"] = {"coordinator": COORDINATOR, **SETTLEMENT, **mission.settlement}

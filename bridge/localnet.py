@@ -9,8 +9,8 @@ orders.
 
 :func:`bridge_network` builds it and tears it down; :class:`Net` drives it (deposit addresses,
 states through each node's Bridge API, balances and ``Minted`` events on-chain, each node's own
-bridge database read-only, and stopping, killing and restarting a node's daemon with another
-bridge configuration).
+bridge database read-only, each node's explorer page (:meth:`Net.explorer_url`), and stopping,
+killing and restarting a node's daemon with another bridge configuration).
 
 It lives in the package, not beside the tests, because ``make demo``
 (:mod:`fusion_prime.bridge.demo`) runs the same network the bridge's network tests run
@@ -189,6 +189,13 @@ class Net:
         return SettlementClient(f"127.0.0.1:{self.bridge_ports[node_id]}", self.certs[node_id], identity=identity,
                                 server_name=node_id)
 
+    def explorer_url(self, node_id: str) -> str:
+        """``node_id``'s explorer page (``bridge/explorer.py``, on loopback), once its daemon runs the
+        bridge (it starts with the bridge, after the group key and the Gateway exist)."""
+        path = self.devnode(node_id).folder / "explorer.port"
+        port = wait_until(f"{node_id} explorer", lambda: _port(path), procs=self.procs)
+        return f"http://127.0.0.1:{port}/"
+
     def wallet(self, node_id: str = "node1") -> WalletClient:
         return WalletClient(f"127.0.0.1:{self.wallet_ports[node_id]}", self.certs[node_id], ADMIN,
                             server_name=node_id)
@@ -311,7 +318,7 @@ class Net:
 
 def _start(d: Any, starts: dict[str, int]) -> subprocess.Popen[bytes]:
     starts[d.node_id] = starts.get(d.node_id, 0) + 1
-    for f in ("wallet.port", "bridge.port"):
+    for f in ("wallet.port", "bridge.port", "explorer.port"):
         (d.folder / f).unlink(missing_ok=True)
     log = open(d.folder / f"bridge-daemon-{starts[d.node_id]}.log", "wb")
     listen = (d.folder / "bridge.listen").read_text().strip() if (d.folder / "bridge.listen").exists() \
@@ -320,8 +327,10 @@ def _start(d: Any, starts: dict[str, int]) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "fusion_prime.bridge.daemon", "--config", str(d.config_path), "--bridge",
          str(d.folder / "bridge.toml"), "--policy", str(d.folder / "policy.toml"), "--port-file",
          str(d.folder / "wallet.port"), "--bridge-port-file", str(d.folder / "bridge.port"),
-         "--bridge-listen", listen],
-        stdout=subprocess.DEVNULL, stderr=log)
+         "--explorer-port-file", str(d.folder / "explorer.port"), "--bridge-listen", listen],
+        # its own session: a Ctrl-C in the terminal reaches the demo, which SIGTERMs each daemon and
+        # checks it exits 0 - not every daemon at once mid-step
+        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
 
 
 def _write_bridge(d: Any, rpc_url: str, src_url: str, dst_url: str, *, key_id: str = "", gateway: str = "",
@@ -339,7 +348,11 @@ def _write_bridge(d: Any, rpc_url: str, src_url: str, dst_url: str, *, key_id: s
          "symbol": "BTC", "asset": tokens.get("fpBTC", ""), **BTC_RULES, **(btc or {})},
         {"caip2": SRC_CHAIN, "rpc": src_url, "symbol": "ETH", "asset": tokens.get("fpETH", ""), **ETH_RULES},
     ]
-    (d.folder / "bridge.toml").write_text(bridge_toml(bridge, chains))
+    # whole or not at all: a daemon already polling for its bridge section must never read it
+    # half-written (an empty file is "no [bridge] table", and the daemon exits)
+    partial = d.folder / "bridge.toml.partial"
+    partial.write_text(bridge_toml(bridge, chains))
+    partial.replace(d.folder / "bridge.toml")
 
 
 def _following(d: Any, btc_tip: int) -> bool:

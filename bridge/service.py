@@ -715,8 +715,10 @@ def start_bridge_server(servicer: BridgeServicer, listen: str, cert_pem: bytes, 
     No client certificate is asked for (see the module docstring: nothing here is privileged, and
     everything a node later does for a deposit is checked on-chain by every node). Returns the
     running server and the bound port; stop it with ``servicer.close(); server.stop(grace)``."""
+    # so_reuseport off: gRPC turns it on by default, and then a second daemon started on this port
+    # (a mistyped config) binds too and takes half the connections instead of failing to start
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=BRIDGE_SERVER_THREADS, thread_name_prefix="bridge"),
-                         maximum_concurrent_rpcs=BRIDGE_MAX_CONCURRENT_RPCS)
+                         maximum_concurrent_rpcs=BRIDGE_MAX_CONCURRENT_RPCS, options=[("grpc.so_reuseport", 0)])
     bridge_pb2_grpc.add_BridgeServicer_to_server(servicer, server)
     for add in extra:  # services served on the same port (the Settlement service)
         add(server)

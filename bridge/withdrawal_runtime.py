@@ -824,6 +824,9 @@ class WithdrawalRuntime:
         self._hints: set[tuple[str, str]] = set()
         #: the settlement ledger's link (``payouts_link.AccountWithdrawals``), reconciled each step
         self.accounts: Any = None
+        #: told of every solvency judgement (asset, inputs, verdict) on the trio thread - the explorer
+        #: records reserves against supply over time; it must return at once (no I/O)
+        self.on_solvency: Callable[[str, SolvencyInputs, SolvencyVerdict], None] | None = None
 
     @property
     def minted_through(self) -> int:
@@ -1483,6 +1486,12 @@ class WithdrawalRuntime:
                 log_event(log, logging.WARNING, "solvency unreadable", node=self.node_id, asset=asset, error=str(exc))
                 continue
             verdict = check_solvency(inputs)
+            if self.on_solvency is not None:
+                try:
+                    self.on_solvency(asset, inputs, verdict)
+                except Exception as exc:  # an observer must never stop the solvency halt
+                    log_event(log, logging.WARNING, "solvency observer failed", node=self.node_id, asset=asset,
+                              error=f"{type(exc).__name__}: {exc}"[:300])
             # INSOLVENT_READS reads in a row must agree before this node halts anything: the custody read
             # (the chain, with its mempool) and the in-flight read (the database) are not one
             # snapshot, and a payout broadcast between them looks like a shortfall for a moment.

@@ -468,7 +468,11 @@ class WithdrawalMachine:
                 out.append(Record(w.burn.burn_id, REFUNDING, REFUNDING, f"refund not signed: {obs.reason}"[:500]))
         elif isinstance(obs, AccountClosed):
             self._account_closed(obs, out)
-        self._due(now, out)
+        # burns arrive one observation each, back to back from one scan: a partial batch cut at
+        # the first of them paid one block's burns in two payouts (1, then the rest after it was
+        # built). A full batch goes at once; a partial one waits for the scan's end (BurnsScanned)
+        # or the next Tick, which batch them together.
+        self._due(now, out, partial_batch=not isinstance(obs, BurnSeen))
         return out
 
     def resume_actions(self, now: int) -> list[Action]:
@@ -686,10 +690,10 @@ class WithdrawalMachine:
             self._move(w, REFUNDED, f"refunded by {obs.tx_hash}", out)
 
     # -- what is due now
-    def _due(self, now: int, out: list[Action]) -> None:
+    def _due(self, now: int, out: list[Action], *, partial_batch: bool = True) -> None:
         if not self.coordinating:
             return
-        self._batch(now, out)
+        self._batch(now, out, partial=partial_batch)
         for p in list(self.payouts.values()):
             if p.state == BUILDING and p.next_try <= now and p.attempts > 0:
                 p.next_try = now + self.config.retry_after  # at most one attempt in flight per window
@@ -708,7 +712,7 @@ class WithdrawalMachine:
                 w.next_try = now + self.config.retry_after
                 out.append(ProposeRefund(w.burn.burn_id, w.reason))
 
-    def _batch(self, now: int, out: list[Action]) -> None:
+    def _batch(self, now: int, out: list[Action], *, partial: bool = True) -> None:
         ready = sorted((w for w in self.withdrawals.values() if w.state == QUEUED and w.next_try <= now),
                        key=lambda w: w.burn.nonce)
         if not ready:
@@ -716,7 +720,7 @@ class WithdrawalMachine:
         if any(p.state == BUILDING for p in self.payouts.values()):
             return  # one payout being built at a time: the next one must see its inputs reserved
         oldest = min(w.observed_at for w in ready)
-        if len(ready) < self.config.max_batch and now - oldest < self.config.batch_wait:
+        if len(ready) < self.config.max_batch and (not partial or now - oldest < self.config.batch_wait):
             return
         batch = tuple(w.burn.burn_id for w in ready[: self.config.max_batch])
         pid = payout_id_of(batch)

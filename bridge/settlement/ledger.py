@@ -334,7 +334,8 @@ class Ledger:
         if batch.prev_hash != self.head:
             raise BatchRefused(batch.seq, "previous hash is not this replica's head")
         if batch.time_ms < self.time_ms:
-            raise BatchRefused(batch.seq, "batch time goes backwards")
+            raise BatchRefused(batch.seq, f"batch time goes backwards: {batch.time_ms} ms, before the previous "
+                                          f"batch's {self.time_ms} ms")
         for i, entry in enumerate(batch.entries):
             if isinstance(entry, Finalize) and i != len(batch.entries) - 1:
                 raise BatchRefused(batch.seq, "a finalisation must be its batch's last entry")

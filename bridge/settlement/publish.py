@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from web3 import Web3
+from web3.logs import DISCARD
 
 from ..chainview import artifact
 from .checkpoint import CheckpointError, SignedCheckpoint
@@ -88,3 +89,48 @@ def published_root(w3: Web3, registry_address: str, cycle: int) -> bytes | None:
     """Cycle ``cycle``'s published root, or ``None`` if that cycle is not published yet."""
     root = bytes(registry_contract(w3, registry_address).functions.rootOf(cycle).call())
     return root if any(root) else None
+
+
+class CheckpointRelay:
+    """The coordinator's link to the registry.
+
+    The registry, not this node's database, says what is published: a relay can fail (no gas, the
+    endpoint down, the node killed between signing and sending) and another relayer can publish a
+    cycle first, so the coordinator asks :meth:`last_cycle` each pass and sends the cycles after it,
+    in order (the registry takes only the next cycle - one cycle never relayed would stop every
+    later one)."""
+
+    def __init__(self, w3: Web3, registry_address: str, sender: Any) -> None:
+        self.w3, self.address, self.sender = w3, Web3.to_checksum_address(registry_address), sender
+
+    def last_cycle(self) -> int:
+        return registry_state(self.w3, self.address)[0]
+
+    def root_of(self, cycle: int) -> bytes | None:
+        return published_root(self.w3, self.address, cycle)
+
+    def publication_tx(self, cycle: int) -> str | None:
+        """The transaction that published ``cycle`` (whoever relayed it), if the endpoint still
+        serves its log; ``None`` if not."""
+        try:
+            logs = registry_contract(self.w3, self.address).events.CheckpointPublished().get_logs(
+                argument_filters={"cycle": cycle}, from_block=0)
+        except Exception:  # a pruned or range-limited endpoint: the root is what counts
+            return None
+        return Web3.to_hex(logs[0]["transactionHash"]) if logs else None
+
+    def published_by(self, tx: str, cycle: int) -> bool:
+        """Whether ``tx`` is mined, succeeded and published ``cycle`` at this registry: a relay of
+        ours that was dropped, replaced or beaten by another relayer is not the publication."""
+        try:
+            receipt = self.w3.eth.get_transaction_receipt(tx)  # type: ignore[arg-type]
+        except Exception:  # not mined (dropped or pending) or the endpoint forgot it
+            return False
+        if int(receipt["status"]) != 1:
+            return False
+        event = registry_contract(self.w3, self.address).events.CheckpointPublished()
+        return any(Web3.to_checksum_address(e["address"]) == self.address and int(e["args"]["cycle"]) == cycle
+                   for e in event.process_receipt(receipt, errors=DISCARD))
+
+    def publish(self, signed: SignedCheckpoint) -> str:
+        return publish_checkpoint(self.w3, self.address, signed, self.sender)

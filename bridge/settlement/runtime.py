@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import trio
@@ -62,7 +62,10 @@ from .batch import (
 from .instructions import NET, InstructionError, SignedInstruction
 from .ledger import AFFIRMED, Applied, BatchRefused, Ledger, LedgerParams, Outcome
 from .merkle import AccountLeaf, build_tree
-from .store import SettlementStore
+from .store import SettlementStore, StoreError
+
+if TYPE_CHECKING:
+    from .publish import CheckpointRelay
 
 log = logging.getLogger("fusion_prime.bridge.settlement")
 
@@ -72,6 +75,19 @@ PULL_LIMIT = 64
 MAX_BATCH_BYTES = 900_000  # the canonical encoding caps one field at 1 MiB
 CHECKPOINT_WAIT_SECONDS = 20.0  # a participant waits this long for its replica to reach the cycle
 RESULTS_KEPT = 200_000
+#: a relayed checkpoint not on-chain after this long is sent again (dropped, or the node's
+#: endpoint lost it); before that it is in flight and not sent twice
+RELAY_RESEND_SECONDS = 60.0
+#: ``published_tx`` of a cycle found on-chain whose transaction the endpoint no longer serves
+ON_CHAIN = "on-chain"
+MAX_EVIDENCE_BYTES = 1_000_000  # a conflicting batch kept in the audit event up to this size
+#: kinds of halt: a batch refused by a rule; one not verifiable in time (lifts if it verifies
+#: later); a fork (two signed histories - only the operator can choose)
+HALT_REFUSED, HALT_UNVERIFIED, HALT_FORKED = "refused", "unverified", "forked"
+
+
+def _short(digest: bytes) -> str:
+    return digest.hex()[:16] + "…"
 
 
 def pull_digest(node_id: str, after: int, time_ms: int) -> bytes:
@@ -95,7 +111,7 @@ class SettlementRuntime:
                  node_keys: dict[str, bytes], peers: Sequence[Peer], assets: Sequence[str],
                  sign: Callable[..., Awaitable[Any]] | None, key_id: bytes, signer_path: Sequence[int],
                  signer_address: str, chain_id: int, registry: str, funding: Any = None, payouts: Any = None,
-                 publish: Callable[[cp.SignedCheckpoint], str] | None = None,
+                 relay: CheckpointRelay | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.node_id = node_id
@@ -109,7 +125,11 @@ class SettlementRuntime:
         self.sign = sign
         self.key_id, self.signer_path = key_id, tuple(signer_path)
         self.signer_address, self.chain_id, self.registry = signer_address, chain_id, registry
-        self.funding, self.payouts, self.publish = funding, payouts, publish
+        self.funding, self.payouts, self.relay = funding, payouts, relay
+        #: (coordinator) cycle -> (when, tx) this node last sent it to the registry (not resent while in flight)
+        # cycle -> (when last sent, every transaction sent for it): any one of them may be the one mined
+        self._relayed: dict[int, tuple[float, tuple[str, ...]]] = {}
+        self._relay_conflicts: set[int] = set()  # cycles whose published root is not this node's (logged once)
         self.clock = clock
         self.ledger: Ledger | None = None
         self._lock = threading.RLock()
@@ -129,6 +149,10 @@ class SettlementRuntime:
         #: every naming of a divergent peer (the current set above clears when it agrees again)
         self.divergence_log: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self.halted: str = ""  # why this node stopped following (empty: it follows)
+        #: the halt, machine-readable: seq, coordinator, reason, kind, at (None: following)
+        self.halt: dict[str, Any] | None = None
+        #: (follower) a pulled batch this node cannot verify *yet*: seq, hash, reason, since
+        self.waiting: dict[str, Any] | None = None
         self.divergent: dict[str, str] = {}  # node id -> why its checkpoint differs (coordinator's view)
         self.refusals: list[dict[str, Any]] = []
         self.signed_cycles = 0
@@ -387,7 +411,12 @@ class SettlementRuntime:
         applied = ledger.apply(signed.batch, verify=self._verify)
         try:
             snapshot = signed.batch.seq % self.settings.snapshot_every == 0
-            self.store.append(signed, applied, ledger, snapshot=snapshot)
+            checkpoint = None
+            if applied.finalized:  # stored with the batch that finalises it, never apart from it
+                own = self._own_checkpoint(ledger, applied.finalized, signed.batch.seq, signed.hash,
+                                           signed.batch.time_ms)
+                checkpoint = (own.cycle, own.root, own.to_bytes(), self._accounts_json(ledger))
+            self.store.append(signed, applied, ledger, snapshot=snapshot, checkpoint=checkpoint)
         except BaseException:
             # the replica must not run ahead of its disk: reload what is stored
             self.ledger = self.store.load(self._decode)
@@ -400,7 +429,7 @@ class SettlementRuntime:
         while len(self._results) > RESULTS_KEPT:
             self._results.popitem(last=False)
         if applied.finalized:
-            self._store_own_checkpoint(ledger, applied, signed)
+            self._own_checkpoint_stored(applied.finalized, signed)
         if applied.accounts or applied.withdrawals:
             self._note_owed(ledger, applied.withdrawals)
         if applied.finalized:
@@ -447,32 +476,87 @@ class SettlementRuntime:
         return cp.next_checkpoint(previous, tree, batch_seq=batch_seq, batch_hash=batch_hash, pending=pending,
                                   time_ms=time_ms)
 
-    def _store_own_checkpoint(self, ledger: Ledger, applied: Applied, signed: SignedBatch) -> None:
-        checkpoint = self._own_checkpoint(ledger, applied.finalized, signed.batch.seq, signed.hash,
-                                          signed.batch.time_ms)
-        self.store.put_checkpoint(checkpoint.cycle, checkpoint.root, checkpoint.to_bytes(), self._accounts_json(ledger))
+    def _own_checkpoint_stored(self, cycle: int, signed: SignedBatch) -> None:
+        """(the batch and its checkpoint stored) Wake the signing; say so."""
+        row = self.store.checkpoint(cycle)
+        assert row is not None
         if self._checkpoint_due is not None and self._token is not None:
             try:
                 trio.from_thread.run_sync(self._checkpoint_due.set, trio_token=self._token)
             except (trio.RunFinishedError, RuntimeError):
                 pass
-        log_event(log, logging.INFO, "settlement cycle finalised", node=self.node_id, cycle=checkpoint.cycle,
-                  root=checkpoint.root.hex(), batch=signed.batch.seq)
+        log_event(log, logging.INFO, "settlement cycle finalised", node=self.node_id, cycle=cycle,
+                  root=row["root"].hex(), batch=signed.batch.seq)
 
     # ------------------------------------------------------------------ checkpoint signing
     async def _sign_backlog(self) -> None:
-        """(coordinator) Sign every finalised cycle's checkpoint, in order, then publish it."""
+        """(coordinator) Sign every finalised cycle's checkpoint, in order, and relay every signed
+        one the registry does not hold yet - again after a failed relay or a restart."""
         self._checkpoint_due = trio.Event()
         while True:
-            rows = await trio.to_thread.run_sync(self.store.checkpoints)
-            todo = [r for r in rows if r["signature"] is None]
+            todo = await trio.to_thread.run_sync(lambda: self.store.checkpoints(signed=False))
             for row in todo:
                 ok = await self._sign_checkpoint(row)
                 if not ok:
                     break
-            with trio.move_on_after(1.0 if todo else 5.0):  # woken at once by a finalised cycle
+            behind = await trio.to_thread.run_sync(self._publish_backlog)
+            with trio.move_on_after(1.0 if todo or behind else 5.0):  # woken at once by a finalised cycle
                 await self._checkpoint_due.wait()
             self._checkpoint_due = trio.Event()
+
+    def _publish_backlog(self) -> bool:
+        """(worker thread, coordinator) Relay the signed cycles after the registry's last one, in
+        cycle order; note the ones someone else relayed. True while a signed cycle is not on-chain."""
+        if self.relay is None:
+            return False
+        rows = self.store.checkpoints(signed=True, published=False)
+        if not rows:
+            return False
+        try:
+            self._relay_rows(rows)
+        except Exception as exc:  # the endpoint is down or answered nonsense: the next pass asks again
+            log_event(log, logging.WARNING, "settlement registry unreachable", error=f"{type(exc).__name__}: {exc}")
+            return True
+        return bool(self.store.checkpoints(signed=True, published=False))
+
+    def _relay_rows(self, rows: list[dict[str, Any]]) -> None:
+        assert self.relay is not None
+        last = self.relay.last_cycle()
+        for row in rows:
+            cycle = row["cycle"]
+            if cycle <= last:  # on-chain already: relayed by another node or before a restart
+                root = self.relay.root_of(cycle)
+                if root == row["root"]:
+                    # our own relay: its receipt says so without a log scan - unless it was dropped
+                    # or replaced and another relayer's transaction published the cycle
+                    sent = self._relayed.pop(cycle, (0.0, ()))[1]
+                    tx = next((t for t in reversed(sent) if self.relay.published_by(t, cycle)), None)
+                    self.store.set_published(cycle, tx or self.relay.publication_tx(cycle) or ON_CHAIN)
+                elif cycle not in self._relay_conflicts:
+                    self._relay_conflicts.add(cycle)
+                    log_event(log, logging.CRITICAL, "the registry holds another root for a cycle than this node's "
+                              "signed checkpoint", cycle=cycle, registry=root.hex() if root else None,
+                              ours=row["root"].hex())
+                    self.store.record_event("settlement.registry_conflict", {
+                        "cycle": cycle, "registry": root.hex() if root else None, "ours": row["root"].hex()})
+                continue
+            if cycle != last + 1:
+                break  # an earlier cycle is not signed here yet
+            earlier = self._relayed.get(cycle)
+            if earlier is not None and time.monotonic() - earlier[0] < RELAY_RESEND_SECONDS:
+                break  # in flight: not sent twice before it could be mined
+            assert row["signature"] is not None
+            signed = cp.SignedCheckpoint(cp.Checkpoint.from_bytes(row["checkpoint"]), row["signature"],
+                                         self.chain_id, self.registry)
+            try:
+                tx = self.relay.publish(signed)
+            except Exception as exc:  # retried next pass; the signed file exists
+                log_event(log, logging.WARNING, "settlement checkpoint not published", cycle=cycle,
+                          error=f"{type(exc).__name__}: {exc}")
+                return
+            self._relayed[cycle] = (time.monotonic(), (earlier[1] if earlier else ()) + (tx,))
+            log_event(log, logging.INFO, "settlement checkpoint relayed", cycle=cycle, tx=tx)
+            last = cycle  # the next one chains onto it (estimated against the pending state)
 
     async def _sign_checkpoint(self, row: dict[str, Any]) -> bool:
         if self.sign is None:
@@ -507,19 +591,11 @@ class SettlementRuntime:
         return True
 
     def _after_signed(self, signed: cp.SignedCheckpoint) -> None:
-        """(worker thread) Write the file, publish on-chain, and name every peer that diverges."""
+        """(worker thread) Write the file; :meth:`_publish_backlog` relays it on-chain."""
         cycle = signed.checkpoint.cycle
         if self.settings.checkpoint_dir is not None:
             self.settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             cp.write_checkpoint_file(self.settings.checkpoint_dir / f"checkpoint-{cycle:08d}.json", signed)
-        if self.publish is not None:
-            try:
-                tx = self.publish(signed)
-                self.store.set_published(cycle, tx)
-                log_event(log, logging.INFO, "settlement checkpoint published", cycle=cycle, tx=tx)
-            except Exception as exc:  # publication is retried by whoever relays next; the file exists
-                log_event(log, logging.WARNING, "settlement checkpoint not published", cycle=cycle,
-                          error=f"{type(exc).__name__}: {exc}")
 
     def _cross_check(self, checkpoint: cp.Checkpoint) -> None:
         """(worker thread, coordinator) Ask every peer, in parallel, for its checkpoint of the cycle."""
@@ -552,6 +628,8 @@ class SettlementRuntime:
                 r = self._stub(node_id).GetCheckpoint(settlement_pb2.CheckpointRequest(cycle=checkpoint.cycle),
                                                       timeout=5)
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # halted short of the cycle: no wait
+                    return exc.details() or f"has no checkpoint of cycle {checkpoint.cycle} (halted)"
                 retry = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
                 if exc.code() in retry and time.monotonic() < deadline:
                     time.sleep(0.05)  # not applied the finalising batch yet, or restarting
@@ -565,9 +643,9 @@ class SettlementRuntime:
                 return ""
             try:
                 theirs = cp.Checkpoint.from_bytes(bytes(r.checkpoint))
-                return f"cycle {checkpoint.cycle}: its root {theirs.root.hex()} != {checkpoint.root.hex()}"
             except cp.CheckpointError as exc:
                 return f"cycle {checkpoint.cycle}: unreadable checkpoint ({exc})"
+            return f"cycle {checkpoint.cycle}: {checkpoint_difference(theirs, checkpoint, 'its', 'ours')}"
 
     def authorize_checkpoint(self, digest: bytes, path: Sequence[int], raw_checkpoint: bytes, coordinator: str
                              ) -> tuple[bool, str]:
@@ -591,22 +669,25 @@ class SettlementRuntime:
         if mine is None:
             why = f"this replica has not finalised cycle {proposed.cycle}" + (f" (halted: {self.halted})"
                                                                               if self.halted else "")
-            return False, f"settlement: {why}"
-        if mine["checkpoint"] != raw_checkpoint:
-            mine_cp = cp.Checkpoint.from_bytes(mine["checkpoint"])
-            why = (f"replica diverges at cycle {proposed.cycle}: my root {mine_cp.root.hex()}, "
-                   f"proposed {proposed.root.hex()}")
-            self.store.record_event("settlement.checkpoint_refused", {"cycle": proposed.cycle, "reason": why,
-                                                                      "coordinator": coordinator})
-            log_event(log, logging.ERROR, "settlement checkpoint refused", node=self.node_id, reason=why)
-            return False, f"settlement: {why}"
-        return True, ""
+        elif mine["checkpoint"] != raw_checkpoint:
+            why = (f"replica diverges at cycle {proposed.cycle}: "
+                   + checkpoint_difference(cp.Checkpoint.from_bytes(mine["checkpoint"]), proposed, "mine", "proposed"))
+        else:
+            return True, ""
+        self.store.record_event("settlement.checkpoint_refused", {"cycle": proposed.cycle, "reason": why,
+                                                                  "coordinator": coordinator,
+                                                                  "root": proposed.root.hex()})
+        log_event(log, logging.ERROR, "settlement checkpoint refused", node=self.node_id, coordinator=coordinator,
+                  reason=why)
+        return False, f"settlement: {why}"
 
     # ------------------------------------------------------------------ follower
     async def _follow(self) -> None:
         delay = 0.5
         while True:
-            if self.halted:
+            # a batch this node could not verify in time keeps being retried (the fact it names
+            # may still appear, and then the halt lifts); any other halt waits for the operator
+            if self.halted and not (self.halt is not None and self.halt["kind"] == HALT_UNVERIFIED):
                 await trio.sleep(1.0)
                 continue
             try:
@@ -633,7 +714,14 @@ class SettlementRuntime:
         return [bytes(b) for b in r.batches], int(r.head)
 
     def _apply_remote(self, raw: bytes, head: int) -> bool:
-        """(worker thread) One pulled batch; False to stop this round (retry later or halted)."""
+        """(worker thread) One pulled batch; False to stop this round (retry later or halted).
+
+        Everything a coordinator could lie with is checked here or in the ledger before the batch
+        touches the replica: its signature, its time (never ahead of this node's clock by more than
+        the allowed skew; never before the previous batch - the ledger), its place in the chain
+        (a batch that does not follow the one this node applied, or a second, different batch
+        under a number already seen, is a fork: proof that the coordinator signed two histories),
+        and every entry against this node's own view."""
         try:
             signed = self._decode(raw)
         except Exception as exc:
@@ -643,31 +731,87 @@ class SettlementRuntime:
         now_ms = int(self.clock() * 1000)
         skew = int(self.settings.max_clock_skew_seconds * 1000)
         if batch.time_ms > now_ms + skew:
-            self._halt(batch.seq, f"batch {batch.seq} is timed {batch.time_ms - now_ms} ms ahead of this node's clock")
+            self._halt(batch.seq, f"batch {batch.seq} is timed {batch.time_ms - now_ms} ms ahead of this node's clock "
+                                  f"(at most {skew} ms allowed)")
             return False
         if batch.seq == head and batch.time_ms < now_ms - 10 * skew and batch.seq > 1:
             log_event(log, logging.WARNING, "the coordinator's newest batch is old", seq=batch.seq)
         with self._changed:
             assert self.ledger is not None
             if batch.seq <= self.ledger.seq:
+                stored = self.store.batch_hash(batch.seq)
+                if stored is not None and stored != signed.hash:
+                    self._fork(batch.seq, f"the coordinator served a second, different batch {batch.seq} "
+                                          f"(this node applied {_short(stored)}, now {_short(signed.hash)})", signed)
+                    return False
                 return True
+            if batch.seq == self.ledger.seq + 1 and batch.prev_hash != self.ledger.head:
+                self._fork(batch.seq, f"batch {batch.seq} follows a batch {self.ledger.seq} with hash "
+                                      f"{_short(batch.prev_hash)}, but the batch {self.ledger.seq} the coordinator "
+                                      f"served this node has hash {_short(self.ledger.head)}", signed)
+                return False
+            waiting = self.waiting
+            if waiting is not None and waiting["seq"] == batch.seq and waiting["hash"] != signed.hash.hex():
+                self._fork(batch.seq, f"the coordinator served two different batches {batch.seq} "
+                                      f"({_short(bytes.fromhex(waiting['hash']))} and {_short(signed.hash)})", signed)
+                return False
             try:
                 self._apply_and_store(signed)
             except BatchRefused as exc:
                 if exc.retry:
-                    log_event(log, logging.INFO, "settlement batch waits for this node's view", seq=batch.seq,
-                              reason=exc.reason)
+                    self._unverified(signed, exc.reason)
                     return False
                 self._halt(batch.seq, exc.reason)
                 return False
+            if waiting is not None:
+                self.waiting = None
+                if self.halt is not None and self.halt["kind"] == HALT_UNVERIFIED:
+                    self.halted, self.halt = "", None
+                    log_event(log, logging.WARNING, "settlement batch verified after all; following again",
+                              node=self.node_id, seq=batch.seq)
         return True
 
-    def _halt(self, seq: int, reason: str) -> None:
-        self.halted = f"batch {seq}: {reason}" if seq else reason
-        self.store.record_event("settlement.batch_refused", {"seq": seq, "coordinator": self.settings.coordinator,
-                                                             "reason": reason})
+    def _unverified(self, signed: SignedBatch, reason: str) -> None:
+        """(lock held) A batch this node cannot verify *yet* (a credit of a deposit it has not seen
+        at depth, a gap): retried, shown in the status with the coordinator named at once, and
+        refused as a halt once ``unverified_batch_seconds`` passed - a coordinator cannot stall a
+        follower silently with a fact nobody else can see."""
+        batch = signed.batch
+        now = self.clock()
+        if self.waiting is None or self.waiting["seq"] != batch.seq:
+            self.waiting = {"seq": batch.seq, "hash": signed.hash.hex(), "coordinator": self.settings.coordinator,
+                            "reason": reason, "since": now}
+            log_event(log, logging.WARNING, "settlement batch waits for this node's view", node=self.node_id,
+                      coordinator=self.settings.coordinator, seq=batch.seq, reason=reason)
+        self.waiting["reason"] = reason
+        waited = now - self.waiting["since"]
+        bound = self.settings.unverified_batch_seconds
+        if waited >= bound and not self.halted:
+            self._halt(batch.seq, f"not verifiable here after {waited:.0f} s: {reason}", kind=HALT_UNVERIFIED)
+
+    def _fork(self, seq: int, reason: str, conflicting: SignedBatch | None) -> None:
+        """(lock held) Two signed histories from one coordinator: halt for good (a resync replays
+        this node's own log, which is one of them) and keep the conflicting batch - signed by the
+        coordinator, beside the one in this node's log - as the evidence."""
+        evidence: dict[str, Any] = {}
+        if conflicting is not None:
+            raw = conflicting.to_bytes()
+            evidence = {"conflicting_hash": conflicting.hash.hex(),
+                        "conflicting_batch": raw.hex() if len(raw) <= MAX_EVIDENCE_BYTES else ""}
+        if self.halt is not None and self.halt["kind"] == HALT_FORKED:
+            return  # named once
+        self._halt(seq, f"the coordinator forked the ledger: {reason}", kind=HALT_FORKED, evidence=evidence)
+
+    def _halt(self, seq: int, reason: str, *, kind: str = HALT_REFUSED, evidence: dict[str, Any] | None = None
+              ) -> None:
+        coordinator = self.settings.coordinator
+        self.halted = (f"batch {seq} from coordinator {coordinator} refused: {reason}" if seq
+                       else f"coordinator {coordinator}: {reason}")
+        self.halt = {"seq": seq, "coordinator": coordinator, "reason": reason, "kind": kind, "at": time.time()}
+        self.store.record_event("settlement.batch_refused", {"seq": seq, "coordinator": coordinator, "kind": kind,
+                                                             "reason": reason, **(evidence or {})})
         log_event(log, logging.CRITICAL, "settlement batch refused; this node stops following the coordinator",
-                  node=self.node_id, coordinator=self.settings.coordinator, seq=seq, reason=reason)
+                  node=self.node_id, coordinator=coordinator, seq=seq, kind=kind, reason=reason)
 
     async def _adopt_signatures(self) -> None:
         """(follower) Take the group's signatures of the checkpoints; a different root → resync."""
@@ -679,9 +823,9 @@ class SettlementRuntime:
                 log_event(log, logging.DEBUG, "checkpoint adoption failed", error=str(exc))
 
     def _adopt_once(self) -> None:
-        for row in self.store.checkpoints():
-            if row["signature"] is not None:
-                continue
+        if self.halt is not None and self.halt["kind"] == HALT_FORKED:
+            return  # its own log is one of two signed histories: replaying it proves nothing
+        for row in self.store.checkpoints(signed=False):
             r = self._stub(self.settings.coordinator).GetCheckpoint(
                 settlement_pb2.CheckpointRequest(cycle=row["cycle"]), timeout=5)
             if not r.signature:
@@ -695,18 +839,48 @@ class SettlementRuntime:
             if signed.checkpoint.to_bytes() == row["checkpoint"]:
                 self.store.set_signature(row["cycle"], bytes(r.signature))
                 continue
-            log_event(log, logging.ERROR, "the group signed another root than this replica's; resyncing",
-                      node=self.node_id, cycle=row["cycle"])
-            self.resync()
+            self._adopt_other(row, signed.checkpoint)
             return
+
+    def _adopt_other(self, row: dict[str, Any], group: cp.Checkpoint) -> None:
+        """The group signed another checkpoint of this cycle than this replica computed. If this
+        node's batch log holds the very batch the group's checkpoint ends with, the log is the
+        group's and only the replica drifted (an edited snapshot): rebuild it from the log. If not,
+        the coordinator served this node another batch than the group applied - a fork no replay
+        of this node's log can mend: halt, naming it."""
+        cycle = row["cycle"]
+        with self._changed:
+            mine = self.store.batch_hash(group.batch_seq)
+            if mine != group.batch_hash:
+                applied = (f"batch {group.batch_seq} {_short(mine)}" if mine is not None
+                           else f"no batch {group.batch_seq}")
+                self._fork(group.batch_seq, f"the group signed cycle {cycle} after batch {group.batch_seq} "
+                                            f"{_short(group.batch_hash)}, but this node's log holds {applied}",
+                           None)
+                return
+        log_event(log, logging.ERROR, "the group signed another root than this replica's; resyncing",
+                  node=self.node_id, cycle=cycle)
+        self.resync()
+        again = self.store.checkpoint(cycle)
+        if again is None or again["checkpoint"] != group.to_bytes():
+            with self._changed:
+                self._fork(group.batch_seq, f"rebuilt from its own log, which ends cycle {cycle} with the group's "
+                                            "batch, this replica still computes another checkpoint (are this node's "
+                                            "[bridge.settlement] parameters the network's?)", None)
 
     # ------------------------------------------------------------------ resync
     def resync(self) -> None:
-        """Rebuild the replica from the signed batch log and check it against signed checkpoints."""
+        """Rebuild the replica from the signed batch log and check it against signed checkpoints.
+        A fork halt stays: the log rebuilt from is one of the two histories."""
         with self._changed:
-            self.ledger = self._rebuild()
+            try:
+                self.ledger = self._rebuild()
+            except (SettlementError, StoreError) as exc:
+                self._fork(self.ledger.seq if self.ledger is not None else 0, f"resync failed: {exc}", None)
+                raise SettlementError(str(exc)) from None
             self._note_owed(self.ledger)
-            self.halted = ""
+            if self.halt is None or self.halt["kind"] != HALT_FORKED:
+                self.halted, self.halt = "", None
             self._changed.notify_all()
 
     def _rebuild(self) -> Ledger:
@@ -753,6 +927,8 @@ class SettlementRuntime:
             led = self.ledger
             out: dict[str, Any] = {"node": self.node_id, "role": self._role(),
                                    "coordinator": self.settings.coordinator, "halted": self.halted,
+                                   "halt": dict(self.halt) if self.halt else None,
+                                   "waiting": dict(self.waiting) if self.waiting else None,
                                    "divergent": dict(self.divergent), "divergence_log": list(self.divergence_log),
                                    "refusals": list(self.refusals[-10:]),
                                    "signed_cycles": self.signed_cycles,
@@ -761,6 +937,22 @@ class SettlementRuntime:
                 out.update({"head": led.seq, "open_cycle": led.open_cycle, "awaiting_final": led.awaiting_final,
                             "parties": len(led.parties), "trades": len(led.trades), "queued": len(self._queue)})
         return out
+
+
+def checkpoint_difference(a: cp.Checkpoint, b: cp.Checkpoint, a_name: str, b_name: str) -> str:
+    """What two checkpoints of one cycle disagree on, in words: the root (balances differ), and
+    the batch each ends with (a different batch under one number is a fork of the batch log)."""
+    parts = []
+    if a.root != b.root:
+        parts.append(f"{a_name} root {a.root.hex()} != {b_name} {b.root.hex()}")
+    if (a.batch_seq, a.batch_hash) != (b.batch_seq, b.batch_hash):
+        parts.append(f"{a_name} ends with batch {a.batch_seq} {_short(a.batch_hash)}, {b_name} with batch "
+                     f"{b.batch_seq} {_short(b.batch_hash)}")
+    if a.prev_root != b.prev_root:
+        parts.append(f"{a_name} follows root {a.prev_root.hex()}, {b_name} {b.prev_root.hex()}")
+    if a.totals != b.totals or a.time_ms != b.time_ms:
+        parts.append(f"totals or time differ ({a_name} {a.time_ms} ms, {b_name} {b.time_ms} ms)")
+    return "; ".join(parts) or "the encodings differ"
 
 
 CHECKPOINT_REQUEST_TAG = b"FPSETTLE"

@@ -24,7 +24,7 @@ from .ledger import Ledger, Trade, Withdrawal
 from .merkle import AccountLeaf, build_tree
 from .queries import QueryRefused, verify_query
 from .reports import cycle_report, report_csv, report_json
-from .runtime import SettlementError, SettlementRuntime
+from .runtime import HALT_FORKED, SettlementError, SettlementRuntime
 
 log = logging.getLogger("fusion_prime.bridge.settlement.service")
 MAX_WAIT_MS = 60_000
@@ -86,6 +86,15 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServicer):
             raise SettlementError("the settlement ledger is not running yet")
         return self.runtime
 
+    def _replica(self) -> SettlementRuntime:
+        """The runtime, for a client's read of ledger state. A node halted on a refused batch still
+        answers (stale, but every batch in it was verified here); one halted on a fork does not: its
+        replica may hold a batch the rest of the group never applied."""
+        rt = self._running()
+        if rt.halt is not None and rt.halt.get("kind") == HALT_FORKED:
+            raise SettlementError(f"this node's replica is on a fork ({rt.halted}); ask another node")
+        return rt
+
     # -- instructions
     @_guarded
     def Submit(self, request: settlement_pb2.SubmitRequest, context: grpc.ServicerContext
@@ -141,7 +150,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServicer):
                 bal, held = led.balance(client, asset), led.held(client, asset)
                 out.balances.add(asset=asset, balance=str(bal), held=str(held), available=str(bal - held))
             return out
-        return self._running().read(read)
+        return self._replica().read(read)
 
     @_guarded
     def GetTrade(self, request: settlement_pb2.Query, context: grpc.ServicerContext) -> settlement_pb2.TradeStatus:
@@ -152,7 +161,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServicer):
             if t is None or (client not in t.parties and client not in self.admins):
                 raise KeyError("no such trade of yours")  # the same answer: no trade ids are leaked
             return trade_status(t, led.seq)
-        return self._running().read(read)
+        return self._replica().read(read)
 
     def _trades_of(self, client: bytes) -> Callable[[Ledger], list[settlement_pb2.TradeStatus]]:
         def read(led: Ledger) -> list[settlement_pb2.TradeStatus]:
@@ -165,14 +174,14 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServicer):
     def ListTrades(self, request: settlement_pb2.Query, context: grpc.ServicerContext
                    ) -> settlement_pb2.TradesResponse:
         client = verify_query(request, "trades")
-        return settlement_pb2.TradesResponse(trades=self._running().read(self._trades_of(client)))
+        return settlement_pb2.TradesResponse(trades=self._replica().read(self._trades_of(client)))
 
     def WatchTrades(self, request: settlement_pb2.Query, context: grpc.ServicerContext
                     ) -> Iterator[settlement_pb2.TradeStatus]:
         """Every trade of the client now, then each change as its batch is applied."""
         try:
             client = verify_query(request, "trades")
-            rt = self._running()
+            rt = self._replica()
         except Exception as exc:
             _answer(exc, context, "WatchTrades")
             return
@@ -197,7 +206,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServicer):
         def read(led: Ledger) -> settlement_pb2.WithdrawalsResponse:
             mine = sorted((w for w in led.withdrawals.values() if w.party == client), key=lambda w: w.created_ms)
             return settlement_pb2.WithdrawalsResponse(withdrawals=[withdrawal_status(w) for w in mine[-LIST_LIMIT:]])
-        return self._running().read(read)
+        return self._replica().read(read)
 
     @_guarded
     def GetCycleReport(self, request: settlement_pb2.Query, context: grpc.ServicerContext
@@ -206,7 +215,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServicer):
         if len(request.ref) != 8:
             raise ValueError("ref is the cycle number, 8 bytes big-endian")
         cycle = int.from_bytes(request.ref, "big")
-        rt = self._running()
+        rt = self._replica()
         row = rt.store.checkpoint(cycle)
         report = rt.read(lambda led: cycle_report(led, cycle, row))
         return settlement_pb2.CycleReport(cycle=cycle, json=report_json(report), csv=report_csv(report))
@@ -238,6 +247,10 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServicer):
         else:
             row = next((r for r in reversed(rt.store.checkpoints(limit=1_000_000)) if r["signature"] is not None),
                        None)
+        if row is None and request.cycle and rt.halted:
+            # the coordinator's cross-check hears at once that this node will not get there
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"no checkpoint of cycle {request.cycle}: this node halted ({rt.halted})")
         if row is None:
             raise KeyError(f"no checkpoint of cycle {request.cycle}" if request.cycle else "no signed checkpoint yet")
         text = ""

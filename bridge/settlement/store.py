@@ -77,18 +77,31 @@ class SettlementStore:
         with self.db.read() as r:
             return [bytes(row[0]) for row in r.conn.execute(q)]
 
+    def batch_hash(self, seq: int) -> bytes | None:
+        """The hash of the stored batch ``seq`` (None: not stored), to tell a second batch under one
+        number from the first."""
+        t = bdb.settlement_batches
+        with self.db.read() as r:
+            value = r.conn.scalar(sa.select(t.c.hash).where(t.c.seq == seq))
+        return None if value is None else bytes(value)
+
     def head(self) -> int:
         with self.db.read() as r:
             return int(r.conn.scalar(sa.select(sa.func.max(bdb.settlement_batches.c.seq))) or 0)
 
     # ------------------------------------------------------------------ writing
     def append(self, signed: SignedBatch, applied: Applied, ledger: Ledger, *, events: list[tuple[str, dict]] = (),
-               snapshot: bool = False) -> None:
-        """Store one applied batch and everything it changed, in one transaction."""
+               snapshot: bool = False, checkpoint: tuple[int, bytes, bytes, bytes] | None = None) -> None:
+        """Store one applied batch and everything it changed, in one transaction - with the
+        checkpoint (cycle, root, checkpoint, accounts) of the cycle it finalises: stored apart, a
+        crash between the two left a finalised cycle without a checkpoint, and every later cycle,
+        which chains to it, could never be finalised."""
         now = time.time()
         b = signed.batch
         with self.db.transaction() as tx:
             conn = tx.conn
+            if checkpoint is not None:
+                self._put_checkpoint(tx, *checkpoint)
             conn.execute(sa.insert(bdb.settlement_batches).values(
                 seq=b.seq, hash=signed.hash, prev_hash=b.prev_hash, time_ms=b.time_ms, coordinator=b.coordinator,
                 signed=signed.to_bytes(), outcomes=[o.to_dict() for o in applied.outcomes], stored_at=now))
@@ -139,19 +152,24 @@ class SettlementStore:
                        replace: bool = False) -> None:
         """This node's own checkpoint of a cycle (idempotent). A different one is refused unless
         ``replace`` (a resync recomputed it; never over a group-signed one)."""
-        t = bdb.settlement_checkpoints
         with self.db.transaction() as tx:
-            old = tx.conn.execute(sa.select(t.c.checkpoint, t.c.signature).where(t.c.cycle == cycle)).first()
-            if old is not None:
-                if bytes(old[0]) == checkpoint:
-                    return
-                if not replace or old[1] is not None:
-                    raise StoreError(f"cycle {cycle}: a different checkpoint is already stored")
-                tx.conn.execute(sa.update(t).where(t.c.cycle == cycle).values(root=root, checkpoint=checkpoint,
-                                                                               accounts=accounts))
+            self._put_checkpoint(tx, cycle, root, checkpoint, accounts, replace=replace)
+
+    @staticmethod
+    def _put_checkpoint(tx: bdb.Transaction, cycle: int, root: bytes, checkpoint: bytes, accounts: bytes = b"[]", *,
+                        replace: bool = False) -> None:
+        t = bdb.settlement_checkpoints
+        old = tx.conn.execute(sa.select(t.c.checkpoint, t.c.signature).where(t.c.cycle == cycle)).first()
+        if old is not None:
+            if bytes(old[0]) == checkpoint:
                 return
-            tx.conn.execute(sa.insert(t).values(cycle=cycle, root=root, checkpoint=checkpoint, accounts=accounts,
-                                                created_at=time.time()))
+            if not replace or old[1] is not None:
+                raise StoreError(f"cycle {cycle}: a different checkpoint is already stored")
+            tx.conn.execute(sa.update(t).where(t.c.cycle == cycle).values(root=root, checkpoint=checkpoint,
+                                                                           accounts=accounts))
+            return
+        tx.conn.execute(sa.insert(t).values(cycle=cycle, root=root, checkpoint=checkpoint, accounts=accounts,
+                                            created_at=time.time()))
 
     def set_signature(self, cycle: int, signature: bytes) -> None:
         t = bdb.settlement_checkpoints
@@ -169,10 +187,20 @@ class SettlementStore:
             row = r.conn.execute(sa.select(t).where(t.c.cycle == cycle)).first()
         return None if row is None else self._checkpoint_row(row)
 
-    def checkpoints(self, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    def checkpoints(self, after: int = 0, limit: int = 1000, *, signed: bool | None = None,
+                    published: bool | None = None) -> list[dict[str, Any]]:
+        """Checkpoints after cycle ``after`` in cycle order; ``signed``/``published`` select the
+        ones with (True) or without (False) a group signature / a recorded publication - the
+        backlogs ask for these, never for "the first thousand cycles", which a long-lived node
+        outgrows."""
         t = bdb.settlement_checkpoints
+        q = sa.select(t).where(t.c.cycle > after)
+        if signed is not None:
+            q = q.where(t.c.signature.is_not(None) if signed else t.c.signature.is_(None))
+        if published is not None:
+            q = q.where(t.c.published_tx.is_not(None) if published else t.c.published_tx.is_(None))
         with self.db.read() as r:
-            rows = r.conn.execute(sa.select(t).where(t.c.cycle > after).order_by(t.c.cycle).limit(limit)).all()
+            rows = r.conn.execute(q.order_by(t.c.cycle).limit(limit)).all()
         return [self._checkpoint_row(row) for row in rows]
 
     @staticmethod

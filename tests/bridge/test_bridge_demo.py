@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fp_bridge_net import wait_for
 from fp_guards import HANG_GUARD
 from web3 import Web3
 
@@ -53,14 +55,53 @@ def _demo(tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedPro
                            *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
-def test_the_demo_runs_the_whole_mission_and_exits_0(tmp_path: Path) -> None:
+def _readme_walkthrough() -> str:
+    """The README's "Try it yourself" block, exactly as a user pastes it."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("<!-- walkthrough:")
+    block = text[text.index("```sh\n", start) + len("```sh\n"):]
+    return block[:block.index("```")]
+
+
+def test_the_demo_runs_the_whole_mission_stays_up_for_the_readme_walkthrough_and_exits_0(tmp_path: Path) -> None:
+    """The mission, then ``--stay``: the README's "Try it yourself" block, run by bash exactly as
+    written against the stayed network (deposit → mint, burn → BTC paid, two custody accounts
+    funded, a DvP trade settled, an account withdrawal paid), then SIGTERM: a clean shutdown."""
     summary_file = tmp_path / "summary.json"
-    # the demo's own guard per step, and one for the whole run (ten steps) - hang guards only
-    run = _demo(tmp_path, "--level", "test-2048", "--step-timeout", str(HANG_GUARD), "--summary", str(summary_file),
-                timeout=11 * HANG_GUARD)
-    out = run.stdout
-    assert run.returncode == 0, f"exit {run.returncode}\n{out[-4000:]}\n{run.stderr[-4000:]}"
-    assert "Traceback" not in run.stderr and "DEMO FAILED" not in run.stderr, run.stderr[-4000:]
+    work = tmp_path / "work"
+    out_file, err_file = tmp_path / "demo.out", tmp_path / "demo.err"
+    env = {**os.environ, "PATH": f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with out_file.open("w") as out_f, err_file.open("w") as err_f:
+        # the demo's own guard per step - hang guards only
+        demo = subprocess.Popen([sys.executable, "-m", "fusion_prime.bridge.demo", "--workdir", str(work),
+                                 "--level", "test-2048", "--step-timeout", str(HANG_GUARD), "--summary",
+                                 str(summary_file), "--stay"], stdout=out_f, stderr=err_f, text=True, env=env,
+                                cwd=ROOT)
+        try:
+            wait_for("the demo to stay up", lambda: "the network stays up" in out_file.read_text(),
+                     procs={"demo": demo})
+            user = tmp_path / "user"
+            user.mkdir()
+            script = _readme_walkthrough().replace("var/demo/env.sh", str(work / "env.sh"))
+            walk = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                                  cwd=user, env={k: v for k, v in env.items() if k != "FP_DEVNET"},
+                                  timeout=4 * HANG_GUARD)
+            assert walk.returncode == 0, f"walkthrough exit {walk.returncode}\n{walk.stdout[-4000:]}\n" \
+                                         f"{walk.stderr[-4000:]}"
+            _check_walkthrough(walk.stdout)
+            demo.send_signal(signal.SIGTERM)
+            demo.wait(timeout=2 * HANG_GUARD)
+        finally:
+            if demo.poll() is None:  # a failure above: SIGTERM, so that the demo stops its daemons and anvils
+                demo.send_signal(signal.SIGTERM)
+                try:
+                    demo.wait(timeout=HANG_GUARD)
+                except subprocess.TimeoutExpired:
+                    demo.kill()
+                    demo.wait()
+    out, err = out_file.read_text(), err_file.read_text()
+    assert demo.returncode == 0, f"exit {demo.returncode}\n{out[-4000:]}\n{err[-4000:]}"
+    assert "Traceback" not in err and "DEMO FAILED" not in err, err[-4000:]
 
     # every step began and completed, in order
     positions = [out.index(f"== {step}") for step in STEPS]
@@ -107,6 +148,39 @@ def test_the_demo_runs_the_whole_mission_and_exits_0(tmp_path: Path) -> None:
     assert Tx.from_hex(payout["payout_raw"]).txid_hex == payout["payout_txid"]
     assert steps["6. clean shutdown"]["exit_codes"] == {"node1": 0, "node2": 0, "node3": 0}
     _check_settlement(summary)
+
+
+def _check_walkthrough(out: str) -> None:
+    """What the README's commands printed: the mint, the payout of the burn (less the fee), the
+    trade's balances, and the account withdrawal paid to the same address."""
+    docs = _json_documents(out)
+    updates = [d for d in docs if "deposit" in d and "event" in d]
+    assert updates and updates[-1]["deposit"]["state"] == "minted" and updates[-1]["deposit"]["mint_tx"]
+    assert updates[-1]["deposit"]["amount"] == "50000000"
+    withdrawal = next(d for d in docs if "burn_id" in d and "state" in d)
+    assert withdrawal["state"] == "confirmed" and withdrawal["amount"] == "20000000" and withdrawal["txid"]
+    received = [d for d in docs if "coins" in d]
+    assert received[0]["sats"] == 20_000_000 - 20_000  # the burn, less the withdrawal fee
+    assert {c["txid"] for c in received[0]["coins"]} == {withdrawal["txid"]}
+    assert received[-1]["sats"] == 20_000_000 - 20_000 + 1_000_000 - 20_000  # and alice's account withdrawal
+    assert re.search(r"^BTC +5000000 +0 +5000000$", out, re.M), out[-3000:]
+    assert re.search(r"^ETH +1250000000000000000 +0 +1250000000000000000$", out, re.M), out[-3000:]
+    assert re.search(r"^[0-9a-f]{64} paid +1000000 BTC to bcrt1\w+ on bip122:\w+ txid [0-9a-f]{64}$", out, re.M)
+
+
+def _json_documents(text: str) -> list[dict[str, Any]]:
+    """Every JSON object printed (pretty or one per line), in order; text lines are skipped."""
+    decoder, docs, i = json.JSONDecoder(), [], 0
+    while (i := text.find("{", i)) >= 0:
+        try:
+            doc, end = decoder.raw_decode(text, i)
+        except ValueError:
+            i += 1
+            continue
+        if isinstance(doc, dict):
+            docs.append(doc)
+        i = end
+    return docs
 
 
 def _check_settlement(summary: dict[str, Any]) -> None:

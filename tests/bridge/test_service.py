@@ -282,6 +282,14 @@ def test_ambiguous_asset_is_invalid_argument(bridge_db: BridgeDB, tls: tuple[byt
         srv.stop(None)
 
 
+def test_a_second_server_on_a_taken_port_fails_to_start(servicer: BridgeServicer, server: int,
+                                                         tls: tuple[bytes, bytes]) -> None:
+    """gRPC's default SO_REUSEPORT would let a second daemon bind the same port and silently take
+    half of the clients; the Bridge API refuses to start instead (the daemon says so in one line)."""
+    with pytest.raises((OSError, RuntimeError), match=r"cannot listen|Failed to bind"):  # (grpcio's bind error)
+        start_bridge_server(servicer, f"127.0.0.1:{server}", *tls)
+
+
 # ------------------------------------------------------------------------------ deposits and watching
 
 def test_deposit_lifecycle_in_get_list_and_watch(client: BridgeClient, servicer: BridgeServicer,

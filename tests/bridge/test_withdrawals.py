@@ -21,6 +21,7 @@ from fusion_prime.bridge.withdrawals import (
     BuildPayout,
     Burn,
     BurnSeen,
+    BurnsScanned,
     PayoutBroadcast,
     PayoutDepth,
     PayoutFailed,
@@ -54,9 +55,10 @@ def _classify(burn: Burn) -> str | None:
 
 
 def _machine(**kw) -> WithdrawalMachine:
+    settings = {"payout_confirmations": 2, "max_batch": 3, "batch_wait": 30, "stuck_after": 600, "retry_after": 30,
+                "rebroadcast_after": 60, **kw}
     cfg = WithdrawalConfig(asset=ASSET, source_chain="bip122:0f9188f13cb7b2c71f2a335e3a4fc328", classify=_classify,
-                           payout_confirmations=2, max_batch=3, batch_wait=30, stuck_after=600, retry_after=30,
-                           rebroadcast_after=60, **kw)
+                           **settings)
     m = WithdrawalMachine(cfg)
     m.coordinating = True
     return m
@@ -88,6 +90,17 @@ def test_a_full_batch_goes_without_waiting():
     m.handle(BurnSeen(_burn(2)), 1000)
     (build,) = _only(m.handle(BurnSeen(_burn(3)), 1000), BuildPayout)
     assert len(build.burn_ids) == 3
+
+
+@pytest.mark.parametrize("end", [Tick(), BurnsScanned(10)])
+def test_with_no_batch_wait_the_burns_of_one_scan_are_paid_in_one_payout(end) -> None:  # type: ignore[no-untyped-def]
+    """batch_wait 0 paid one block's burns in two payouts: the first alone, cut as soon as it was
+    seen. The burns of one scan now go together, at the scan's end or the next tick."""
+    m = _machine(batch_wait=0, max_batch=10)
+    for n in (1, 2, 3, 4):
+        assert not _only(m.handle(BurnSeen(_burn(n)), 1000), BuildPayout), "not cut at the first burn"
+    (build,) = _only(m.handle(end, 1000), BuildPayout)
+    assert [m.get(b).burn.nonce for b in build.burn_ids] == [1, 2, 3, 4]
 
 
 def test_signed_payout_is_broadcast_and_confirms_at_depth():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from coincurve import PrivateKey
 from eth_utils import keccak, to_checksum_address
+from fp_guards import HANG_GUARD
 
 from fusion_prime.bridge.chains.evm.adapter import (
     LogFollower,
@@ -105,4 +106,4 @@ def test_devnet_entry_point_starts_and_stops() -> None:
         assert {connect(c["url"]).eth.chain_id for c in info["evm"]} == {31337, 31338}
     finally:
         proc.terminate()
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=HANG_GUARD) == 0

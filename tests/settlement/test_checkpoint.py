@@ -543,3 +543,158 @@ def test_registry_on_anvil_publishes_two_cycles_and_refuses_a_fork(w3: Web3) -> 
 def test_registry_refuses_a_zero_genesis(w3: Web3) -> None:
     with pytest.raises(ValueError, match="genesis_root"):
         deploy_registry(w3, "0x" + "11" * 20, bytes(32), w3.eth.accounts[0])
+
+
+def test_the_coordinator_relays_every_signed_cycle_in_order_after_a_failed_relay_and_a_restart(
+        w3: Web3, tmp_path: Path) -> None:
+    """The registry takes only the next cycle, so a signed cycle never relayed would stop every
+    later one for good. Here a relayer without gas fails, another relayer publishes cycle 1
+    meanwhile, the node restarts: the coordinator's backlog notes cycle 1 as someone else's,
+    relays 2 and 3 in order, and never sends cycle 3 before 2 is on-chain."""
+    from fusion_prime.bridge.config import SettlementSettings
+    from fusion_prime.bridge.db import open_database
+    from fusion_prime.bridge.settlement.publish import CheckpointRelay
+    from fusion_prime.bridge.settlement.runtime import ON_CHAIN, SettlementRuntime
+    from fusion_prime.protocol.identity import PartyIdentity
+
+    deployer, outsider, guardian = w3.eth.accounts[0], w3.eth.accounts[2], w3.eth.accounts[3]
+    deployment = deploy_bridge(w3, sender=deployer, signer=GROUP_ACCOUNT.address, guardian=guardian, assets=[],
+                               sign_digest=signer_of(GROUP), devnet=True)
+    address = deploy_registry(w3, deployment.gateway, GENESIS_ROOT, deployer)
+    trees = [build_tree(ledger(i)) for i in range(1, 4)]
+    chain: list[Checkpoint] = []
+    for i, tree in enumerate(trees):
+        chain.append(next_checkpoint(chain[-1] if chain else None, tree, batch_seq=3 * (i + 1),
+                                     batch_hash=bytes([i + 1]) * 32, pending={}, time_ms=1000 * (i + 1)))
+    signed = [sign_checkpoint(c, CHAIN_ID, address, signer_of(GROUP)) for c in chain]
+    relayer = Account.create()  # holds no ether yet: every relay fails
+    db = open_database(f"sqlite:///{tmp_path / 'bridge.sqlite3'}")
+
+    def runtime() -> SettlementRuntime:
+        """node1, the coordinator, over ``db`` (a start or a restart): nothing in memory survives."""
+        settings = SettlementSettings(coordinator="node1")
+        return SettlementRuntime(settings, db=db, node_id="node1", identity=PartyIdentity.generate(),
+                                 node_keys={}, peers=[], assets=["BTC", "ETH"], sign=None, key_id=bytes(16),
+                                 signer_path=(), signer_address=GROUP_ACCOUNT.address, chain_id=CHAIN_ID,
+                                 registry=address, relay=CheckpointRelay(w3, address, relayer))
+
+    try:
+        node = runtime()
+        for c, s in zip(chain[:2], signed[:2], strict=True):  # cycles 1 and 2 signed, 3 still unsigned
+            node.store.put_checkpoint(c.cycle, c.root, c.to_bytes())
+            node.store.set_signature(c.cycle, s.signature)
+        node.store.put_checkpoint(chain[2].cycle, chain[2].root, chain[2].to_bytes())
+
+        assert node._publish_backlog() is True  # behind: the relay failed (no gas)
+        assert registry_state(w3, address) == (0, GENESIS_ROOT)
+        assert [r["published_tx"] for r in node.store.checkpoints()] == [None, None, None]
+
+        # another relayer publishes cycle 1 while this node is down; the node comes back with gas
+        outsider_tx = publish_checkpoint(w3, address, signed[0], outsider)
+        assert w3.eth.wait_for_transaction_receipt(outsider_tx, timeout=HANG_GUARD)["status"] == 1
+        w3.provider.make_request("anvil_setBalance", [relayer.address, hex(10**18)])  # type: ignore[arg-type]
+        node = runtime()
+        assert node._publish_backlog() is True
+        rows = {r["cycle"]: r for r in node.store.checkpoints()}
+        assert rows[1]["published_tx"] == outsider_tx  # noted, not sent again: the relayer's first tx is cycle 2
+        assert rows[1]["published_tx"] != ON_CHAIN
+        assert w3.eth.get_transaction_count(relayer.address) == 1
+        assert registry_state(w3, address) == (2, chain[1].root)
+        assert rows[3]["published_tx"] is None  # unsigned: not relayed
+
+        node.store.set_signature(3, signed[2].signature)
+        node = runtime()
+        node._publish_backlog()
+        assert registry_state(w3, address) == (3, chain[2].root)
+        assert w3.eth.get_transaction_count(relayer.address) == 2
+        node._publish_backlog()  # cycle 2's own relay noted from the registry; nothing is sent again
+        assert w3.eth.get_transaction_count(relayer.address) == 2
+        assert node._publish_backlog() is False
+        assert all(r["published_tx"] for r in node.store.checkpoints())
+        assert published_root(w3, address, 2) == chain[1].root
+
+        # the registry holds another root for cycle 4 than this node signed (only the group key
+        # can do that: its history forked): a critical event, once, and nothing relayed over it
+        ours = next_checkpoint(chain[2], build_tree(ledger(7)), batch_seq=12, batch_hash=b"\x04" * 32, pending={},
+                               time_ms=4000)
+        theirs = next_checkpoint(chain[2], build_tree(ledger(8)), batch_seq=12, batch_hash=b"\x04" * 32,
+                                 pending={}, time_ms=4000)
+        tx4 = publish_checkpoint(w3, address, sign_checkpoint(theirs, CHAIN_ID, address, signer_of(GROUP)), outsider)
+        assert w3.eth.wait_for_transaction_receipt(tx4, timeout=HANG_GUARD)["status"] == 1
+        node.store.put_checkpoint(4, ours.root, ours.to_bytes())
+        node.store.set_signature(4, sign_checkpoint(ours, CHAIN_ID, address, signer_of(GROUP)).signature)
+        for _ in range(3):
+            assert node._publish_backlog() is True  # never marked published: it is not what the chain holds
+        assert w3.eth.get_transaction_count(relayer.address) == 2
+        conflicts = [e for e in _events(db) if e[0] == "settlement.registry_conflict"]
+        assert len(conflicts) == 1 and conflicts[0][1]["cycle"] == 4
+        assert conflicts[0][1]["registry"] == theirs.root.hex() and conflicts[0][1]["ours"] == ours.root.hex()
+    finally:
+        db.close()
+
+
+def test_a_dropped_relay_beaten_by_another_relayer_records_the_transaction_that_published(
+        w3: Web3, tmp_path: Path) -> None:
+    """The coordinator's own relay of a cycle leaves the mempool unmined (dropped: fee spike, a
+    restarted endpoint) and another relayer publishes the cycle: the row names the other
+    relayer's transaction, never our hash that no block holds; a relay that did land is named by
+    its own hash (its receipt, no log scan)."""
+    from fusion_prime.bridge.config import SettlementSettings
+    from fusion_prime.bridge.db import open_database
+    from fusion_prime.bridge.settlement.publish import CheckpointRelay
+    from fusion_prime.bridge.settlement.runtime import SettlementRuntime
+    from fusion_prime.protocol.identity import PartyIdentity
+
+    deployer, outsider, guardian = w3.eth.accounts[0], w3.eth.accounts[2], w3.eth.accounts[3]
+    deployment = deploy_bridge(w3, sender=deployer, signer=GROUP_ACCOUNT.address, guardian=guardian, assets=[],
+                               sign_digest=signer_of(GROUP), devnet=True)
+    address = deploy_registry(w3, deployment.gateway, GENESIS_ROOT, deployer)
+    chain: list[Checkpoint] = []
+    for i in range(2):
+        chain.append(next_checkpoint(chain[-1] if chain else None, build_tree(ledger(i + 1)), batch_seq=3 * (i + 1),
+                                     batch_hash=bytes([i + 1]) * 32, pending={}, time_ms=1000 * (i + 1)))
+    signed = [sign_checkpoint(c, CHAIN_ID, address, signer_of(GROUP)) for c in chain]
+    relayer = Account.create()
+    w3.provider.make_request("anvil_setBalance", [relayer.address, hex(10**18)])  # type: ignore[arg-type]
+    db = open_database(f"sqlite:///{tmp_path / 'bridge.sqlite3'}")
+    node = SettlementRuntime(SettlementSettings(coordinator="node1"), db=db, node_id="node1",
+                             identity=PartyIdentity.generate(), node_keys={}, peers=[], assets=["BTC", "ETH"],
+                             sign=None, key_id=bytes(16), signer_path=(), signer_address=GROUP_ACCOUNT.address,
+                             chain_id=CHAIN_ID, registry=address, relay=CheckpointRelay(w3, address, relayer))
+    try:
+        for c, s in zip(chain, signed, strict=True):
+            node.store.put_checkpoint(c.cycle, c.root, c.to_bytes())
+            node.store.set_signature(c.cycle, s.signature)
+        w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        try:
+            assert node._publish_backlog() is True
+            ours = node._relayed[1][1][-1]
+            w3.provider.make_request("anvil_dropTransaction", [ours])  # type: ignore[arg-type]
+            theirs = publish_checkpoint(w3, address, signed[0], outsider)
+            w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        finally:
+            w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        assert w3.eth.get_transaction_receipt(theirs)["status"] == 1  # type: ignore[arg-type]
+        assert node.relay is not None and not node.relay.published_by(ours, 1)
+        assert node._publish_backlog() is True  # cycle 1 noted, cycle 2 relayed by us
+        rows = {r["cycle"]: r for r in node.store.checkpoints()}
+        assert rows[1]["published_tx"] == theirs != ours
+        mine = node._relayed[2][1][-1]
+        assert w3.eth.wait_for_transaction_receipt(mine, timeout=HANG_GUARD)["status"] == 1  # type: ignore[arg-type]
+        assert node._publish_backlog() is False
+        rows = {r["cycle"]: r for r in node.store.checkpoints()}
+        assert rows[2]["published_tx"] == mine
+        assert node.relay.published_by(mine, 2) and not node.relay.published_by(mine, 1)
+    finally:
+        db.close()
+
+
+def _events(db: Any) -> list[tuple[str, dict[str, Any]]]:
+    import sqlalchemy as sa
+
+    from fusion_prime.bridge import db as bdb
+
+    t = bdb.bridge_events
+    with db.read() as r:
+        rows = r.conn.execute(sa.select(t.c.event, t.c.detail).order_by(t.c.seq)).all()
+    return [(str(e), json.loads(d)) for e, d in rows]

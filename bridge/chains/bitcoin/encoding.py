@@ -1,25 +1,25 @@
 """Byte-level encodings shared by the Bitcoin devnet, its RPC façade and the bridge.
 
-Everything here is pure and deterministic: compact sizes, hashes, bech32/bech32m and base58check
-addresses, script classification (Bitcoin Core's ``TxoutType``), script disassembly and the
-output-descriptor checksum. Keeping it free of I/O lets the mempool, the index and the RPC layer
-agree on one definition of, say, "which address does this script pay" — a disagreement there
-would make the bridge credit a deposit the node never indexed.
+Everything here is pure and deterministic: compact sizes, hashes, addresses (the protocol layer's
+codec, with this module's error type), script classification (Bitcoin Core's ``TxoutType``),
+script disassembly and the output-descriptor checksum. Keeping it free of I/O lets the mempool,
+the index and the RPC layer agree on one definition of, say, "which address does this script
+pay" — a disagreement there would make the bridge credit a deposit the node never indexed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
 from enum import StrEnum
 
-# One implementation of the byte-level primitives: the signer's (the bridge may use the signer,
-# never the reverse). Re-exported here under the names the chain code has always used.
-from ....protocol.addresses import b58check as b58check_encode
-from ....protocol.addresses import b58check_decode as _b58check_decode
-from ....protocol.addresses import bech32_segwit as segwit_encode
-from ....protocol.addresses import segwit_decode as _segwit_decode
+# One implementation of the byte-level primitives and of the address codec: the protocol layer's
+# (addresses) and the signer's (the bridge may use the signer, never the reverse). Re-exported here
+# under the names the chain code has always used.
+from ....protocol import addresses
+from ....protocol.addresses import BITCOIN_MAINNET, BITCOIN_REGTEST, BITCOIN_SIGNET, BITCOIN_TESTNET
+from ....protocol.addresses import BitcoinNetwork as Network
+from ....protocol.addresses import witness_program as witness_program
 from ....protocol.errors import InvalidInput
 from ....signer.bitcoin import Reader
 from ....signer.bitcoin import hash160 as hash160
@@ -29,7 +29,6 @@ from ....signer.bitcoin import is_strict_der_signature as is_valid_der_signature
 from ....signer.bitcoin import p2pkh_script_code as p2pkh_script_code
 from ....signer.bitcoin import p2wpkh_script as p2wpkh_script
 from ....signer.bitcoin import ser_compact_size as ser_compact_size
-from ....signer.bitcoin import witness_program as witness_program
 
 COIN = 100_000_000
 MAX_MONEY = 21_000_000 * COIN
@@ -78,45 +77,16 @@ def parse_hash_hex(value: object, what: str = "hash") -> bytes:
     return hex_to_bytes(value, what)[::-1]
 
 
-# --------------------------------------------------------------------------- bech32 / bech32m
-
-def segwit_decode(hrp: str, addr: str) -> tuple[int, bytes] | None:
-    """Decode a segwit address for ``hrp``; None if it is not a valid one (Core's
-    DecodeDestination falls through to Base58 then)."""
-    try:
-        return _segwit_decode(hrp, addr)
-    except InvalidInput:
-        return None
-
-
-# --------------------------------------------------------------------------- base58
-
-
-def b58check_decode(text: str) -> bytes | None:
-    try:
-        return _b58check_decode(text)
-    except InvalidInput:
-        return None
-
-
 # --------------------------------------------------------------------------- networks
 
 
-@dataclass(frozen=True)
-class Network:
-    """Address parameters of one Bitcoin network."""
-
-    name: str
-    hrp: str
-    p2pkh_prefix: int
-    p2sh_prefix: int
-
-
-REGTEST = Network("regtest", "bcrt", 111, 196)
-TESTNET = Network("test", "tb", 111, 196)
-SIGNET = Network("signet", "tb", 111, 196)
-MAINNET = Network("main", "bc", 0, 5)
-NETWORKS = {n.name: n for n in (REGTEST, TESTNET, SIGNET, MAINNET)}
+# ``Network`` is the protocol layer's BitcoinNetwork: one set of parameters for every codec user.
+REGTEST = BITCOIN_REGTEST
+TESTNET = BITCOIN_TESTNET
+SIGNET = BITCOIN_SIGNET
+MAINNET = BITCOIN_MAINNET
+#: by Bitcoin Core's chain names (``getblockchaininfo``'s "chain")
+NETWORKS = {"regtest": REGTEST, "test": TESTNET, "signet": SIGNET, "main": MAINNET}
 
 
 # --------------------------------------------------------------------------- scripts
@@ -381,39 +351,16 @@ def _match_multisig(script: bytes) -> list[bytes] | None:
 
 def script_to_address(script: bytes, net: Network = REGTEST) -> str | None:
     """ExtractDestination + EncodeDestination: the address a script pays, if it has one."""
-    kind, sol = solve(script)
-    if kind == TxoutType.PUBKEYHASH:
-        return b58check_encode(bytes([net.p2pkh_prefix]) + sol[0])
-    if kind == TxoutType.SCRIPTHASH:
-        return b58check_encode(bytes([net.p2sh_prefix]) + sol[0])
-    if kind in (
-        TxoutType.WITNESS_V0_KEYHASH,
-        TxoutType.WITNESS_V0_SCRIPTHASH,
-        TxoutType.WITNESS_V1_TAPROOT,
-        TxoutType.ANCHOR,
-        TxoutType.WITNESS_UNKNOWN,
-    ):
-        wp = witness_program(script)
-        assert wp is not None
-        return segwit_encode(net.hrp, wp[0], wp[1])
-    return None
+    return addresses.script_to_address(script, net)
 
 
 def address_to_script(address: str, net: Network = REGTEST) -> bytes:
-    """DecodeDestination + GetScriptForDestination; raise DecodeError for anything invalid."""
-    if not isinstance(address, str) or not address:
-        raise DecodeError("Invalid address")
-    seg = segwit_decode(net.hrp, address)
-    if seg is not None:
-        version, prog = seg
-        return bytes([OP_0 if version == 0 else OP_1 + version - 1, len(prog)]) + prog
-    raw = b58check_decode(address)
-    if raw is not None and len(raw) == 21:
-        if raw[0] == net.p2pkh_prefix:
-            return bytes([OP_DUP, OP_HASH160, 20]) + raw[1:] + bytes([OP_EQUALVERIFY, OP_CHECKSIG])
-        if raw[0] == net.p2sh_prefix:
-            return bytes([OP_HASH160, 20]) + raw[1:] + bytes([OP_EQUAL])
-    raise DecodeError("Invalid address")
+    """DecodeDestination + GetScriptForDestination; DecodeError (the chain code's error, translated
+    here and only here) for anything invalid, saying why."""
+    try:
+        return addresses.address_to_script(address, net)
+    except InvalidInput as exc:
+        raise DecodeError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- descriptors

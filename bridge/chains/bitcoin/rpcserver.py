@@ -18,9 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from ....node.httpd import LoggedHTTPServer
 from .encoding import COIN, DecodeError, address_to_script, descriptor_scripts, parse_hash_hex
 from .node import ChainError, RegtestNode, block_subsidy
 from .policy import TxValidationError
@@ -170,8 +171,7 @@ class BitcoinRPCServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = LoggedHTTPServer((host, port), Handler)
         self._thread: threading.Thread | None = None
 
     @property

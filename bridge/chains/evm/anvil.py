@@ -56,7 +56,10 @@ class AnvilProcess:
                "--silent"]
         if self.block_time is not None:
             cmd += ["--block-time", str(self.block_time)]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
+        # its own session: a Ctrl-C in the terminal reaches the program that owns this anvil, which
+        # stops it in order (the demo's --stay shuts the daemons down first), not anvil directly
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # noqa: S603
+                                      start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
