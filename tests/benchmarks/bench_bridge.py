@@ -50,6 +50,7 @@ from fusion_prime.bridge.runtime import coordinator_rank  # noqa: E402
 from fusion_prime.bridge.watchers import MINTED_TOPIC  # noqa: E402
 
 LEVEL = "128"
+QUICK_LEVEL = "test-2048"  # --quick: the section end to end in about a minute, not its figures
 LOG_POLL_SECONDS = 0.01
 POLL_INTERVAL = 0.2  # each bridge's step interval (fp_bridge_net's; the daemon default is 0.25)
 NODES = ("node1", "node2", "node3")
@@ -184,11 +185,12 @@ def _burst(net: Net, n: int, depth: int, first_recipient: int) -> dict[str, Any]
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    samples = 5 if quick else 20
-    burst = 10 if quick else 50
-    depth = 8 if quick else 25  # presignatures each node leads: covers its share of the burst (~n/3)
+    samples = 3 if quick else 20
+    burst = 6 if quick else 50
+    depth = 4 if quick else 25  # presignatures each node leads: covers its share of the burst (~n/3)
+    level = QUICK_LEVEL if quick else LEVEL
     result: dict[str, Any] = {
-        "level": LEVEL,
+        "level": level,
         "quick": quick,
         "topology": "3 bridge daemons (signer node + wallet API + Bridge API + bridge runtime per OS process) over "
                     "gRPC + mutual TLS on 127.0.0.1, Bitcoin regtest devnet (libbitcoinkernel + JSON-RPC) in the "
@@ -199,8 +201,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="fusion-prime-bench-bridge-") as tmp:
         t0 = time.perf_counter()
-        _progress(f"starting the network at level {LEVEL} (key creation generates safe primes) ...")
-        with bridge_network(Path(tmp), security_level=LEVEL, presign_pool_depth=depth,
+        _progress(f"starting the network at level {level} (key creation generates safe primes) ...")
+        with bridge_network(Path(tmp), security_level=level, presign_pool_depth=depth,
                             round_deadline_seconds=120.0) as net:
             result["network_setup_s"] = round(time.perf_counter() - t0, 1)
             _progress(f"network up in {result['network_setup_s']} s; filling the presignature pools ...")
@@ -217,7 +219,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             lat["coordinated_by"] = dict(sorted(coordinators.items()))
             lat["generatetoaddress_ms_median"] = round(1000 * statistics.median(mine_calls), 1)
             lat["p50_target_ms"] = 1000.0
-            lat["p50_meets_target"] = lat["p50_ms"] <= 1000.0
+            lat["p50_meets_target"] = lat["p50_ms"] <= 1000.0 if level == LEVEL else None
             result["confirmation_to_mint"] = lat
             _progress(f"confirmation → Minted p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms")
             b = _burst(net, burst, depth, first_recipient=samples)

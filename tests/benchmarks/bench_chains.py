@@ -10,6 +10,7 @@ of the next, so the UTXO set stays small and every block is comparable.
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,10 @@ TXS_PER_BLOCK = 100
 FEE = 1_000
 
 
-def run(blocks: int = 10, getblock_samples: int = 200) -> dict[str, object]:
+def run(quick: bool = False, blocks: int | None = None, getblock_samples: int | None = None) -> dict[str, object]:
+    """``quick``: 3 blocks and 50 getblock samples instead of 10 and 200."""
+    blocks = blocks or (3 if quick else 10)
+    getblock_samples = getblock_samples or (50 if quick else 200)
     key = PrivateKey(b"\x42" * 32)
     pub = key.public_key.format(compressed=True)
     script = p2wpkh_script(pub)
@@ -100,4 +104,4 @@ def run(blocks: int = 10, getblock_samples: int = 200) -> dict[str, object]:
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(run(), indent=2))
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

@@ -38,7 +38,8 @@ def timed(fn: Callable[[], Any], runs: int) -> dict[str, float]:
 
 def bench_safe_primes(quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    plan = {1024: (9, 3), 1536: (5, 1)} if not quick else {1024: (3, 1), 1536: (1, 0)}
+    # quick: no naive search (6-7 s for one 1024-bit prime, most of the quick section otherwise)
+    plan = {1024: (9, 3), 1536: (5, 1)} if not quick else {1024: (3, 0), 1536: (1, 0)}
     for bits, (sieve_runs, naive_runs) in plan.items():
         entry: dict[str, Any] = {"combined_sieve": timed(lambda b=bits: random_safe_prime(b), sieve_runs)}
         if naive_runs:
@@ -50,11 +51,15 @@ def bench_safe_primes(quick: bool) -> dict[str, Any]:
     return out
 
 
-def bench_paillier(quick: bool) -> dict[str, Any]:
+def bench_paillier(quick: bool, keys_3072: list[PaillierSecretKey]) -> dict[str, Any]:
+    """Paillier figures; the 3072-bit keys it generates are appended to ``keys_3072`` for the
+    proofs, which need two (four 1536-bit safe primes: most of a quick run's time otherwise)."""
     out: dict[str, Any] = {}
     runs = 5 if quick else 20
     for bits in (2048, 3072):
         key = PaillierSecretKey.generate(bits)
+        if bits == 3072:
+            keys_3072.append(key)
         pub = key.public_key()
         phe_pub, phe_priv = phe_paillier.generate_paillier_keypair(n_length=bits)
         m = random_scalar()
@@ -68,18 +73,25 @@ def bench_paillier(quick: bool) -> dict[str, Any]:
             "phe_decrypt": timed(lambda k=phe_priv, c=c_phe: k.decrypt(c), runs),
             "phe_raw_decrypt": timed(lambda k=phe_priv, c=c_phe: k.raw_decrypt(c.ciphertext(be_secure=False)), runs),
         }
-    out["keygen_3072_from_fresh_primes"] = timed(lambda: PaillierSecretKey.generate(3072), 1 if quick else 2)
+    out["keygen_3072_from_fresh_primes"] = timed(lambda: keys_3072.append(PaillierSecretKey.generate(3072)),
+                                                 1 if quick else 2)
     return out
 
 
-def _keys(level: SecurityLevel) -> tuple[PaillierSecretKey, PaillierSecretKey, RingPedersenSecret, RingPedersenSecret]:
-    k0, k1 = PaillierSecretKey.generate(level.paillier_bits), PaillierSecretKey.generate(level.paillier_bits)
+def _keys(level: SecurityLevel, ready: list[PaillierSecretKey]
+          ) -> tuple[PaillierSecretKey, PaillierSecretKey, RingPedersenSecret, RingPedersenSecret]:
+    """Two keys of the level's size, taken from ``ready`` (keys already generated and timed)
+    when it has them."""
+    fitting = [k for k in ready if k.n.bit_length() == level.paillier_bits]
+    while len(fitting) < 2:
+        fitting.append(PaillierSecretKey.generate(level.paillier_bits))
+    k0, k1 = fitting[:2]
     return k0, k1, RingPedersenSecret.from_paillier(k0), RingPedersenSecret.from_paillier(k1)
 
 
-def bench_proofs(level: SecurityLevel, quick: bool) -> dict[str, Any]:
+def bench_proofs(level: SecurityLevel, quick: bool, ready: list[PaillierSecretKey]) -> dict[str, Any]:
     """Prover is party 0 (key k0), verifier party 1 (key k1, ring-Pedersen r1)."""
-    k0, k1, r0, r1 = _keys(level)
+    k0, k1, r0, r1 = _keys(level, ready)
     ctx = ProofContext(b"benchmark-session-id-0001", 1)
     runs = 2 if quick else 5
     out: dict[str, Any] = {}
@@ -123,8 +135,9 @@ def bench_proofs(level: SecurityLevel, quick: bool) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
+    keys_3072: list[PaillierSecretKey] = []
     return {
         "safe_primes": bench_safe_primes(quick),
-        "paillier": bench_paillier(quick),
-        "proofs_level_128": bench_proofs(LEVEL_128, quick),
+        "paillier": bench_paillier(quick, keys_3072),
+        "proofs_level_128": bench_proofs(LEVEL_128, quick, keys_3072),
     }

@@ -1,5 +1,8 @@
 """Benchmarks of the CGGMP21 phases, in process, at the default 128-bit level.
 
+``--quick`` runs (2, 3) only, at the test level ``test-2048`` and without the refresh and
+resharing: a check that every phase still runs, in seconds, not figures to compare with a full run.
+
 For each (t, n): per-party CPU time of each phase (time.process_time spent inside that
 party's machine calls — the runner is single-threaded, so the attribution is exact) and the
 wall time of the whole in-process run. Aux info is split into prime generation (two 1536-bit
@@ -18,7 +21,7 @@ from typing import Any
 from fusion_prime.protocol.aux_info import AuxInfoMachine
 from fusion_prime.protocol.identity import PartyIdentity
 from fusion_prime.protocol.keygen import KeygenMachine
-from fusion_prime.protocol.levels import LEVEL_128, SecurityLevel
+from fusion_prime.protocol.levels import LEVEL_128, LEVEL_TEST, SecurityLevel
 from fusion_prime.protocol.machine import RoundMachine
 from fusion_prime.protocol.presign import PresignMachine
 from fusion_prime.protocol.primes import random_safe_prime
@@ -121,16 +124,18 @@ def bench_committee(t: int, n: int, level: SecurityLevel, primes: list[int], sig
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    level = LEVEL_128
+    level = LEVEL_TEST if quick else LEVEL_128
     sizes = [(2, 3)] if quick else [(2, 3), (3, 5), (5, 7)]
     max_n = max(n for _, n in sizes)
     prime_times, primes = [], []
-    for _ in range(max(2 * max_n, 12)):  # 12: aux info and then a refresh for n = 3
+    # 12: aux info and then a refresh for n = 3; quick skips the refresh and the resharing after it
+    for _ in range(2 * max_n if quick else max(2 * max_n, 12)):
         t0 = time.perf_counter()
         primes.append(random_safe_prime(level.prime_bits))
         prime_times.append(time.perf_counter() - t0)
     out: dict[str, Any] = {
         "level": level.name,
+        "quick": quick,
         "aux_info_prime_generation_per_party_s": {
             "median": round(2 * statistics.median(prime_times), 3),
             "min": round(2 * min(prime_times), 3),

@@ -27,6 +27,8 @@ HELPERS = Path(__file__).resolve().parent.parent / "helpers"
 if str(HELPERS) not in sys.path:
     sys.path.insert(0, str(HELPERS))
 
+from fp_guards import HANG_GUARD  # noqa: E402
+
 from fusion_prime.bridge.db import open_database  # noqa: E402
 from fusion_prime.bridge.settlement.batch import GENESIS_HASH, Batch, Credit, decode_batch, sign_batch  # noqa: E402
 from fusion_prime.bridge.settlement.instructions import (  # noqa: E402
@@ -118,7 +120,7 @@ def _one_node(url: str, n_trades: int, parties: int = 100) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    n = 1_200 if quick else 6_000
+    n = 600 if quick else 6_000
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fp-bench-settle-") as tmp:
         _progress(f"one node, SQLite: {n} gross trades ({3 * n} signed instructions)")
@@ -140,6 +142,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 LEVEL = "128"
+QUICK_LEVEL = "test-2048"  # --quick: the section end to end in about a minute, not its figures
 
 
 def _pay_many(net: Any, addresses: list[str], amount: int) -> str:
@@ -162,14 +165,15 @@ def _pay_many(net: Any, addresses: list[str], amount: int) -> str:
 def _network(quick: bool) -> dict[str, Any]:
     from fp_bridge_net import ADMIN, COIN, ETHER, bridge_network, wait_for
 
-    n_parties, n_trades = (20, 1_000) if quick else (100, 10_000)
-    cycle_seconds = 30 if quick else 90
-    result: dict[str, Any] = {"level": LEVEL, "parties": n_parties, "trades": n_trades,
+    n_parties, n_trades = (10, 300) if quick else (100, 10_000)
+    cycle_seconds = 10 if quick else 90
+    level = QUICK_LEVEL if quick else LEVEL
+    result: dict[str, Any] = {"level": level, "quick": quick, "parties": n_parties, "trades": n_trades,
                               "cycle_seconds": cycle_seconds, "dispute_window_seconds": 0}
     with tempfile.TemporaryDirectory(prefix="fp-bench-settle-net-") as tmp:
         t0 = time.perf_counter()
-        _progress(f"starting the network at level {LEVEL} ...")
-        with bridge_network(Path(tmp), security_level=LEVEL, round_deadline_seconds=120.0,
+        _progress(f"starting the network at level {level} ...")
+        with bridge_network(Path(tmp), security_level=level, round_deadline_seconds=120.0,
                             settlement={"cycle_seconds": cycle_seconds, "dispute_window_seconds": 0,
                                         "max_batch_entries": 3000, "snapshot_every": 100_000}) as net:
             result["network_setup_s"] = round(time.perf_counter() - t0, 1)
@@ -229,7 +233,9 @@ def _network(quick: bool) -> dict[str, Any]:
                         except Exception:
                             return None
                         return r if r.signature else None
+                    deadline = time.monotonic() + HANG_GUARD  # a hang guard, not a speed bound
                     while not signed():
+                        assert time.monotonic() < deadline, f"cycle {cycle}'s checkpoint never signed (hang guard)"
                         time.sleep(0.02)
                     seen_ms = int(time.time() * 1000)
                     report = json.loads(admin.cycle_report(cycle).json)

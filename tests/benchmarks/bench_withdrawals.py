@@ -44,6 +44,7 @@ from fusion_prime.bridge.orders import deposit_id  # noqa: E402
 from fusion_prime.protocol.addresses import bech32_segwit  # noqa: E402
 
 LEVEL = "128"
+QUICK_LEVEL = "test-2048"  # --quick: the section end to end in about a minute, not its figures
 POLL_SECONDS = 0.01
 NODES = ("node1", "node2", "node3")
 DEPOSIT = 10_000_000  # 0.1 BTC
@@ -103,14 +104,24 @@ def _fund_holder(net: Net, holder: str, n: int) -> None:
              procs=net.procs)
 
 
-def _payout_in_mempool(net: Net, paying: int) -> str | None:
-    script = "0014" + bytes(range(1, 21)).hex()
+DESTINATION_SCRIPT = "0014" + bytes(range(1, 21)).hex()
+
+
+def _payouts_in_mempool(net: Net) -> dict[str, dict[str, Any]]:
+    """Every mempool transaction paying the benchmark's destination: how many burns it pays, its
+    inputs, outputs and size."""
+    found = {}
     for txid in net.rpc.getrawmempool():
         tx = net.rpc.getrawtransaction(txid, True)
-        outs = [o for o in tx["vout"] if o["scriptPubKey"]["hex"] == script]
-        if len(outs) >= paying:
-            return txid
-    return None
+        paying = sum(1 for o in tx["vout"] if o["scriptPubKey"]["hex"] == DESTINATION_SCRIPT)
+        if paying:
+            found[txid] = {"burns": paying, "inputs": len(tx["vin"]), "outputs": len(tx["vout"]),
+                           "vsize": tx.get("vsize")}
+    return found
+
+
+def _payout_in_mempool(net: Net, paying: int) -> str | None:
+    return next((txid for txid, p in _payouts_in_mempool(net).items() if p["burns"] >= paying), None)
 
 
 def _payout_of_many(net: Net, n: int, depth: int) -> dict[str, Any]:
@@ -128,15 +139,28 @@ def _payout_of_many(net: Net, n: int, depth: int) -> dict[str, Any]:
     receipts = [net.dst.eth.wait_for_transaction_receipt(h) for h in hashes]
     t0 = time.perf_counter()
     assert all(r["status"] == 1 for r in receipts) and len({r["blockNumber"] for r in receipts}) == 1
-    while (txid := _payout_in_mempool(net, n)) is None:
-        assert time.perf_counter() - t0 < HANG_GUARD, "no payout before the hang guard"
+    # Normally one transaction pays all n. If the coordinator pays only part of the batch (it plans
+    # with the coins it sees as eligible then), the rest may wait for that payout's change to
+    # confirm: so a partial payout is recorded and mined, and the clock runs until all n are paid.
+    seen: dict[str, dict[str, Any]] = {}
+    while sum(p["burns"] for p in seen.values()) < n:
+        assert time.perf_counter() - t0 < HANG_GUARD, (
+            f"{sum(p['burns'] for p in seen.values())} of {n} burns paid before the hang guard")
+        new = {txid: p for txid, p in _payouts_in_mempool(net).items() if txid not in seen}
+        for p in new.values():
+            p["seconds_after_burns"] = round(time.perf_counter() - t0, 2)
+        seen.update(new)
+        if new and sum(p["burns"] for p in seen.values()) < n:
+            _progress(f"a payout of {sum(p['burns'] for p in new.values())} of {n} burns; mining it for the rest")
+            net.miner.mine(1)
         time.sleep(POLL_SECONDS)
     wall = time.perf_counter() - t0
-    tx = net.rpc.getrawtransaction(txid, True)
     net.miner.mine(1)
-    return {"burns": n, "inputs": len(tx["vin"]), "outputs": len(tx["vout"]), "vsize": tx.get("vsize"),
-            "seconds_burns_mined_to_broadcast": round(wall, 2), "target_s": 10.0,
-            "meets_target": wall < 10.0 if n >= 100 else None}
+    payouts = list(seen.values())
+    return {"burns": n, "transactions": len(payouts), "inputs": sum(p["inputs"] for p in payouts),
+            "outputs": sum(p["outputs"] for p in payouts), "vsize": sum(p["vsize"] or 0 for p in payouts),
+            "payouts": payouts, "seconds_burns_mined_to_broadcast": round(wall, 2), "target_s": 10.0,
+            "meets_target": wall < 10.0 and len(payouts) == 1 if n >= 100 else None}
 
 
 def _latency(net: Net, samples: int, depth: int) -> dict[str, Any]:
@@ -162,16 +186,17 @@ def _latency(net: Net, samples: int, depth: int) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    n = 10 if quick else 100
-    samples = 5 if quick else 15
-    depth = n + 5
-    result: dict[str, Any] = {"level": LEVEL, "quick": quick, "presign_pool_depth_per_node": depth,
+    n = 5 if quick else 100
+    samples = 3 if quick else 15
+    depth = n + (2 if quick else 5)
+    level = QUICK_LEVEL if quick else LEVEL
+    result: dict[str, Any] = {"level": level, "quick": quick, "presign_pool_depth_per_node": depth,
                               "withdrawal_fee_sat": FEE, "fee_rate_sat_vb": BTC_WITHDRAWALS["fallback_fee_rate"]}
     with tempfile.TemporaryDirectory(prefix="fusion-prime-bench-withdrawals-") as tmp:
         t0 = time.perf_counter()
-        _progress(f"starting the network at level {LEVEL} ...")
+        _progress(f"starting the network at level {level} ...")
         # one batch of all n burns, planned as soon as they are read (max_batch >= n, no batch wait)
-        with bridge_network(Path(tmp), security_level=LEVEL, presign_pool_depth=depth, round_deadline_seconds=120.0,
+        with bridge_network(Path(tmp), security_level=level, presign_pool_depth=depth, round_deadline_seconds=120.0,
                             btc={"max_batch": max(n, 20), "batch_wait_seconds": 0}) as net:
             result["network_setup_s"] = round(time.perf_counter() - t0, 1)
             t1 = time.perf_counter()
@@ -182,7 +207,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             if quick:
                 many["note"] = f"quick mode: {n} burns (the full run pays 100)"
             result["payout_of_many"] = many
-            _progress(f"{n} burns → one payout with {many['inputs']} inputs broadcast after "
+            _progress(f"{n} burns → {many['transactions']} payout(s) with {many['inputs']} inputs broadcast after "
                       f"{many['seconds_burns_mined_to_broadcast']} s")
             result["burn_to_broadcast"] = _latency(net, samples, depth)
             _progress(f"burn → broadcast p50 {result['burn_to_broadcast']['p50_ms']} ms")
