@@ -43,6 +43,7 @@ import grpc
 import pytest
 import trio
 from coincurve import PrivateKey
+from fp_guards import HANG_GUARD
 
 from fusion_prime.bridge.config import SettlementSettings
 from fusion_prime.bridge.db import open_database
@@ -63,7 +64,7 @@ SOURCES = {"BTC": BTC_CHAIN, "ETH": ETH_CHAIN}
 GROUP_KEY = Point.from_bytes(PrivateKey(hashlib.sha256(b"fusion prime cli test group key").digest())
                              .public_key.format())
 CHAIN_CODE = hashlib.sha256(b"fusion prime cli test chain code").digest()
-WAIT = 30.0  # a hang guard for polling the replica, never a speed bound
+WAIT = HANG_GUARD  # polling the replica: a hang guard, never a speed bound
 ETHER = 10**18
 
 
@@ -461,6 +462,9 @@ def test_not_found_answers(node: Node, capsys: pytest.CaptureFixture[str], tmp_p
 
 
 def test_checkpoint_of_a_finalised_cycle(node: Node, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # a cycle is cut only when something happened in it, and xdist may run this test first on
+    # its worker's own node: open an account so there is a cycle 1 to finalise
+    new_client(node, capsys, "ivan")
     wait_for(lambda: node.runtime.store.checkpoint(1) is not None, "cycle 1 to be finalised")
     data = json.loads(ok(cli(capsys, *node.base(), "--json", "checkpoint", "1")))
     row = node.runtime.store.checkpoint(1)
