@@ -298,7 +298,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_devnet(args: argparse.Namespace) -> int:
-    from .devnet import create_devnet
+    from .devnet import create_devnet, free_ports
+    from .identity import load_identity
 
     base = Path(args.dir)
     nodes = create_devnet(base, args.nodes, base_port=args.base_port, test_mode=args.test_mode,
@@ -307,8 +308,27 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         print(node.config_path)
     if not args.run:
         return 0
-    procs = [subprocess.Popen([sys.executable, "-m", "fusion_prime.node.cli", "run", "--config", str(n.config_path)])  # noqa: S603
-             for n in nodes]
+    # Each node runs as the signer daemon with its wallet API: a devnet without one could never
+    # create a key. One client key may sign and create keys on every node; the policy file is
+    # written by the wallet CLI (node/ does not import signer/: the daemon and its policy loader
+    # live above it) and checked by the same loader the daemon uses.
+    client_key = base / "client.key"
+    client = load_identity(client_key) if client_key.exists() else create_identity(client_key)
+    policy = base / "policy.toml"
+    subprocess.run([sys.executable, "-m", "fusion_prime.signer.cli", "policy", "init", "--out", str(policy),  # noqa: S603
+                    "--sign-client", client.public_key.hex(), "--admin-client", client.public_key.hex(),
+                    "--force"], check=True, stdout=subprocess.DEVNULL)
+    wallet_ports = free_ports(len(nodes))
+    procs = [subprocess.Popen([sys.executable, "-m", "fusion_prime.signer.daemon", "--config", str(n.config_path),  # noqa: S603
+                               "--policy", str(policy), "--wallet-listen", f"127.0.0.1:{port}"])
+             for n, port in zip(nodes, wallet_ports, strict=True)]
+    first = nodes[0]
+    print(f"wallet API: {', '.join(f'{n.node_id} 127.0.0.1:{p}' for n, p in zip(nodes, wallet_ports, strict=True))}")
+    print(f"client key: {client_key}")
+    threshold = len(nodes) // 2 + 1  # a majority signs
+    print(f"try:  fusion-prime-wallet --target 127.0.0.1:{wallet_ports[0]} --server-cert {first.folder / 'tls.crt'} "
+          f"--server-name {first.node_id} --client-key {client_key} "
+          f"create-key --threshold {threshold} --parties {len(nodes)}", flush=True)
 
     def forward(signum: int, _frame: object) -> None:
         for p in procs:
@@ -376,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-port", type=int, default=None)
     p.add_argument("--round-deadline", type=float, default=10.0)
     p.add_argument("--test-mode", action="store_true", help="test-only security level (small moduli)")
-    p.add_argument("--run", action="store_true", help="run every node as its own process")
+    p.add_argument("--run", action="store_true",
+                   help="run every node as its own signer daemon with its wallet API (a client key and "
+                        "a policy are written beside the nodes)")
     p.set_defaults(func=cmd_devnet)
     return parser
 
