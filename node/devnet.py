@@ -8,6 +8,7 @@ that a node folder is self-contained (as it would be on an operator's machine).
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 from dataclasses import dataclass
@@ -31,18 +32,39 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
+def _below_ephemeral_range() -> range | None:
+    """The ports under the kernel's ephemeral range (Linux: ``ip_local_port_range``), if there
+    are enough of them to pick from."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(10_000, low) if low - 10_000 >= 4_096 else None
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct ports the OS considers free right now.
 
-    All sockets stay bound until every port is chosen: asking one at a time lets the OS hand the
-    same just-released port out twice, which once gave two devnet nodes one address.
+    Chosen at random *below* the ephemeral range where there is one: a port the OS hands out for
+    ``bind(0)`` comes from the same range as every outgoing connection's local port, so with many
+    connections open (a test suite, two of them side by side) one of them could take the port
+    between this choice and the node's own bind - a devnet node then failed to start. Below the
+    range only another chooser can take it. All sockets stay bound until every port is chosen:
+    asking one at a time lets the same port be handed out twice, which once gave two devnet nodes
+    one address.
     """
+    pool = _below_ephemeral_range()
+    pick = random.SystemRandom()
     sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        while len(sockets) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, pick.choice(pool) if pool is not None else 0))
+            except OSError:  # taken: draw again
+                s.close()
+                continue
             sockets.append(s)
-            s.bind((host, 0))
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:

@@ -27,7 +27,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,6 +35,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+
+from fusion_prime.node.devnet import free_port
 
 PG_MAJOR = 15
 PG_USER = "postgres"
@@ -94,9 +95,7 @@ def _sweep_orphans() -> None:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 def _ensure_pg_user() -> pwd.struct_passwd:

@@ -21,7 +21,7 @@ from fp_guards import HANG_GUARD
 from fusion_prime.node.identity import load_identity
 from fusion_prime.signer.client import WalletClient, WalletError
 
-pytestmark = pytest.mark.xdist_group(name="devnet-run")
+pytestmark = pytest.mark.xdist_group(name="devnet-run")  # one daemon network at a time
 
 
 def test_devnet_run_serves_the_wallet_api_and_its_client_creates_a_key_and_signs(tmp_path: Path) -> None:
@@ -69,3 +69,16 @@ def test_devnet_run_serves_the_wallet_api_and_its_client_creates_a_key_and_signs
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_free_ports_are_distinct_and_outside_the_range_outgoing_connections_use() -> None:
+    from fusion_prime.node.devnet import free_ports
+
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except OSError:
+        pytest.skip("no ip_local_port_range on this system")
+    if low - 10_000 >= 4_096:
+        assert all(10_000 <= p < low for p in ports), ports

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+from fusion_prime.node.devnet import free_ports
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS considers free right now (the caller binds it promptly)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port the OS considers free right now (the caller binds it promptly); one home for the
+    choice, below the ephemeral range: :func:`fusion_prime.node.devnet.free_ports`."""
+    return free_ports(1, host)[0]
 
 
 def find_anvil() -> str:
