@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -71,15 +72,68 @@ log = logging.getLogger("fusion_prime.signer.service")
 #   STATUS_MAX_STREAMS_PER_CLIENT per client key; beyond either, RESOURCE_EXHAUSTED at once.
 #   So Status can never hold more than STATUS_MAX_STREAMS of the threads: the rest stay free
 #   for Sign, ListKeys and the others.
-WALLET_SERVER_THREADS = 16
+#
+# Sign and the admin calls (CreateKey, Refresh, Reshare) wait for their session on a server
+# thread too (a sign at most the node's bounded queue wait), so each kind has its own budget of
+# threads, overall and per client key, and a call beyond it is RESOURCE_EXHAUSTED at once:
+# one client cannot take another's share, and the budgets together leave
+# WALLET_SERVER_THREADS - (SIGN + ADMIN + STATUS) threads that only the calls that never wait
+# (ListKeys, GetPublicKey, refusals, an unknown Status id) can use.
+WALLET_SERVER_THREADS = 64
 STATUS_MAX_SECONDS = 60.0
 STATUS_MAX_STREAMS = 4
 STATUS_MAX_STREAMS_PER_CLIENT = 2
+SIGN_MAX_WAITING = 48
+SIGN_MAX_WAITING_PER_CLIENT = 40
+ADMIN_MAX_WAITING = 4
+ADMIN_MAX_WAITING_PER_CLIENT = 2
 # Status history kept in memory (oldest entries are dropped first).
 STATUS_HISTORY = 10_000
 # While a CreateKey's aux info runs (each node generates its Paillier safe primes: minutes at
 # the production level), the coordinator logs that it is still running this often.
 AUX_PROGRESS_SECONDS = 15.0
+
+
+class _ThreadBudget:
+    """How many calls of one kind may hold a server thread at once, overall and per client."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total, self.per_client = total, per_client
+        self._lock = threading.Lock()
+        self._held = 0
+        self._of: dict[bytes, int] = {}
+
+    def take(self, client: bytes) -> bool:
+        with self._lock:
+            if self._held >= self.total or self._of.get(client, 0) >= self.per_client:
+                return False
+            self._held += 1
+            self._of[client] = self._of.get(client, 0) + 1
+            return True
+
+    def give_back(self, client: bytes) -> None:
+        with self._lock:
+            self._held -= 1
+            left = self._of.get(client, 0) - 1
+            if left > 0:
+                self._of[client] = left
+            else:
+                self._of.pop(client, None)
+
+    def held(self) -> int:
+        with self._lock:
+            return self._held
+
+    @contextmanager
+    def slot(self, client: bytes, context: grpc.ServicerContext, what: str) -> Iterator[None]:
+        if not self.take(client):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"too many {what} calls waiting on this node (at most {self.total}, "
+                          f"{self.per_client} per client); retry later")
+        try:
+            yield
+        finally:
+            self.give_back(client)
 
 
 class _StillRunning:
@@ -259,7 +313,11 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(self, node: Node, enforcer: PolicyEnforcer, token: trio.lowlevel.TrioToken, *,
                  status_max_seconds: float = STATUS_MAX_SECONDS, status_max_streams: int = STATUS_MAX_STREAMS,
-                 status_max_streams_per_client: int = STATUS_MAX_STREAMS_PER_CLIENT) -> None:
+                 status_max_streams_per_client: int = STATUS_MAX_STREAMS_PER_CLIENT,
+                 sign_max_waiting: int = SIGN_MAX_WAITING,
+                 sign_max_waiting_per_client: int = SIGN_MAX_WAITING_PER_CLIENT,
+                 admin_max_waiting: int = ADMIN_MAX_WAITING,
+                 admin_max_waiting_per_client: int = ADMIN_MAX_WAITING_PER_CLIENT) -> None:
         self.node, self.enforcer, self.token = node, enforcer, token
         self._in_flight: set[tuple[bytes, str]] = set()
         self._lock = threading.Lock()
@@ -267,9 +325,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self._status: dict[tuple[bytes, str], list[wallet_pb2.StatusUpdate]] = {}
         self.status_max_seconds = status_max_seconds
         self.status_max_streams = status_max_streams
-        self.status_max_streams_per_client = status_max_streams_per_client
-        self._streams = 0  # Status streams waiting right now
-        self._streams_of: dict[bytes, int] = {}  # ... per client key
+        self._status_budget = _ThreadBudget(status_max_streams, status_max_streams_per_client)
+        self._sign_budget = _ThreadBudget(sign_max_waiting, sign_max_waiting_per_client)
+        self._admin_budget = _ThreadBudget(admin_max_waiting, admin_max_waiting_per_client)
 
     # helpers -------------------------------------------------------------------------------
     def _verify(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext, kind: str) -> VerifiedRequest:
@@ -331,20 +389,22 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             r, s, rec, pub = decode_signature(stored)
             return wallet_pb2.SignResponse(request_id=body.request_id, r=r, s=s, recovery_id=rec, public_key=pub,
                                            replayed=True)
-        with self._lock:
-            if slot in self._in_flight:
-                context.abort(grpc.StatusCode.ABORTED, "this request is already being signed; retry later")
-            self._in_flight.add(slot)
-        try:
-            self._note(verified, "running", phase="sign")
-            try:
-                outcome = self._run(self.node.sign, body.key_id, body.digest, body.path, client_request=verified.raw)
-            except BaseException:
-                self._note(verified, "failed", "error on this node")  # Status streams end, not wait
-                raise
-        finally:
+        with self._sign_budget.slot(body.client, context, "sign"):
             with self._lock:
-                self._in_flight.discard(slot)
+                if slot in self._in_flight:
+                    context.abort(grpc.StatusCode.ABORTED, "this request is already being signed; retry later")
+                self._in_flight.add(slot)
+            try:
+                self._note(verified, "running", phase="sign")
+                try:
+                    outcome = self._run(self.node.sign, body.key_id, body.digest, body.path,
+                                        client_request=verified.raw)
+                except BaseException:
+                    self._note(verified, "failed", "error on this node")  # Status streams end, not wait
+                    raise
+            finally:
+                with self._lock:
+                    self._in_flight.discard(slot)
         if not outcome.ok:
             self._note(verified, "failed", outcome.reason, outcome.culprits)
             # "exhausted": the node's sign queue is full or its bounded wait ran out - retry later
@@ -373,19 +433,20 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         stored = self.enforcer.stored_result(*slot)
         if stored is None:
-            with self._lock:
-                if slot in self._in_flight:
-                    context.abort(grpc.StatusCode.ABORTED, "this key is already being created; retry later")
-                self._in_flight.add(slot)
-            try:
-                stored = self._create(verified, context)
-            except BaseException:
-                if not self._final(slot):
-                    self._note(verified, "failed", "error on this node")  # Status streams end, not wait
-                raise
-            finally:
+            with self._admin_budget.slot(body.client, context, "create-key, refresh and reshare"):
                 with self._lock:
-                    self._in_flight.discard(slot)
+                    if slot in self._in_flight:
+                        context.abort(grpc.StatusCode.ABORTED, "this key is already being created; retry later")
+                    self._in_flight.add(slot)
+                try:
+                    stored = self._create(verified, context)
+                except BaseException:
+                    if not self._final(slot):
+                        self._note(verified, "failed", "error on this node")  # Status streams end, not wait
+                    raise
+                finally:
+                    with self._lock:
+                        self._in_flight.discard(slot)
         info = self.node.storage.key_info(stored) or {}
         return wallet_pb2.CreateKeyResponse(request_id=body.request_id, key_id=stored,
                                             group_public_key=bytes(info.get("public_key") or b""),
@@ -484,15 +545,16 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         except PolicyRefusal as exc:
             self._note(verified, "refused", str(exc))
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        self._note(verified, "running", phase=verified.body.kind)
-        try:
-            outcome = self._run(action, *args, client_request=verified.raw)
-        except (KeyError, ValueError) as exc:
-            self._note(verified, "failed", str(exc))
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except BaseException:
-            self._note(verified, "failed", "error on this node")
-            raise
+        with self._admin_budget.slot(verified.body.client, context, "create-key, refresh and reshare"):
+            self._note(verified, "running", phase=verified.body.kind)
+            try:
+                outcome = self._run(action, *args, client_request=verified.raw)
+            except (KeyError, ValueError) as exc:
+                self._note(verified, "failed", str(exc))
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            except BaseException:
+                self._note(verified, "failed", "error on this node")
+                raise
         state = "done" if outcome.ok else "failed"
         self._note(verified, state, outcome.reason, outcome.culprits)
         return wallet_pb2.StatusUpdate(request_id=verified.body.request_id, state=state, detail=outcome.reason,
@@ -529,15 +591,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         if updates[-1].state in _FINAL_STATES:
             return
         sent = len(updates)
-        with self._lock:
-            if self._streams >= self.status_max_streams or \
-                    self._streams_of.get(client, 0) >= self.status_max_streams_per_client:
-                busy = True
-            else:
-                busy = False
-                self._streams += 1
-                self._streams_of[client] = self._streams_of.get(client, 0) + 1
-        if busy:
+        if not self._status_budget.take(client):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           "too many status streams open on this node; ask again later")
         try:
@@ -563,13 +617,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 if time.monotonic() >= deadline:
                     context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "status stream lasted too long; ask again")
         finally:
-            with self._lock:
-                self._streams -= 1
-                left_open = self._streams_of.get(client, 0) - 1
-                if left_open > 0:
-                    self._streams_of[client] = left_open
-                else:
-                    self._streams_of.pop(client, None)
+            self._status_budget.give_back(client)
 
     def _wake(self) -> None:
         with self._lock:
@@ -577,8 +625,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
     def status_streams(self) -> int:
         """Status streams waiting right now (never more than ``status_max_streams``)."""
-        with self._lock:
-            return self._streams
+        return self._status_budget.held()
+
+    def waiting_calls(self) -> dict[str, int]:
+        """Server threads each budgeted kind of call holds right now."""
+        return {"sign": self._sign_budget.held(), "admin": self._admin_budget.held(),
+                "status": self._status_budget.held()}
 
 
 _FINAL_STATES = ("done", "failed", "refused")

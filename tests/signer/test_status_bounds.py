@@ -36,12 +36,18 @@ SIGNING_KEY = PrivateKey()
 KEY_ID = b"\x01" * 16
 
 
+OTHER = PartyIdentity.generate()
+
+
 class StandInNode:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, gate: threading.Event | None = None) -> None:
         self.storage = storage
         self.cfg = SimpleNamespace(node_id="node1")
+        self.gate = gate  # when given, a sign waits for it (a session that takes its time)
 
     async def sign(self, key_id: bytes, digest: bytes, path: object, *, client_request: bytes = b"") -> SessionOutcome:
+        if self.gate is not None:
+            await trio.to_thread.run_sync(self.gate.wait)
         raw = SIGNING_KEY.sign_recoverable(digest, hasher=None)
         sig = Signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64],
                         Point.from_bytes(SIGNING_KEY.public_key.format()))
@@ -52,10 +58,10 @@ class StandInNode:
 def wallet(tmp_path: Path):  # type: ignore[no-untyped-def]
     """(stub, servicer) of a running wallet server; the trio loop runs in a thread."""
 
-    def serve(**bounds):  # type: ignore[no-untyped-def]
+    def serve(gate: threading.Event | None = None, **bounds):  # type: ignore[no-untyped-def]
         policy = tmp_path / "policy.toml"
-        policy.write_text(f'[default]\nclients = ["{CLIENT.public_key.hex()}"]\nmax_signatures_per_window = 1000\n'
-                          "window_seconds = 3600\n")
+        policy.write_text(f'[default]\nclients = ["{CLIENT.public_key.hex()}", "{OTHER.public_key.hex()}"]\n'
+                          "max_signatures_per_window = 1000\nwindow_seconds = 3600\n")
         storage = Storage(tmp_path / "node.sqlite3", KeyMaterial.passphrase("a long passphrase"),
                           scrypt_log2_n=10, allow_weak_kdf=True)
         # the key the Sign below names: a node answers NOT_FOUND for a key it does not hold
@@ -71,7 +77,7 @@ def wallet(tmp_path: Path):  # type: ignore[no-untyped-def]
 
         runner = threading.Thread(target=trio.run, args=(loop,))
         runner.start()
-        servicer = WalletServicer(StandInNode(storage), enforcer, tokens.get(), **bounds)
+        servicer = WalletServicer(StandInNode(storage, gate), enforcer, tokens.get(), **bounds)
         create_certificate_files("node1", tmp_path / "tls.crt", tmp_path / "tls.key")
         cert = (tmp_path / "tls.crt").read_bytes()
         server, port = start_wallet_server(servicer, "127.0.0.1:0", cert, (tmp_path / "tls.key").read_bytes())
@@ -95,12 +101,12 @@ def _status(stub, client: bytes, request_id: str):  # type: ignore[no-untyped-de
     return stub.Status(wallet_pb2.StatusRequest(request_id=request_id, client_public_key=client))
 
 
-def _sign_request() -> wallet_pb2.SignedRequest:
+def _sign_request(who: PartyIdentity = CLIENT, request_id: str = "sign-1") -> wallet_pb2.SignedRequest:
     import time
 
-    body = RequestBody(KIND_SIGN, CLIENT.public_key, "sign-1", int(time.time() * 1000), key_id=KEY_ID,
+    body = RequestBody(KIND_SIGN, who.public_key, request_id, int(time.time() * 1000), key_id=KEY_ID,
                        digest=b"\x02" * 32, path=())
-    return make_request(CLIENT, body)
+    return make_request(who, body)
 
 
 def test_a_status_flood_leaves_sign_and_list_keys_completing(wallet):
@@ -198,3 +204,30 @@ def test_a_status_stream_ends_by_itself_at_its_duration_bound(wallet):
         assert "too long" in (ended.value.details() or "")
     while servicer.status_streams():
         threading.Event().wait(0.01)
+
+
+def test_waiting_signs_hold_at_most_their_budget_of_threads_per_client_and_in_all(wallet):
+    """Sign waits for its session on a server thread: one client cannot hold more than its share
+    of those threads, all clients together not more than the sign budget, a call beyond either is
+    RESOURCE_EXHAUSTED at once (not queued), and ListKeys still answers while the budget is full."""
+    gate = threading.Event()
+    stub, servicer = wallet(gate=gate, sign_max_waiting=3, sign_max_waiting_per_client=2)
+    held = [stub.Sign.future(_sign_request(CLIENT, f"c-{i}")) for i in range(2)]
+    while servicer.waiting_calls()["sign"] < 2:
+        threading.Event().wait(0.01)
+    with pytest.raises(grpc.RpcError) as third:
+        stub.Sign(_sign_request(CLIENT, "c-2"))
+    assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 per client" in (third.value.details() or "")
+    held.append(stub.Sign.future(_sign_request(OTHER, "o-0")))  # another client still gets in
+    while servicer.waiting_calls()["sign"] < 3:
+        threading.Event().wait(0.01)
+    with pytest.raises(grpc.RpcError) as full:
+        stub.Sign(_sign_request(OTHER, "o-1"))
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 3" in (full.value.details() or "")
+    assert [k.key_id for k in stub.ListKeys(list_keys_request(CLIENT)).keys] == [KEY_ID]
+    assert not any(f.done() for f in held)  # the refusals did not wait for the held calls
+    gate.set()
+    assert all(len(f.result().r) == 32 for f in held)
+    assert servicer.waiting_calls()["sign"] == 0
+    assert len(stub.Sign(_sign_request(CLIENT, "c-2")).r) == 32  # the slot is back: the refused id now signs
