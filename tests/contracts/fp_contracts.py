@@ -17,6 +17,7 @@ from typing import Any
 from eth_abi import encode as abi_encode
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from fp_guards import HANG_GUARD
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError
@@ -69,7 +70,7 @@ def start_anvil(chain_id: int) -> Anvil:
             stderr=subprocess.PIPE,
         )
         w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}", request_kwargs={"timeout": 30}))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG_GUARD
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 if w3.eth.chain_id == chain_id:

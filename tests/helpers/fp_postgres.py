@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+from fp_guards import HANG_GUARD
 
 from fusion_prime.node.devnet import free_port
 
@@ -45,7 +46,7 @@ _REQUIRED = ("initdb", "pg_ctl", "postgres")
 _PREFIX = "fp-pg-"
 _OWNER_FILE = "owner.pid"
 _START_ATTEMPTS = 5
-_READY_DEADLINE_S = 120.0  # a stuck server fails the session with its log, rather than hanging it
+_READY_DEADLINE_S = HANG_GUARD  # a stuck server fails the session with its log, rather than hanging it
 
 
 class PostgresUnavailable(RuntimeError):

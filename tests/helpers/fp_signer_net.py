@@ -66,7 +66,7 @@ class SignerNet:
     def stop(self, node_id: str, sig: int = signal.SIGTERM) -> int:
         proc = self.procs.pop(node_id)
         proc.send_signal(sig)
-        return proc.wait(timeout=60)
+        return proc.wait(timeout=HANG_GUARD)
 
     def stop_all(self) -> None:
         for node_id in list(self.procs):
@@ -74,7 +74,7 @@ class SignerNet:
                 self.procs[node_id].terminate()
         for node_id, proc in list(self.procs.items()):
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=HANG_GUARD)
             finally:
                 if proc.poll() is None:
                     proc.kill()

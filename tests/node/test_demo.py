@@ -7,12 +7,14 @@ import re
 import subprocess
 import sys
 
+from fp_guards import HANG_GUARD
+
 
 def test_network_demo_signs_and_verifies(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "fusion_prime.node.demo", "--level", "test-2048", "--signatures", "3",
          "--dir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -31,7 +33,7 @@ def test_network_demo_signs_and_verifies(tmp_path):
 def test_in_process_demo_still_available():
     proc = subprocess.run(
         [sys.executable, "-m", "fusion_prime.node.demo", "--in-process", "--level", "test-2048"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "libsecp256k1 verify    OK" in proc.stdout and "eth-account recovery" in proc.stdout

@@ -95,7 +95,7 @@ def test_three_process_network_keygen_presign_sign(tmp_path):
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
-            assert p.wait(timeout=30) == 0
+            assert p.wait(timeout=HANG_GUARD) == 0
     finally:
         for p in procs:
             if p.poll() is None:
@@ -178,7 +178,7 @@ def test_sigkill_during_presign_then_recovery(tmp_path):
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
         for p in procs.values():
-            assert p.wait(timeout=30) == 0
+            assert p.wait(timeout=HANG_GUARD) == 0
     finally:
         for p in procs.values():
             if p.poll() is None:

@@ -106,7 +106,7 @@ def stop(procs):
             p.send_signal(signal.SIGTERM)
     for p in procs:
         try:
-            assert p.wait(timeout=30) == 0
+            assert p.wait(timeout=HANG_GUARD) == 0
         finally:
             if p.poll() is None:
                 p.kill()

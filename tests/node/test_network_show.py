@@ -67,7 +67,7 @@ def _summary(config_path: Path) -> dict:
     return database_summary(load_config(config_path).database_path)
 
 
-def _wait_for(predicate, what: str, timeout: float = 60.0) -> None:
+def _wait_for(predicate, what: str, timeout: float = HANG_GUARD) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -142,7 +142,7 @@ def net(tmp_path_factory):
         codes = []
         for p in network.procs.values():
             try:
-                codes.append(p.wait(timeout=30))
+                codes.append(p.wait(timeout=HANG_GUARD))
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes.append(None)
@@ -353,7 +353,7 @@ def test_backup_restore_into_fresh_directory_and_the_network_signs_again(net, tm
     # The restored node replaces the original (same port): stop the original first.
     original = net.procs["node3"]
     original.send_signal(signal.SIGTERM)
-    assert original.wait(timeout=30) == 0
+    assert original.wait(timeout=HANG_GUARD) == 0
     net.procs["node3"] = _spawn(restored_cfg, net.base / "node3-restored.log", net.env("node3"))
     net.configs["node3"] = restored_cfg
 

@@ -196,5 +196,5 @@ def test_signer_daemon_descriptors_stay_flat_over_idle_and_burst_cycles(tmp_path
         assert end <= start + 2 * FDS_PER_CONNECTION, (start, end)
     finally:
         proc.terminate()
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=HANG_GUARD) == 0
         log.close()

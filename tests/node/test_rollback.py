@@ -44,7 +44,7 @@ def _audit_events(net: SignerNet, node_id: str, since: float = 0.0) -> list[str]
 
 
 def _wait_for_pool(net: SignerNet, node_id: str, key_id: bytes, at_least: int) -> None:
-    deadline = time.time() + 180
+    deadline = time.time() + HANG_GUARD
     with net.client_for(node_id) as w:
         while not any(k.key_id == key_id and k.presignatures_available >= at_least for k in w.list_keys()):
             assert time.time() < deadline, "the presignature pool never filled"

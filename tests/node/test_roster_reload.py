@@ -118,7 +118,7 @@ def test_sighup_reloads_the_roster_of_a_running_node_process(tmp_path):
         return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
 
     def wait_for(event: str) -> dict:
-        deadline = time.time() + 60
+        deadline = time.time() + HANG_GUARD
         while time.time() < deadline:
             found = [e for e in events() if e["event"] == event]
             if found:
@@ -137,7 +137,7 @@ def test_sighup_reloads_the_roster_of_a_running_node_process(tmp_path):
         assert wait_for("roster reloaded")["added"] == ["node3"]
         assert proc.poll() is None, "SIGHUP does not stop the node"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=HANG_GUARD) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from fp_guards import HANG_GUARD
 
 from fusion_prime.node.config import load_config
 from fusion_prime.node.devnet import create_devnet
@@ -263,7 +264,7 @@ def test_signer_daemon_answers_data_loss_for_a_share_damaged_while_running_and_l
         channel.close()
     finally:
         proc.terminate()
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=HANG_GUARD) == 0
     events = _log_lines(log_path.read_text())
     faults = [e for e in events if e.get("event") == "wallet rpc storage error"]
     assert faults and faults[0]["level"] == "error" and faults[0]["error"] == "RecordCorrupt"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from coincurve import PublicKey
+from fp_guards import HANG_GUARD
 
 from fusion_prime.node.devnet import create_devnet
 from fusion_prime.proto.generated import wallet_pb2
@@ -59,7 +60,7 @@ def network(tmp_path_factory):  # type: ignore[no-untyped-def]
             [sys.executable, "-m", "fusion_prime.signer.daemon", "--config", str(node.config_path), "--policy",
              str(policy), "--port-file", str(port_file)], stdout=subprocess.DEVNULL, stderr=log))
         ports[node.node_id] = port_file
-    deadline = time.time() + 60
+    deadline = time.time() + HANG_GUARD
     while not all(p.exists() and p.read_text() for p in ports.values()):
         assert time.time() < deadline, "signer daemons did not start"
         assert all(p.poll() is None for p in procs), "a signer daemon died at startup"
@@ -69,7 +70,7 @@ def network(tmp_path_factory):  # type: ignore[no-untyped-def]
     for p in procs:
         p.terminate()
     for p in procs:
-        assert p.wait(timeout=30) == 0
+        assert p.wait(timeout=HANG_GUARD) == 0
 
 
 def _client(network, node_id: str, who: PartyIdentity) -> WalletClient:  # type: ignore[no-untyped-def]
@@ -78,7 +79,7 @@ def _client(network, node_id: str, who: PartyIdentity) -> WalletClient:  # type:
 
 
 def _wait_for_pool(w: WalletClient, key_id: bytes, at_least: int = 2) -> None:
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD
     while not any(k.key_id == key_id and k.presignatures_available >= at_least for k in w.list_keys()):
         assert time.time() < deadline, "the presignature pool never filled"
         time.sleep(0.3)
