@@ -1,4 +1,4 @@
-"""Issue 11, "Done means": a split at the last round of keygen, key refresh, presign and sign,
+"""Issue 11, "Done means": a split at the last round of keygen, aux info, key refresh, presign and sign,
 through the real message path - three in-process nodes over gRPC with mutual TLS, level
 ``test-2048`` - where node3's own transport rewrites what it sends to node1 only, signed with
 node3's identity key. node2 gets node3's genuine messages.
@@ -28,7 +28,7 @@ from test_network_refresh import devnet_without_presign_pools, verifies
 from fusion_prime.protocol.machine import BROADCAST, KIND_ECHO, KIND_MAIN, ProtocolMessage
 from fusion_prime.protocol.sign import SIGMA_ROUND
 
-LAST_ROUND = {"keygen": 3, "key-refresh": 3, "presign": 3, "sign": SIGMA_ROUND}
+LAST_ROUND = {"keygen": 3, "aux-info": 3, "key-refresh": 3, "presign": 3, "sign": SIGMA_ROUND}
 HONEST = ("node1", "node2")
 
 
@@ -140,6 +140,43 @@ def test_keygen_split_at_the_last_round(network):  # type: ignore[no-untyped-def
             for n in nodes[:2]:
                 assert n.storage.list_keys() == [retry.output["key_id"]], n.cfg.node_id
             assert nodes[2].storage.list_keys() == []
+
+    trio.run(main)
+
+
+def test_aux_info_split_at_the_last_round(network):  # type: ignore[no-untyped-def]
+    """Aux info (each node's Paillier key and ring-Pedersen parameters) current at one node and
+    not at another would leave the committee unable to presign with either version. Now no node
+    holds the split run's aux info, and an honest retry gives all three the same one, with which
+    they presign and sign."""
+    nodes, culprit = network
+    node1 = nodes[0]
+    committee = ["node1", "node2", "node3"]
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with running_nodes(*nodes):
+            kg = await _keygen(node1, committee)
+            assert kg.ok, kg
+            key_id, group_key = kg.output["key_id"], kg.output["public_key"]
+            await _ended_everywhere(nodes, kg.session_id)
+            culprit.phase = "aux-info"
+            await _wait_healthy(node1, committee[1:], "aux-info")
+            split = await node1.aux_info(committee)
+            await _assert_split_averted(nodes, split, culprit)
+            for n in nodes:
+                assert n.storage.latest_aux_info(committee) is None, n.cfg.node_id
+            culprit.phase = None
+            await _wait_healthy(node1, committee[1:], "aux-info")
+            retry = await node1.aux_info(committee)
+            assert retry.ok, retry
+            await _ended_everywhere(nodes, retry.session_id)
+            held = {n.storage.latest_aux_info(committee) for n in nodes}
+            assert len(held) == 1 and None not in held, held
+            pre = await node1.presign(key_id, ["node1", "node3"])
+            assert pre.ok, pre
+            digest = hashlib.sha256(b"after the aux-info retry").digest()
+            signed = await node1.sign(key_id, digest)
+            assert signed.ok and verifies(group_key, digest, signed.output), signed
 
     trio.run(main)
 
