@@ -94,6 +94,26 @@ MUTANTS = [
            "if (!paused) revert NotPaused();", "",
            (*GATEWAY_FILES, "test/Gateway.t.sol"), "GatewayMintTest",
            ("test_noOpUnpauseIsRefusedWithoutUsingTheNonce",)),
+    Mutant("gateway: no supply ceiling", "src/Gateway.sol",
+           "if (supplyAfter > a.supplyCeiling) revert", "if (false) revert",
+           (*GATEWAY_FILES, "test/Gateway.t.sol"), "GatewayMintTest",
+           ("test_supplyCeilingHoldsAcrossWindows",)),
+    Mutant("gateway: a large mint is not queued", "src/Gateway.sol",
+           "if (order.amount > a.largeMintThreshold) {", "if (false) {",
+           (*GATEWAY_FILES, "test/GatewaySafeguards.t.sol"), "GatewayLargeMintTest",
+           ("test_largeMintWaitsThenExecutes", "test_vetoedLargeMintNeverExecutes")),
+    Mutant("gateway: a refund need not match its burn's record", "src/Gateway.sol",
+           "if (_withoutRefundBit(record) != _burnCommitment(r.asset, r.burner, r.amount)) revert BurnMismatch"
+           "(r.burnNonce);", "",
+           (*GATEWAY_FILES, "test/GatewaySafeguards.t.sol"), "GatewayRefundTest",
+           ("test_refundMustMatchTheRecordedBurn",)),
+    Mutant("gateway: a pause signature spent by an unpause pauses again", "src/Gateway.sol",
+           "if (unpauseCount_ != unpauseCount) revert StalePause(unpauseCount_, unpauseCount);", "",
+           (*GATEWAY_FILES, "test/Gateway.t.sol"), "GatewayMintTest",
+           ("test_groupKeyPausesDirectlyOrBySignature",)),
+    Mutant("escrow: withdrawEthTo pays the caller, not the named address", "src/SettlementEscrow.sol",
+           "        _withdrawEth(to);\n    }", "        _withdrawEth(payable(msg.sender));\n    }",
+           ESCROW_FILES, "SettlementEscrowTest", ("test_withdrawEthToAnotherAddress",)),
 ]
 
 
