@@ -77,6 +77,10 @@ MAX_SIGN_SESSIONS = 32  # sign sessions this node coordinates at a time (partici
 ON_DEMAND_FAILURES = 3  # failed on-demand presigns before a sign request gives up
 NO_SIGNER_SET_WAIT_SECONDS = 30.0  # how long a sign re-probes its peers before "no healthy signer set"
 NO_SIGNER_SET_PAUSE_SECONDS = 0.5
+# An admin session (keygen, aux info, refresh) asked for while too few peers answer their health
+# probe - a network started a moment ago, a peer restarting - probes again for this long before
+# it is refused with "not enough healthy peers".
+PEERS_WAIT_SECONDS = 20.0
 RESYNC_RETRY_SECONDS = 5.0  # a resync pass repeats this often while some presignature is unverified
 RESYNC_RPC_TIMEOUT = 2.0
 Refusal = peer_pb2.ProposalReply
@@ -264,7 +268,20 @@ class Node:
             p.keygen.threshold, p.keygen.level = threshold, name
             p.client_request = client_request
 
+        await self._wait_for_peers("keygen", n)
         return await self.sessions.coordinate("keygen", n, fill)
+
+    async def _wait_for_peers(self, phase: str, size: int, required: Sequence[str] = ()) -> None:
+        """Until ``size`` participants (``required`` among them) answer as healthy, or
+        ``PEERS_WAIT_SECONDS``; the session then starts or is refused saying who was missing."""
+        me = self.cfg.node_id
+        must = set(required) - {me}
+        with trio.move_on_after(PEERS_WAIT_SECONDS):
+            while True:
+                healthy = set(await self.sessions.healthy_peers(phase))
+                if must <= healthy and len(healthy) + 1 >= size:
+                    return
+                await trio.sleep(NO_SIGNER_SET_PAUSE_SECONDS)
 
     async def aux_info(self, parties: Sequence[str], *, level: str | None = None,
                        client_request: bytes = b"") -> SessionOutcome:
@@ -274,6 +291,7 @@ class Node:
             p.aux_info.level = name
             p.client_request = client_request
 
+        await self._wait_for_peers("aux-info", len(parties), parties)
         return await self.sessions.coordinate("aux-info", len(parties), fill, required=parties, attempts=1)
 
     async def presign(self, key_id: bytes, signers: Sequence[str] | None = None) -> SessionOutcome:
@@ -470,6 +488,7 @@ class Node:
             p.opaque.data = data
             p.client_request = client_request
 
+        await self._wait_for_peers("key-refresh", len(info["parties"]), info["parties"])
         return await self.sessions.coordinate("key-refresh", len(info["parties"]), fill,
                                               required=info["parties"], attempts=1)
 

@@ -46,16 +46,21 @@ def test_devnet_run_serves_the_wallet_api_and_its_client_creates_a_key_and_signs
         assert f"client key: {client_key}" in lines
         assert client_key.stat().st_mode & 0o077 == 0
         client = load_identity(client_key)
+        deadline = time.monotonic() + HANG_GUARD
+        for node_id, port in ports.items():  # the daemons are still starting
+            node_cert = (base / node_id / "tls.crt").read_bytes()
+            with WalletClient(f"127.0.0.1:{port}", node_cert, client, server_name=node_id) as w:
+                while True:
+                    try:
+                        w.list_keys()
+                        break
+                    except (WalletError, grpc.RpcError):
+                        assert proc.poll() is None and time.monotonic() < deadline, f"{node_id} never answered"
+                        time.sleep(0.2)
         cert = (base / "node1" / "tls.crt").read_bytes()
         with WalletClient(f"127.0.0.1:{ports['node1']}", cert, client, server_name="node1") as w:
-            deadline = time.monotonic() + HANG_GUARD
-            while True:  # the daemons are still starting
-                try:
-                    w.list_keys()
-                    break
-                except (WalletError, grpc.RpcError):
-                    assert proc.poll() is None and time.monotonic() < deadline, "the wallet API never answered"
-                    time.sleep(0.2)
+            # node1's first health probes may still miss a peer that came up last: CreateKey
+            # probes again for a while (PEERS_WAIT_SECONDS) instead of refusing at once
             created = w.create_key(2, 3, "devnet")
             key_id, digest = bytes(created.key_id), bytes(range(32))
             info = w.public_key(key_id, "m/0/1")

@@ -57,3 +57,32 @@ def test_exhausted_only_when_the_queue_is_full_or_the_wait_ran_out(tmp_path, mon
             assert after.ok, after
 
     trio.run(main)
+
+
+def test_a_key_asked_for_before_every_peer_is_up_waits_for_it_instead_of_refusing(tmp_path):  # type: ignore[no-untyped-def]
+    """CreateKey a moment after the network started (``devnet --run``, then create-key at once):
+    node3 is not serving yet, so the first health probes miss it. keygen probes again for a while
+    (``PEERS_WAIT_SECONDS``) and runs once node3 answers - before, it was refused at once with
+    "not enough healthy peers"."""
+    nodes = [make_node(d, fill_pool=False) for d in devnet_without_presign_pools(tmp_path / "net", 3)]
+    node1, node3 = nodes[0], nodes[2]
+    order: list[str] = []
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with running_nodes(*nodes[:2]) as nursery:
+            async def late_start() -> None:
+                await trio.sleep(1.0)  # node1's keygen has probed and missed node3 by now
+                order.append("node3 starting")
+                await nursery.start(node3.run)
+
+            nursery.start_soon(late_start)
+            try:
+                outcome = await node1.keygen(2, 3)
+                order.append("keygen ended")
+                assert outcome.ok, outcome
+                assert set(outcome.participants) == {"node1", "node2", "node3"}
+            finally:
+                node3.stop()
+
+    trio.run(main)
+    assert order == ["node3 starting", "keygen ended"]
