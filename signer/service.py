@@ -587,14 +587,18 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 yield wallet_pb2.StatusUpdate(request_id=request.request_id, state="done")
                 return
             context.abort(grpc.StatusCode.NOT_FOUND, "no request with this id from this client on this node")
-        yield from updates
         if updates[-1].state in _FINAL_STATES:
+            yield from updates
             return
-        sent = len(updates)
+        # The slot is taken before anything is sent: a client that has the first update knows
+        # its stream holds a slot (taking it after the first yield let a third stream of one
+        # client in while the first two were still between their first update and their slot).
         if not self._status_budget.take(client):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           "too many status streams open on this node; ask again later")
         try:
+            yield from updates
+            sent = len(updates)
             # A cancelled or expired call wakes the wait at once instead of holding the thread.
             context.add_callback(self._wake)
             deadline = time.monotonic() + self.status_max_seconds

@@ -29,8 +29,16 @@ def test_devnet_run_serves_the_wallet_api_and_its_client_creates_a_key_and_signs
     proc = subprocess.Popen(
         [sys.executable, "-m", "fusion_prime.node.cli", "devnet", "--dir", str(base), "--nodes", "3",
          "--test-mode", "--run"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    guard = threading.Timer(HANG_GUARD, proc.kill)  # the reads below block
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True)  # its daemons share its process group: nothing outlives a failed test
+
+    def kill_group() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    guard = threading.Timer(HANG_GUARD, kill_group)  # the reads below block
     guard.start()
     try:
         assert proc.stdout is not None
@@ -71,9 +79,8 @@ def test_devnet_run_serves_the_wallet_api_and_its_client_creates_a_key_and_signs
         assert proc.wait(timeout=HANG_GUARD) == 0
     finally:
         guard.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_group()  # the daemons too, whether or not devnet itself has ended
+        proc.wait()
 
 
 def test_free_ports_are_distinct_and_outside_the_range_outgoing_connections_use() -> None:
