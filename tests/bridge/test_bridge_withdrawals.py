@@ -96,7 +96,10 @@ def _paid(net: Net, burn_id: bytes) -> dict | None:
     return done[0] if done else None
 
 
-def test_burns_to_every_destination_type_are_paid_in_one_batch_the_chain_accepts(net: Net) -> None:
+def test_burns_to_every_destination_type_are_paid_in_payouts_the_chain_accepts(net: Net) -> None:
+    """Usually the five burns share one batched payout; on a loaded machine the batch can close
+    between two burns (seen beside another suite: two payouts), which is correct too - what must
+    hold is that every burn is paid once, to its own script, in a transaction the chain took."""
     holder = net.dst.eth.accounts[6]
     _fund(net, holder, 3 * COIN)
     burns = {}
@@ -113,13 +116,13 @@ def test_burns_to_every_destination_type_are_paid_in_one_batch_the_chain_accepts
         return False
 
     wait_for("every burn paid and confirmed", all_paid, procs=net.procs)
-    txids = {_paid(net, bid)["txid"] for _, bid in burns.values()}
-    assert len(txids) == 1, f"one batched payout, got {txids}"
-    (txid,) = txids
-    tx = net.rpc.getrawtransaction(txid, True)
-    assert int(tx["confirmations"]) >= 1
-    paid = {o["scriptPubKey"]["hex"]: int((Decimal(str(o["value"])) * COIN).to_integral_exact()) for o in tx["vout"]}
+    txid_of = {kind: _paid(net, bid)["txid"] for kind, (_, bid) in burns.items()}
+    assert 1 <= len(set(txid_of.values())) <= len(burns)
     for kind, address in _destinations().items():
+        tx = net.rpc.getrawtransaction(txid_of[kind], True)
+        assert int(tx["confirmations"]) >= 1
+        paid = {o["scriptPubKey"]["hex"]: int((Decimal(str(o["value"])) * COIN).to_integral_exact())
+                for o in tx["vout"]}
         script = address_to_script(address, "regtest").hex()
         assert paid.get(script) == amounts[kind] - FEE, (kind, paid.get(script))
     # every honest node followed the burn and knows it is paid, coordinator or not
