@@ -52,17 +52,13 @@ class Anvil:
     w3: Web3
 
 
-def _free_port() -> int:
-    return free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
-
-
 def start_anvil(chain_id: int) -> Anvil:
     """Start anvil on a free loopback port and wait until it answers with `chain_id`."""
     if not ANVIL.exists():
         raise RuntimeError(f"{ANVIL} is missing: run `make setup` (npm ci installs anvil)")
     last_error = ""
     for _attempt in range(3):  # the probed port can be taken before anvil binds it; retry then
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(chain_id),
              "--accounts", "4", "--silent"],

@@ -95,10 +95,6 @@ def _sweep_orphans() -> None:
             continue
 
 
-def _free_port() -> int:
-    return free_port()  # below the ephemeral range: no outgoing connection takes it meanwhile
-
-
 def _ensure_pg_user() -> pwd.struct_passwd:
     """The ``postgres`` system user (Debian's package creates it; a bare machine may lack it)."""
     try:
@@ -159,7 +155,7 @@ class PostgresCluster:
             self._initdb()
             last = ""
             for _ in range(_START_ATTEMPTS):
-                self.port = _free_port()
+                self.port = free_port()
                 if self._launch():
                     return self
                 last = self.log_tail()
