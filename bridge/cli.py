@@ -17,31 +17,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from ..node.commandline import OneLineParser, one_line, stdout_closed
 from .client import BridgeClient, BridgeError, to_dict
 
 EXIT_ERROR = 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, like every other error of this command
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_ERROR)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m fusion_prime.bridge.cli", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog="fusion-prime-bridge", description=__doc__.splitlines()[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", help="host:port of a node's Bridge API (every command but burn)")
     parser.add_argument("--server-cert", help="that node's TLS certificate (PEM), pinned")
     parser.add_argument("--server-name", help="the name in the certificate (the node id)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per unary call (default 30)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser("deposit-address", help="the deposit address for a recipient (registered with the node)")
     p.add_argument("--destination", required=True, help="CAIP-2 of the EVM chain that mints, e.g. eip155:31338")
     p.add_argument("--recipient", required=True, help="0x address that receives fpBTC/fpETH")
@@ -201,16 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _run(args)
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush of
-        # stdout from raising again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        stdout_closed()
         return 0
     except KeyboardInterrupt:
         return 130
     except (BridgeError, OSError, ValueError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     return 0
 

@@ -19,7 +19,6 @@ read-only explorer page (``bridge/explorer.py``, ``[bridge.explorer]``, loopback
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import logging
@@ -32,6 +31,7 @@ import trio
 from web3 import Web3
 
 from ..node.cli import fail_logged, operator_error
+from ..node.commandline import OneLineParser
 from ..node.config import is_loopback, load_config
 from ..node.daemon import Node
 from ..node.logs import configure_logging, log_event
@@ -343,7 +343,7 @@ async def serve(config: Path, bridge: Path, policy: Path, wallet_listen: str, *,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = OneLineParser(prog="fusion-prime-bridge-daemon", description=__doc__)
     parser.add_argument("--config", type=Path, required=True, help="the node's TOML config")
     parser.add_argument("--bridge", type=Path, required=True, help="this node's bridge section (TOML)")
     parser.add_argument("--policy", type=Path, required=True, help="this node's wallet policy (TOML)")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..protocol.errors import InsecureParameters
 from ..protocol.levels import level_by_name
+from .commandline import EXIT_USAGE, OneLineParser, one_line, stdout_closed
 from .config import (
     DEFAULT_PASSPHRASE_ENV,
     NODE_ID_RE,
@@ -58,7 +59,6 @@ from .material import storage_key
 from .storage import KeyMaterial, Storage, StorageError, check_key, database_summary
 from .tls import TLSError, create_certificate_files
 
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -340,7 +340,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusion-prime-node", description="Fusion Prime signer node")
+    parser = OneLineParser(prog="fusion-prime-node", description="Fusion Prime signer node")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="create a node folder")
@@ -441,19 +441,13 @@ def fail_logged(exc: BaseException, logger_name: str) -> int:
     what = "storage fault" if isinstance(exc, StorageError) else "cannot run"
     log_event(logging.getLogger(logger_name), logging.ERROR, what, error=type(exc).__name__,
               exc_info=(type(exc), exc, None))
-    return _fail(_one_line(exc))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return _fail(one_line(exc))
 
 
 def closed_stdout() -> int:
     """The reader of stdout went away (``status | head``): point stdout at /dev/null so the
     interpreter's final flush cannot raise again, and say so in one line."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    stdout_closed()
     return _fail("the output was closed before it was complete (broken pipe)")
 
 
@@ -473,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if args.command == "run":
             return fail_logged(known, "fusion_prime.node.cli")
-        return _fail(_one_line(known))
+        return _fail(one_line(known))
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ class KeygenPhase:
     def finish(self, ctx: SessionContext, output: KeyShare) -> dict[str, Any]:
         key_id = bytes.fromhex(output.key_id)
         _storage(ctx).put_key_share(key_id, parties=_participants(ctx), threshold=output.threshold,
-                                    level=output.level, share=output.to_bytes(), public_key=output.group_key.to_bytes())
+                                    level=output.level, share=output.to_bytes(), public_key=output.group_key.to_bytes(),
+                                    session_id=ctx.session_id)
         return {"key_id": key_id, "public_key": output.group_key.to_bytes(), "chain_code": output.chain_code}
 
     def failed(self, ctx: SessionContext, outcome: SessionOutcome) -> None:

@@ -504,8 +504,17 @@ def _migration_7(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_8(db: sqlite3.Connection) -> None:
+    """The key generation session that created each key share: its staged proposal (kept in
+    ``session_outputs``) carries the client's signed CreateKey request, so every participant -
+    not only the node that served the request - can show the key's label. Rows from before are
+    NULL (no label but the serving node's)."""
+    _execute_script(db, "ALTER TABLE key_shares ADD COLUMN created_by BLOB;")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7)
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
+    _migration_8)
 # At most this long a consumed presignature's aux info stays while its sign session has not
 # finished (a crash can leave a session 'running' for ever): that session may still need the
 # aux secrets to name a cheater (sign round 2 identification).
@@ -842,8 +851,9 @@ class Storage:
     # key shares and aux info ---------------------------------------------------------------
     def put_key_share(
         self, key_id: bytes, *, parties: Sequence[str], threshold: int, level: str, share: bytes,
-        public_key: bytes | None = None,
+        public_key: bytes | None = None, session_id: bytes | None = None,
     ) -> None:
+        """Store a new key's share; ``session_id`` is the key generation that made it."""
         with self._write() as w:
             w.execute(
                 "INSERT INTO key_shares (key_id, parties, threshold, level, public_key, created_at, share) "
@@ -851,7 +861,20 @@ class Storage:
                 (key_id, _parties_text(parties), threshold, level, public_key, time.time(),
                  self.seal("key_shares", key_id, share)),
             )
-            self._audit(w, "key-share-stored", key_id, {"parties": list(parties), "threshold": threshold})
+            if session_id is not None:
+                w.execute("UPDATE key_shares SET created_by = ? WHERE key_id = ?", (session_id, key_id))
+            self._audit(w, "key-share-stored", key_id, {"parties": list(parties), "threshold": threshold,
+                                                        "session_id": session_id.hex() if session_id else None})
+
+    def key_creation_proposal(self, key_id: bytes) -> bytes | None:
+        """The proposal (a serialised ``SessionProposal``) of the key generation that created
+        ``key_id`` here, or None: a key from before migration 8, or one this node first got in
+        a resharing. It is public (every participant received it) and carries the client's
+        signed request, which the wallet checks before it believes anything in it."""
+        row = self._conn().execute(
+            "SELECT o.proposal FROM key_shares AS k JOIN session_outputs AS o ON o.session_id = k.created_by "
+            "WHERE k.key_id = ?", (key_id,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     @staticmethod
     def _share_row_id(key_id: bytes, epoch: int) -> bytes:

@@ -28,8 +28,9 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from ..node.commandline import EXIT_USAGE, OneLineParser, one_line
 from ..node.identity import IdentityError, create_identity, load_identity
 from ..protocol.errors import InvalidInput
 from .client import FINAL_STATES, WalletClient, WalletError, new_request_id
@@ -44,22 +45,10 @@ if TYPE_CHECKING:
 # on them.
 
 EXIT_REMOTE = 1
-EXIT_USAGE = 2
 
 
 class UsageError(Exception):
     """Bad options, configuration or input, found before anything was sent (exit 2)."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (exit 2) instead of the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- input parsing

@@ -27,11 +27,12 @@ from pathlib import Path
 import trio
 
 from ..node.cli import fail_logged, operator_error
+from ..node.commandline import EXIT_USAGE, OneLineParser, one_line
 from ..node.config import load_config
 from ..node.daemon import Node
 from ..node.logs import configure_logging, log_event
 from ..node.material import storage_key
-from .cli import EXIT_REMOTE, EXIT_USAGE, OneLineParser, one_line
+from .cli import EXIT_REMOTE
 from .policy import PolicyBook, PolicyEnforcer, backup_state, restore_state
 from .service import WalletAuthorizer, WalletServicer, start_wallet_server
 

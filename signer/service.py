@@ -501,6 +501,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         labels = self.enforcer.labels()
         out = wallet_pb2.ListKeysResponse()
         for key_id in self.node.storage.list_keys():
+            if key_id not in labels:
+                labels[key_id] = self._label_from_key_generation(key_id)
             if not self.enforcer.book.may_see(client, key_id):
                 continue
             info = self.node.storage.key_info(key_id)
@@ -514,6 +516,26 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                          epoch=int(info.get("epoch") or 0), label=labels.get(key_id, ""),
                          presignatures_available=available)
         return out
+
+    def _label_from_key_generation(self, key_id: bytes) -> str:
+        """The label of a key created by another node's CreateKey: the key generation's proposal,
+        stored here as it ran, carries the client's signed request. The signature is checked (a
+        coordinator could have put anything beside it) and the label remembered like one served
+        here. Freshness is not: the request was fresh when this node authorised the session."""
+        raw = self.node.storage.key_creation_proposal(key_id)
+        if raw is None:
+            return ""
+        try:
+            proposal = peer_pb2.SessionProposal.FromString(raw)
+            forwarded = parse_forwarded(proposal.client_request)
+            issued = RequestBody.decode(forwarded.body).issued_at_ms
+            verified = verify_request(forwarded, now_ms=issued)
+        except Exception:  # protobuf's DecodeError, InvalidInput, Unauthenticated: no label, no guess
+            return ""
+        if verified.body.kind != KIND_CREATE_KEY:
+            return ""
+        self.enforcer.record_label(verified, key_id)
+        return verified.body.label
 
     @_guarded
     def GetPublicKey(self, request: wallet_pb2.SignedRequest, context: grpc.ServicerContext

@@ -23,10 +23,11 @@ import os
 import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from coincurve import PrivateKey
 
+from ...node.commandline import OneLineParser, one_line
 from .bitcoin.encoding import REGTEST, address_to_script, p2wpkh_script, parse_hash_hex, script_to_address
 from .bitcoin.rpcclient import BitcoinRPC, BitcoinRPCError, BitcoinRPCTransportError
 from .bitcoin.signing import sign_p2wpkh
@@ -46,17 +47,11 @@ class FaucetError(Exception):
     """Said to the user in one line."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_ERROR)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fusion-prime-faucet", description=__doc__.splitlines()[0],
+    p = OneLineParser(prog="fusion-prime-faucet", description=__doc__.splitlines()[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devnet", help="the devnet file the demo wrote (default: $FP_DEVNET)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     c = sub.add_parser("btc-pay", help="pay SATS to a regtest address from the miner's coins")
     c.add_argument("address")
     c.add_argument("sats", type=int)
@@ -219,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (FaucetError, BitcoinRPCError, BitcoinRPCTransportError, OSError, ValueError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     print(json.dumps(out, indent=2))
     return 0

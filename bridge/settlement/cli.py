@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
+from ...node.commandline import EXIT_USAGE, OneLineParser, one_line, stdout_closed
 from ...node.identity import IdentityError, create_identity, load_identity
 from ...node.tls import TLSError, certificate_node_id
 from ...proto.generated import settlement_pb2
@@ -47,9 +47,8 @@ from ..client import to_dict
 from . import checkpoint as cp
 from .client import SettlementClient, SettlementRejected, new_key
 
-PROG = "python -m fusion_prime.bridge.settlement.cli"
+PROG = "fusion-prime-settlement"
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 VERIFY_HINT = ("python -m fusion_prime.bridge.settlement.checkpoint verify {file} "
                "--signer 0x<the Gateway's active signer>")
 
@@ -62,17 +61,11 @@ class CommandError(Exception):
     """A command that ran and failed for a reason the user can act on (exit code 1)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, like every other error of this command
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
 # ------------------------------------------------------------------------------------ arguments
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:]),
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:]),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", help="host:port of a node's Bridge API (the Settlement service is served there)")
     parser.add_argument("--cert", help="that node's TLS certificate (PEM), pinned")
@@ -86,10 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     # subcommand from resetting what was given before it
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("--json", dest="as_json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     p = sub.add_parser("key", help="client key files")
-    key_sub = p.add_subparsers(dest="key_command", required=True, metavar="new", parser_class=_Parser)
+    key_sub = p.add_subparsers(dest="key_command", required=True, metavar="new", parser_class=OneLineParser)
     p = key_sub.add_parser("new", parents=[out], help="create a client key file (mode 0600, never overwritten)")
     p.add_argument("file")
 
@@ -591,7 +584,7 @@ def _rpc_text(exc: grpc.RpcError) -> str:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return code
 
 
@@ -614,11 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         _run(args)
-    except BrokenPipeError:
-        # the reader went away (`| head`): stop quietly, and keep Python's exit-time flush of
-        # stdout from raising again
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        stdout_closed()
         return 0
     except KeyboardInterrupt:
         return 0 if args.command == "watch" else 130

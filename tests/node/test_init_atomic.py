@@ -27,7 +27,8 @@ PASSPHRASE = "a long operator passphrase"
 def init(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "FUSION_PRIME_PASSPHRASE"}
     environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "fusion_prime.node.cli", "init", *args],
+    # by its console-script name, as an operator runs it (installed beside the interpreter)
+    return subprocess.run([str(Path(sys.executable).parent / "fusion-prime-node"), "init", *args],
                           capture_output=True, text=True, timeout=120, env=environ)
 
 

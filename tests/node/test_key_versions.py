@@ -285,3 +285,26 @@ def test_leaving_a_committee_erases_its_aux_info(tmp_path):
         with pytest.raises(NotFound):
             store.get_aux_info(b"A" * 16)
         assert store.get_aux_info(b"C" * 16) == b"ANOTHER-COMMITTEE", "aux made ahead of a keygen stays"
+
+
+def test_a_key_remembers_the_key_generation_that_made_it(tmp_path, monkeypatch):
+    """Migration 8: the wallet finds a key's label in the proposal of the key generation that
+    created it (every participant has it); keys from before the migration have none."""
+    path = tmp_path / "node.sqlite3"
+    older = b"o" * 16
+    with monkeypatch.context() as m:
+        m.setattr(storage_module, "MIGRATIONS", storage_module.MIGRATIONS[:7])
+        m.setattr(storage_module, "SCHEMA_VERSION", 7)
+        with open_store(path) as old:
+            old.put_key_share(older, parties=PARTIES, threshold=2, level="test-2048", share=b"S7",
+                              public_key=GROUP_KEY)
+    session = b"s" * 32
+    with open_store(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.key_creation_proposal(older) is None
+        store.stage_output(session, "keygen", b"OUTPUT", proposal=b"THE-PROPOSAL", transcript=b"t" * 32)
+        store.put_key_share(KEY_ID, parties=PARTIES, threshold=2, level="test-2048", share=b"S8",
+                            public_key=GROUP_KEY, session_id=session)
+        store.output_confirmed(session, b"CERTIFICATE")
+        assert store.key_creation_proposal(KEY_ID) == b"THE-PROPOSAL"
+        assert store.key_creation_proposal(b"u" * 16) is None

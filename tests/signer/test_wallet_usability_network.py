@@ -22,6 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import rlp
@@ -34,6 +35,8 @@ from fusion_prime.signer.client import AsyncWalletClient, WalletClient, WalletEr
 
 ALICE, STRANGER = PartyIdentity.generate(), PartyIdentity.generate()
 UNKNOWN_KEY = b"\x5a" * 16
+#: installed by `pip install -e .` (pyproject's [project.scripts]) beside the interpreter
+WALLET_CLI = Path(sys.executable).parent / "fusion-prime-wallet"
 pytestmark = pytest.mark.xdist_group(name="wallet-usability-network")
 
 
@@ -53,8 +56,9 @@ def net(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 def _cli(net: SignerNet, node_id: str, *args: str, who: str = "alice") -> subprocess.CompletedProcess[str]:
+    """The wallet CLI by its console-script name, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "fusion_prime.signer.cli", "--target", f"127.0.0.1:{net.ports[node_id]}",
+        [str(WALLET_CLI), "--target", f"127.0.0.1:{net.ports[node_id]}",
          "--server-cert", str(net.by_id[node_id].folder / "tls.crt"), "--server-name", node_id,
          "--client-key", str(net.keys[who]), *args],
         capture_output=True, text=True, timeout=HANG_GUARD)
@@ -130,9 +134,12 @@ def test_create_key_shows_its_phases_as_they_happen_and_the_node_logs_aux_info(n
 
 
 def test_the_listing_has_label_and_epoch_and_needs_a_known_client(net, key) -> None:  # type: ignore[no-untyped-def]
-    listed = _ok(_cli(net, "node1", "keys"))
-    assert [(k["key_id"], k["label"], k["epoch"], k["threshold"]) for k in listed] == [(key.hex(), "treasury", 0, 2)]
-    assert _ok(_cli(net, "node2", "keys", "list"))[0]["epoch"] == 0
+    # node1 served the CreateKey; node2 and node3 take the label from the key generation's
+    # proposal, which carries the client's signed request
+    for node_id in ("node1", "node2", "node3"):
+        listed = _ok(_cli(net, node_id, *(("keys",) if node_id == "node1" else ("keys", "list"))))
+        assert [(k["key_id"], k["label"], k["epoch"], k["threshold"]) for k in listed] == \
+            [(key.hex(), "treasury", 0, 2)], node_id
     # a client no policy names: refused, nothing listed
     _refused(_cli(net, "node1", "keys", who="stranger"), "PERMISSION_DENIED")
     _refused(_cli(net, "node2", "pubkey", "--key", key.hex(), who="stranger"), "PERMISSION_DENIED")
