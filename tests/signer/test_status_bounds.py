@@ -10,7 +10,7 @@ Assertions are about completion and order, never about time.
 
 from __future__ import annotations
 
-import queue
+import contextlib
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,17 +19,16 @@ import grpc
 import pytest
 import trio
 from coincurve import PrivateKey
+from fp_wallet_server import serving_wallet
 
 from fusion_prime.node.session import SessionOutcome
-from fusion_prime.node.storage import KeyMaterial, Storage
-from fusion_prime.node.tls import create_certificate_files
+from fusion_prime.node.storage import Storage
 from fusion_prime.proto.generated import wallet_pb2, wallet_pb2_grpc
 from fusion_prime.protocol.curve import Point
 from fusion_prime.protocol.ecdsa import Signature
 from fusion_prime.protocol.identity import PartyIdentity
-from fusion_prime.signer.policy import PolicyBook, PolicyEnforcer
 from fusion_prime.signer.requests import KIND_SIGN, RequestBody, list_keys_request, make_request
-from fusion_prime.signer.service import WalletServicer, start_wallet_server
+from fusion_prime.signer.service import WalletServicer
 
 CLIENT = PartyIdentity.generate()
 SIGNING_KEY = PrivateKey()
@@ -59,38 +58,24 @@ def wallet(tmp_path: Path):  # type: ignore[no-untyped-def]
     """(stub, servicer) of a running wallet server; the trio loop runs in a thread."""
 
     def serve(gate: threading.Event | None = None, **bounds):  # type: ignore[no-untyped-def]
-        policy = tmp_path / "policy.toml"
-        policy.write_text(f'[default]\nclients = ["{CLIENT.public_key.hex()}", "{OTHER.public_key.hex()}"]\n'
-                          "max_signatures_per_window = 1000\nwindow_seconds = 3600\n")
-        storage = Storage(tmp_path / "node.sqlite3", KeyMaterial.passphrase("a long passphrase"),
-                          scrypt_log2_n=10, allow_weak_kdf=True)
-        # the key the Sign below names: a node answers NOT_FOUND for a key it does not hold
-        storage.put_key_share(KEY_ID, parties=["node1", "node2"], threshold=2, level="test-2048",
-                              share=b"stand-in share", public_key=SIGNING_KEY.public_key.format())
-        enforcer = PolicyEnforcer(PolicyBook.load(policy), tmp_path / "wallet-policy.sqlite3")
-        tokens: queue.Queue = queue.Queue()
-        stop = threading.Event()
+        policy = (f'[default]\nclients = ["{CLIENT.public_key.hex()}", "{OTHER.public_key.hex()}"]\n'
+                  "max_signatures_per_window = 1000\nwindow_seconds = 3600\n")
 
-        async def loop() -> None:
-            tokens.put(trio.lowlevel.current_trio_token())
-            await trio.to_thread.run_sync(stop.wait)
+        def hold_the_key(storage: Storage) -> None:
+            # the key the Sign below names: a node answers NOT_FOUND for a key it does not hold
+            storage.put_key_share(KEY_ID, parties=["node1", "node2"], threshold=2, level="test-2048",
+                                  share=b"stand-in share", public_key=SIGNING_KEY.public_key.format())
 
-        runner = threading.Thread(target=trio.run, args=(loop,))
-        runner.start()
-        servicer = WalletServicer(StandInNode(storage, gate), enforcer, tokens.get(), **bounds)
-        create_certificate_files("node1", tmp_path / "tls.crt", tmp_path / "tls.key")
-        cert = (tmp_path / "tls.crt").read_bytes()
-        server, port = start_wallet_server(servicer, "127.0.0.1:0", cert, (tmp_path / "tls.key").read_bytes())
-        channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(root_certificates=cert),
+        served = stack.enter_context(serving_wallet(tmp_path, policy, lambda storage: StandInNode(storage, gate),
+                                                    hold_the_key, **bounds))
+        channel = grpc.secure_channel(f"127.0.0.1:{served.port}",
+                                      grpc.ssl_channel_credentials(root_certificates=served.cert),
                                       options=[("grpc.ssl_target_name_override", "node1")])
-        cleanup.append(lambda: (channel.close(), server.stop(grace=None).wait(), stop.set(), runner.join(),
-                                enforcer.close(), storage.close()))
-        return wallet_pb2_grpc.WalletServiceStub(channel), servicer
+        stack.callback(channel.close)
+        return wallet_pb2_grpc.WalletServiceStub(channel), served.servicer
 
-    cleanup: list = []
-    yield serve
-    for fn in cleanup:
-        fn()
+    with contextlib.ExitStack() as stack:
+        yield serve
 
 
 def _running(servicer: WalletServicer, client: bytes, request_id: str, state: str = "running") -> None:

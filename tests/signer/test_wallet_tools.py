@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import sqlite3
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
 import pytest
-import trio
+from fp_wallet_server import serving_wallet
 
 from fusion_prime.node.devnet import create_devnet
 from fusion_prime.node.identity import load_identity
-from fusion_prime.node.storage import KeyMaterial, Storage
-from fusion_prime.node.tls import create_certificate_files
+from fusion_prime.node.storage import Storage
 from fusion_prime.proto.generated import wallet_pb2
 from fusion_prime.protocol.identity import PartyIdentity
 from fusion_prime.signer import cli, daemon
@@ -49,7 +46,7 @@ from fusion_prime.signer.requests import (
     make_request,
     public_key_request,
 )
-from fusion_prime.signer.service import WalletServicer, start_wallet_server
+from fusion_prime.signer.service import start_wallet_server
 
 ADMIN, ALICE, BOB, STRANGER = (PartyIdentity.generate() for _ in range(4))
 KEY_A, KEY_B = b"\xaa" * 16, b"\xbb" * 16
@@ -321,49 +318,26 @@ class StandInNode:
 def wallet(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A real WalletServicer behind TLS; KEY_A may be used by ALICE, KEY_B by BOB, ADMIN
     administers; the storage holds both keys (stand-in shares: enough for ListKeys)."""
-    policy = tmp_path / "policy.toml"
-    policy.write_text(f'[default]\nclients = ["{ALICE.public_key.hex()}"]\nmax_signatures_per_window = 10\n'
-                      f'window_seconds = 3600\ncreate_key_clients = ["{ADMIN.public_key.hex()}"]\n'
-                      f'[keys."{KEY_B.hex()}"]\nclients = ["{BOB.public_key.hex()}"]\n')
-    storage = Storage(tmp_path / "node.sqlite3", KeyMaterial.passphrase("a long passphrase"), scrypt_log2_n=10,
-                      allow_weak_kdf=True)
-    for key_id in (KEY_A, KEY_B):
-        storage.put_key_share(key_id, parties=["node1", "node2"], threshold=2, level="test-2048",
-                              share=b"stand-in share", public_key=ALICE.public_key)
-    enforcer = PolicyEnforcer(PolicyBook.load(policy), tmp_path / "wallet-policy.sqlite3")
-    tokens: queue.Queue = queue.Queue()
-    stop = threading.Event()
+    policy = (f'[default]\nclients = ["{ALICE.public_key.hex()}"]\nmax_signatures_per_window = 10\n'
+              f'window_seconds = 3600\ncreate_key_clients = ["{ADMIN.public_key.hex()}"]\n'
+              f'[keys."{KEY_B.hex()}"]\nclients = ["{BOB.public_key.hex()}"]\n')
 
-    async def loop() -> None:
-        tokens.put(trio.lowlevel.current_trio_token())
-        await trio.to_thread.run_sync(stop.wait)
+    def hold_both_keys(storage: Storage) -> None:
+        for key_id in (KEY_A, KEY_B):
+            storage.put_key_share(key_id, parties=["node1", "node2"], threshold=2, level="test-2048",
+                                  share=b"stand-in share", public_key=ALICE.public_key)
 
-    runner = threading.Thread(target=trio.run, args=(loop,))
-    runner.start()
-    node = StandInNode(storage)
-    servicer = WalletServicer(node, enforcer, tokens.get())  # type: ignore[arg-type]
-    create_certificate_files("node1", tmp_path / "tls.crt", tmp_path / "tls.key")
-    cert = (tmp_path / "tls.crt").read_bytes()
-    server, port = start_wallet_server(servicer, "127.0.0.1:0", cert, (tmp_path / "tls.key").read_bytes())
     clients: list[WalletClient] = []
+    with serving_wallet(tmp_path, policy, StandInNode, hold_both_keys) as served:
 
-    def client(who: PartyIdentity) -> WalletClient:
-        clients.append(WalletClient(f"127.0.0.1:{port}", cert, who, server_name="node1"))
-        return clients[-1]
+        def client(who: PartyIdentity) -> WalletClient:
+            clients.append(WalletClient(f"127.0.0.1:{served.port}", served.cert, who, server_name="node1"))
+            return clients[-1]
 
-    yield SimpleNamespace(client=client, enforcer=enforcer, node=node, servicer=servicer, port=port,
-                          tls=tls_pair(tmp_path))
-    for c in clients:
-        c.close()
-    server.stop(grace=None).wait()
-    stop.set()
-    runner.join()
-    enforcer.close()
-    storage.close()
-
-
-def tls_pair(folder: Path) -> tuple[bytes, bytes]:
-    return (folder / "tls.crt").read_bytes(), (folder / "tls.key").read_bytes()
+        yield SimpleNamespace(client=client, enforcer=served.enforcer, node=served.node, servicer=served.servicer,
+                              port=served.port, tls=(served.cert, served.key))
+        for c in clients:
+            c.close()
 
 
 def test_a_second_wallet_server_on_a_taken_port_fails_to_start(wallet) -> None:  # type: ignore[no-untyped-def]
