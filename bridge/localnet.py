@@ -60,7 +60,7 @@ from fusion_prime.bridge.watchers import MINTED_TOPIC
 from fusion_prime.node.config import config_to_toml, load_config
 from fusion_prime.node.devnet import create_devnet, free_ports
 from fusion_prime.protocol.identity import PartyIdentity
-from fusion_prime.signer.client import WalletClient
+from fusion_prime.signer.client import WalletClient, create_key_with_progress, new_request_id
 
 BTC_CHAIN = "bip122:0f9188f13cb7b2c71f2a335e3a4fc328"
 SRC_CHAIN = "eip155:31337"
@@ -460,7 +460,11 @@ def bridge_network(base: Path, *, security_level: str | None = None, presign_poo
         with WalletClient(f"127.0.0.1:{ports['node1']}", certs["node1"], ADMIN, server_name="node1") as w:
             say("wallet APIs up; creating the 2-of-3 group key through node1's wallet API (key generation, "
                 "then aux info: each node generates its own Paillier safe primes)")
-            key_id = bytes(w.create_key(2, 3, "bridge").key_id)
+            # each phase as node1 reports it (the demo shows them while they run)
+            created = create_key_with_progress(w, 2, 3, "bridge", new_request_id(),
+                                               None if progress is None else
+                                               lambda line: say("create-key " + line.split(": ", 1)[1]))
+            key_id = bytes(created.key_id)
             say(f"group key created (key id {key_id.hex()}); no node ever holds its private key")
             wait_until("presignatures", lambda: any(k.key_id == key_id and k.presignatures_available >= 2
                                                   for k in w.list_keys()), procs=procs)

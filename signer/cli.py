@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ..node.commandline import EXIT_USAGE, OneLineParser, one_line
 from ..node.identity import IdentityError, create_identity, load_identity
 from ..protocol.errors import InvalidInput
-from .client import FINAL_STATES, WalletClient, WalletError, new_request_id
+from .client import WalletClient, WalletError, create_key_with_progress, new_request_id
 from .policy import PolicyBook, render_policy
 
 if TYPE_CHECKING:
@@ -303,46 +302,6 @@ def cmd_create_key(w: WalletClient, args: argparse.Namespace) -> Any:
     r = create_key_with_progress(w, args.threshold, args.parties, args.label, request_id, progress)
     return {"key_id": r.key_id.hex(), "label": args.label, "public_key": r.group_public_key.hex(),
             "threshold": r.threshold, "parties": list(r.parties), "request_id": request_id}
-
-
-def create_key_with_progress(w: WalletClient, threshold: int, parties: int, label: str, request_id: str,
-                             progress: Callable[[str], None] | None) -> Any:
-    """CreateKey, showing each phase as the node reports it on its Status stream (key
-    generation, then aux info: minutes at the production level) while the call runs."""
-    result: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            result["response"] = w.create_key(threshold, parties, label, request_id=request_id)
-        except BaseException as exc:  # handed to the main thread
-            result["error"] = exc
-
-    worker = threading.Thread(target=call, name="create-key", daemon=True)
-    worker.start()
-    shown = 0
-    while progress is not None:
-        running = worker.is_alive()  # one more look after the call ended: every phase is shown
-        try:
-            for i, update in enumerate(w.watch(request_id)):
-                if i >= shown:
-                    phase = f" ({update.phase})" if update.phase else ""
-                    detail = f": {update.detail}" if update.detail else ""
-                    progress(f"create-key {request_id}: {update.state}{phase}{detail}")
-                    shown = i + 1
-                if update.state in FINAL_STATES:
-                    break
-        except WalletError as exc:
-            # NOT_FOUND: the node has not seen the request yet; the others: the stream ended
-            # (bounded) or is busy - ask again while the call runs
-            if exc.code not in ("NOT_FOUND", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"):
-                break
-        if not running:
-            break
-        worker.join(0.2)
-    worker.join()
-    if "error" in result:
-        raise result["error"]
-    return result["response"]
 
 
 def cmd_refresh(w: WalletClient, args: argparse.Namespace) -> Any:

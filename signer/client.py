@@ -15,8 +15,9 @@ and a context manager (``with`` / ``async with``). The asynchronous one returns 
 from __future__ import annotations
 
 import secrets
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -178,6 +179,47 @@ class WalletClient(_Base):
     def signer(self, key_id: bytes) -> NetworkSigner:
         """The threshold key as the transaction helpers want it (``signer.bitcoin.DigestSigner``)."""
         return NetworkSigner(self, key_id)
+
+
+def create_key_with_progress(w: WalletClient, threshold: int, parties: int, label: str, request_id: str,
+                             progress: Callable[[str], None] | None) -> wallet_pb2.CreateKeyResponse:
+    """CreateKey, showing each phase as the node reports it on its Status stream (key
+    generation, then aux info: minutes at the production level) while the call runs."""
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            result["response"] = w.create_key(threshold, parties, label, request_id=request_id)
+        except BaseException as exc:  # handed to the main thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=call, name="create-key", daemon=True)
+    worker.start()
+    shown = 0
+    while progress is not None:
+        running = worker.is_alive()  # one more look after the call ended: every phase is shown
+        try:
+            for i, update in enumerate(w.watch(request_id)):
+                if i >= shown:
+                    phase = f" ({update.phase})" if update.phase else ""
+                    detail = f": {update.detail}" if update.detail else ""
+                    progress(f"create-key {request_id}: {update.state}{phase}{detail}")
+                    shown = i + 1
+                if update.state in FINAL_STATES:
+                    break
+        except WalletError as exc:
+            # NOT_FOUND: the node has not seen the request yet; the others: the stream ended
+            # (bounded) or is busy - ask again while the call runs
+            if exc.code not in ("NOT_FOUND", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"):
+                break
+        if not running:
+            break
+        worker.join(0.2)
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    response: wallet_pb2.CreateKeyResponse = result["response"]
+    return response
 
 
 class NetworkSigner:

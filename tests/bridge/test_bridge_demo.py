@@ -108,6 +108,10 @@ def test_the_demo_runs_the_whole_mission_stays_up_for_the_readme_walkthrough_and
     assert positions == sorted(positions)
     assert out.count("done      in ") == len(STEPS) - 1  # (the network's bring-up ends with "up in")
     assert re.search(r"network +up in [\d.]+ s: group key [0-9a-f]{66}", out)
+    # the key's creation shown phase by phase as node1 reports it, before the key exists
+    phases = [out.index(f"create-key {what}") for what in ("authorised", "running (keygen)", "running (aux-info)",
+                                                            "done")]
+    assert phases == sorted(phases) and phases[-1] < out.index("group key created"), out[:4000]
 
     # 1 and 2: each deposit followed through the status stream to its mint, and the balance on-chain
     streams = re.findall(r"status stream: (.*)", out)
