@@ -1,6 +1,6 @@
-"""`python -m fusion_prime.bridge.cli`: the bridge's command line, on top of the SDK.
+"""`fusion-prime-bridge`: the bridge's command line, on top of the SDK.
 
-Every command talks to one node's Bridge API over TLS, pinning that node's certificate
+The first commands talk to one node's Bridge API over TLS, pinning that node's certificate
 (``--server-cert``; ``--server-name`` is the name in it, the node id). No client key is needed: the
 bridge API is not privileged (``bridge/service.py`` says why).
 
@@ -8,6 +8,14 @@ bridge API is not privileged (``bridge/service.py`` says why).
     status --deposit ID | --address ADDR | --recipient 0x… [--destination CHAIN] | --tx TXID --vout N --source CHAIN
     watch --deposit ID | --address ADDR        one JSON object per line, until the deposit is final
     health
+
+Chain-side commands (no node's Bridge API is asked):
+
+    burn --rpc URL --gateway 0x… --token 0x… --amount N --destination ADDR --key-file FILE
+    deploy --rpc URL --key-file FILE --guardian 0x… --assets assets.toml --key KEYID --out deployment.json
+           --wallet-target HOST:PORT --wallet-cert PEM --wallet-name NODE --client-key FILE [--devnet]
+    execute-queued --rpc URL --key-file FILE --deployment deployment.json
+    configure --bridge bridge.toml --deployment deployment.json --key KEYID
 
 Output is JSON on stdout. An error is one line on stderr (``error: CODE: reason``) and exit code 2,
 never a traceback; a closed pipe (``… | head -1``) ends the command quietly.
@@ -23,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from ..node.commandline import OneLineParser, one_line, stdout_closed
+from ..node.identity import IdentityError
+from ..signer.client import WalletError
 from .client import BridgeClient, BridgeError, to_dict
 
 EXIT_ERROR = 2
@@ -77,6 +87,38 @@ def _parser() -> argparse.ArgumentParser:
                                               "python -m fusion_prime.bridge.reserves verify")
     p.add_argument("--out", help="write the report here (default: stdout)")
     sub.add_parser("health", help="the node's bridge health (chain heads, routes, errata)")
+    p = sub.add_parser("deploy", help="deploy the Gateway and the wrapped assets with the group key as signer; "
+                                      "the group signs each asset's configuration through a node's wallet API")
+    p.add_argument("--rpc", required=True, help="the destination chain's JSON-RPC URL")
+    p.add_argument("--key-file", required=True, help="file holding the deployer's hex private key (pays the gas; "
+                                                     "it gets no power over the Gateway)")
+    p.add_argument("--guardian", required=True, help="0x address that may veto queued changes and pause")
+    p.add_argument("--assets", required=True, type=Path, help="TOML file of [[asset]] tables (README: Deploying "
+                                                              "the bridge)")
+    p.add_argument("--wallet-target", required=True, help="host:port of a node's wallet API")
+    p.add_argument("--wallet-cert", required=True, help="that node's TLS certificate (PEM), pinned")
+    p.add_argument("--wallet-name", required=True, help="the name in that certificate (the node id)")
+    p.add_argument("--client-key", required=True, help="a wallet client key the nodes' policy lets sign with the key")
+    p.add_argument("--key", required=True, help="the group key's id (32 hex digits)")
+    p.add_argument("--path", default="m", help="the bridge's signer path of the key (default m)")
+    p.add_argument("--admin-delay", type=int, default=2 * 86400, help="seconds a configuration change waits "
+                                                                       "(default 2 days)")
+    p.add_argument("--guardian-delay", type=int, default=14 * 86400, help="seconds a guardian change waits")
+    p.add_argument("--large-mint-delay", type=int, default=3 * 3600, help="seconds a large mint waits")
+    p.add_argument("--signer-retention", type=int, default=86400, help="seconds a rotated-out signer stays valid")
+    p.add_argument("--devnet", action="store_true", help="an anvil devnet: move its clock past each delay and "
+                                                         "execute the configurations at once")
+    p.add_argument("--out", type=Path, required=True, help="the deployment file to write (JSON)")
+    p = sub.add_parser("execute-queued", help="execute the deployment's queued asset configurations once their "
+                                              "delay has passed")
+    p.add_argument("--rpc", required=True, help="the destination chain's JSON-RPC URL")
+    p.add_argument("--key-file", required=True, help="file holding the sender's hex private key (pays the gas)")
+    p.add_argument("--deployment", required=True, type=Path, help="the file `deploy` wrote")
+    p = sub.add_parser("configure", help="fill a node's bridge section (key, Gateway, assets) from a deployment; "
+                                         "the running daemon picks it up")
+    p.add_argument("--bridge", required=True, type=Path, help="the node's bridge.toml, rewritten in place")
+    p.add_argument("--deployment", required=True, type=Path, help="the file `deploy` wrote")
+    p.add_argument("--key", required=True, help="the group key's id (32 hex digits)")
     return parser
 
 
@@ -139,9 +181,121 @@ def _withdrawal_until(bridge: BridgeClient, burn_id: str, state: str, wait_secon
         time.sleep(1.0)
 
 
+def _group_key_id(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 16:
+        raise ValueError(f"--key {text!r} is not a key id (32 hex digits)")
+    return key
+
+
+def _sender(key_file: str) -> Any:
+    from eth_account import Account
+
+    try:
+        return Account.from_key(Path(key_file).read_text().strip())
+    except ValueError:
+        raise ValueError(f"{key_file} does not hold a hex private key") from None
+
+
+def _deploy(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything is checked (assets, key, wallet, deployer's funds) before the first
+    transaction; the deployment file is written even when a configuration waits in the queue."""
+    from web3 import Web3
+
+    from ..node.identity import load_identity
+    from ..signer.client import WalletClient
+    from .deploy import deploy_bridge, load_assets
+
+    specs = load_assets(args.assets)
+    key_id = _group_key_id(args.key)
+    sender = _sender(args.key_file)
+    guardian = Web3.to_checksum_address(args.guardian)
+    if args.out.exists():
+        raise ValueError(f"{args.out} exists: a deployment file is never overwritten")
+    w3 = Web3(Web3.HTTPProvider(args.rpc, request_kwargs={"timeout": 60}))
+    if w3.eth.get_balance(sender.address) == 0:
+        raise ValueError(f"the deployer {sender.address} has no funds on {args.rpc}")
+    identity = load_identity(Path(args.client_key))
+    with WalletClient(args.wallet_target, Path(args.wallet_cert).read_bytes(), identity,
+                      server_name=args.wallet_name) as wallet:
+        signer = wallet.public_key(key_id, args.path).ethereum_address
+
+        def sign_digest(digest: bytes) -> tuple[int, int, int]:
+            sig = wallet.sign(key_id, digest, args.path)
+            return sig.r, sig.s, sig.recovery_id
+
+        deployment = deploy_bridge(w3, sender=sender, signer=signer, guardian=guardian, assets=specs,
+                                   sign_digest=sign_digest, devnet=args.devnet, admin_delay=args.admin_delay,
+                                   guardian_delay=args.guardian_delay, large_mint_delay=args.large_mint_delay,
+                                   signer_retention=args.signer_retention)
+    partial = args.out.with_name(args.out.name + ".partial")
+    partial.write_text(deployment.to_json() + "\n")
+    partial.replace(args.out)
+    return {"gateway": deployment.gateway, "signer": signer, "tokens": deployment.tokens,
+            "queued": [{"symbol": q.symbol, "eta": q.eta} for q in deployment.queued], "file": str(args.out)}
+
+
+def _execute_queued(args: argparse.Namespace) -> dict[str, Any]:
+    from web3 import Web3
+
+    from .deploy import Deployment, execute_queued
+
+    deployment = Deployment.from_json(args.deployment.read_text())
+    w3 = Web3(Web3.HTTPProvider(args.rpc, request_kwargs={"timeout": 60}))
+    return {"executed": execute_queued(w3, _sender(args.key_file), deployment)}
+
+
+def _configure(args: argparse.Namespace) -> dict[str, Any]:
+    """Set key_id, gateway and each chain's asset in the node's bridge section, check the result
+    as the daemon will read it (complete, or nothing changes), and replace the file whole: the
+    daemon polls it and must never read half of it."""
+    import tomllib
+
+    import tomli_w
+
+    from .config import BridgeConfigError, load_bridge_config
+    from .deploy import Deployment
+
+    key_id = _group_key_id(args.key)
+    deployment = Deployment.from_json(args.deployment.read_text())
+    data = tomllib.loads(args.bridge.read_text())
+    section = data.get("bridge")
+    if not isinstance(section, dict) or not isinstance(section.get("chains"), list):
+        raise ValueError(f"{args.bridge}: no [bridge] section with [[bridge.chains]]")
+    section["key_id"], section["gateway"] = key_id.hex(), deployment.gateway
+    by_chain = {chain: deployment.tokens[symbol] for symbol, chain in deployment.source_chains.items()}
+    for chain in section["chains"]:
+        if chain.get("caip2") in by_chain:
+            chain["asset"] = by_chain[chain["caip2"]]
+    partial = args.bridge.with_name(args.bridge.name + ".partial")
+    partial.write_text(tomli_w.dumps(data))
+    partial.chmod(args.bridge.stat().st_mode & 0o777)  # it holds RPC passwords: keep its mode
+    try:
+        bcfg = load_bridge_config(partial)
+        if not bcfg.complete:
+            raise ValueError(f"{args.bridge}: still incomplete after the deployment's values (a chain without "
+                             "its asset?); not changed")
+    except (BridgeConfigError, ValueError):
+        partial.unlink()
+        raise
+    partial.replace(args.bridge)
+    return {"bridge": str(args.bridge), "key_id": key_id.hex(), "gateway": deployment.gateway,
+            "assets": {c.caip2: c.asset for c in bcfg.chains}}
+
+
 def _run(args: argparse.Namespace) -> None:
-    if args.command == "burn":
-        _emit(_burn(args))
+    chain_only = {"burn": _burn, "deploy": _deploy, "execute-queued": _execute_queued, "configure": _configure}
+    if args.command in chain_only:
+        try:
+            result = chain_only[args.command](args)
+        except (BridgeError, OSError, ValueError, WalletError, IdentityError):
+            raise
+        except Exception as exc:  # web3's own (an RPC error, a revert found by gas estimation): one line too
+            raise ValueError(f"{type(exc).__name__}: {exc}") from None
+        _emit(result)
         return
     if not args.target or not args.server_cert:
         raise BridgeError("INVALID_ARGUMENT", "--target and --server-cert name the node to ask")
@@ -200,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
-    except (BridgeError, OSError, ValueError) as exc:
+    except (BridgeError, OSError, ValueError, WalletError, IdentityError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     return 0
