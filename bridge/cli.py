@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -245,7 +246,8 @@ def _execute_queued(args: argparse.Namespace) -> dict[str, Any]:
 
     deployment = Deployment.from_json(args.deployment.read_text())
     w3 = Web3(Web3.HTTPProvider(args.rpc, request_kwargs={"timeout": 60}))
-    return {"executed": execute_queued(w3, _sender(args.key_file), deployment)}
+    executed, in_effect = execute_queued(w3, _sender(args.key_file), deployment)
+    return {"executed": executed, "already_in_effect": in_effect}
 
 
 def _configure(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,8 +273,11 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
         if chain.get("caip2") in by_chain:
             chain["asset"] = by_chain[chain["caip2"]]
     partial = args.bridge.with_name(args.bridge.name + ".partial")
-    partial.write_text(tomli_w.dumps(data))
-    partial.chmod(args.bridge.stat().st_mode & 0o777)  # it holds RPC passwords: keep its mode
+    partial.unlink(missing_ok=True)  # (a crash's leftover: created afresh below, with the mode)
+    # it holds RPC passwords: the copy has the file's mode from its first byte, never the umask's
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, args.bridge.stat().st_mode & 0o777)
+    with os.fdopen(fd, "w") as out:
+        out.write(tomli_w.dumps(data))
     try:
         bcfg = load_bridge_config(partial)
         if not bcfg.complete:

@@ -155,18 +155,24 @@ def configure_asset(w3: Web3, gateway: Any, token: str, spec: AssetSpec, sign_di
     return None
 
 
-def execute_queued(w3: Web3, sender: Sender, deployment: Deployment) -> list[str]:
-    """Execute every queued configuration whose delay has passed (by the chain's clock); the
-    symbols executed. One not due yet is refused before anything is sent, naming its time."""
+def execute_queued(w3: Web3, sender: Sender, deployment: Deployment) -> tuple[list[str], list[str]]:
+    """Execute every queued configuration whose delay has passed (by the chain's clock):
+    (symbols executed now, symbols already in effect). Running it again after a crash half-way
+    goes on where it stopped. One not due yet is refused before anything is sent, naming its
+    time."""
     gateway = w3.eth.contract(address=Web3.to_checksum_address(deployment.gateway), abi=artifact("Gateway")["abi"])
+    # assetConfig: (source chain hash, destination kind, mint cap, burn cap, window, ceiling,
+    # large-mint threshold, min burn) - everything but the chain's name is compared
+    pending = [q for q in deployment.queued
+               if tuple(gateway.functions.assetConfig(q.token).call()[1:]) != tuple(q.config[1:])]
     now = int(w3.eth.get_block("latest")["timestamp"])
-    early = [q for q in deployment.queued if q.eta > now]
+    early = [q for q in pending if q.eta > now]
     if early:
         raise DeployError("not executable yet: " + ", ".join(f"{q.symbol} from chain time {q.eta} "
                                                              f"({q.eta - now} s from now)" for q in early))
-    for q in deployment.queued:
+    for q in pending:
         _send(w3, sender, gateway.functions.executeConfigureAsset(q.token, q.config, q.nonce, q.deadline))
-    return [q.symbol for q in deployment.queued]
+    return [q.symbol for q in pending], [q.symbol for q in deployment.queued if q not in pending]
 
 
 _ASSET_FIELDS = {"name": str, "symbol": str, "decimals": int, "source_chain": str, "destination": str,

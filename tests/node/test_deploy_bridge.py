@@ -123,9 +123,13 @@ def test_deploy_execute_and_configure_bring_a_prepared_bridge_section_to_complet
     assert "not executable yet: fpBTC from chain time" in _one_line_error(_bridge(*execute))
     assert w3.eth.get_transaction_count(deployer.address) == nonce
     advance_time(w3, 61)
-    assert _ok(_bridge(*execute)) == {"executed": ["fpBTC", "fpETH"]}
+    assert _ok(_bridge(*execute)) == {"executed": ["fpBTC", "fpETH"], "already_in_effect": []}
     for symbol, token in out["tokens"].items():
         assert gateway.functions.assetConfig(token).call()[2] == MINT_CAP[symbol], symbol
+    # again (as after a crash half-way): nothing left to send
+    nonce = w3.eth.get_transaction_count(deployer.address)
+    assert _ok(_bridge(*execute)) == {"executed": [], "already_in_effect": ["fpBTC", "fpETH"]}
+    assert w3.eth.get_transaction_count(deployer.address) == nonce
 
     # the assets wrap the chains of the bridge section prepare.py writes
     assert {a["source_chain"] for a in tomllib.loads(assets.read_text())["asset"]} == {
