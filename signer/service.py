@@ -501,20 +501,18 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         labels = self.enforcer.labels()
         out = wallet_pb2.ListKeysResponse()
         for key_id in self.node.storage.list_keys():
-            if key_id not in labels:
-                labels[key_id] = self._label_from_key_generation(key_id)
             if not self.enforcer.book.may_see(client, key_id):
                 continue
             info = self.node.storage.key_info(key_id)
             if info is None:  # reshared away since list_keys
                 continue
+            label = labels[key_id] if key_id in labels else self._label_from_key_generation(key_id)
             # What a sign sent to *this* node can use at once: the presignatures it leads (only a
             # presignature's leader may sign with it); its copies of others' are not counted.
             available = len(self.node.storage.led_presignatures(key_id, self.node.cfg.node_id))
             out.keys.add(key_id=key_id, group_public_key=bytes(info.get("public_key") or b""),
                          threshold=int(info.get("threshold", 0)), parties=info.get("parties", []),
-                         epoch=int(info.get("epoch") or 0), label=labels.get(key_id, ""),
-                         presignatures_available=available)
+                         epoch=int(info.get("epoch") or 0), label=label, presignatures_available=available)
         return out
 
     def _label_from_key_generation(self, key_id: bytes) -> str:
